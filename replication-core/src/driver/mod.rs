@@ -1,0 +1,551 @@
+//! The tokio driver: runs an [`Engine`] against a [`TxLog`], a [`Transport`] and a
+//! [`StateMachine`].
+//!
+//! The driver is deliberately thin. One task owns the engine and executes its commands in
+//! order; per-channel tasks read and write frames; per-append tasks wait for durability. All of
+//! them report back through one bounded event queue. The only clock reading in the crate is
+//! [`clock`], and the engine sees time only as the `now` the driver passes in.
+
+mod clock;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+use crate::engine::{
+    Command, ConnId, Direction, Engine, EngineConfig, EngineStatus, Event, WriteError,
+    WriteId, WriteReceipt,
+};
+use crate::log::{LogError, TxLog};
+use crate::protocol::{self, MAX_FRAME_SIZE};
+use crate::quorum::QuorumPolicy;
+use crate::state_machine::StateMachine;
+use crate::transport::{Channel, Transport};
+use crate::types::{Epoch, Tx, TxId};
+
+pub use clock::Clock;
+
+/// Settings of the driver itself (the replication settings are in [`EngineConfig`]).
+#[derive(Clone, Debug)]
+pub struct NodeOptions {
+    /// Largest frame sent or accepted.
+    pub max_frame_size: usize,
+    /// Frames queued for one channel before it is considered too slow and closed.
+    pub channel_queue_frames: usize,
+    /// Client writes queued before [`Node::write`] waits for room.
+    pub write_queue: usize,
+    /// Most writes handed to the engine as one batch.
+    pub max_write_batch: usize,
+    /// Whether the node accepts replicas' channels from the transport itself. A server that
+    /// routes channels to several databases turns it off and calls [`Node::attach`].
+    pub accept_replicas: bool,
+}
+
+impl Default for NodeOptions {
+    fn default() -> NodeOptions {
+        NodeOptions {
+            max_frame_size: MAX_FRAME_SIZE,
+            channel_queue_frames: 1024,
+            write_queue: 16 * 1024,
+            max_write_batch: 1024,
+            accept_replicas: true,
+        }
+    }
+}
+
+enum Request {
+    Write { payload: Bytes, reply: oneshot::Sender<Result<WriteReceipt, WriteError>> },
+    Status(oneshot::Sender<EngineStatus>),
+    SetPolicy(Arc<dyn QuorumPolicy>, oneshot::Sender<()>),
+    Attach(Channel),
+    Shutdown(oneshot::Sender<()>),
+}
+
+enum Internal {
+    Engine(Event),
+    Opened { channel: Channel, direction: Direction },
+}
+
+/// A handle to a running replication node (one database on one server).
+#[derive(Clone)]
+pub struct Node {
+    requests: mpsc::Sender<Request>,
+    applied: watch::Receiver<TxId>,
+    task: Arc<std::sync::Mutex<Option<JoinHandle<()>>>>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node").field("applied", &*self.applied.borrow()).finish_non_exhaustive()
+    }
+}
+
+/// Errors starting a node.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The log could not be read.
+    #[error(transparent)]
+    Log(#[from] LogError),
+}
+
+impl Node {
+    /// Opens the node: reads the log's state, replays committed transactions the state machine
+    /// has not applied, and starts replicating.
+    ///
+    /// # Errors
+    /// [`StartError::Log`] when the log cannot be read.
+    pub async fn start<L: TxLog, T: Transport, S: StateMachine>(
+        config: EngineConfig,
+        policy: Arc<dyn QuorumPolicy>,
+        log: L,
+        transport: T,
+        mut state_machine: S,
+        options: NodeOptions,
+    ) -> Result<Node, StartError> {
+        let log = Arc::new(log);
+        let transport = Arc::new(transport);
+        let state = log.state().await?;
+        let last_epoch = match log.read(state.last.tx_id, 1, usize::MAX).await?.first() {
+            Some(tx) if state.last.tx_id > TxId::ZERO => tx.epoch,
+            _ => Epoch(0),
+        };
+        apply_committed(&*log, &mut state_machine, None, state.committed.tx_id).await?;
+        let clock = Clock::start();
+        let engine = Engine::new(config, policy, state, last_epoch, clock.now());
+        let (requests_tx, requests_rx) = mpsc::channel(options.write_queue);
+        let (internal_tx, internal_rx) = mpsc::channel(4096);
+        let (applied_tx, applied_rx) = watch::channel(state_machine.applied());
+        if options.accept_replicas {
+            spawn_accept_loop(transport.clone(), internal_tx.clone());
+        }
+        let driver = Driver {
+            engine,
+            log,
+            transport,
+            state_machine,
+            clock,
+            options,
+            conns: HashMap::new(),
+            writers: HashMap::new(),
+            next_conn: 0,
+            next_write: 0,
+            internal_tx,
+            applied_tx,
+        };
+        let task = tokio::spawn(driver.run(requests_rx, internal_rx));
+        Ok(Node {
+            requests: requests_tx,
+            applied: applied_rx,
+            task: Arc::new(std::sync::Mutex::new(Some(task))),
+        })
+    }
+
+    /// Proposes a write and waits for its outcome: committed under the policy and applied to
+    /// the state machine, or an error saying why not.
+    ///
+    /// # Errors
+    /// See [`WriteError`]; [`WriteError::Timeout`] and [`WriteError::ShuttingDown`] leave the
+    /// outcome unknown.
+    ///
+    /// # Cancel safety
+    /// Dropping the future does not withdraw the write: it may still commit.
+    pub async fn write(&self, payload: Bytes) -> Result<WriteReceipt, WriteError> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(Request::Write { payload, reply })
+            .await
+            .map_err(|_| WriteError::ShuttingDown)?;
+        answer.await.unwrap_or(Err(WriteError::ShuttingDown))
+    }
+
+    /// The engine's state.
+    ///
+    /// # Errors
+    /// [`WriteError::ShuttingDown`] once the node stopped.
+    pub async fn status(&self) -> Result<EngineStatus, WriteError> {
+        let (reply, answer) = oneshot::channel();
+        self.requests.send(Request::Status(reply)).await.map_err(|_| WriteError::ShuttingDown)?;
+        answer.await.map_err(|_| WriteError::ShuttingDown)
+    }
+
+    /// Replaces the quorum policy; waiting writes are re-evaluated at once.
+    ///
+    /// # Errors
+    /// [`WriteError::ShuttingDown`] once the node stopped.
+    pub async fn set_policy(&self, policy: Arc<dyn QuorumPolicy>) -> Result<(), WriteError> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(Request::SetPolicy(policy, reply))
+            .await
+            .map_err(|_| WriteError::ShuttingDown)?;
+        answer.await.map_err(|_| WriteError::ShuttingDown)
+    }
+
+    /// Hands the node a channel a replica opened (when the server routes channels itself).
+    pub async fn attach(&self, channel: Channel) {
+        let _ = self.requests.send(Request::Attach(channel)).await;
+    }
+
+    /// The last transaction applied to the state machine.
+    pub fn applied(&self) -> TxId {
+        *self.applied.borrow()
+    }
+
+    /// Waits until the state machine applied `tx_id` (read-your-writes on a replica).
+    ///
+    /// # Errors
+    /// [`WriteError::ShuttingDown`] if the node stops first.
+    pub async fn wait_applied(&self, tx_id: TxId) -> Result<TxId, WriteError> {
+        let mut applied = self.applied.clone();
+        let result = applied.wait_for(|applied| *applied >= tx_id).await;
+        result.map(|applied| *applied).map_err(|_| WriteError::ShuttingDown)
+    }
+
+    /// Stops the node: answers waiting writes with [`WriteError::ShuttingDown`] (outcome
+    /// unknown), closes every channel, and waits for the driver to finish.
+    pub async fn shutdown(&self) {
+        let (reply, answer) = oneshot::channel();
+        if self.requests.send(Request::Shutdown(reply)).await.is_ok() {
+            let _ = answer.await;
+        }
+        let task = self.task.lock().map(|mut task| task.take()).unwrap_or(None);
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+    }
+}
+
+fn spawn_accept_loop<T: Transport>(transport: Arc<T>, internal: mpsc::Sender<Internal>) {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                accepted = transport.accept() => match accepted {
+                    Ok(channel) => {
+                        let opened = Internal::Opened { channel, direction: Direction::Downstream };
+                        if internal.send(opened).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(error) => {
+                        tracing::debug!(%error, "accept loop ends");
+                        return;
+                    }
+                },
+                _ = internal.closed() => return,
+            }
+        }
+    });
+}
+
+/// Applies committed transactions after the state machine's `applied()` up to `up_to`,
+/// taking them from `cached` when it holds them and from the log otherwise.
+async fn apply_committed<L: TxLog, S: StateMachine>(
+    log: &L,
+    state_machine: &mut S,
+    cached: Option<Vec<Tx>>,
+    up_to: TxId,
+) -> Result<(), LogError> {
+    if let Some(txs) = cached {
+        for tx in &txs {
+            if tx.id == state_machine.applied().next() && tx.id <= up_to {
+                state_machine.apply(tx);
+            }
+        }
+    }
+    while state_machine.applied() < up_to {
+        let from = state_machine.applied().next();
+        let count = (up_to.0 - from.0 + 1).min(1024) as usize;
+        let txs = log.read(from, count, 4 << 20).await?;
+        if txs.is_empty() {
+            return Err(LogError::Corrupt(format!("committed transaction {from} is missing")));
+        }
+        for tx in &txs {
+            if tx.id != state_machine.applied().next() {
+                return Err(LogError::Corrupt(format!(
+                    "log returned transaction {} where {} was expected",
+                    tx.id,
+                    state_machine.applied().next()
+                )));
+            }
+            state_machine.apply(tx);
+        }
+    }
+    Ok(())
+}
+
+struct ConnHandle {
+    frames: mpsc::Sender<Bytes>,
+    reader: JoinHandle<()>,
+}
+
+struct Driver<L, T, S> {
+    engine: Engine,
+    log: Arc<L>,
+    transport: Arc<T>,
+    state_machine: S,
+    clock: Clock,
+    options: NodeOptions,
+    conns: HashMap<ConnId, ConnHandle>,
+    writers: HashMap<WriteId, oneshot::Sender<Result<WriteReceipt, WriteError>>>,
+    next_conn: u64,
+    next_write: u64,
+    internal_tx: mpsc::Sender<Internal>,
+    applied_tx: watch::Sender<TxId>,
+}
+
+impl<L: TxLog, T: Transport, S: StateMachine> Driver<L, T, S> {
+    async fn run(
+        mut self,
+        mut requests: mpsc::Receiver<Request>,
+        mut internal: mpsc::Receiver<Internal>,
+    ) {
+        loop {
+            self.execute_commands().await;
+            let deadline = self.clock.instant_of(self.engine.poll_timeout());
+            tokio::select! {
+                biased;
+                event = internal.recv() => {
+                    let Some(event) = event else { break };
+                    self.on_internal(event);
+                    // Take what else is ready, so that a burst becomes one round of commands.
+                    for _ in 0..256 {
+                        match internal.try_recv() {
+                            Ok(event) => self.on_internal(event),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                request = requests.recv() => {
+                    let Some(request) = request else { break };
+                    if let Some(done) = self.on_request(request, &mut requests) {
+                        self.stop(done).await;
+                        return;
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline) => {
+                    let now = self.clock.now();
+                    self.engine.handle(now, Event::Tick);
+                }
+            }
+        }
+        self.close_all();
+    }
+
+    fn on_internal(&mut self, internal: Internal) {
+        let now = self.clock.now();
+        match internal {
+            Internal::Engine(event) => self.engine.handle(now, event),
+            Internal::Opened { channel, direction } => self.open_channel(channel, direction),
+        }
+    }
+
+    /// Handles a request; returns the shutdown acknowledgement when asked to stop.
+    fn on_request(
+        &mut self,
+        request: Request,
+        requests: &mut mpsc::Receiver<Request>,
+    ) -> Option<oneshot::Sender<()>> {
+        let now = self.clock.now();
+        match request {
+            Request::Write { payload, reply } => {
+                let mut batch = vec![self.register_write(payload, reply)];
+                let mut deferred = None;
+                while batch.len() < self.options.max_write_batch {
+                    match requests.try_recv() {
+                        Ok(Request::Write { payload, reply }) => {
+                            batch.push(self.register_write(payload, reply));
+                        }
+                        Ok(other) => {
+                            deferred = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                self.engine.handle(now, Event::Propose(batch));
+                if let Some(other) = deferred {
+                    return self.on_request(other, requests);
+                }
+            }
+            Request::Status(reply) => {
+                let _ = reply.send(self.engine.status(now));
+            }
+            Request::SetPolicy(policy, reply) => {
+                self.engine.handle(now, Event::SetPolicy(policy));
+                let _ = reply.send(());
+            }
+            Request::Attach(channel) => self.open_channel(channel, Direction::Downstream),
+            Request::Shutdown(done) => return Some(done),
+        }
+        None
+    }
+
+    fn register_write(
+        &mut self,
+        payload: Bytes,
+        reply: oneshot::Sender<Result<WriteReceipt, WriteError>>,
+    ) -> (WriteId, Bytes) {
+        let write = WriteId(self.next_write);
+        self.next_write += 1;
+        self.writers.insert(write, reply);
+        (write, payload)
+    }
+
+    async fn stop(&mut self, done: oneshot::Sender<()>) {
+        self.execute_commands().await;
+        for (_, reply) in self.writers.drain() {
+            let _ = reply.send(Err(WriteError::ShuttingDown));
+        }
+        self.close_all();
+        let _ = done.send(());
+    }
+
+    fn close_all(&mut self) {
+        for (_, conn) in self.conns.drain() {
+            conn.reader.abort();
+        }
+    }
+
+    fn open_channel(&mut self, channel: Channel, direction: Direction) {
+        let conn = ConnId(self.next_conn);
+        self.next_conn += 1;
+        let Channel { peer, peer_address, mut sender, mut receiver } = channel;
+        let (frames_tx, mut frames_rx) = mpsc::channel::<Bytes>(self.options.channel_queue_frames);
+        let events = self.internal_tx.clone();
+        tokio::spawn(async move {
+            while let Some(frame) = frames_rx.recv().await {
+                if let Err(error) = sender.send(frame).await {
+                    tracing::debug!(?conn, %error, "channel send failed");
+                    let _ = events.send(Internal::Engine(Event::Disconnected { conn })).await;
+                    return;
+                }
+            }
+        });
+        let events = self.internal_tx.clone();
+        let max_frame_size = self.options.max_frame_size;
+        let reader = tokio::spawn(async move {
+            loop {
+                match receiver.recv().await {
+                    Ok(Some(frame)) => match protocol::decode(&frame, max_frame_size) {
+                        Ok(message) => {
+                            let event = Event::Received { conn, message };
+                            if events.send(Internal::Engine(event)).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(error) => {
+                            tracing::warn!(?conn, %error, "bad frame; closing the channel");
+                            break;
+                        }
+                    },
+                    Ok(None) => break,
+                    Err(error) => {
+                        tracing::debug!(?conn, %error, "channel receive failed");
+                        break;
+                    }
+                }
+            }
+            let _ = events.send(Internal::Engine(Event::Disconnected { conn })).await;
+        });
+        self.conns.insert(conn, ConnHandle { frames: frames_tx, reader });
+        let now = self.clock.now();
+        let event = Event::Connected { conn, peer, address: peer_address, direction };
+        self.engine.handle(now, event);
+    }
+
+    async fn execute_commands(&mut self) {
+        while let Some(command) = self.engine.poll_command() {
+            if let Err(error) = self.execute(command).await {
+                let now = self.clock.now();
+                self.engine.handle(now, Event::LogFailed(error.to_string()));
+            }
+        }
+    }
+
+    async fn execute(&mut self, command: Command) -> Result<(), LogError> {
+        match command {
+            Command::Append { txs, token } => {
+                let last = txs.last().map(|tx| tx.id);
+                let durability = self.log.append(txs).await?;
+                let events = self.internal_tx.clone();
+                tokio::spawn(async move {
+                    let event = match durability.await {
+                        Ok(up_to) => Event::Durable { token, up_to: last.unwrap_or(up_to).min(up_to) },
+                        Err(error) => Event::LogFailed(error.to_string()),
+                    };
+                    let _ = events.send(Internal::Engine(event)).await;
+                });
+            }
+            Command::Truncate { after } => self.log.truncate_after(after).await?,
+            Command::SaveEpoch(epoch) => self.log.save_epoch(epoch).await?,
+            Command::Commit { up_to } => {
+                self.log.commit(up_to).await?;
+                let from = self.state_machine.applied().next();
+                let cached = self.engine.recent(from, up_to);
+                apply_committed(&*self.log, &mut self.state_machine, cached, up_to).await?;
+                self.applied_tx.send_replace(self.state_machine.applied());
+            }
+            Command::Read { conn, from, max_count, max_bytes } => {
+                let event = match self.log.read(from, max_count, max_bytes).await {
+                    Ok(txs) => Event::ReadDone { conn, txs },
+                    Err(error) => {
+                        tracing::error!(?conn, %error, "log read failed; closing the channel");
+                        self.close(conn);
+                        Event::Disconnected { conn }
+                    }
+                };
+                let now = self.clock.now();
+                self.engine.handle(now, event);
+            }
+            Command::Send { conn, message } => {
+                let sent = match protocol::encode(&message, self.options.max_frame_size) {
+                    Ok(frame) => {
+                        self.conns.get(&conn).map(|handle| handle.frames.try_send(frame).is_ok())
+                    }
+                    Err(error) => {
+                        tracing::error!(?conn, %error, "cannot encode a message");
+                        Some(false)
+                    }
+                };
+                if sent == Some(false) {
+                    // A peer that cannot keep up with its window is dropped; it reconnects and
+                    // catches up from the log.
+                    tracing::warn!(?conn, "channel queue full or frame refused; closing it");
+                    self.close(conn);
+                    let now = self.clock.now();
+                    self.engine.handle(now, Event::Disconnected { conn });
+                }
+            }
+            Command::Connect { address } => {
+                let transport = self.transport.clone();
+                let events = self.internal_tx.clone();
+                tokio::spawn(async move {
+                    let internal = match transport.connect(&address).await {
+                        Ok(channel) => Internal::Opened { channel, direction: Direction::Upstream },
+                        Err(error) => Internal::Engine(Event::ConnectFailed {
+                            reason: error.to_string(),
+                        }),
+                    };
+                    let _ = events.send(internal).await;
+                });
+            }
+            Command::Close { conn } => self.close(conn),
+            Command::Reply { write, result } => {
+                if let Some(reply) = self.writers.remove(&write) {
+                    let _ = reply.send(result);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn close(&mut self, conn: ConnId) {
+        if let Some(handle) = self.conns.remove(&conn) {
+            // Dropping the frame queue lets the writer flush what is queued and finish.
+            handle.reader.abort();
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! The `TxLog` trait: the ordered, hash-chained transaction log a node keeps.
+
+use async_trait::async_trait;
+use futures::future::BoxFuture;
+
+use crate::types::{Epoch, LogState, Tx, TxId};
+
+/// Resolves once the transactions of one [`TxLog::append`] call are durable, with the id of the
+/// last of them. Dropping it does not cancel durability.
+pub type Durability = BoxFuture<'static, Result<TxId, LogError>>;
+
+/// Errors a log reports.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// An append did not start right after the current last transaction.
+    #[error("append of transaction {found} does not follow the last transaction {last}")]
+    NotContiguous {
+        /// The log's last transaction.
+        last: TxId,
+        /// The first id of the batch.
+        found: TxId,
+    },
+    /// A truncation or commit would discard or pass a transaction it must not.
+    #[error("cannot truncate to {requested}: transactions up to {committed} are committed")]
+    TruncateCommitted {
+        /// The requested new last transaction.
+        requested: TxId,
+        /// The committed position.
+        committed: TxId,
+    },
+    /// A commit point was set beyond what is durable, or moved backwards.
+    #[error("invalid commit point {requested} (durable up to {durable}, committed {committed})")]
+    InvalidCommit {
+        /// The requested commit point.
+        requested: TxId,
+        /// The durable position.
+        durable: TxId,
+        /// The current commit point.
+        committed: TxId,
+    },
+    /// The data on the medium is damaged: the message names where and how.
+    #[error("log corrupt: {0}")]
+    Corrupt(String),
+    /// The log was closed or its node crashed.
+    #[error("log closed")]
+    Closed,
+    /// An I/O error from the medium.
+    #[error("log I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The ordered, hash-chained transaction log a node keeps.
+///
+/// # What an implementation must guarantee
+///
+/// To ensure correctness of replication, an implementation must:
+///
+/// 1. **Readable on return.** When [`append`](TxLog::append) returns `Ok`, the transactions are
+///    visible to [`read`](TxLog::read) and [`state`](TxLog::state)`.last`, in order, even if not
+///    yet durable. The engine streams them to replicas at that moment.
+/// 2. **Durable on completion.** The [`Durability`] future returned by `append` resolves `Ok`
+///    only when those transactions, and every transaction before them, would survive a crash of
+///    the process or the machine (for a file, after `fdatasync`). This is the rule users' stores
+///    break most often: the engine commits, and answers writers, on the strength of it.
+///    Completions may resolve in any order, but `state().durable` only moves forwards, over a
+///    contiguous prefix.
+/// 3. **Contiguous.** `append` refuses a batch whose first id is not `last + 1`
+///    ([`LogError::NotContiguous`]). The engine verifies the hash chain before appending; the
+///    log need not recompute hashes but must store them as given.
+/// 4. **Commit point.** [`commit`](TxLog::commit) records a commit point that is monotonic and
+///    never beyond `durable`. It may be persisted lazily: after a crash it may read lower than
+///    was recorded, never higher.
+/// 5. **Truncation.** [`truncate_after`](TxLog::truncate_after) removes every transaction after
+///    the given id, durably, before it returns, and refuses to remove a committed transaction.
+/// 6. **Epoch.** [`save_epoch`](TxLog::save_epoch) is durable on return, and `state().epoch`
+///    never decreases.
+/// 7. **Crash.** After a crash and reopen, the log holds a prefix of what was appended that
+///    includes every transaction whose durability was reported, and nothing corrupt.
+///
+/// [`testing::txlog_conformance`](crate::testing::txlog_conformance) checks these rules,
+/// including durability across a crash.
+///
+/// # Cancel safety
+///
+/// Dropping an `append` future before it returns may leave the batch appended or not; the
+/// engine does not do so. Dropping a [`Durability`] future is always safe.
+#[async_trait]
+pub trait TxLog: Send + Sync + 'static {
+    /// Appends a batch of transactions that follows the last one. Returns once they are
+    /// readable, with a future that completes when they are durable.
+    ///
+    /// # Errors
+    /// [`LogError::NotContiguous`] if the batch does not follow; I/O errors.
+    async fn append(&self, txs: Vec<Tx>) -> Result<Durability, LogError>;
+
+    /// Reads up to `max_count` transactions starting at `from`, stopping early once the
+    /// returned transactions' payloads exceed `max_bytes` (at least one transaction is
+    /// returned if `from` exists). Reading past the last transaction returns an empty vector.
+    ///
+    /// # Errors
+    /// [`LogError::Corrupt`] if stored data fails its checks; I/O errors.
+    async fn read(&self, from: TxId, max_count: usize, max_bytes: usize)
+    -> Result<Vec<Tx>, LogError>;
+
+    /// The log's positions and epoch.
+    async fn state(&self) -> Result<LogState, LogError>;
+
+    /// Records that every transaction up to `up_to` is committed. A call that does not move
+    /// the commit point forwards is a no-op.
+    ///
+    /// # Errors
+    /// [`LogError::InvalidCommit`] if `up_to` is beyond `durable`.
+    async fn commit(&self, up_to: TxId) -> Result<(), LogError>;
+
+    /// Durably removes every transaction after `last`.
+    ///
+    /// # Errors
+    /// [`LogError::TruncateCommitted`] if that would remove a committed transaction.
+    async fn truncate_after(&self, last: TxId) -> Result<(), LogError>;
+
+    /// Durably records the epoch this node has begun or seen.
+    async fn save_epoch(&self, epoch: Epoch) -> Result<(), LogError>;
+}

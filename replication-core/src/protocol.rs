@@ -1,0 +1,210 @@
+//! The replication protocol: the messages nodes exchange and their framing.
+//!
+//! A replica opens a channel to its source and sends [`Message::Subscribe`]; the source answers
+//! [`Message::Accepted`] (or [`Message::Refused`], or [`Message::Diverged`] when the replica's
+//! log disagrees with its own) and then streams [`Message::Txs`] and [`Message::Committed`]; the
+//! replica answers with [`Message::Ack`] whenever more of its log becomes durable, and as a
+//! heartbeat. Each message is one frame, encoded with postcard, at most [`MAX_FRAME_SIZE`]
+//! bytes unless the transport is configured otherwise.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::quorum::Tags;
+use crate::types::{Epoch, LogPosition, Tx, TxHash, TxId};
+
+/// The version of this protocol. A peer speaking another version is refused with
+/// [`Refusal::ProtocolVersion`].
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// The default largest frame, in bytes. Larger frames are refused without being read whole.
+pub const MAX_FRAME_SIZE: usize = 16 * 1024 * 1024;
+
+/// How many hashes a [`Message::Diverged`] carries at most, which bounds its size.
+pub const DIVERGENCE_WINDOW: usize = 1024;
+
+/// One replication message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message {
+    /// Replica → source: start streaming after my log.
+    Subscribe {
+        /// [`PROTOCOL_VERSION`] of the replica.
+        version: u16,
+        /// The database at the source to replicate.
+        database: String,
+        /// The highest epoch the replica has seen.
+        epoch: Epoch,
+        /// The replica's last transaction.
+        last: LogPosition,
+        /// A position the replica knows it shares with the source (at least its commit point):
+        /// the source checks the replica's log against its own only after this.
+        known_common: LogPosition,
+        /// How many transactions the source may send beyond the replica's acknowledged
+        /// position (the replica's prefetch buffer).
+        window: u32,
+        /// Labels for quorum policies, such as a zone.
+        tags: Tags,
+    },
+    /// Source → replica: subscription accepted; transactions follow.
+    Accepted {
+        /// The source's epoch.
+        epoch: Epoch,
+        /// The source's commit point.
+        committed: TxId,
+    },
+    /// Source → replica: subscription refused.
+    Refused(Refusal),
+    /// Source → replica: the replica's log disagrees with the source's after `known_common`.
+    /// The source sends its hashes for the transactions after `known_common` (at most
+    /// [`DIVERGENCE_WINDOW`]) so that the replica can find the last transaction they share.
+    Diverged {
+        /// The source's epoch.
+        epoch: Epoch,
+        /// The hashes of the source's transactions `known_common + 1 ..`.
+        source_hashes: Vec<TxHash>,
+        /// The source's last transaction it would serve.
+        source_last: TxId,
+    },
+    /// Source → replica: the next transactions, and the source's commit point.
+    Txs {
+        /// Contiguous transactions following the last one sent.
+        txs: Vec<Tx>,
+        /// The source's commit point.
+        committed: TxId,
+    },
+    /// Source → replica: the commit point moved (also sent as a heartbeat).
+    Committed {
+        /// The source's epoch.
+        epoch: Epoch,
+        /// The source's commit point.
+        committed: TxId,
+    },
+    /// Replica → source: everything up to `durable` is durably stored here (also a heartbeat).
+    Ack {
+        /// The replica's durable position.
+        durable: LogPosition,
+    },
+}
+
+/// Why a source refused a subscription.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum Refusal {
+    /// The peers speak different protocol versions.
+    #[error("protocol version mismatch: source speaks {source_version}, replica {replica}")]
+    ProtocolVersion {
+        /// The source's version.
+        source_version: u16,
+        /// The replica's version.
+        replica: u16,
+    },
+    /// The source holds no such database.
+    #[error("unknown database {0:?}")]
+    UnknownDatabase(String),
+    /// The replica's identity may not replicate this database.
+    #[error("identity {0:?} is not allowed to replicate this database")]
+    NotAllowed(String),
+    /// The replica has seen a higher epoch than the source: the source is stale (fenced).
+    #[error("source epoch {source_epoch} is lower than the replica's epoch {replica}")]
+    StaleSource {
+        /// The source's epoch.
+        source_epoch: Epoch,
+        /// The replica's epoch.
+        replica: Epoch,
+    },
+    /// The replica's committed position is beyond what this source holds (a lagging source):
+    /// try again later.
+    #[error("source holds transactions only up to {source_last}, behind the replica")]
+    SourceBehind {
+        /// The last transaction the source serves.
+        source_last: TxId,
+    },
+    /// The replica's committed history differs from the source's: nothing may be discarded.
+    #[error(
+        "committed history differs at transaction {tx_id}: replica has {replica_hash}, source \
+         has {}", source_hash.map(|h| h.to_hex()).unwrap_or_else(|| "nothing".into())
+    )]
+    CommittedDivergence {
+        /// The transaction where the histories differ.
+        tx_id: TxId,
+        /// The replica's hash there.
+        replica_hash: TxHash,
+        /// The source's hash there, if it has that transaction.
+        source_hash: Option<TxHash>,
+    },
+}
+
+/// Errors encoding or decoding a frame.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// The frame is larger than allowed.
+    #[error("frame of {size} bytes exceeds the limit of {limit} bytes")]
+    TooLarge {
+        /// The frame's size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The bytes are not a valid message.
+    #[error("malformed frame: {0}")]
+    Malformed(#[from] postcard::Error),
+}
+
+/// Encodes a message into one frame, refusing one larger than `max_frame_size`.
+pub fn encode(message: &Message, max_frame_size: usize) -> Result<Bytes, FrameError> {
+    let bytes = postcard::to_allocvec(message)?;
+    if bytes.len() > max_frame_size {
+        return Err(FrameError::TooLarge { size: bytes.len(), limit: max_frame_size });
+    }
+    Ok(Bytes::from(bytes))
+}
+
+/// Decodes one frame. Never panics, whatever the bytes.
+pub fn decode(frame: &[u8], max_frame_size: usize) -> Result<Message, FrameError> {
+    if frame.len() > max_frame_size {
+        return Err(FrameError::TooLarge { size: frame.len(), limit: max_frame_size });
+    }
+    let (message, rest) = postcard::take_from_bytes(frame)?;
+    if !rest.is_empty() {
+        return Err(FrameError::Malformed(postcard::Error::DeserializeBadEncoding));
+    }
+    Ok(message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn round_trip() {
+        let tx = Tx::new(LogPosition::START, Epoch(3), Bytes::from_static(b"payload"));
+        let message = Message::Txs { txs: vec![tx], committed: TxId(0) };
+        let frame = encode(&message, MAX_FRAME_SIZE).unwrap();
+        assert_eq!(decode(&frame, MAX_FRAME_SIZE).unwrap(), message);
+    }
+
+    #[test]
+    fn oversized_frames_are_refused_both_ways() {
+        let tx = Tx::new(LogPosition::START, Epoch(1), Bytes::from(vec![7u8; 4096]));
+        let message = Message::Txs { txs: vec![tx], committed: TxId(0) };
+        assert!(matches!(encode(&message, 1024), Err(FrameError::TooLarge { .. })));
+        let frame = encode(&message, MAX_FRAME_SIZE).unwrap();
+        assert!(matches!(decode(&frame, 1024), Err(FrameError::TooLarge { .. })));
+    }
+
+    #[test]
+    fn truncated_frames_are_errors() {
+        let message = Message::Ack { durable: LogPosition::START };
+        let frame = encode(&message, MAX_FRAME_SIZE).unwrap();
+        for cut in 0..frame.len() {
+            assert!(decode(&frame[..cut], MAX_FRAME_SIZE).is_err(), "cut at {cut}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode(&bytes, MAX_FRAME_SIZE);
+        }
+    }
+}

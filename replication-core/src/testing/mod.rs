@@ -1,0 +1,52 @@
+//! Test support that other crates reuse: the [`TxLog`](crate::TxLog) conformance suite, an
+//! in-memory transport with fault injection, a recording state machine, and the deterministic
+//! cluster simulator.
+
+mod log_suite;
+mod mem_transport;
+pub mod sim;
+
+use std::sync::{Arc, Mutex};
+
+pub use log_suite::{LogFactory, txlog_conformance};
+pub use mem_transport::{MemEndpoint, MemNetwork};
+
+use crate::state_machine::StateMachine;
+use crate::types::{LogPosition, Tx, TxId};
+
+/// A state machine that records the position of every transaction it applies and the first
+/// out-of-order application, for tests to inspect through a clone.
+#[derive(Clone, Debug, Default)]
+pub struct RecordingStateMachine {
+    applied: Arc<Mutex<Vec<LogPosition>>>,
+    out_of_order: Arc<Mutex<Option<String>>>,
+}
+
+impl RecordingStateMachine {
+    /// Every applied position, in order.
+    pub fn positions(&self) -> Vec<LogPosition> {
+        self.applied.lock().map(|a| a.clone()).unwrap_or_default()
+    }
+
+    /// A description of the first transaction applied out of order, if any.
+    pub fn order_violation(&self) -> Option<String> {
+        self.out_of_order.lock().ok().and_then(|v| v.clone())
+    }
+}
+
+impl StateMachine for RecordingStateMachine {
+    fn apply(&mut self, tx: &Tx) {
+        let Ok(mut applied) = self.applied.lock() else { return };
+        let expected = TxId(applied.len() as u64 + 1);
+        if tx.id != expected {
+            if let Ok(mut violation) = self.out_of_order.lock() {
+                violation.get_or_insert(format!("applied {} where {expected} was due", tx.id));
+            }
+        }
+        applied.push(tx.position());
+    }
+
+    fn applied(&self) -> TxId {
+        TxId(self.applied.lock().map(|a| a.len() as u64).unwrap_or(0))
+    }
+}

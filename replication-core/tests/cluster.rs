@@ -1,0 +1,221 @@
+//! The tokio driver with store-mem and the in-memory transport: a primary, replicas, a replica
+//! of a replica, synchronous stalls, policy changes, late joiners and crashes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use replication_core::driver::{Node, NodeOptions};
+use replication_core::engine::{AckKind, EngineConfig, Role, WriteError};
+use replication_core::quorum::Quorum;
+use replication_core::testing::{MemNetwork, RecordingStateMachine};
+use replication_core::{TxId, TxLog};
+use store_mem::MemLog;
+
+fn config(name: &str, role: Role) -> EngineConfig {
+    let mut config = EngineConfig::new(name, "db", role);
+    config.heartbeat_interval = Duration::from_millis(50);
+    config.peer_timeout = Duration::from_millis(400);
+    config.reconnect_min = Duration::from_millis(10);
+    config.reconnect_max = Duration::from_millis(100);
+    config
+}
+
+fn replica_of(source: &str) -> Role {
+    Role::Replica { address: source.to_string() }
+}
+
+struct TestNode {
+    node: Node,
+    log: MemLog,
+    machine: RecordingStateMachine,
+}
+
+fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
+async fn start(network: &MemNetwork, config: EngineConfig, policy: Quorum, log: MemLog) -> TestNode {
+    init_logs();
+    let machine = RecordingStateMachine::default();
+    let name = config.node.0.clone();
+    let node = Node::start(
+        config,
+        Arc::new(policy),
+        log.clone(),
+        network.endpoint(&name),
+        machine.clone(),
+        NodeOptions::default(),
+    )
+    .await
+    .expect("start");
+    TestNode { node, log, machine }
+}
+
+async fn eventually<F: Fn() -> bool>(what: &str, check: F) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !check() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn put(node: &Node, text: &str) -> Result<replication_core::engine::WriteReceipt, WriteError> {
+    node.write(Bytes::from(text.to_string())).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_primary_streams_to_replicas_and_a_cascade() {
+    let network = MemNetwork::new();
+    let primary = start(&network, config("p", Role::Primary), Quorum::Async, MemLog::new()).await;
+    let r1 = start(&network, config("r1", replica_of("p")), Quorum::Async, MemLog::new()).await;
+    let r2 = start(&network, config("r2", replica_of("r1")), Quorum::Async, MemLog::new()).await;
+    let mut last = TxId::ZERO;
+    for i in 0..50 {
+        let receipt = put(&primary.node, &format!("w{i}")).await.expect("write");
+        assert_eq!(receipt.ack, AckKind::Async);
+        assert_eq!(receipt.tx_id, last.next(), "dense ids");
+        last = receipt.tx_id;
+    }
+    r1.node.wait_applied(last).await.unwrap();
+    r2.node.wait_applied(last).await.unwrap();
+    assert_eq!(r1.machine.positions(), primary.machine.positions());
+    assert_eq!(r2.machine.positions(), primary.machine.positions());
+    assert!(r2.machine.order_violation().is_none());
+
+    let refused = put(&r1.node, "nope").await.unwrap_err();
+    assert_eq!(refused, WriteError::NotPrimary { source_address: "p".into() });
+    assert!(refused.to_string().contains("replica of p"));
+
+    let status = primary.node.status().await.unwrap();
+    assert_eq!(status.committed, last);
+    assert_eq!(status.replicas.len(), 1, "the cascaded replica is not the primary's replica");
+    assert_eq!(status.replicas[0].id.0, "r1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn synchronous_writes_wait_for_the_quorum_and_resume() {
+    let network = MemNetwork::new();
+    let policy = Quorum::AckCount { n: 1, among: None };
+    let primary = start(&network, config("p", Role::Primary), policy, MemLog::new()).await;
+    let r1 = start(&network, config("r1", replica_of("p")), Quorum::Async, MemLog::new()).await;
+    let first = put(&primary.node, "a").await.unwrap();
+    assert_eq!(first.ack, AckKind::Quorum);
+    r1.node.wait_applied(first.tx_id).await.unwrap();
+
+    // Lose the only replica: writes wait, reads (the applied state) go on.
+    r1.node.shutdown().await;
+    network.remove("r1");
+    let waiting = tokio::spawn({
+        let node = primary.node.clone();
+        async move { put(&node, "b").await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!waiting.is_finished(), "a synchronous write must wait for its quorum");
+    assert_eq!(primary.node.applied(), first.tx_id);
+    let status = primary.node.status().await.unwrap();
+    assert_eq!(status.waiting_writes, 1);
+    assert_eq!(status.durable.tx_id, TxId(2), "the primary holds it durably");
+    assert_eq!(status.committed, TxId(1));
+
+    // The replica comes back from its own disk and the waiting write completes by itself.
+    let r1 = start(&network, config("r1", replica_of("p")), Quorum::Async, r1.log.crash()).await;
+    let second = waiting.await.unwrap().expect("write completes once the replica is back");
+    assert_eq!(second.tx_id, TxId(2));
+    assert_eq!(second.ack, AckKind::Quorum);
+    r1.node.wait_applied(TxId(2)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changing_the_policy_releases_waiting_writes() {
+    let network = MemNetwork::new();
+    let policy = Quorum::AckCount { n: 2, among: None };
+    let primary = start(&network, config("p", Role::Primary), policy, MemLog::new()).await;
+    let _r1 = start(&network, config("r1", replica_of("p")), Quorum::Async, MemLog::new()).await;
+    let waiting = tokio::spawn({
+        let node = primary.node.clone();
+        async move { put(&node, "x").await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!waiting.is_finished(), "two acknowledgements cannot come from one replica");
+    primary.node.set_policy(Arc::new(Quorum::AckCount { n: 1, among: None })).await.unwrap();
+    let receipt = waiting.await.unwrap().expect("released by the policy change");
+    assert_eq!(receipt.ack, AckKind::Quorum);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_timeout_reports_an_unknown_outcome() {
+    let network = MemNetwork::new();
+    let mut cfg = config("p", Role::Primary);
+    cfg.write_timeout = Some(Duration::from_millis(100));
+    let primary = start(&network, cfg, Quorum::AckCount { n: 1, among: None }, MemLog::new()).await;
+    let error = put(&primary.node, "x").await.unwrap_err();
+    assert_eq!(error, WriteError::Timeout { tx_id: TxId(1) });
+    assert!(error.to_string().contains("unknown"));
+    // It may still commit: a replica that arrives later commits it.
+    let r1 = start(&network, config("r1", replica_of("p")), Quorum::Async, MemLog::new()).await;
+    r1.node.wait_applied(TxId(1)).await.unwrap();
+    eventually("the timed-out write commits", || primary.node.applied() == TxId(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_joiner_receives_the_whole_history_then_follows_live() {
+    let network = MemNetwork::new();
+    let mut cfg = config("p", Role::Primary);
+    cfg.recent_cache_txs = 16; // most of the history must come from the log, not the cache
+    let primary = start(&network, cfg, Quorum::Async, MemLog::new()).await;
+    for i in 0..500 {
+        put(&primary.node, &format!("old{i}")).await.unwrap();
+    }
+    let mut late_cfg = config("late", replica_of("p"));
+    late_cfg.prefetch_buffer = 32;
+    let late = start(&network, late_cfg, Quorum::Async, MemLog::new()).await;
+    late.node.wait_applied(TxId(500)).await.unwrap();
+    for i in 0..20 {
+        put(&primary.node, &format!("new{i}")).await.unwrap();
+    }
+    late.node.wait_applied(TxId(520)).await.unwrap();
+    assert_eq!(late.machine.positions(), primary.machine.positions());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_primary_supersedes_what_it_lost_and_replicas_follow() {
+    let network = MemNetwork::new();
+    let primary_log = MemLog::with_manual_sync();
+    let primary = start(&network, config("p", Role::Primary), Quorum::Async, primary_log.clone()).await;
+    let replica = start(&network, config("r", replica_of("p")), Quorum::Async, MemLog::new()).await;
+    primary_log.sync();
+    let waiting = tokio::spawn({
+        let node = primary.node.clone();
+        async move { put(&node, "lost").await }
+    });
+    // The replica stores the transaction the primary streamed before its own sync...
+    eventually("the replica holds tx 1", || {
+        futures::executor::block_on(replica.log.state()).unwrap().last.tx_id == TxId(1)
+    })
+    .await;
+    // ...and the primary crashes before syncing it: the writer never got an answer.
+    primary.node.shutdown().await;
+    network.remove("p");
+    assert!(waiting.await.unwrap().is_err(), "the write was never acknowledged");
+    let reopened = primary_log.crash();
+    assert_eq!(futures::executor::block_on(reopened.state()).unwrap().last.tx_id, TxId(0));
+    let primary = start(&network, config("p", Role::Primary), Quorum::Async, reopened.clone()).await;
+    // From now on the restarted primary's disk syncs continuously.
+    tokio::spawn(async move {
+        loop {
+            reopened.sync();
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    });
+    let receipt = put(&primary.node, "kept").await.unwrap();
+    assert_eq!(receipt.tx_id, TxId(1));
+    // The replica discards its superseded transaction 1 without an operator.
+    replica.node.wait_applied(TxId(1)).await.unwrap();
+    assert_eq!(replica.machine.positions(), primary.machine.positions());
+    let status = replica.node.status().await.unwrap();
+    assert_eq!(status.epoch, primary.node.status().await.unwrap().epoch);
+}

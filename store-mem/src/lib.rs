@@ -1,0 +1,224 @@
+//! An in-memory [`TxLog`] for tests, examples and benchmarks.
+//!
+//! By default every append is durable at once. [`MemLog::with_manual_sync`] makes durability
+//! explicit ([`MemLog::sync`]) and [`MemLog::crash`] simulates a crash that loses whatever was
+//! not yet durable, which is how tests check that a node never acknowledges what it could
+//! lose. It keeps the whole log in memory, so it is not for production data.
+//!
+//! ```
+//! use bytes::Bytes;
+//! use replication_core::{LogPosition, Epoch, Tx, TxId, TxLog};
+//! use store_mem::MemLog;
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let log = MemLog::with_manual_sync();
+//! let tx = Tx::new(LogPosition::START, Epoch(1), Bytes::from_static(b"a"));
+//! let durable = log.append(vec![tx]).await.unwrap();
+//! assert_eq!(log.state().await.unwrap().durable.tx_id, TxId(0)); // readable, not durable
+//! log.sync();
+//! assert_eq!(durable.await.unwrap(), TxId(1));
+//! assert_eq!(log.crash().state().await.unwrap().last.tx_id, TxId(1));
+//! # }
+//! ```
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use async_trait::async_trait;
+use replication_core::{
+    Durability, Epoch, LogError, LogPosition, LogState, Tx, TxId, TxLog,
+};
+use tokio::sync::watch;
+
+#[derive(Debug, Clone)]
+struct Inner {
+    txs: Vec<Tx>,
+    epoch: Epoch,
+    durable: TxId,
+    committed: TxId,
+    manual_sync: bool,
+}
+
+impl Inner {
+    fn position(&self, tx_id: TxId) -> LogPosition {
+        match tx_id.0.checked_sub(1).and_then(|i| self.txs.get(i as usize)) {
+            Some(tx) => tx.position(),
+            None => LogPosition::START,
+        }
+    }
+
+    fn last(&self) -> TxId {
+        TxId(self.txs.len() as u64)
+    }
+}
+
+/// Durability progress shared with waiting [`Durability`] futures: the durable id, and whether
+/// the log crashed (waiters then fail).
+type DurableWatch = watch::Sender<(TxId, bool)>;
+
+/// An in-memory transaction log. Cloning gives another handle to the same log.
+#[derive(Debug, Clone)]
+pub struct MemLog {
+    inner: Arc<Mutex<Inner>>,
+    durable: Arc<DurableWatch>,
+}
+
+impl Default for MemLog {
+    fn default() -> MemLog {
+        MemLog::new()
+    }
+}
+
+impl MemLog {
+    /// An empty log whose appends are durable at once.
+    pub fn new() -> MemLog {
+        MemLog::from_inner(Inner {
+            txs: Vec::new(),
+            epoch: Epoch(0),
+            durable: TxId::ZERO,
+            committed: TxId::ZERO,
+            manual_sync: false,
+        })
+    }
+
+    /// An empty log whose appends become durable only when [`MemLog::sync`] is called.
+    pub fn with_manual_sync() -> MemLog {
+        let log = MemLog::new();
+        log.lock().manual_sync = true;
+        log
+    }
+
+    fn from_inner(inner: Inner) -> MemLog {
+        let durable = inner.durable;
+        MemLog {
+            inner: Arc::new(Mutex::new(inner)),
+            durable: Arc::new(watch::channel((durable, false)).0),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave `Inner` half-updated (every update is a
+        // single assignment or push), so a poisoned lock is still consistent.
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Makes every appended transaction durable (manual-sync logs).
+    pub fn sync(&self) {
+        let last = self.lock().last();
+        self.sync_up_to(last);
+    }
+
+    /// Makes transactions up to `tx_id` durable (manual-sync logs).
+    pub fn sync_up_to(&self, tx_id: TxId) {
+        let mut inner = self.lock();
+        let up_to = tx_id.min(inner.last());
+        if up_to > inner.durable {
+            inner.durable = up_to;
+            self.durable.send_replace((up_to, false));
+        }
+    }
+
+    /// Simulates a crash: this handle's pending durability futures fail, and the returned log
+    /// is what a restart would find, holding only what was durable.
+    pub fn crash(&self) -> MemLog {
+        let mut survivor = self.lock().clone();
+        survivor.txs.truncate(survivor.durable.0 as usize);
+        survivor.committed = survivor.committed.min(survivor.durable);
+        let durable = *self.durable.borrow();
+        self.durable.send_replace((durable.0, true));
+        MemLog::from_inner(survivor)
+    }
+}
+
+#[async_trait]
+impl TxLog for MemLog {
+    async fn append(&self, txs: Vec<Tx>) -> Result<Durability, LogError> {
+        let last = {
+            let mut inner = self.lock();
+            if *self.durable.borrow() == (inner.durable, true) {
+                return Err(LogError::Closed);
+            }
+            let Some(first) = txs.first() else {
+                let last = inner.last();
+                return Ok(Box::pin(async move { Ok(last) }));
+            };
+            if first.id != inner.last().next() {
+                return Err(LogError::NotContiguous { last: inner.last(), found: first.id });
+            }
+            inner.txs.extend(txs);
+            inner.last()
+        };
+        if !self.lock().manual_sync {
+            self.sync_up_to(last);
+        }
+        let mut progress = self.durable.subscribe();
+        Ok(Box::pin(async move {
+            let reached = progress
+                .wait_for(|(durable, crashed)| *crashed || *durable >= last)
+                .await
+                .map_err(|_| LogError::Closed)?;
+            if reached.1 { Err(LogError::Closed) } else { Ok(last) }
+        }))
+    }
+
+    async fn read(
+        &self,
+        from: TxId,
+        max_count: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Tx>, LogError> {
+        let inner = self.lock();
+        let start = from.0.max(1) as usize - 1;
+        let mut bytes = 0;
+        let mut out = Vec::new();
+        for tx in inner.txs.iter().skip(start).take(max_count) {
+            if !out.is_empty() && bytes + tx.payload.len() > max_bytes {
+                break;
+            }
+            bytes += tx.payload.len();
+            out.push(tx.clone());
+        }
+        Ok(out)
+    }
+
+    async fn state(&self) -> Result<LogState, LogError> {
+        let inner = self.lock();
+        Ok(LogState {
+            epoch: inner.epoch,
+            last: inner.position(inner.last()),
+            durable: inner.position(inner.durable),
+            committed: inner.position(inner.committed),
+        })
+    }
+
+    async fn commit(&self, up_to: TxId) -> Result<(), LogError> {
+        let mut inner = self.lock();
+        if up_to > inner.durable {
+            return Err(LogError::InvalidCommit {
+                requested: up_to,
+                durable: inner.durable,
+                committed: inner.committed,
+            });
+        }
+        inner.committed = inner.committed.max(up_to);
+        Ok(())
+    }
+
+    async fn truncate_after(&self, last: TxId) -> Result<(), LogError> {
+        let mut inner = self.lock();
+        if last < inner.committed {
+            return Err(LogError::TruncateCommitted { requested: last, committed: inner.committed });
+        }
+        inner.txs.truncate(last.0 as usize);
+        if inner.durable > last {
+            inner.durable = last;
+            self.durable.send_replace((last, false));
+        }
+        Ok(())
+    }
+
+    async fn save_epoch(&self, epoch: Epoch) -> Result<(), LogError> {
+        let mut inner = self.lock();
+        inner.epoch = inner.epoch.max(epoch);
+        Ok(())
+    }
+}
