@@ -1,1 +1,151 @@
-fn main(){}
+//! The core commit path: store-mem logs and the in-memory transport, a primary and three
+//! replicas, quorum sizes 0 (asynchronous) to 3, with 1 and with 64 concurrent writers.
+//! Each iteration is one committed write; with 64 writers, throughput shows pipelining and
+//! batching at work.
+#![allow(missing_docs)] // criterion_group! generates an undocumented function.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use replication_core::driver::{Node, NodeOptions};
+use replication_core::engine::{EngineConfig, Role};
+use replication_core::quorum::Quorum;
+use replication_core::testing::{MemNetwork, RecordingStateMachine};
+use replication_core::{StateMachine, Tx, TxId};
+use store_mem::MemLog;
+
+/// Applies nothing: the benchmark measures replication, not the application.
+#[derive(Default)]
+struct Discard(TxId);
+
+impl StateMachine for Discard {
+    fn apply(&mut self, tx: &Tx) {
+        self.0 = tx.id;
+    }
+
+    fn applied(&self) -> TxId {
+        self.0
+    }
+}
+
+struct Cluster {
+    primary: Node,
+    replicas: Vec<Node>,
+}
+
+async fn cluster(quorum: usize, replicas: usize) -> Cluster {
+    let network = MemNetwork::new();
+    let policy = if quorum == 0 {
+        Quorum::Async
+    } else {
+        Quorum::AckCount {
+            n: quorum,
+            among: None,
+        }
+    };
+    let primary = Node::start(
+        EngineConfig::new("p", "bench", Role::Primary),
+        Arc::new(policy),
+        MemLog::new(),
+        network.endpoint("p"),
+        Discard::default(),
+        NodeOptions::default(),
+    )
+    .await
+    .expect("primary");
+    let mut nodes = Vec::new();
+    for i in 0..replicas {
+        let name = format!("r{i}");
+        let role = Role::Replica {
+            address: "p".into(),
+        };
+        let node = Node::start(
+            EngineConfig::new(name.as_str(), "bench", role),
+            Arc::new(Quorum::Async),
+            MemLog::new(),
+            network.endpoint(&name),
+            RecordingStateMachine::default(),
+            NodeOptions::default(),
+        )
+        .await
+        .expect("replica");
+        nodes.push(node);
+    }
+    // Warm up until every replica streams.
+    for _ in 0..100 {
+        primary
+            .write(Bytes::from_static(b"warm-up"))
+            .await
+            .expect("warm-up");
+    }
+    for node in &nodes {
+        node.wait_applied(TxId(100))
+            .await
+            .expect("replica caught up");
+    }
+    Cluster {
+        primary,
+        replicas: nodes,
+    }
+}
+
+/// Runs `total` writes from `writers` concurrent tasks and returns the elapsed time.
+async fn run_writes(primary: &Node, writers: usize, total: u64) -> Duration {
+    let per_writer = total.div_ceil(writers as u64);
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..writers)
+        .map(|_| {
+            let primary = primary.clone();
+            tokio::spawn(async move {
+                let payload = Bytes::from(vec![7u8; 128]);
+                for _ in 0..per_writer {
+                    primary.write(payload.clone()).await.expect("write");
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("writer");
+    }
+    start.elapsed() * (total as u32) / ((per_writer * writers as u64) as u32)
+}
+
+fn commit_path(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut group = c.benchmark_group("commit_path");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(3))
+        .warm_up_time(Duration::from_millis(500));
+    for quorum in 0..=3 {
+        let cluster = runtime.block_on(cluster(quorum, 3));
+        for writers in [1usize, 64] {
+            group.throughput(Throughput::Elements(1));
+            group.bench_with_input(
+                BenchmarkId::new(format!("quorum_{quorum}"), format!("{writers}_writers")),
+                &writers,
+                |b, &writers| {
+                    b.iter_custom(|iterations| {
+                        runtime.block_on(run_writes(&cluster.primary, writers, iterations))
+                    });
+                },
+            );
+        }
+        runtime.block_on(async {
+            cluster.primary.shutdown().await;
+            for replica in &cluster.replicas {
+                replica.shutdown().await;
+            }
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, commit_path);
+criterion_main!(benches);

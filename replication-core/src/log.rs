@@ -99,8 +99,12 @@ pub trait TxLog: Send + Sync + 'static {
     ///
     /// # Errors
     /// [`LogError::Corrupt`] if stored data fails its checks; I/O errors.
-    async fn read(&self, from: TxId, max_count: usize, max_bytes: usize)
-    -> Result<Vec<Tx>, LogError>;
+    async fn read(
+        &self,
+        from: TxId,
+        max_count: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Tx>, LogError>;
 
     /// The log's positions and epoch.
     async fn state(&self) -> Result<LogState, LogError>;

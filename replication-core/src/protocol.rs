@@ -153,7 +153,10 @@ pub enum FrameError {
 pub fn encode(message: &Message, max_frame_size: usize) -> Result<Bytes, FrameError> {
     let bytes = postcard::to_allocvec(message)?;
     if bytes.len() > max_frame_size {
-        return Err(FrameError::TooLarge { size: bytes.len(), limit: max_frame_size });
+        return Err(FrameError::TooLarge {
+            size: bytes.len(),
+            limit: max_frame_size,
+        });
     }
     Ok(Bytes::from(bytes))
 }
@@ -161,11 +164,16 @@ pub fn encode(message: &Message, max_frame_size: usize) -> Result<Bytes, FrameEr
 /// Decodes one frame. Never panics, whatever the bytes.
 pub fn decode(frame: &[u8], max_frame_size: usize) -> Result<Message, FrameError> {
     if frame.len() > max_frame_size {
-        return Err(FrameError::TooLarge { size: frame.len(), limit: max_frame_size });
+        return Err(FrameError::TooLarge {
+            size: frame.len(),
+            limit: max_frame_size,
+        });
     }
     let (message, rest) = postcard::take_from_bytes(frame)?;
     if !rest.is_empty() {
-        return Err(FrameError::Malformed(postcard::Error::DeserializeBadEncoding));
+        return Err(FrameError::Malformed(
+            postcard::Error::DeserializeBadEncoding,
+        ));
     }
     Ok(message)
 }
@@ -178,7 +186,10 @@ mod tests {
     #[test]
     fn round_trip() {
         let tx = Tx::new(LogPosition::START, Epoch(3), Bytes::from_static(b"payload"));
-        let message = Message::Txs { txs: vec![tx], committed: TxId(0) };
+        let message = Message::Txs {
+            txs: vec![tx],
+            committed: TxId(0),
+        };
         let frame = encode(&message, MAX_FRAME_SIZE).unwrap();
         assert_eq!(decode(&frame, MAX_FRAME_SIZE).unwrap(), message);
     }
@@ -186,18 +197,32 @@ mod tests {
     #[test]
     fn oversized_frames_are_refused_both_ways() {
         let tx = Tx::new(LogPosition::START, Epoch(1), Bytes::from(vec![7u8; 4096]));
-        let message = Message::Txs { txs: vec![tx], committed: TxId(0) };
-        assert!(matches!(encode(&message, 1024), Err(FrameError::TooLarge { .. })));
+        let message = Message::Txs {
+            txs: vec![tx],
+            committed: TxId(0),
+        };
+        assert!(matches!(
+            encode(&message, 1024),
+            Err(FrameError::TooLarge { .. })
+        ));
         let frame = encode(&message, MAX_FRAME_SIZE).unwrap();
-        assert!(matches!(decode(&frame, 1024), Err(FrameError::TooLarge { .. })));
+        assert!(matches!(
+            decode(&frame, 1024),
+            Err(FrameError::TooLarge { .. })
+        ));
     }
 
     #[test]
     fn truncated_frames_are_errors() {
-        let message = Message::Ack { durable: LogPosition::START };
+        let message = Message::Ack {
+            durable: LogPosition::START,
+        };
         let frame = encode(&message, MAX_FRAME_SIZE).unwrap();
         for cut in 0..frame.len() {
-            assert!(decode(&frame[..cut], MAX_FRAME_SIZE).is_err(), "cut at {cut}");
+            assert!(
+                decode(&frame[..cut], MAX_FRAME_SIZE).is_err(),
+                "cut at {cut}"
+            );
         }
     }
 

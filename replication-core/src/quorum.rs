@@ -162,10 +162,7 @@ pub enum Quorum {
 }
 
 /// The `n`-th highest durable position among the replicas the filter admits.
-fn nth_highest<'a>(
-    replicas: impl Iterator<Item = &'a ReplicaProgress<'a>>,
-    n: usize,
-) -> TxId {
+fn nth_highest<'a>(replicas: impl Iterator<Item = &'a ReplicaProgress<'a>>, n: usize) -> TxId {
     if n == 0 {
         return TxId(u64::MAX);
     }
@@ -182,7 +179,9 @@ impl QuorumPolicy for Quorum {
         match self {
             Quorum::Async => TxId(u64::MAX),
             Quorum::AckCount { n, among } => nth_highest(
-                replicas.iter().filter(|r| among.as_ref().is_none_or(|f| f.admits(r))),
+                replicas
+                    .iter()
+                    .filter(|r| among.as_ref().is_none_or(|f| f.admits(r))),
                 *n,
             ),
             Quorum::Majority => {
@@ -208,9 +207,11 @@ impl QuorumPolicy for Quorum {
                     standbys.into_iter().min().unwrap_or(TxId::ZERO)
                 }
             }
-            Quorum::AllOf(parts) => {
-                parts.iter().map(|p| p.satisfied(replicas)).min().unwrap_or(TxId(u64::MAX))
-            }
+            Quorum::AllOf(parts) => parts
+                .iter()
+                .map(|p| p.satisfied(replicas))
+                .min()
+                .unwrap_or(TxId(u64::MAX)),
         }
     }
 
@@ -237,8 +238,12 @@ pub struct ParseQuorumError {
 
 fn parse_names(text: &str) -> Option<Vec<NodeId>> {
     let inner = text.trim().strip_prefix('(')?.strip_suffix(')')?;
-    let names: Vec<NodeId> =
-        inner.split(',').map(str::trim).filter(|s| !s.is_empty()).map(NodeId::new).collect();
+    let names: Vec<NodeId> = inner
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(NodeId::new)
+        .collect();
     (!names.is_empty()).then_some(names)
 }
 
@@ -258,9 +263,15 @@ fn parse_one(text: &str) -> Result<Quorum, &'static str> {
             let among = match filter {
                 None => None,
                 Some(filter) => Some(if let Some((key, value)) = filter.split_once("!=") {
-                    ReplicaFilter::TagNotEquals { key: key.trim().into(), value: value.trim().into() }
+                    ReplicaFilter::TagNotEquals {
+                        key: key.trim().into(),
+                        value: value.trim().into(),
+                    }
                 } else if let Some((key, value)) = filter.split_once('=') {
-                    ReplicaFilter::TagEquals { key: key.trim().into(), value: value.trim().into() }
+                    ReplicaFilter::TagEquals {
+                        key: key.trim().into(),
+                        value: value.trim().into(),
+                    }
                 } else {
                     return Err("`where` needs `tag=value` or `tag!=value`");
                 }),
@@ -269,7 +280,10 @@ fn parse_one(text: &str) -> Result<Quorum, &'static str> {
         }
         "any" | "first" => {
             let (count, names) = rest.split_once('(').ok_or("missing `(names)`")?;
-            let n: usize = count.trim().parse().map_err(|_| "missing count before `(names)`")?;
+            let n: usize = count
+                .trim()
+                .parse()
+                .map_err(|_| "missing count before `(names)`")?;
             let names = parse_names(&format!("({names}")).ok_or("bad `(names)` list")?;
             if n > names.len() {
                 return Err("count exceeds the number of names");
@@ -288,15 +302,28 @@ impl FromStr for Quorum {
     type Err = ParseQuorumError;
 
     fn from_str(text: &str) -> Result<Quorum, ParseQuorumError> {
-        let error = |reason| ParseQuorumError { text: text.to_string(), reason };
-        let mut parts: Vec<Quorum> =
-            text.split(" and ").map(|p| parse_one(p).map_err(error)).collect::<Result<_, _>>()?;
-        Ok(if parts.len() == 1 { parts.remove(0) } else { Quorum::AllOf(parts) })
+        let error = |reason| ParseQuorumError {
+            text: text.to_string(),
+            reason,
+        };
+        let mut parts: Vec<Quorum> = text
+            .split(" and ")
+            .map(|p| parse_one(p).map_err(error))
+            .collect::<Result<_, _>>()?;
+        Ok(if parts.len() == 1 {
+            parts.remove(0)
+        } else {
+            Quorum::AllOf(parts)
+        })
     }
 }
 
 fn join_names(names: &[NodeId]) -> String {
-    names.iter().map(NodeId::as_str).collect::<Vec<_>>().join(",")
+    names
+        .iter()
+        .map(NodeId::as_str)
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 impl fmt::Display for Quorum {
@@ -304,13 +331,22 @@ impl fmt::Display for Quorum {
         match self {
             Quorum::Async => f.write_str("async"),
             Quorum::AckCount { n, among: None } => write!(f, "acks {n}"),
-            Quorum::AckCount { n, among: Some(ReplicaFilter::TagEquals { key, value }) } => {
+            Quorum::AckCount {
+                n,
+                among: Some(ReplicaFilter::TagEquals { key, value }),
+            } => {
                 write!(f, "acks {n} where {key}={value}")
             }
-            Quorum::AckCount { n, among: Some(ReplicaFilter::TagNotEquals { key, value }) } => {
+            Quorum::AckCount {
+                n,
+                among: Some(ReplicaFilter::TagNotEquals { key, value }),
+            } => {
                 write!(f, "acks {n} where {key}!={value}")
             }
-            Quorum::AckCount { n, among: Some(ReplicaFilter::Names(names)) } => {
+            Quorum::AckCount {
+                n,
+                among: Some(ReplicaFilter::Names(names)),
+            } => {
                 write!(f, "any {n} ({})", join_names(names))
             }
             Quorum::Majority => f.write_str("majority"),

@@ -7,7 +7,9 @@ use serde::{Deserialize, Serialize};
 
 /// The id of a transaction in a log. Ids are dense and start at 1; `TxId(0)` means "before the
 /// first transaction" (an empty log).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct TxId(pub u64);
 
 impl TxId {
@@ -34,7 +36,9 @@ impl fmt::Display for TxId {
 /// The epoch of a primary. A primary begins a new, higher epoch every time it starts, every
 /// transaction records the epoch of the primary that wrote it, and nodes refuse sources of a
 /// lower epoch than their own (fencing).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct Epoch(pub u64);
 
 impl Epoch {
@@ -90,10 +94,12 @@ impl TxHash {
     /// Lower-case hexadecimal, as status output shows it.
     pub fn to_hex(&self) -> String {
         use std::fmt::Write;
-        self.0.iter().fold(String::with_capacity(64), |mut out, byte| {
-            let _ = write!(out, "{byte:02x}");
-            out
-        })
+        self.0
+            .iter()
+            .fold(String::with_capacity(64), |mut out, byte| {
+                let _ = write!(out, "{byte:02x}");
+                out
+            })
     }
 }
 
@@ -142,23 +148,38 @@ impl Tx {
     pub fn new(prev: LogPosition, epoch: Epoch, payload: Bytes) -> Tx {
         let id = prev.tx_id.next();
         let hash = chain_hash(&prev.hash, id, epoch, &payload);
-        Tx { id, epoch, payload, hash }
+        Tx {
+            id,
+            epoch,
+            payload,
+            hash,
+        }
     }
 
     /// The position this transaction occupies.
     pub fn position(&self) -> LogPosition {
-        LogPosition { tx_id: self.id, hash: self.hash }
+        LogPosition {
+            tx_id: self.id,
+            hash: self.hash,
+        }
     }
 
     /// Checks that this transaction directly follows `prev` and that its hash is the chained
     /// hash of its contents.
     pub fn verify_follows(&self, prev: &LogPosition) -> Result<(), ChainError> {
         if self.id != prev.tx_id.next() {
-            return Err(ChainError::Gap { expected: prev.tx_id.next(), found: self.id });
+            return Err(ChainError::Gap {
+                expected: prev.tx_id.next(),
+                found: self.id,
+            });
         }
         let expected = chain_hash(&prev.hash, self.id, self.epoch, &self.payload);
         if expected != self.hash {
-            return Err(ChainError::HashMismatch { tx_id: self.id, expected, found: self.hash });
+            return Err(ChainError::HashMismatch {
+                tx_id: self.id,
+                expected,
+                found: self.hash,
+            });
         }
         Ok(())
     }
@@ -216,7 +237,10 @@ pub struct LogPosition {
 
 impl LogPosition {
     /// The position of an empty log.
-    pub const START: LogPosition = LogPosition { tx_id: TxId::ZERO, hash: TxHash::GENESIS };
+    pub const START: LogPosition = LogPosition {
+        tx_id: TxId::ZERO,
+        hash: TxHash::GENESIS,
+    };
 }
 
 impl fmt::Display for LogPosition {
@@ -248,7 +272,10 @@ mod tests {
         let t2 = Tx::new(t1.position(), Epoch(1), Bytes::from_static(b"b"));
         assert!(t1.verify_follows(&LogPosition::START).is_ok());
         assert!(t2.verify_follows(&t1.position()).is_ok());
-        assert!(matches!(t2.verify_follows(&LogPosition::START), Err(ChainError::Gap { .. })));
+        assert!(matches!(
+            t2.verify_follows(&LogPosition::START),
+            Err(ChainError::Gap { .. })
+        ));
 
         let mut forged = t2.clone();
         forged.payload = Bytes::from_static(b"c");

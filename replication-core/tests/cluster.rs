@@ -22,7 +22,9 @@ fn config(name: &str, role: Role) -> EngineConfig {
 }
 
 fn replica_of(source: &str) -> Role {
-    Role::Replica { address: source.to_string() }
+    Role::Replica {
+        address: source.to_string(),
+    }
 }
 
 struct TestNode {
@@ -38,7 +40,12 @@ fn init_logs() {
         .try_init();
 }
 
-async fn start(network: &MemNetwork, config: EngineConfig, policy: Quorum, log: MemLog) -> TestNode {
+async fn start(
+    network: &MemNetwork,
+    config: EngineConfig,
+    policy: Quorum,
+    log: MemLog,
+) -> TestNode {
     init_logs();
     let machine = RecordingStateMachine::default();
     let name = config.node.0.clone();
@@ -56,23 +63,47 @@ async fn start(network: &MemNetwork, config: EngineConfig, policy: Quorum, log: 
 }
 
 async fn eventually<F: Fn() -> bool>(what: &str, check: F) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !check() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let polled = async {
+        while !check() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), polled)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
 }
 
-async fn put(node: &Node, text: &str) -> Result<replication_core::engine::WriteReceipt, WriteError> {
+async fn put(
+    node: &Node,
+    text: &str,
+) -> Result<replication_core::engine::WriteReceipt, WriteError> {
     node.write(Bytes::from(text.to_string())).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn async_primary_streams_to_replicas_and_a_cascade() {
     let network = MemNetwork::new();
-    let primary = start(&network, config("p", Role::Primary), Quorum::Async, MemLog::new()).await;
-    let r1 = start(&network, config("r1", replica_of("p")), Quorum::Async, MemLog::new()).await;
-    let r2 = start(&network, config("r2", replica_of("r1")), Quorum::Async, MemLog::new()).await;
+    let primary = start(
+        &network,
+        config("p", Role::Primary),
+        Quorum::Async,
+        MemLog::new(),
+    )
+    .await;
+    let r1 = start(
+        &network,
+        config("r1", replica_of("p")),
+        Quorum::Async,
+        MemLog::new(),
+    )
+    .await;
+    let r2 = start(
+        &network,
+        config("r2", replica_of("r1")),
+        Quorum::Async,
+        MemLog::new(),
+    )
+    .await;
     let mut last = TxId::ZERO;
     for i in 0..50 {
         let receipt = put(&primary.node, &format!("w{i}")).await.expect("write");
@@ -87,12 +118,21 @@ async fn async_primary_streams_to_replicas_and_a_cascade() {
     assert!(r2.machine.order_violation().is_none());
 
     let refused = put(&r1.node, "nope").await.unwrap_err();
-    assert_eq!(refused, WriteError::NotPrimary { source_address: "p".into() });
+    assert_eq!(
+        refused,
+        WriteError::NotPrimary {
+            source_address: "p".into()
+        }
+    );
     assert!(refused.to_string().contains("replica of p"));
 
     let status = primary.node.status().await.unwrap();
     assert_eq!(status.committed, last);
-    assert_eq!(status.replicas.len(), 1, "the cascaded replica is not the primary's replica");
+    assert_eq!(
+        status.replicas.len(),
+        1,
+        "the cascaded replica is not the primary's replica"
+    );
     assert_eq!(status.replicas[0].id.0, "r1");
 }
 
@@ -101,7 +141,13 @@ async fn synchronous_writes_wait_for_the_quorum_and_resume() {
     let network = MemNetwork::new();
     let policy = Quorum::AckCount { n: 1, among: None };
     let primary = start(&network, config("p", Role::Primary), policy, MemLog::new()).await;
-    let r1 = start(&network, config("r1", replica_of("p")), Quorum::Async, MemLog::new()).await;
+    let r1 = start(
+        &network,
+        config("r1", replica_of("p")),
+        Quorum::Async,
+        MemLog::new(),
+    )
+    .await;
     let first = put(&primary.node, "a").await.unwrap();
     assert_eq!(first.ack, AckKind::Quorum);
     r1.node.wait_applied(first.tx_id).await.unwrap();
@@ -114,16 +160,32 @@ async fn synchronous_writes_wait_for_the_quorum_and_resume() {
         async move { put(&node, "b").await }
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(!waiting.is_finished(), "a synchronous write must wait for its quorum");
+    assert!(
+        !waiting.is_finished(),
+        "a synchronous write must wait for its quorum"
+    );
     assert_eq!(primary.node.applied(), first.tx_id);
     let status = primary.node.status().await.unwrap();
     assert_eq!(status.waiting_writes, 1);
-    assert_eq!(status.durable.tx_id, TxId(2), "the primary holds it durably");
+    assert_eq!(
+        status.durable.tx_id,
+        TxId(2),
+        "the primary holds it durably"
+    );
     assert_eq!(status.committed, TxId(1));
 
     // The replica comes back from its own disk and the waiting write completes by itself.
-    let r1 = start(&network, config("r1", replica_of("p")), Quorum::Async, r1.log.crash()).await;
-    let second = waiting.await.unwrap().expect("write completes once the replica is back");
+    let r1 = start(
+        &network,
+        config("r1", replica_of("p")),
+        Quorum::Async,
+        r1.log.crash(),
+    )
+    .await;
+    let second = waiting
+        .await
+        .unwrap()
+        .expect("write completes once the replica is back");
     assert_eq!(second.tx_id, TxId(2));
     assert_eq!(second.ack, AckKind::Quorum);
     r1.node.wait_applied(TxId(2)).await.unwrap();
@@ -134,15 +196,31 @@ async fn changing_the_policy_releases_waiting_writes() {
     let network = MemNetwork::new();
     let policy = Quorum::AckCount { n: 2, among: None };
     let primary = start(&network, config("p", Role::Primary), policy, MemLog::new()).await;
-    let _r1 = start(&network, config("r1", replica_of("p")), Quorum::Async, MemLog::new()).await;
+    let _r1 = start(
+        &network,
+        config("r1", replica_of("p")),
+        Quorum::Async,
+        MemLog::new(),
+    )
+    .await;
     let waiting = tokio::spawn({
         let node = primary.node.clone();
         async move { put(&node, "x").await }
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(!waiting.is_finished(), "two acknowledgements cannot come from one replica");
-    primary.node.set_policy(Arc::new(Quorum::AckCount { n: 1, among: None })).await.unwrap();
-    let receipt = waiting.await.unwrap().expect("released by the policy change");
+    assert!(
+        !waiting.is_finished(),
+        "two acknowledgements cannot come from one replica"
+    );
+    primary
+        .node
+        .set_policy(Arc::new(Quorum::AckCount { n: 1, among: None }))
+        .await
+        .unwrap();
+    let receipt = waiting
+        .await
+        .unwrap()
+        .expect("released by the policy change");
     assert_eq!(receipt.ack, AckKind::Quorum);
 }
 
@@ -151,14 +229,29 @@ async fn write_timeout_reports_an_unknown_outcome() {
     let network = MemNetwork::new();
     let mut cfg = config("p", Role::Primary);
     cfg.write_timeout = Some(Duration::from_millis(100));
-    let primary = start(&network, cfg, Quorum::AckCount { n: 1, among: None }, MemLog::new()).await;
+    let primary = start(
+        &network,
+        cfg,
+        Quorum::AckCount { n: 1, among: None },
+        MemLog::new(),
+    )
+    .await;
     let error = put(&primary.node, "x").await.unwrap_err();
     assert_eq!(error, WriteError::Timeout { tx_id: TxId(1) });
     assert!(error.to_string().contains("unknown"));
     // It may still commit: a replica that arrives later commits it.
-    let r1 = start(&network, config("r1", replica_of("p")), Quorum::Async, MemLog::new()).await;
+    let r1 = start(
+        &network,
+        config("r1", replica_of("p")),
+        Quorum::Async,
+        MemLog::new(),
+    )
+    .await;
     r1.node.wait_applied(TxId(1)).await.unwrap();
-    eventually("the timed-out write commits", || primary.node.applied() == TxId(1)).await;
+    eventually("the timed-out write commits", || {
+        primary.node.applied() == TxId(1)
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -185,8 +278,20 @@ async fn late_joiner_receives_the_whole_history_then_follows_live() {
 async fn restarted_primary_supersedes_what_it_lost_and_replicas_follow() {
     let network = MemNetwork::new();
     let primary_log = MemLog::with_manual_sync();
-    let primary = start(&network, config("p", Role::Primary), Quorum::Async, primary_log.clone()).await;
-    let replica = start(&network, config("r", replica_of("p")), Quorum::Async, MemLog::new()).await;
+    let primary = start(
+        &network,
+        config("p", Role::Primary),
+        Quorum::Async,
+        primary_log.clone(),
+    )
+    .await;
+    let replica = start(
+        &network,
+        config("r", replica_of("p")),
+        Quorum::Async,
+        MemLog::new(),
+    )
+    .await;
     primary_log.sync();
     let waiting = tokio::spawn({
         let node = primary.node.clone();
@@ -194,16 +299,35 @@ async fn restarted_primary_supersedes_what_it_lost_and_replicas_follow() {
     });
     // The replica stores the transaction the primary streamed before its own sync...
     eventually("the replica holds tx 1", || {
-        futures::executor::block_on(replica.log.state()).unwrap().last.tx_id == TxId(1)
+        futures::executor::block_on(replica.log.state())
+            .unwrap()
+            .last
+            .tx_id
+            == TxId(1)
     })
     .await;
     // ...and the primary crashes before syncing it: the writer never got an answer.
     primary.node.shutdown().await;
     network.remove("p");
-    assert!(waiting.await.unwrap().is_err(), "the write was never acknowledged");
+    assert!(
+        waiting.await.unwrap().is_err(),
+        "the write was never acknowledged"
+    );
     let reopened = primary_log.crash();
-    assert_eq!(futures::executor::block_on(reopened.state()).unwrap().last.tx_id, TxId(0));
-    let primary = start(&network, config("p", Role::Primary), Quorum::Async, reopened.clone()).await;
+    assert_eq!(
+        futures::executor::block_on(reopened.state())
+            .unwrap()
+            .last
+            .tx_id,
+        TxId(0)
+    );
+    let primary = start(
+        &network,
+        config("p", Role::Primary),
+        Quorum::Async,
+        reopened.clone(),
+    )
+    .await;
     // From now on the restarted primary's disk syncs continuously.
     tokio::spawn(async move {
         loop {

@@ -24,9 +24,7 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
-use replication_core::{
-    Durability, Epoch, LogError, LogPosition, LogState, Tx, TxId, TxLog,
-};
+use replication_core::{Durability, Epoch, LogError, LogPosition, LogState, Tx, TxId, TxLog};
 use tokio::sync::watch;
 
 #[derive(Debug, Clone)]
@@ -40,7 +38,11 @@ struct Inner {
 
 impl Inner {
     fn position(&self, tx_id: TxId) -> LogPosition {
-        match tx_id.0.checked_sub(1).and_then(|i| self.txs.get(i as usize)) {
+        match tx_id
+            .0
+            .checked_sub(1)
+            .and_then(|i| self.txs.get(i as usize))
+        {
             Some(tx) => tx.position(),
             None => LogPosition::START,
         }
@@ -98,7 +100,9 @@ impl MemLog {
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding the lock cannot leave `Inner` half-updated (every update is a
         // single assignment or push), so a poisoned lock is still consistent.
-        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Makes every appended transaction durable (manual-sync logs).
@@ -142,7 +146,10 @@ impl TxLog for MemLog {
                 return Ok(Box::pin(async move { Ok(last) }));
             };
             if first.id != inner.last().next() {
-                return Err(LogError::NotContiguous { last: inner.last(), found: first.id });
+                return Err(LogError::NotContiguous {
+                    last: inner.last(),
+                    found: first.id,
+                });
             }
             inner.txs.extend(txs);
             inner.last()
@@ -156,7 +163,11 @@ impl TxLog for MemLog {
                 .wait_for(|(durable, crashed)| *crashed || *durable >= last)
                 .await
                 .map_err(|_| LogError::Closed)?;
-            if reached.1 { Err(LogError::Closed) } else { Ok(last) }
+            if reached.1 {
+                Err(LogError::Closed)
+            } else {
+                Ok(last)
+            }
         }))
     }
 
@@ -206,7 +217,10 @@ impl TxLog for MemLog {
     async fn truncate_after(&self, last: TxId) -> Result<(), LogError> {
         let mut inner = self.lock();
         if last < inner.committed {
-            return Err(LogError::TruncateCommitted { requested: last, committed: inner.committed });
+            return Err(LogError::TruncateCommitted {
+                requested: last,
+                committed: inner.committed,
+            });
         }
         inner.txs.truncate(last.0 as usize);
         if inner.durable > last {

@@ -14,7 +14,9 @@ impl Clock {
     /// A clock whose origin is now.
     #[allow(clippy::disallowed_methods)] // The driver is where time enters the system.
     pub fn start() -> Clock {
-        Clock { origin: tokio::time::Instant::now() }
+        Clock {
+            origin: tokio::time::Instant::now(),
+        }
     }
 
     /// The current time.

@@ -4,7 +4,7 @@
 //! The driver is deliberately thin. One task owns the engine and executes its commands in
 //! order; per-channel tasks read and write frames; per-append tasks wait for durability. All of
 //! them report back through one bounded event queue. The only clock reading in the crate is
-//! [`clock`], and the engine sees time only as the `now` the driver passes in.
+//! [`Clock`], and the engine sees time only as the `now` the driver passes in.
 
 mod clock;
 
@@ -16,8 +16,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::engine::{
-    Command, ConnId, Direction, Engine, EngineConfig, EngineStatus, Event, WriteError,
-    WriteId, WriteReceipt,
+    Command, ConnId, Direction, Engine, EngineConfig, EngineStatus, Event, WriteError, WriteId,
+    WriteReceipt,
 };
 use crate::log::{LogError, TxLog};
 use crate::protocol::{self, MAX_FRAME_SIZE};
@@ -57,7 +57,10 @@ impl Default for NodeOptions {
 }
 
 enum Request {
-    Write { payload: Bytes, reply: oneshot::Sender<Result<WriteReceipt, WriteError>> },
+    Write {
+        payload: Bytes,
+        reply: oneshot::Sender<Result<WriteReceipt, WriteError>>,
+    },
     Status(oneshot::Sender<EngineStatus>),
     SetPolicy(Arc<dyn QuorumPolicy>, oneshot::Sender<()>),
     Attach(Channel),
@@ -66,7 +69,10 @@ enum Request {
 
 enum Internal {
     Engine(Event),
-    Opened { channel: Channel, direction: Direction },
+    Opened {
+        channel: Channel,
+        direction: Direction,
+    },
 }
 
 /// A handle to a running replication node (one database on one server).
@@ -79,7 +85,9 @@ pub struct Node {
 
 impl std::fmt::Debug for Node {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Node").field("applied", &*self.applied.borrow()).finish_non_exhaustive()
+        f.debug_struct("Node")
+            .field("applied", &*self.applied.borrow())
+            .finish_non_exhaustive()
     }
 }
 
@@ -167,7 +175,10 @@ impl Node {
     /// [`WriteError::ShuttingDown`] once the node stopped.
     pub async fn status(&self) -> Result<EngineStatus, WriteError> {
         let (reply, answer) = oneshot::channel();
-        self.requests.send(Request::Status(reply)).await.map_err(|_| WriteError::ShuttingDown)?;
+        self.requests
+            .send(Request::Status(reply))
+            .await
+            .map_err(|_| WriteError::ShuttingDown)?;
         answer.await.map_err(|_| WriteError::ShuttingDown)
     }
 
@@ -201,7 +212,9 @@ impl Node {
     pub async fn wait_applied(&self, tx_id: TxId) -> Result<TxId, WriteError> {
         let mut applied = self.applied.clone();
         let result = applied.wait_for(|applied| *applied >= tx_id).await;
-        result.map(|applied| *applied).map_err(|_| WriteError::ShuttingDown)
+        result
+            .map(|applied| *applied)
+            .map_err(|_| WriteError::ShuttingDown)
     }
 
     /// Stops the node: answers waiting writes with [`WriteError::ShuttingDown`] (outcome
@@ -260,7 +273,9 @@ async fn apply_committed<L: TxLog, S: StateMachine>(
         let count = (up_to.0 - from.0 + 1).min(1024) as usize;
         let txs = log.read(from, count, 4 << 20).await?;
         if txs.is_empty() {
-            return Err(LogError::Corrupt(format!("committed transaction {from} is missing")));
+            return Err(LogError::Corrupt(format!(
+                "committed transaction {from} is missing"
+            )));
         }
         for tx in &txs {
             if tx.id != state_machine.applied().next() {
@@ -412,14 +427,21 @@ impl<L: TxLog, T: Transport, S: StateMachine> Driver<L, T, S> {
     fn open_channel(&mut self, channel: Channel, direction: Direction) {
         let conn = ConnId(self.next_conn);
         self.next_conn += 1;
-        let Channel { peer, peer_address, mut sender, mut receiver } = channel;
+        let Channel {
+            peer,
+            peer_address,
+            mut sender,
+            mut receiver,
+        } = channel;
         let (frames_tx, mut frames_rx) = mpsc::channel::<Bytes>(self.options.channel_queue_frames);
         let events = self.internal_tx.clone();
         tokio::spawn(async move {
             while let Some(frame) = frames_rx.recv().await {
                 if let Err(error) = sender.send(frame).await {
                     tracing::debug!(?conn, %error, "channel send failed");
-                    let _ = events.send(Internal::Engine(Event::Disconnected { conn })).await;
+                    let _ = events
+                        .send(Internal::Engine(Event::Disconnected { conn }))
+                        .await;
                     return;
                 }
             }
@@ -448,11 +470,24 @@ impl<L: TxLog, T: Transport, S: StateMachine> Driver<L, T, S> {
                     }
                 }
             }
-            let _ = events.send(Internal::Engine(Event::Disconnected { conn })).await;
+            let _ = events
+                .send(Internal::Engine(Event::Disconnected { conn }))
+                .await;
         });
-        self.conns.insert(conn, ConnHandle { frames: frames_tx, reader });
+        self.conns.insert(
+            conn,
+            ConnHandle {
+                frames: frames_tx,
+                reader,
+            },
+        );
         let now = self.clock.now();
-        let event = Event::Connected { conn, peer, address: peer_address, direction };
+        let event = Event::Connected {
+            conn,
+            peer,
+            address: peer_address,
+            direction,
+        };
         self.engine.handle(now, event);
     }
 
@@ -473,7 +508,10 @@ impl<L: TxLog, T: Transport, S: StateMachine> Driver<L, T, S> {
                 let events = self.internal_tx.clone();
                 tokio::spawn(async move {
                     let event = match durability.await {
-                        Ok(up_to) => Event::Durable { token, up_to: last.unwrap_or(up_to).min(up_to) },
+                        Ok(up_to) => Event::Durable {
+                            token,
+                            up_to: last.unwrap_or(up_to).min(up_to),
+                        },
                         Err(error) => Event::LogFailed(error.to_string()),
                     };
                     let _ = events.send(Internal::Engine(event)).await;
@@ -488,7 +526,12 @@ impl<L: TxLog, T: Transport, S: StateMachine> Driver<L, T, S> {
                 apply_committed(&*self.log, &mut self.state_machine, cached, up_to).await?;
                 self.applied_tx.send_replace(self.state_machine.applied());
             }
-            Command::Read { conn, from, max_count, max_bytes } => {
+            Command::Read {
+                conn,
+                from,
+                max_count,
+                max_bytes,
+            } => {
                 let event = match self.log.read(from, max_count, max_bytes).await {
                     Ok(txs) => Event::ReadDone { conn, txs },
                     Err(error) => {
@@ -502,9 +545,10 @@ impl<L: TxLog, T: Transport, S: StateMachine> Driver<L, T, S> {
             }
             Command::Send { conn, message } => {
                 let sent = match protocol::encode(&message, self.options.max_frame_size) {
-                    Ok(frame) => {
-                        self.conns.get(&conn).map(|handle| handle.frames.try_send(frame).is_ok())
-                    }
+                    Ok(frame) => self
+                        .conns
+                        .get(&conn)
+                        .map(|handle| handle.frames.try_send(frame).is_ok()),
                     Err(error) => {
                         tracing::error!(?conn, %error, "cannot encode a message");
                         Some(false)
@@ -524,7 +568,10 @@ impl<L: TxLog, T: Transport, S: StateMachine> Driver<L, T, S> {
                 let events = self.internal_tx.clone();
                 tokio::spawn(async move {
                     let internal = match transport.connect(&address).await {
-                        Ok(channel) => Internal::Opened { channel, direction: Direction::Upstream },
+                        Ok(channel) => Internal::Opened {
+                            channel,
+                            direction: Direction::Upstream,
+                        },
                         Err(error) => Internal::Engine(Event::ConnectFailed {
                             reason: error.to_string(),
                         }),

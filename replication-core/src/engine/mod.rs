@@ -457,6 +457,8 @@ pub struct Engine {
     downstreams: BTreeMap<ConnId, source::Downstream>,
     replicas: BTreeMap<NodeId, source::ReplicaRecord>,
     upstream: replica::Upstream,
+    /// The commit point moved and replicas have not been told yet.
+    commit_point_dirty: bool,
     /// Why the source last refused us, while we keep retrying.
     last_refusal: Option<String>,
     next_tick: Timestamp,
@@ -496,8 +498,12 @@ impl Engine {
             failed: None,
             downstreams: BTreeMap::new(),
             replicas: BTreeMap::new(),
-            upstream: replica::Upstream::Idle { retry_at: now, backoff: config.reconnect_min },
+            upstream: replica::Upstream::Idle {
+                retry_at: now,
+                backoff: config.reconnect_min,
+            },
             last_refusal: None,
+            commit_point_dirty: false,
             next_tick: now,
             commands: VecDeque::new(),
             config,
@@ -513,6 +519,12 @@ impl Engine {
 
     /// The next command to execute, in order.
     pub fn poll_command(&mut self) -> Option<Command> {
+        if self.commands.is_empty() && self.commit_point_dirty {
+            // Replicas learn the commit point once per burst of events rather than once per
+            // acknowledgement: the primary's commit never waits for this message.
+            self.commit_point_dirty = false;
+            self.send_commit_points();
+        }
         self.commands.pop_front()
     }
 
@@ -535,7 +547,12 @@ impl Engine {
         match event {
             Event::Propose(writes) => self.propose(now, writes),
             Event::Durable { token, up_to } => self.on_durable(token, up_to),
-            Event::Connected { conn, peer, address, direction } => match direction {
+            Event::Connected {
+                conn,
+                peer,
+                address,
+                direction,
+            } => match direction {
                 Direction::Upstream => self.on_upstream_connected(now, conn),
                 Direction::Downstream => self.on_downstream_connected(now, conn, peer, address),
             },
@@ -564,7 +581,10 @@ impl Engine {
             fenced: self.fenced,
             waiting_writes: self.pending.len(),
             upstream: (!self.is_primary()).then(|| self.upstream.state()),
-            last_error: self.upstream.last_error().or_else(|| self.last_refusal.clone()),
+            last_error: self
+                .upstream
+                .last_error()
+                .or_else(|| self.last_refusal.clone()),
             replicas: self.replica_statuses(now),
         }
     }
@@ -577,7 +597,14 @@ impl Engine {
             return None;
         }
         let start = (from.0 - first.0) as usize;
-        Some(self.recent.iter().skip(start).take((up_to.0 - from.0 + 1) as usize).cloned().collect())
+        Some(
+            self.recent
+                .iter()
+                .skip(start)
+                .take((up_to.0 - from.0 + 1) as usize)
+                .cloned()
+                .collect(),
+        )
     }
 
     /// The node's configuration.
@@ -638,7 +665,9 @@ impl Engine {
 
     /// Removes every transaction after `position` (which must not be before the commit point).
     fn truncate(&mut self, position: LogPosition) {
-        self.commands.push_back(Command::Truncate { after: position.tx_id });
+        self.commands.push_back(Command::Truncate {
+            after: position.tx_id,
+        });
         self.last = position;
         if self.durable.tx_id > position.tx_id {
             self.durable = position;

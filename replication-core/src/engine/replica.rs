@@ -26,11 +26,30 @@ pub enum UpstreamState {
 
 #[derive(Debug)]
 pub(super) enum Upstream {
-    Idle { retry_at: Timestamp, backoff: Duration },
-    Connecting { backoff: Duration },
-    Subscribing { conn: ConnId, since: Timestamp },
-    Resolving { conn: ConnId, source_epoch: Epoch, source_hashes: Vec<TxHash>, base: LogPosition },
-    Streaming { conn: ConnId, source_epoch: Epoch, source_committed: TxId, last_heard: Timestamp, last_ack: Timestamp },
+    Idle {
+        retry_at: Timestamp,
+        backoff: Duration,
+    },
+    Connecting {
+        backoff: Duration,
+    },
+    Subscribing {
+        conn: ConnId,
+        since: Timestamp,
+    },
+    Resolving {
+        conn: ConnId,
+        source_epoch: Epoch,
+        source_hashes: Vec<TxHash>,
+        base: LogPosition,
+    },
+    Streaming {
+        conn: ConnId,
+        source_epoch: Epoch,
+        source_committed: TxId,
+        last_heard: Timestamp,
+        last_ack: Timestamp,
+    },
     Stopped(ReplicationError),
 }
 
@@ -82,18 +101,28 @@ impl Engine {
                 self.upstream = Upstream::Connecting { backoff };
                 self.commands.push_back(Command::Connect { address });
             }
-            Upstream::Subscribing { conn, since } if now.since(*since) > self.config.peer_timeout => {
+            Upstream::Subscribing { conn, since }
+                if now.since(*since) > self.config.peer_timeout =>
+            {
                 let conn = *conn;
                 self.drop_upstream(now, conn, "source did not answer the subscription");
             }
-            Upstream::Streaming { conn, last_heard, last_ack, .. } => {
+            Upstream::Streaming {
+                conn,
+                last_heard,
+                last_ack,
+                ..
+            } => {
                 let conn = *conn;
                 if now.since(*last_heard) > self.config.peer_timeout {
                     self.drop_upstream(now, conn, "source silent past the peer timeout");
                 } else if now.since(*last_ack) >= self.config.heartbeat_interval {
                     *last_ack = now;
                     let durable = self.durable;
-                    self.commands.push_back(Command::Send { conn, message: Message::Ack { durable } });
+                    self.commands.push_back(Command::Send {
+                        conn,
+                        message: Message::Ack { durable },
+                    });
                 }
             }
             _ => {}
@@ -103,7 +132,10 @@ impl Engine {
     fn backoff_after(&mut self, now: Timestamp, backoff: Duration) -> Upstream {
         let jitter = self.next_jitter(backoff / 2 + Duration::from_micros(1));
         let next = (backoff * 2).min(self.config.reconnect_max);
-        Upstream::Idle { retry_at: now.plus(backoff / 2 + jitter), backoff: next }
+        Upstream::Idle {
+            retry_at: now.plus(backoff / 2 + jitter),
+            backoff: next,
+        }
     }
 
     fn drop_upstream(&mut self, now: Timestamp, conn: ConnId, why: &str) {
@@ -160,7 +192,10 @@ impl Engine {
         match message {
             Message::Accepted { epoch, committed } => {
                 if epoch < self.epoch {
-                    let refusal = Refusal::StaleSource { source_epoch: epoch, replica: self.epoch };
+                    let refusal = Refusal::StaleSource {
+                        source_epoch: epoch,
+                        replica: self.epoch,
+                    };
                     return self.refused(now, conn, refusal);
                 }
                 self.raise_epoch(epoch);
@@ -172,20 +207,38 @@ impl Engine {
                     last_heard: now,
                     last_ack: now,
                 };
-                self.commands.push_back(Command::Send { conn, message: Message::Ack { durable: self.durable } });
+                self.commands.push_back(Command::Send {
+                    conn,
+                    message: Message::Ack {
+                        durable: self.durable,
+                    },
+                });
                 self.commit_from_source();
             }
             Message::Refused(refusal) => self.refused(now, conn, refusal),
-            Message::Diverged { epoch, source_hashes, source_last: _ } => {
+            Message::Diverged {
+                epoch,
+                source_hashes,
+                source_last: _,
+            } => {
                 if epoch < self.epoch {
-                    let refusal = Refusal::StaleSource { source_epoch: epoch, replica: self.epoch };
+                    let refusal = Refusal::StaleSource {
+                        source_epoch: epoch,
+                        replica: self.epoch,
+                    };
                     return self.refused(now, conn, refusal);
                 }
-                let Upstream::Subscribing { .. } = self.upstream else { return };
+                let Upstream::Subscribing { .. } = self.upstream else {
+                    return;
+                };
                 let base = self.committed_position;
                 let count = source_hashes.len().max(1);
-                self.upstream =
-                    Upstream::Resolving { conn, source_epoch: epoch, source_hashes, base };
+                self.upstream = Upstream::Resolving {
+                    conn,
+                    source_epoch: epoch,
+                    source_hashes,
+                    base,
+                };
                 // From `base` itself, to learn its epoch too.
                 self.commands.push_back(Command::Read {
                     conn,
@@ -196,8 +249,12 @@ impl Engine {
             }
             Message::Txs { txs, committed } => self.on_txs(now, conn, txs, committed),
             Message::Committed { epoch, committed } => {
-                if let Upstream::Streaming { source_committed, last_heard, source_epoch, .. } =
-                    &mut self.upstream
+                if let Upstream::Streaming {
+                    source_committed,
+                    last_heard,
+                    source_epoch,
+                    ..
+                } = &mut self.upstream
                 {
                     *last_heard = now;
                     *source_committed = (*source_committed).max(committed);
@@ -244,8 +301,11 @@ impl Engine {
     }
 
     fn on_txs(&mut self, now: Timestamp, conn: ConnId, txs: Vec<Tx>, committed: TxId) {
-        let Upstream::Streaming { last_heard, source_committed, .. } =
-            &mut self.upstream
+        let Upstream::Streaming {
+            last_heard,
+            source_committed,
+            ..
+        } = &mut self.upstream
         else {
             return;
         };
@@ -259,7 +319,11 @@ impl Engine {
                 return self.stop_replication(error.into());
             }
             if tx.epoch < prev_epoch {
-                let error = ReplicationError::BadEpoch { tx_id: tx.id, epoch: tx.epoch, min: prev_epoch };
+                let error = ReplicationError::BadEpoch {
+                    tx_id: tx.id,
+                    epoch: tx.epoch,
+                    min: prev_epoch,
+                };
                 return self.stop_replication(error);
             }
             prev = tx.position();
@@ -275,7 +339,10 @@ impl Engine {
 
     /// Commits what the source reports committed and this replica holds durably.
     fn commit_from_source(&mut self) {
-        if let Upstream::Streaming { source_committed, .. } = self.upstream {
+        if let Upstream::Streaming {
+            source_committed, ..
+        } = self.upstream
+        {
             self.set_committed(source_committed);
         }
     }
@@ -285,20 +352,36 @@ impl Engine {
             let conn = *conn;
             let _ = last_ack;
             let durable = self.durable;
-            self.commands.push_back(Command::Send { conn, message: Message::Ack { durable } });
+            self.commands.push_back(Command::Send {
+                conn,
+                message: Message::Ack { durable },
+            });
         }
         self.commit_from_source();
     }
 
     pub(super) fn on_read_done(&mut self, now: Timestamp, conn: ConnId, txs: Vec<Tx>) {
-        let Upstream::Resolving { conn: upstream_conn, .. } = &self.upstream else {
+        let Upstream::Resolving {
+            conn: upstream_conn,
+            ..
+        } = &self.upstream
+        else {
             return self.on_downstream_read(conn, txs);
         };
         if *upstream_conn != conn {
             return self.on_downstream_read(conn, txs);
         }
-        let Upstream::Resolving { source_epoch, source_hashes, base, .. } =
-            std::mem::replace(&mut self.upstream, Upstream::Connecting { backoff: Duration::ZERO })
+        let Upstream::Resolving {
+            source_epoch,
+            source_hashes,
+            base,
+            ..
+        } = std::mem::replace(
+            &mut self.upstream,
+            Upstream::Connecting {
+                backoff: Duration::ZERO,
+            },
+        )
         else {
             return;
         };
@@ -316,7 +399,10 @@ impl Engine {
         base: LogPosition,
         ours: Vec<Tx>,
     ) {
-        let base_epoch = ours.iter().find(|tx| tx.id == base.tx_id).map(|tx| tx.epoch);
+        let base_epoch = ours
+            .iter()
+            .find(|tx| tx.id == base.tx_id)
+            .map(|tx| tx.epoch);
         let ours: Vec<&Tx> = ours.iter().filter(|tx| tx.id > base.tx_id).collect();
         let mut common = base;
         let mut first_difference = None;
@@ -334,8 +420,11 @@ impl Engine {
             return self.subscribe(now, conn, common);
         };
         if tx_id <= self.committed {
-            let refusal =
-                Refusal::CommittedDivergence { tx_id, replica_hash: local_hash, source_hash };
+            let refusal = Refusal::CommittedDivergence {
+                tx_id,
+                replica_hash: local_hash,
+                source_hash,
+            };
             return self.stop_replication(ReplicationError::Refused(refusal));
         }
         // A source of a higher epoch than our last transaction supersedes our suffix: those
@@ -343,7 +432,11 @@ impl Engine {
         // were never committed.
         let superseded = source_epoch > self.last_epoch;
         if !(superseded || self.config.allow_tx_discarding) {
-            return self.stop_replication(ReplicationError::Diverged { tx_id, local_hash, source_hash });
+            return self.stop_replication(ReplicationError::Diverged {
+                tx_id,
+                local_hash,
+                source_hash,
+            });
         }
         tracing::warn!(
             %tx_id, %local_hash, keep = %common.tx_id, discard_to = %self.last.tx_id,

@@ -64,27 +64,44 @@ impl Engine {
         let refusal = if let Some(reason) = &self.failed {
             Some(WriteError::LogFailed(reason.clone()))
         } else if let super::Role::Replica { address } = &self.config.role {
-            Some(WriteError::NotPrimary { source_address: address.clone() })
+            Some(WriteError::NotPrimary {
+                source_address: address.clone(),
+            })
         } else {
-            self.fenced.map(|seen| WriteError::Fenced { ours: self.epoch, seen })
+            self.fenced.map(|seen| WriteError::Fenced {
+                ours: self.epoch,
+                seen,
+            })
         };
         let mut txs = Vec::with_capacity(writes.len());
         for (write, payload) in writes {
             if let Some(error) = &refusal {
-                self.commands.push_back(Command::Reply { write, result: Err(error.clone()) });
+                self.commands.push_back(Command::Reply {
+                    write,
+                    result: Err(error.clone()),
+                });
                 continue;
             }
             let uncommitted = self.last.tx_id.0 + txs.len() as u64 - self.committed.0;
             if uncommitted >= self.config.max_uncommitted {
-                let error =
-                    WriteError::Backlog { uncommitted, limit: self.config.max_uncommitted };
-                self.commands.push_back(Command::Reply { write, result: Err(error) });
+                let error = WriteError::Backlog {
+                    uncommitted,
+                    limit: self.config.max_uncommitted,
+                };
+                self.commands.push_back(Command::Reply {
+                    write,
+                    result: Err(error),
+                });
                 continue;
             }
             let prev = txs.last().map(Tx::position).unwrap_or(self.last);
             let tx = Tx::new(prev, self.epoch, payload);
             let deadline = self.config.write_timeout.map(|timeout| now.plus(timeout));
-            self.pending.push_back(PendingWrite { write, position: tx.position(), deadline });
+            self.pending.push_back(PendingWrite {
+                write,
+                position: tx.position(),
+                deadline,
+            });
             txs.push(tx);
         }
         if txs.is_empty() {
@@ -101,8 +118,13 @@ impl Engine {
             .collect();
         for index in expired.into_iter().rev() {
             if let Some(pending) = self.pending.remove(index) {
-                let error = WriteError::Timeout { tx_id: pending.position.tx_id };
-                self.commands.push_back(Command::Reply { write: pending.write, result: Err(error) });
+                let error = WriteError::Timeout {
+                    tx_id: pending.position.tx_id,
+                };
+                self.commands.push_back(Command::Reply {
+                    write: pending.write,
+                    result: Err(error),
+                });
             }
         }
     }
@@ -128,21 +150,42 @@ impl Engine {
 
     /// Called after the commit point moved: answer writers, tell replicas.
     pub(super) fn on_commit_advanced(&mut self) {
-        let ack = if self.policy.is_synchronous() { AckKind::Quorum } else { AckKind::Async };
-        while self.pending.front().is_some_and(|p| p.position.tx_id <= self.committed) {
+        let ack = if self.policy.is_synchronous() {
+            AckKind::Quorum
+        } else {
+            AckKind::Async
+        };
+        while self
+            .pending
+            .front()
+            .is_some_and(|p| p.position.tx_id <= self.committed)
+        {
             if let Some(pending) = self.pending.pop_front() {
                 let receipt = WriteReceipt {
                     tx_id: pending.position.tx_id,
                     hash: pending.position.hash,
                     ack,
                 };
-                self.commands.push_back(Command::Reply { write: pending.write, result: Ok(receipt) });
+                self.commands.push_back(Command::Reply {
+                    write: pending.write,
+                    result: Ok(receipt),
+                });
             }
         }
+        if !self.is_primary() {
+            // A relay serves only committed transactions: new ones may now be sendable.
+            let conns: Vec<ConnId> = self.downstreams.keys().copied().collect();
+            for conn in conns {
+                self.pump(conn);
+            }
+        }
+        self.commit_point_dirty = true;
+    }
+
+    /// Tells every streaming replica the commit point, unless a `Txs` message already did.
+    pub(super) fn send_commit_points(&mut self) {
         let conns: Vec<ConnId> = self.downstreams.keys().copied().collect();
         for conn in conns {
-            // A relay serves only committed transactions: new ones may now be sendable.
-            self.pump(conn);
             self.send_commit_point(conn);
         }
     }
@@ -158,12 +201,17 @@ impl Engine {
 
     fn send_commit_point(&mut self, conn: ConnId) {
         let (epoch, committed) = (self.epoch, self.committed);
-        let Some(downstream) = self.downstreams.get_mut(&conn) else { return };
+        let Some(downstream) = self.downstreams.get_mut(&conn) else {
+            return;
+        };
         if matches!(downstream.phase, DownstreamPhase::Streaming)
             && downstream.committed_sent < committed
         {
             downstream.committed_sent = committed;
-            self.commands.push_back(Command::Send { conn, message: Message::Committed { epoch, committed } });
+            self.commands.push_back(Command::Send {
+                conn,
+                message: Message::Committed { epoch, committed },
+            });
         }
     }
 
@@ -230,7 +278,10 @@ impl Engine {
 
     fn refuse(&mut self, conn: ConnId, refusal: Refusal) {
         tracing::warn!(?conn, %refusal, "refusing replica");
-        self.commands.push_back(Command::Send { conn, message: Message::Refused(refusal) });
+        self.commands.push_back(Command::Send {
+            conn,
+            message: Message::Refused(refusal),
+        });
         self.commands.push_back(Command::Close { conn });
         self.on_downstream_disconnected(conn);
     }
@@ -238,15 +289,29 @@ impl Engine {
     /// The last transaction this node serves to its replicas: everything it has if primary,
     /// only committed transactions if it is itself a replica.
     fn serve_limit(&self) -> TxId {
-        if self.is_primary() { self.last.tx_id } else { self.committed }
+        if self.is_primary() {
+            self.last.tx_id
+        } else {
+            self.committed
+        }
     }
 
     pub(super) fn on_downstream_message(&mut self, now: Timestamp, conn: ConnId, message: Message) {
-        let Some(downstream) = self.downstreams.get_mut(&conn) else { return };
+        let Some(downstream) = self.downstreams.get_mut(&conn) else {
+            return;
+        };
         downstream.last_heard = now;
         let peer = downstream.peer.clone();
         match message {
-            Message::Subscribe { version, database, epoch, last, known_common, window, tags } => {
+            Message::Subscribe {
+                version,
+                database,
+                epoch,
+                last,
+                known_common,
+                window,
+                tags,
+            } => {
                 if version != PROTOCOL_VERSION {
                     let refusal = Refusal::ProtocolVersion {
                         source_version: PROTOCOL_VERSION,
@@ -266,7 +331,10 @@ impl Engine {
                     if self.is_primary() {
                         self.fence(epoch);
                     }
-                    let refusal = Refusal::StaleSource { source_epoch: self.epoch, replica: epoch };
+                    let refusal = Refusal::StaleSource {
+                        source_epoch: self.epoch,
+                        replica: epoch,
+                    };
                     return self.refuse(conn, refusal);
                 }
                 if let Some(record) = self.replicas.get_mut(&peer) {
@@ -276,7 +344,10 @@ impl Engine {
                 downstream.window = u64::from(window.max(1));
                 downstream.read_in_flight = true;
                 let from = known_common.tx_id.0.max(1);
-                let to = last.tx_id.0.min(known_common.tx_id.0 + DIVERGENCE_WINDOW as u64);
+                let to = last
+                    .tx_id
+                    .0
+                    .min(known_common.tx_id.0 + DIVERGENCE_WINDOW as u64);
                 downstream.phase = DownstreamPhase::Handshake(Subscription { last, known_common });
                 self.commands.push_back(Command::Read {
                     conn,
@@ -319,8 +390,14 @@ impl Engine {
         self.fenced = Some(seen);
         for pending in std::mem::take(&mut self.pending) {
             // Appended but never committed here: the outcome is for the new primary to decide.
-            let error = WriteError::Fenced { ours: self.epoch, seen };
-            self.commands.push_back(Command::Reply { write: pending.write, result: Err(error) });
+            let error = WriteError::Fenced {
+                ours: self.epoch,
+                seen,
+            };
+            self.commands.push_back(Command::Reply {
+                write: pending.write,
+                result: Err(error),
+            });
         }
     }
 
@@ -348,10 +425,14 @@ impl Engine {
         }
         let last = subscription.last;
         let matches_last = last.tx_id == known.tx_id
-            || rest.iter().any(|tx| tx.id == last.tx_id && tx.hash == last.hash);
+            || rest
+                .iter()
+                .any(|tx| tx.id == last.tx_id && tx.hash == last.hash);
         if matches_last {
             let (epoch, committed) = (self.epoch, self.committed);
-            let Some(downstream) = self.downstreams.get_mut(&conn) else { return };
+            let Some(downstream) = self.downstreams.get_mut(&conn) else {
+                return;
+            };
             downstream.phase = DownstreamPhase::Streaming;
             downstream.next_send = last.tx_id.next();
             downstream.committed_sent = committed;
@@ -359,7 +440,10 @@ impl Engine {
             if let Some(record) = self.replicas.get_mut(&peer) {
                 record.connected = true;
             }
-            self.commands.push_back(Command::Send { conn, message: Message::Accepted { epoch, committed } });
+            self.commands.push_back(Command::Send {
+                conn,
+                message: Message::Accepted { epoch, committed },
+            });
             self.pump(conn);
             self.advance_commit();
         } else {
@@ -376,7 +460,9 @@ impl Engine {
     }
 
     pub(super) fn on_downstream_read(&mut self, conn: ConnId, txs: Vec<Tx>) {
-        let Some(downstream) = self.downstreams.get_mut(&conn) else { return };
+        let Some(downstream) = self.downstreams.get_mut(&conn) else {
+            return;
+        };
         downstream.read_in_flight = false;
         match std::mem::replace(&mut downstream.phase, DownstreamPhase::Opened) {
             DownstreamPhase::Handshake(subscription) => {
@@ -403,7 +489,9 @@ impl Engine {
 
     fn send_batch(&mut self, conn: ConnId, mut batch: Vec<Tx>) {
         let committed = self.committed;
-        let Some(downstream) = self.downstreams.get(&conn) else { return };
+        let Some(downstream) = self.downstreams.get(&conn) else {
+            return;
+        };
         let bound = self.send_bound(downstream);
         batch.retain(|tx| tx.id <= bound);
         let Some(last) = batch.last() else { return };
@@ -411,7 +499,13 @@ impl Engine {
         let downstream = self.downstreams.get_mut(&conn).expect("checked above");
         downstream.next_send = next;
         downstream.committed_sent = committed;
-        self.commands.push_back(Command::Send { conn, message: Message::Txs { txs: batch, committed } });
+        self.commands.push_back(Command::Send {
+            conn,
+            message: Message::Txs {
+                txs: batch,
+                committed,
+            },
+        });
     }
 
     pub(super) fn pump_all(&mut self, _now: Timestamp) {
@@ -424,7 +518,9 @@ impl Engine {
     /// Sends `conn` what it may have next: from the recent cache if it is there, else by a read.
     pub(super) fn pump(&mut self, conn: ConnId) {
         loop {
-            let Some(downstream) = self.downstreams.get(&conn) else { return };
+            let Some(downstream) = self.downstreams.get(&conn) else {
+                return;
+            };
             if !matches!(downstream.phase, DownstreamPhase::Streaming) || downstream.read_in_flight
             {
                 return;
@@ -446,7 +542,8 @@ impl Engine {
                     .skip(start)
                     .take(count)
                     .take_while(|tx| {
-                        let fits = bytes == 0 || bytes + tx.payload.len() <= self.config.max_batch_bytes;
+                        let fits =
+                            bytes == 0 || bytes + tx.payload.len() <= self.config.max_batch_bytes;
                         bytes += tx.payload.len();
                         fits
                     })
@@ -461,7 +558,12 @@ impl Engine {
                 if let Some(downstream) = self.downstreams.get_mut(&conn) {
                     downstream.read_in_flight = true;
                 }
-                self.commands.push_back(Command::Read { conn, from, max_count: count, max_bytes });
+                self.commands.push_back(Command::Read {
+                    conn,
+                    from,
+                    max_count: count,
+                    max_bytes,
+                });
                 return;
             }
         }
@@ -481,12 +583,18 @@ impl Engine {
             }
         }
         for conn in lost {
-            tracing::warn!(?conn, "replica silent past the peer timeout; dropping its channel");
+            tracing::warn!(
+                ?conn,
+                "replica silent past the peer timeout; dropping its channel"
+            );
             self.commands.push_back(Command::Close { conn });
             self.on_downstream_disconnected(conn);
         }
         for conn in heartbeats {
-            let message = Message::Committed { epoch: self.epoch, committed: self.committed };
+            let message = Message::Committed {
+                epoch: self.epoch,
+                committed: self.committed,
+            };
             self.commands.push_back(Command::Send { conn, message });
         }
     }
@@ -502,7 +610,11 @@ impl Engine {
                     tags: record.tags.clone(),
                     acked: record.durable,
                     lag_txs,
-                    lag: if lag_txs == 0 { Duration::ZERO } else { now.since(record.caught_up_at) },
+                    lag: if lag_txs == 0 {
+                        Duration::ZERO
+                    } else {
+                        now.since(record.caught_up_at)
+                    },
                     connected: record.connected,
                 }
             })

@@ -41,12 +41,24 @@ async fn append_durably<L: TxLog, F: LogFactory<Log = L>>(factory: &F, log: &L, 
     let durability = log.append(txs).await.expect("append");
     factory.make_durable(log).await;
     let durable = durability.await.expect("durability");
-    assert_eq!(Some(durable), last, "durability reports the batch's last transaction");
+    assert_eq!(
+        Some(durable),
+        last,
+        "durability reports the batch's last transaction"
+    );
 }
 
 async fn assert_holds<L: TxLog>(log: &L, expected: &[Tx], context: &str) {
-    let read = log.read(TxId(1), expected.len() + 10, usize::MAX).await.expect("read");
-    assert!(read.len() >= expected.len(), "{context}: {} transactions survive, expected at least {}", read.len(), expected.len());
+    let read = log
+        .read(TxId(1), expected.len() + 10, usize::MAX)
+        .await
+        .expect("read");
+    assert!(
+        read.len() >= expected.len(),
+        "{context}: {} transactions survive, expected at least {}",
+        read.len(),
+        expected.len()
+    );
     for (got, want) in read.iter().zip(expected) {
         assert_eq!(got, want, "{context}: transaction {} differs", want.id);
     }
@@ -67,10 +79,19 @@ pub async fn txlog_conformance<F: LogFactory>(factory: &F) {
 async fn empty_log<F: LogFactory>(factory: &F) {
     let log = factory.create().await;
     let state = log.state().await.expect("state");
-    assert_eq!(state.last, LogPosition::START, "an empty log's last position is START");
+    assert_eq!(
+        state.last,
+        LogPosition::START,
+        "an empty log's last position is START"
+    );
     assert_eq!(state.durable, LogPosition::START);
     assert_eq!(state.committed, LogPosition::START);
-    assert!(log.read(TxId(1), 10, usize::MAX).await.expect("read").is_empty());
+    assert!(
+        log.read(TxId(1), 10, usize::MAX)
+            .await
+            .expect("read")
+            .is_empty()
+    );
 }
 
 async fn append_read_and_bounds<F: LogFactory>(factory: &F) {
@@ -78,21 +99,52 @@ async fn append_read_and_bounds<F: LogFactory>(factory: &F) {
     let txs = chain(LogPosition::START, Epoch(1), 10, 100);
     let _durability = log.append(txs[..4].to_vec()).await.expect("append");
     // Readable when append returns, before durability.
-    assert_eq!(log.state().await.expect("state").last, txs[3].position(), "readable on return");
-    assert_eq!(log.read(TxId(1), 100, usize::MAX).await.expect("read"), txs[..4].to_vec());
+    assert_eq!(
+        log.state().await.expect("state").last,
+        txs[3].position(),
+        "readable on return"
+    );
+    assert_eq!(
+        log.read(TxId(1), 100, usize::MAX).await.expect("read"),
+        txs[..4].to_vec()
+    );
 
     let gap = log.append(txs[5..6].to_vec()).await;
-    assert!(matches!(gap, Err(LogError::NotContiguous { .. })), "a gap is refused");
+    assert!(
+        matches!(gap, Err(LogError::NotContiguous { .. })),
+        "a gap is refused"
+    );
     let repeat = log.append(txs[3..4].to_vec()).await;
-    assert!(matches!(repeat, Err(LogError::NotContiguous { .. })), "a repeat is refused");
+    assert!(
+        matches!(repeat, Err(LogError::NotContiguous { .. })),
+        "a repeat is refused"
+    );
 
     append_durably(factory, &log, txs[4..].to_vec()).await;
-    assert_eq!(log.read(TxId(3), 2, usize::MAX).await.expect("read"), txs[2..4].to_vec(), "count bound");
+    assert_eq!(
+        log.read(TxId(3), 2, usize::MAX).await.expect("read"),
+        txs[2..4].to_vec(),
+        "count bound"
+    );
     let by_bytes = log.read(TxId(1), 100, 250).await.expect("read");
-    assert_eq!(by_bytes, txs[..2].to_vec(), "byte bound stops before exceeding it");
+    assert_eq!(
+        by_bytes,
+        txs[..2].to_vec(),
+        "byte bound stops before exceeding it"
+    );
     let at_least_one = log.read(TxId(5), 100, 1).await.expect("read");
-    assert_eq!(at_least_one, txs[4..5].to_vec(), "one transaction even when it exceeds max_bytes");
-    assert!(log.read(TxId(11), 10, usize::MAX).await.expect("read").is_empty(), "past the end");
+    assert_eq!(
+        at_least_one,
+        txs[4..5].to_vec(),
+        "one transaction even when it exceeds max_bytes"
+    );
+    assert!(
+        log.read(TxId(11), 10, usize::MAX)
+            .await
+            .expect("read")
+            .is_empty(),
+        "past the end"
+    );
 }
 
 async fn durable_survives_crash<F: LogFactory>(factory: &F) {
@@ -102,7 +154,11 @@ async fn durable_survives_crash<F: LogFactory>(factory: &F) {
         append_durably(factory, &log, batch.to_vec()).await;
     }
     let state = log.state().await.expect("state");
-    assert_eq!(state.durable, txs[49].position(), "durable position after durability reported");
+    assert_eq!(
+        state.durable,
+        txs[49].position(),
+        "durable position after durability reported"
+    );
     let log = factory.crash_and_reopen(log).await;
     assert_holds(&log, &txs, "after a crash, everything reported durable").await;
     let state = log.state().await.expect("state");
@@ -124,9 +180,20 @@ async fn crash_leaves_a_prefix<F: LogFactory>(factory: &F) {
     let state = log.state().await.expect("state");
     assert!(state.last.tx_id >= TxId(10), "durable transactions survive");
     let read = log.read(TxId(1), 100, usize::MAX).await.expect("read");
-    assert_eq!(read.len() as u64, state.last.tx_id.0, "state agrees with what is readable");
-    assert_eq!(read, txs[..read.len()].to_vec(), "what survives is a prefix of what was appended");
-    assert_eq!(state.durable, state.last, "after a reopen everything present is durable");
+    assert_eq!(
+        read.len() as u64,
+        state.last.tx_id.0,
+        "state agrees with what is readable"
+    );
+    assert_eq!(
+        read,
+        txs[..read.len()].to_vec(),
+        "what survives is a prefix of what was appended"
+    );
+    assert_eq!(
+        state.durable, state.last,
+        "after a reopen everything present is durable"
+    );
 }
 
 async fn commit_point<F: LogFactory>(factory: &F) {
@@ -134,14 +201,29 @@ async fn commit_point<F: LogFactory>(factory: &F) {
     let txs = chain(LogPosition::START, Epoch(1), 10, 16);
     append_durably(factory, &log, txs[..6].to_vec()).await;
     let beyond = log.commit(TxId(7)).await;
-    assert!(matches!(beyond, Err(LogError::InvalidCommit { .. })), "no commit beyond durable");
+    assert!(
+        matches!(beyond, Err(LogError::InvalidCommit { .. })),
+        "no commit beyond durable"
+    );
     log.commit(TxId(4)).await.expect("commit");
-    assert_eq!(log.state().await.expect("state").committed, txs[3].position());
-    log.commit(TxId(2)).await.expect("a commit that does not advance is a no-op");
-    assert_eq!(log.state().await.expect("state").committed.tx_id, TxId(4), "never backwards");
+    assert_eq!(
+        log.state().await.expect("state").committed,
+        txs[3].position()
+    );
+    log.commit(TxId(2))
+        .await
+        .expect("a commit that does not advance is a no-op");
+    assert_eq!(
+        log.state().await.expect("state").committed.tx_id,
+        TxId(4),
+        "never backwards"
+    );
     let log = factory.crash_and_reopen(log).await;
     let committed = log.state().await.expect("state").committed.tx_id;
-    assert!(committed <= TxId(4), "a reopened commit point is never higher than recorded");
+    assert!(
+        committed <= TxId(4),
+        "a reopened commit point is never higher than recorded"
+    );
 }
 
 async fn truncation<F: LogFactory>(factory: &F) {
@@ -150,17 +232,30 @@ async fn truncation<F: LogFactory>(factory: &F) {
     append_durably(factory, &log, txs.clone()).await;
     log.commit(TxId(5)).await.expect("commit");
     let below = log.truncate_after(TxId(4)).await;
-    assert!(matches!(below, Err(LogError::TruncateCommitted { .. })), "committed is never truncated");
+    assert!(
+        matches!(below, Err(LogError::TruncateCommitted { .. })),
+        "committed is never truncated"
+    );
     log.truncate_after(TxId(7)).await.expect("truncate");
     let state = log.state().await.expect("state");
     assert_eq!(state.last, txs[6].position());
     assert!(state.durable.tx_id <= TxId(7));
-    assert!(log.read(TxId(8), 10, usize::MAX).await.expect("read").is_empty());
+    assert!(
+        log.read(TxId(8), 10, usize::MAX)
+            .await
+            .expect("read")
+            .is_empty()
+    );
     // The truncated suffix is replaced by another history, and the truncation is durable.
     let other = chain(txs[6].position(), Epoch(2), 4, 16);
     append_durably(factory, &log, other.clone()).await;
     let log = factory.crash_and_reopen(log).await;
-    assert_holds(&log, &[txs[..7].to_vec(), other].concat(), "after truncate, append and crash").await;
+    assert_holds(
+        &log,
+        &[txs[..7].to_vec(), other].concat(),
+        "after truncate, append and crash",
+    )
+    .await;
     assert_eq!(log.state().await.expect("state").last.tx_id, TxId(11));
 }
 
@@ -169,7 +264,15 @@ async fn epoch<F: LogFactory>(factory: &F) {
     assert_eq!(log.state().await.expect("state").epoch, Epoch(0));
     log.save_epoch(Epoch(3)).await.expect("save");
     log.save_epoch(Epoch(2)).await.expect("save");
-    assert_eq!(log.state().await.expect("state").epoch, Epoch(3), "the epoch never decreases");
+    assert_eq!(
+        log.state().await.expect("state").epoch,
+        Epoch(3),
+        "the epoch never decreases"
+    );
     let log = factory.crash_and_reopen(log).await;
-    assert_eq!(log.state().await.expect("state").epoch, Epoch(3), "the epoch is durable");
+    assert_eq!(
+        log.state().await.expect("state").epoch,
+        Epoch(3),
+        "the epoch is durable"
+    );
 }

@@ -28,7 +28,11 @@ struct NetworkState {
 }
 
 fn pair(a: &str, b: &str) -> (String, String) {
-    if a <= b { (a.to_string(), b.to_string()) } else { (b.to_string(), a.to_string()) }
+    if a <= b {
+        (a.to_string(), b.to_string())
+    } else {
+        (b.to_string(), a.to_string())
+    }
 }
 
 /// A network of in-memory endpoints. Endpoints are addressed by their name, which is also
@@ -53,7 +57,9 @@ impl MemNetwork {
     }
 
     fn lock(&self) -> MutexGuard<'_, NetworkState> {
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Adds (or replaces, after a simulated restart) the endpoint `name`.
@@ -123,7 +129,11 @@ impl MemNetwork {
         if state.partitions.contains(&pair(from, to)) {
             return Err(unreachable("partitioned"));
         }
-        let listener = state.listeners.get(to).ok_or_else(|| unreachable("no such endpoint"))?.clone();
+        let listener = state
+            .listeners
+            .get(to)
+            .ok_or_else(|| unreachable("no such endpoint"))?
+            .clone();
         let (cut_tx, cut_rx) = watch::channel(false);
         let (a_to_b, b_from_a) = mpsc::channel(CHANNEL_CAPACITY);
         let (b_to_a, a_from_b) = mpsc::channel(CHANNEL_CAPACITY);
@@ -131,8 +141,16 @@ impl MemNetwork {
         let limit = state.max_frame_size;
         let half = |tx, rx, cut: &watch::Receiver<bool>| {
             (
-                Box::new(MemSender { frames: tx, cut: cut.clone(), latency }) as Box<dyn FrameSender>,
-                Box::new(MemReceiver { frames: rx, cut: cut.clone(), limit }) as Box<dyn FrameReceiver>,
+                Box::new(MemSender {
+                    frames: tx,
+                    cut: cut.clone(),
+                    latency,
+                }) as Box<dyn FrameSender>,
+                Box::new(MemReceiver {
+                    frames: rx,
+                    cut: cut.clone(),
+                    limit,
+                }) as Box<dyn FrameReceiver>,
             )
         };
         let (local_sender, local_receiver) = half(a_to_b, a_from_b, &cut_rx);
@@ -143,7 +161,9 @@ impl MemNetwork {
             sender: remote_sender,
             receiver: remote_receiver,
         };
-        listener.try_send(remote).map_err(|_| unreachable("not accepting"))?;
+        listener
+            .try_send(remote)
+            .map_err(|_| unreachable("not accepting"))?;
         state.links.push((from.to_string(), to.to_string(), cut_tx));
         Ok(Channel {
             peer: NodeId::new(to),
@@ -163,7 +183,9 @@ pub struct MemEndpoint {
 
 impl std::fmt::Debug for MemEndpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MemEndpoint").field("name", &self.name).finish_non_exhaustive()
+        f.debug_struct("MemEndpoint")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
     }
 }
 
@@ -174,12 +196,17 @@ impl Transport for MemEndpoint {
     }
 
     async fn accept(&self) -> Result<Channel, TransportError> {
-        self.incoming.lock().await.recv().await.ok_or(TransportError::Shutdown)
+        self.incoming
+            .lock()
+            .await
+            .recv()
+            .await
+            .ok_or(TransportError::Shutdown)
     }
 }
 
 struct MemSender {
-    frames: mpsc::Sender<(tokio::time::Instant, Bytes)>,
+    frames: mpsc::Sender<(Option<tokio::time::Instant>, Bytes)>,
     cut: watch::Receiver<bool>,
     latency: Duration,
 }
@@ -190,8 +217,10 @@ impl FrameSender for MemSender {
         if *self.cut.borrow() {
             return Err(TransportError::Closed("cut".into()));
         }
+        // Without latency, deliver at once: even a timer already due costs a timer-wheel tick.
         #[allow(clippy::disallowed_methods)] // Test transport: latency is wall-clock by design.
-        let deliver_at = tokio::time::Instant::now() + self.latency;
+        let deliver_at =
+            (!self.latency.is_zero()).then(|| tokio::time::Instant::now() + self.latency);
         self.frames
             .send((deliver_at, frame))
             .await
@@ -200,7 +229,7 @@ impl FrameSender for MemSender {
 }
 
 struct MemReceiver {
-    frames: mpsc::Receiver<(tokio::time::Instant, Bytes)>,
+    frames: mpsc::Receiver<(Option<tokio::time::Instant>, Bytes)>,
     cut: watch::Receiver<bool>,
     limit: usize,
 }
@@ -215,10 +244,17 @@ impl FrameReceiver for MemReceiver {
             frame = self.frames.recv() => frame,
             _ = self.cut.wait_for(|cut| *cut) => return Err(TransportError::Closed("cut".into())),
         };
-        let Some((deliver_at, frame)) = received else { return Ok(None) };
-        tokio::time::sleep_until(deliver_at).await;
+        let Some((deliver_at, frame)) = received else {
+            return Ok(None);
+        };
+        if let Some(deliver_at) = deliver_at {
+            tokio::time::sleep_until(deliver_at).await;
+        }
         if frame.len() > self.limit {
-            return Err(TransportError::FrameTooLarge { size: frame.len(), limit: self.limit });
+            return Err(TransportError::FrameTooLarge {
+                size: frame.len(),
+                limit: self.limit,
+            });
         }
         Ok(Some(frame))
     }

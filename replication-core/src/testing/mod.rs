@@ -36,7 +36,9 @@ impl RecordingStateMachine {
 
 impl StateMachine for RecordingStateMachine {
     fn apply(&mut self, tx: &Tx) {
-        let Ok(mut applied) = self.applied.lock() else { return };
+        let Ok(mut applied) = self.applied.lock() else {
+            return;
+        };
         let expected = TxId(applied.len() as u64 + 1);
         if tx.id != expected {
             if let Ok(mut violation) = self.out_of_order.lock() {

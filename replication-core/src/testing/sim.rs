@@ -24,8 +24,8 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::engine::{
-    AckKind, Command, ConnId, Direction, Engine, EngineConfig, Event, Role, Timestamp,
-    WriteError, WriteId, WriteReceipt,
+    AckKind, Command, ConnId, Direction, Engine, EngineConfig, Event, Role, Timestamp, WriteError,
+    WriteId, WriteReceipt,
 };
 use crate::protocol::Message;
 use crate::quorum::{Quorum, ReplicaFilter};
@@ -44,7 +44,11 @@ pub struct SimOptions {
 
 impl Default for SimOptions {
     fn default() -> SimOptions {
-        SimOptions { writes: 200, faults: true, trace_lines: 400 }
+        SimOptions {
+            writes: 200,
+            faults: true,
+            trace_lines: 400,
+        }
     }
 }
 
@@ -103,7 +107,11 @@ struct SimDisk {
 
 impl SimDisk {
     fn position(&self, id: u64) -> LogPosition {
-        if id == 0 { LogPosition::START } else { self.txs[id as usize - 1].position() }
+        if id == 0 {
+            LogPosition::START
+        } else {
+            self.txs[id as usize - 1].position()
+        }
     }
 
     fn state(&self) -> LogState {
@@ -121,7 +129,11 @@ impl SimDisk {
     }
 
     fn holds_durably(&self, id: TxId, hash: TxHash) -> bool {
-        id.0 <= self.durable && self.txs.get(id.0 as usize - 1).is_some_and(|tx| tx.hash == hash)
+        id.0 <= self.durable
+            && self
+                .txs
+                .get(id.0 as usize - 1)
+                .is_some_and(|tx| tx.hash == hash)
     }
 }
 
@@ -153,15 +165,41 @@ struct Link {
 
 #[derive(Debug)]
 enum SimEvent {
-    Deliver { link: usize, to_end: usize, message: Message },
-    Engine { node: usize, incarnation: u64, event: Event },
-    Tick { node: usize, incarnation: u64 },
-    DurableDone { node: usize, incarnation: u64, token: u64, up_to: u64, truncations: u64 },
-    Connect { node: usize, incarnation: u64, address: String },
+    Deliver {
+        link: usize,
+        to_end: usize,
+        message: Message,
+    },
+    Engine {
+        node: usize,
+        incarnation: u64,
+        event: Event,
+    },
+    Tick {
+        node: usize,
+        incarnation: u64,
+    },
+    DurableDone {
+        node: usize,
+        incarnation: u64,
+        token: u64,
+        up_to: u64,
+        truncations: u64,
+    },
+    Connect {
+        node: usize,
+        incarnation: u64,
+        address: String,
+    },
     ClientWrite,
     Fault,
-    Restart { node: usize },
-    Heal { a: usize, b: usize },
+    Restart {
+        node: usize,
+    },
+    Heal {
+        a: usize,
+        b: usize,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -203,9 +241,24 @@ impl World {
         let mut rng = Rng(seed);
         let roles = [
             ("p", Role::Primary),
-            ("r1", Role::Replica { address: "p".into() }),
-            ("r2", Role::Replica { address: "p".into() }),
-            ("r3", Role::Replica { address: "r1".into() }),
+            (
+                "r1",
+                Role::Replica {
+                    address: "p".into(),
+                },
+            ),
+            (
+                "r2",
+                Role::Replica {
+                    address: "p".into(),
+                },
+            ),
+            (
+                "r3",
+                Role::Replica {
+                    address: "r1".into(),
+                },
+            ),
         ];
         let nodes = roles
             .into_iter()
@@ -275,8 +328,17 @@ impl World {
         config.recent_cache_txs = rng.range(1, 64) as usize;
         config.max_batch_txs = rng.range(1, 16) as usize;
         config.max_uncommitted = rng.range(8, 128);
-        config.write_timeout = rng.chance(50).then(|| Duration::from_millis(rng.range(200, 3000)));
-        config.tags.insert("zone".into(), if node % 2 == 0 { "a".into() } else { "b".into() });
+        config.write_timeout = rng
+            .chance(50)
+            .then(|| Duration::from_millis(rng.range(200, 3000)));
+        config.tags.insert(
+            "zone".into(),
+            if node % 2 == 0 {
+                "a".into()
+            } else {
+                "b".into()
+            },
+        );
         config.seed = rng.next();
         config
     }
@@ -284,14 +346,26 @@ impl World {
     fn boot(&mut self, node: usize) {
         let config = self.engine_config(node);
         let state = self.nodes[node].disk.state();
-        let last_epoch = self.nodes[node].disk.txs.last().map(|tx| tx.epoch).unwrap_or(Epoch(0));
+        let last_epoch = self.nodes[node]
+            .disk
+            .txs
+            .last()
+            .map(|tx| tx.epoch)
+            .unwrap_or(Epoch(0));
         // The state machine is rebuilt from the committed log, as a real node does.
         let committed = self.nodes[node].disk.committed as usize;
-        let applied: Vec<LogPosition> =
-            self.nodes[node].disk.txs[..committed].iter().map(Tx::position).collect();
+        let applied: Vec<LogPosition> = self.nodes[node].disk.txs[..committed]
+            .iter()
+            .map(Tx::position)
+            .collect();
         self.nodes[node].applied = applied;
-        let engine =
-            Engine::new(config, Arc::new(self.policy.clone()), state, last_epoch, Timestamp(self.now));
+        let engine = Engine::new(
+            config,
+            Arc::new(self.policy.clone()),
+            state,
+            last_epoch,
+            Timestamp(self.now),
+        );
         self.nodes[node].engine = Some(engine);
         let name = self.nodes[node].name.clone();
         self.log(format!("{name} boots at {:?}", state.last));
@@ -301,7 +375,10 @@ impl World {
 
     fn schedule_tick(&mut self, node: usize, at: u64) {
         let at = at.max(self.now + 1);
-        if self.nodes[node].tick_at.is_some_and(|pending| pending <= at) {
+        if self.nodes[node]
+            .tick_at
+            .is_some_and(|pending| pending <= at)
+        {
             return;
         }
         self.nodes[node].tick_at = Some(at);
@@ -311,7 +388,11 @@ impl World {
 
     fn crash(&mut self, node: usize) {
         let name = self.nodes[node].name.clone();
-        self.log(format!("{name} CRASHES (durable {} of {})", self.nodes[node].disk.durable, self.nodes[node].disk.txs.len()));
+        self.log(format!(
+            "{name} CRASHES (durable {} of {})",
+            self.nodes[node].disk.durable,
+            self.nodes[node].disk.txs.len()
+        ));
         self.report.crashes += 1;
         let n = &mut self.nodes[node];
         n.engine = None;
@@ -340,13 +421,22 @@ impl World {
                 self.nodes[node].conns.remove(&conn);
                 let delay = self.rng.range(0, 2000);
                 let event = Event::Disconnected { conn };
-                self.schedule(delay, SimEvent::Engine { node, incarnation, event });
+                self.schedule(
+                    delay,
+                    SimEvent::Engine {
+                        node,
+                        incarnation,
+                        event,
+                    },
+                );
             }
         }
     }
 
     fn partitioned(&self, a: usize, b: usize) -> bool {
-        self.partitions.iter().any(|&(x, y)| (x, y) == (a, b) || (x, y) == (b, a))
+        self.partitions
+            .iter()
+            .any(|&(x, y)| (x, y) == (a, b) || (x, y) == (b, a))
     }
 
     fn node_index(&self, name: &str) -> Option<usize> {
@@ -354,15 +444,21 @@ impl World {
     }
 
     fn deliver_to_engine(&mut self, node: usize, event: Event) -> SimResult<()> {
-        let Some(engine) = self.nodes[node].engine.as_mut() else { return Ok(()) };
+        let Some(engine) = self.nodes[node].engine.as_mut() else {
+            return Ok(());
+        };
         engine.handle(Timestamp(self.now), event);
         self.run_commands(node)
     }
 
     fn run_commands(&mut self, node: usize) -> SimResult<()> {
         loop {
-            let Some(engine) = self.nodes[node].engine.as_mut() else { return Ok(()) };
-            let Some(command) = engine.poll_command() else { break };
+            let Some(engine) = self.nodes[node].engine.as_mut() else {
+                return Ok(());
+            };
+            let Some(command) = engine.poll_command() else {
+                break;
+            };
             self.execute(node, command)?;
         }
         if let Some(at) = self.nodes[node].engine.as_ref().map(|e| e.poll_timeout().0) {
@@ -379,20 +475,36 @@ impl World {
                 let disk = &mut self.nodes[node].disk;
                 let first = txs.first().map(|tx| tx.id.0).unwrap_or(0);
                 if first != disk.txs.len() as u64 + 1 {
-                    return Err(format!("{name}: append of {first} after {}", disk.txs.len()));
+                    return Err(format!(
+                        "{name}: append of {first} after {}",
+                        disk.txs.len()
+                    ));
                 }
                 let up_to = txs.last().map(|tx| tx.id.0).unwrap_or(0);
                 disk.txs.extend(txs);
                 let truncations = disk.truncations;
-                let at = (self.now + self.rng.range(20, 3000)).max(self.nodes[node].disk_busy_until);
+                let at =
+                    (self.now + self.rng.range(20, 3000)).max(self.nodes[node].disk_busy_until);
                 self.nodes[node].disk_busy_until = at;
                 let delay = at - self.now;
-                self.schedule(delay, SimEvent::DurableDone { node, incarnation, token, up_to, truncations });
+                self.schedule(
+                    delay,
+                    SimEvent::DurableDone {
+                        node,
+                        incarnation,
+                        token,
+                        up_to,
+                        truncations,
+                    },
+                );
             }
             Command::Truncate { after } => {
                 let disk = &mut self.nodes[node].disk;
                 if after.0 < disk.committed {
-                    return Err(format!("{name}: truncate to {after} below committed {}", disk.committed));
+                    return Err(format!(
+                        "{name}: truncate to {after} below committed {}",
+                        disk.committed
+                    ));
                 }
                 disk.txs.truncate(after.0 as usize);
                 disk.durable = disk.durable.min(after.0);
@@ -404,7 +516,12 @@ impl World {
                 disk.epoch = disk.epoch.max(epoch);
             }
             Command::Commit { up_to } => self.commit(node, up_to)?,
-            Command::Read { conn, from, max_count, max_bytes } => {
+            Command::Read {
+                conn,
+                from,
+                max_count,
+                max_bytes,
+            } => {
                 let disk = &self.nodes[node].disk;
                 let mut bytes = 0;
                 let txs: Vec<Tx> = disk
@@ -420,10 +537,19 @@ impl World {
                     .cloned()
                     .collect();
                 let delay = self.rng.range(10, 500);
-                self.schedule(delay, SimEvent::Engine { node, incarnation, event: Event::ReadDone { conn, txs } });
+                self.schedule(
+                    delay,
+                    SimEvent::Engine {
+                        node,
+                        incarnation,
+                        event: Event::ReadDone { conn, txs },
+                    },
+                );
             }
             Command::Send { conn, message } => {
-                let Some(&link) = self.nodes[node].conns.get(&conn) else { return Ok(()) };
+                let Some(&link) = self.nodes[node].conns.get(&conn) else {
+                    return Ok(());
+                };
                 if !self.links[link].alive {
                     return Ok(());
                 }
@@ -432,17 +558,37 @@ impl World {
                     self.cut_link(link);
                     return Ok(());
                 }
-                let from_end = usize::from(self.links[link].ends[1].0 == node && self.links[link].ends[1].1 == conn);
+                let from_end = usize::from(
+                    self.links[link].ends[1].0 == node && self.links[link].ends[1].1 == conn,
+                );
                 let to_end = 1 - from_end;
-                let latency = if self.rng.chance(3) { self.rng.range(5_000, 60_000) } else { self.rng.range(50, 2_000) };
+                let latency = if self.rng.chance(3) {
+                    self.rng.range(5_000, 60_000)
+                } else {
+                    self.rng.range(50, 2_000)
+                };
                 let at = (self.now + latency).max(self.links[link].last_delivery[from_end]);
                 self.links[link].last_delivery[from_end] = at;
                 let delay = at - self.now;
-                self.schedule(delay, SimEvent::Deliver { link, to_end, message });
+                self.schedule(
+                    delay,
+                    SimEvent::Deliver {
+                        link,
+                        to_end,
+                        message,
+                    },
+                );
             }
             Command::Connect { address } => {
                 let delay = self.rng.range(100, 3000);
-                self.schedule(delay, SimEvent::Connect { node, incarnation, address });
+                self.schedule(
+                    delay,
+                    SimEvent::Connect {
+                        node,
+                        incarnation,
+                        address,
+                    },
+                );
             }
             Command::Close { conn } => {
                 if let Some(link) = self.nodes[node].conns.remove(&conn) {
@@ -458,7 +604,10 @@ impl World {
         let name = self.nodes[node].name.clone();
         let n = &mut self.nodes[node];
         if up_to.0 > n.disk.durable {
-            return Err(format!("{name}: commits {up_to} but only {} is durable", n.disk.durable));
+            return Err(format!(
+                "{name}: commits {up_to} but only {} is durable",
+                n.disk.durable
+            ));
         }
         n.disk.committed = n.disk.committed.max(up_to.0);
         while (n.applied.len() as u64) < up_to.0 {
@@ -482,7 +631,11 @@ impl World {
         Ok(())
     }
 
-    fn on_reply(&mut self, write: WriteId, result: Result<WriteReceipt, WriteError>) -> SimResult<()> {
+    fn on_reply(
+        &mut self,
+        write: WriteId,
+        result: Result<WriteReceipt, WriteError>,
+    ) -> SimResult<()> {
         let Some(policy) = self.outstanding.remove(&write) else {
             return Err(format!("reply to unknown write {write:?}"));
         };
@@ -496,7 +649,10 @@ impl World {
         };
         let primary = &self.nodes[PRIMARY].disk;
         if !primary.holds_durably(receipt.tx_id, receipt.hash) {
-            return Err(format!("acknowledged {} that the primary does not hold durably", receipt.tx_id));
+            return Err(format!(
+                "acknowledged {} that the primary does not hold durably",
+                receipt.tx_id
+            ));
         }
         if receipt.ack == AckKind::Quorum {
             // The policy in force when the write committed may be newer than the one when it
@@ -508,7 +664,9 @@ impl World {
                 .copied()
                 .filter(|name| {
                     let node = self.node_index(name).unwrap_or(PRIMARY);
-                    self.nodes[node].disk.holds_durably(receipt.tx_id, receipt.hash)
+                    self.nodes[node]
+                        .disk
+                        .holds_durably(receipt.tx_id, receipt.hash)
                 })
                 .collect();
             if holders.len() < required {
@@ -521,17 +679,29 @@ impl World {
         } else {
             self.report.acked_async += 1;
         }
-        self.log(format!("write {write:?} acknowledged as {} ({:?})", receipt.tx_id, receipt.ack));
-        self.acked.push(AckedWrite { position: LogPosition { tx_id: receipt.tx_id, hash: receipt.hash }, kind: receipt.ack });
+        self.log(format!(
+            "write {write:?} acknowledged as {} ({:?})",
+            receipt.tx_id, receipt.ack
+        ));
+        self.acked.push(AckedWrite {
+            position: LogPosition {
+                tx_id: receipt.tx_id,
+                hash: receipt.hash,
+            },
+            kind: receipt.ack,
+        });
         Ok(())
     }
 
     fn connect(&mut self, node: usize, address: &str) -> SimResult<()> {
         let incarnation = self.nodes[node].incarnation;
         let target = self.node_index(address);
-        let reachable = target.filter(|&t| self.nodes[t].engine.is_some() && !self.partitioned(node, t));
+        let reachable =
+            target.filter(|&t| self.nodes[t].engine.is_some() && !self.partitioned(node, t));
         let Some(target) = reachable else {
-            let event = Event::ConnectFailed { reason: "unreachable".into() };
+            let event = Event::ConnectFailed {
+                reason: "unreachable".into(),
+            };
             return self.deliver_to_engine(node, event);
         };
         let local = ConnId(self.nodes[node].next_conn);
@@ -541,25 +711,37 @@ impl World {
         let link = self.links.len();
         let target_incarnation = self.nodes[target].incarnation;
         self.links.push(Link {
-            ends: [(node, local, incarnation), (target, remote, target_incarnation)],
+            ends: [
+                (node, local, incarnation),
+                (target, remote, target_incarnation),
+            ],
             alive: true,
             last_delivery: [0, 0],
         });
         self.nodes[node].conns.insert(local, link);
         self.nodes[target].conns.insert(remote, link);
-        let (node_name, target_name) = (self.nodes[node].name.clone(), self.nodes[target].name.clone());
-        self.deliver_to_engine(target, Event::Connected {
-            conn: remote,
-            peer: NodeId::new(node_name.clone()),
-            address: node_name,
-            direction: Direction::Downstream,
-        })?;
-        self.deliver_to_engine(node, Event::Connected {
-            conn: local,
-            peer: NodeId::new(target_name.clone()),
-            address: target_name,
-            direction: Direction::Upstream,
-        })
+        let (node_name, target_name) = (
+            self.nodes[node].name.clone(),
+            self.nodes[target].name.clone(),
+        );
+        self.deliver_to_engine(
+            target,
+            Event::Connected {
+                conn: remote,
+                peer: NodeId::new(node_name.clone()),
+                address: node_name,
+                direction: Direction::Downstream,
+            },
+        )?;
+        self.deliver_to_engine(
+            node,
+            Event::Connected {
+                conn: local,
+                peer: NodeId::new(target_name.clone()),
+                address: target_name,
+                direction: Direction::Upstream,
+            },
+        )
     }
 
     fn client_write(&mut self) -> SimResult<()> {
@@ -602,7 +784,8 @@ impl World {
             }
             2 | 3 => {
                 let a = self.rng.below(self.nodes.len() as u64) as usize;
-                let b = (a + 1 + self.rng.below(self.nodes.len() as u64 - 1) as usize) % self.nodes.len();
+                let b = (a + 1 + self.rng.below(self.nodes.len() as u64 - 1) as usize)
+                    % self.nodes.len();
                 let (na, nb) = (self.nodes[a].name.clone(), self.nodes[b].name.clone());
                 self.log(format!("partition {na} | {nb}"));
                 self.partitions.push((a, b));
@@ -636,21 +819,37 @@ impl World {
     }
 
     fn step(&mut self) -> SimResult<bool> {
-        let Some(Reverse((at, _, id))) = self.queue.pop() else { return Ok(false) };
+        let Some(Reverse((at, _, id))) = self.queue.pop() else {
+            return Ok(false);
+        };
         self.now = at;
-        let Some(event) = self.events.remove(&id) else { return Ok(true) };
+        let Some(event) = self.events.remove(&id) else {
+            return Ok(true);
+        };
         match event {
-            SimEvent::Deliver { link, to_end, message } => {
+            SimEvent::Deliver {
+                link,
+                to_end,
+                message,
+            } => {
                 if !self.links[link].alive {
                     return Ok(true);
                 }
                 let (node, conn, incarnation) = self.links[link].ends[to_end];
                 if self.nodes[node].incarnation == incarnation {
-                    self.log(format!("{} <- {}", self.nodes[node].name, describe(&message)));
+                    self.log(format!(
+                        "{} <- {}",
+                        self.nodes[node].name,
+                        describe(&message)
+                    ));
                     self.deliver_to_engine(node, Event::Received { conn, message })?;
                 }
             }
-            SimEvent::Engine { node, incarnation, event } => {
+            SimEvent::Engine {
+                node,
+                incarnation,
+                event,
+            } => {
                 if self.nodes[node].incarnation == incarnation {
                     self.deliver_to_engine(node, event)?;
                 }
@@ -663,16 +862,32 @@ impl World {
                     self.deliver_to_engine(node, Event::Tick)?;
                 }
             }
-            SimEvent::DurableDone { node, incarnation, token, up_to, truncations } => {
+            SimEvent::DurableDone {
+                node,
+                incarnation,
+                token,
+                up_to,
+                truncations,
+            } => {
                 if self.nodes[node].incarnation == incarnation {
                     let disk = &mut self.nodes[node].disk;
                     if disk.truncations == truncations {
                         disk.durable = disk.durable.max(up_to.min(disk.txs.len() as u64));
                     }
-                    self.deliver_to_engine(node, Event::Durable { token, up_to: TxId(up_to) })?;
+                    self.deliver_to_engine(
+                        node,
+                        Event::Durable {
+                            token,
+                            up_to: TxId(up_to),
+                        },
+                    )?;
                 }
             }
-            SimEvent::Connect { node, incarnation, address } => {
+            SimEvent::Connect {
+                node,
+                incarnation,
+                address,
+            } => {
                 if self.nodes[node].incarnation == incarnation {
                     self.connect(node, &address)?;
                 }
@@ -693,7 +908,9 @@ impl World {
 
     fn converged(&self) -> bool {
         let primary = &self.nodes[PRIMARY];
-        let Some(engine) = primary.engine.as_ref() else { return false };
+        let Some(engine) = primary.engine.as_ref() else {
+            return false;
+        };
         let target = engine.last().tx_id.0;
         self.outstanding.is_empty()
             && self.nodes.iter().all(|n| {
@@ -719,20 +936,36 @@ impl World {
             }
         }
         if !self.outstanding.is_empty() {
-            return Err(format!("{} writes were never answered", self.outstanding.len()));
+            return Err(format!(
+                "{} writes were never answered",
+                self.outstanding.len()
+            ));
         }
-        let primary_log: Vec<TxHash> = self.nodes[PRIMARY].disk.txs.iter().map(|tx| tx.hash).collect();
+        let primary_log: Vec<TxHash> = self.nodes[PRIMARY]
+            .disk
+            .txs
+            .iter()
+            .map(|tx| tx.hash)
+            .collect();
         for node in &self.nodes {
             let log: Vec<TxHash> = node.disk.txs.iter().map(|tx| tx.hash).collect();
             if log != primary_log {
-                return Err(format!("{}'s log ({} txs) differs from the primary's ({})", node.name, log.len(), primary_log.len()));
+                return Err(format!(
+                    "{}'s log ({} txs) differs from the primary's ({})",
+                    node.name,
+                    log.len(),
+                    primary_log.len()
+                ));
             }
             let applied: Vec<TxHash> = node.applied.iter().map(|p| p.hash).collect();
             if applied != primary_log {
                 return Err(format!("{} applied a different history", node.name));
             }
             for acked in &self.acked {
-                if !node.disk.holds_durably(acked.position.tx_id, acked.position.hash) {
+                if !node
+                    .disk
+                    .holds_durably(acked.position.tx_id, acked.position.hash)
+                {
                     return Err(format!(
                         "{} lost acknowledged write {} ({:?})",
                         node.name, acked.position.tx_id, acked.kind
@@ -752,8 +985,15 @@ fn describe(message: &Message) -> String {
             txs.first().map(|t| t.id.0).unwrap_or(0),
             txs.last().map(|t| t.id.0).unwrap_or(0)
         ),
-        Message::Diverged { epoch, source_hashes, source_last } => {
-            format!("Diverged epoch {epoch} hashes {} source_last {source_last}", source_hashes.len())
+        Message::Diverged {
+            epoch,
+            source_hashes,
+            source_last,
+        } => {
+            format!(
+                "Diverged epoch {epoch} hashes {} source_last {source_last}",
+                source_hashes.len()
+            )
         }
         other => format!("{other:?}"),
     }
@@ -770,22 +1010,39 @@ fn required_copies(policy: &Quorum) -> usize {
 }
 
 fn random_policy(rng: &mut Rng) -> Quorum {
-    let names = || DIRECT_REPLICAS.iter().map(|n| NodeId::new(*n)).collect::<Vec<_>>();
+    let names = || {
+        DIRECT_REPLICAS
+            .iter()
+            .map(|n| NodeId::new(*n))
+            .collect::<Vec<_>>()
+    };
     match rng.below(8) {
         0 => Quorum::Async,
         1 => Quorum::AckCount { n: 1, among: None },
         2 => Quorum::AckCount { n: 2, among: None },
         3 => Quorum::Majority,
-        4 => Quorum::Any { n: 1, names: names() },
-        5 => Quorum::First { n: 1, names: names() },
+        4 => Quorum::Any {
+            n: 1,
+            names: names(),
+        },
+        5 => Quorum::First {
+            n: 1,
+            names: names(),
+        },
         6 => Quorum::AllOf(vec![
             Quorum::AckCount { n: 1, among: None },
             Quorum::AckCount {
                 n: 1,
-                among: Some(ReplicaFilter::TagNotEquals { key: "zone".into(), value: "a".into() }),
+                among: Some(ReplicaFilter::TagNotEquals {
+                    key: "zone".into(),
+                    value: "a".into(),
+                }),
             },
         ]),
-        _ => Quorum::Any { n: 2, names: names() },
+        _ => Quorum::Any {
+            n: 2,
+            names: names(),
+        },
     }
 }
 
@@ -802,7 +1059,11 @@ pub struct SimFailure {
 
 impl std::fmt::Display for SimFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "simulation seed {} failed: {}\n--- last events ---\n{}", self.seed, self.message, self.trace)
+        write!(
+            f,
+            "simulation seed {} failed: {}\n--- last events ---\n{}",
+            self.seed, self.message, self.trace
+        )
     }
 }
 
@@ -815,7 +1076,11 @@ pub fn run(seed: u64, options: &SimOptions) -> Result<SimReport, SimFailure> {
         for line in &world.trace {
             let _ = writeln!(trace, "{line}");
         }
-        SimFailure { seed, message, trace }
+        SimFailure {
+            seed,
+            message,
+            trace,
+        }
     })
 }
 
@@ -853,7 +1118,9 @@ fn simulate(world: &mut World) -> SimResult<()> {
                         n.disk.txs.len(),
                         n.engine.as_ref().map(|e| e.committed().0).unwrap_or(0),
                         n.applied.len(),
-                        n.engine.as_ref().and_then(|e| e.status(Timestamp(world.now)).upstream)
+                        n.engine
+                            .as_ref()
+                            .and_then(|e| e.status(Timestamp(world.now)).upstream)
                     ))
                     .collect::<Vec<_>>()
                     .join("; ")
