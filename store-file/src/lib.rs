@@ -623,12 +623,12 @@ impl TxLog for FileLog {
                     found: txs[0].id,
                 });
             }
-            if state.active_len >= self.shared.options.segment_bytes && state.active().count > 0 {
-                if let Err(error) = self.seal_active(&mut state) {
-                    return Err(self
-                        .shared
-                        .fail(&mut state, format!("sealing a segment failed: {error}")));
-                }
+            if state.active_len >= self.shared.options.segment_bytes
+                && state.active().count > 0
+                && let Err(error) = self.seal_active(&mut state)
+            {
+                let reason = format!("sealing a segment failed: {error}");
+                return Err(self.shared.fail(&mut state, reason));
             }
             let mut buffer = Vec::with_capacity(txs.iter().map(record::record_len).sum());
             let base = state.active_len;

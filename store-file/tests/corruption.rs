@@ -53,6 +53,17 @@ fn files(dir: &Path) -> Vec<PathBuf> {
     files
 }
 
+fn segments(dir: &Path) -> Vec<PathBuf> {
+    files(dir)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect()
+}
+
+fn last_segment(dir: &Path) -> Option<PathBuf> {
+    segments(dir).pop()
+}
+
 fn copy_dir(from: &Path, to: &Path) {
     fs::create_dir_all(to).expect("mkdir");
     for file in files(from) {
@@ -81,10 +92,7 @@ fn open_and_read(dir: &Path, original: &[Tx]) -> Result<usize, LogError> {
 
 fn is_active_segment_tail(path: &Path, dir: &Path, offset: u64, original: &[Tx]) -> bool {
     // Damage inside the last record of the last segment looks like a torn write, and is cut.
-    let last_segment = files(dir)
-        .into_iter()
-        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
-        .last();
+    let last_segment = last_segment(dir);
     let last_record_len = 8 + 48 + original.last().map(|t| t.payload.len()).unwrap_or(0) as u64;
     let len = fs::metadata(path).map(|m| m.len()).unwrap_or(0);
     last_segment.as_deref() == Some(path) && offset + last_record_len >= len
@@ -158,13 +166,7 @@ fn every_truncation_is_detected_or_a_clean_prefix() {
                 .set_len(cut)
                 .expect("truncate");
             if let Ok(count) = open_and_read(&dir, &original) {
-                let last_segment = is_active_segment_tail(&target, &dir, 0, &[])
-                    || target.extension().is_some_and(|e| e == "seg")
-                        && files(&dir)
-                            .iter()
-                            .filter(|p| p.extension().is_some_and(|e| e == "seg"))
-                            .last()
-                            == Some(&target);
+                let last_segment = last_segment(&dir).as_ref() == Some(&target);
                 let is_meta = target.file_name().is_some_and(|n| n == "meta");
                 assert!(
                     count == original.len() || last_segment || is_meta,
@@ -237,11 +239,7 @@ fn a_second_process_cannot_open_the_same_directory() {
 fn a_torn_tail_is_cut_and_the_rest_kept() {
     let dir = tempfile::tempdir().expect("tempdir");
     let original = build(dir.path());
-    let last = files(dir.path())
-        .into_iter()
-        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
-        .last()
-        .expect("segment");
+    let last = last_segment(dir.path()).expect("segment");
     let len = fs::metadata(&last).expect("meta").len();
     fs::OpenOptions::new()
         .write(true)

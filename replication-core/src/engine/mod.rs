@@ -534,10 +534,10 @@ impl Engine {
         if let Some(deadline) = self.pending.iter().filter_map(|p| p.deadline).min() {
             at = at.min(deadline);
         }
-        if let replica::Upstream::Idle { retry_at, .. } = self.upstream {
-            if !self.is_primary() {
-                at = at.min(retry_at);
-            }
+        if let replica::Upstream::Idle { retry_at, .. } = self.upstream
+            && !self.is_primary()
+        {
+            at = at.min(retry_at);
         }
         at
     }

@@ -322,10 +322,10 @@ impl Engine {
                 if database != self.config.database {
                     return self.refuse(conn, Refusal::UnknownDatabase(database));
                 }
-                if let Some(allowed) = &self.config.allowed_replicators {
-                    if !allowed.contains(&peer) {
-                        return self.refuse(conn, Refusal::NotAllowed(peer.0));
-                    }
+                if let Some(allowed) = &self.config.allowed_replicators
+                    && !allowed.contains(&peer)
+                {
+                    return self.refuse(conn, Refusal::NotAllowed(peer.0));
                 }
                 if epoch > self.epoch {
                     if self.is_primary() {

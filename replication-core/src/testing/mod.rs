@@ -40,10 +40,10 @@ impl StateMachine for RecordingStateMachine {
             return;
         };
         let expected = TxId(applied.len() as u64 + 1);
-        if tx.id != expected {
-            if let Ok(mut violation) = self.out_of_order.lock() {
-                violation.get_or_insert(format!("applied {} where {expected} was due", tx.id));
-            }
+        if tx.id != expected
+            && let Ok(mut violation) = self.out_of_order.lock()
+        {
+            violation.get_or_insert(format!("applied {} where {expected} was due", tx.id));
         }
         applied.push(tx.position());
     }

@@ -333,7 +333,7 @@ impl World {
             .then(|| Duration::from_millis(rng.range(200, 3000)));
         config.tags.insert(
             "zone".into(),
-            if node % 2 == 0 {
+            if node.is_multiple_of(2) {
                 "a".into()
             } else {
                 "b".into()
