@@ -1,15 +1,17 @@
-//! Test support that other crates reuse: the [`TxLog`](crate::TxLog) conformance suite, an
-//! in-memory transport with fault injection, a recording state machine, and the deterministic
-//! cluster simulator.
+//! Test support that other crates reuse: the [`TxLog`](crate::TxLog) and
+//! [`Transport`](crate::Transport) conformance suites, an in-memory transport with fault
+//! injection, a recording state machine, and the deterministic cluster simulator.
 
 mod log_suite;
 mod mem_transport;
 pub mod sim;
+mod transport_suite;
 
 use std::sync::{Arc, Mutex};
 
 pub use log_suite::{LogFactory, txlog_conformance};
 pub use mem_transport::{MemEndpoint, MemNetwork};
+pub use transport_suite::{TransportFactory, transport_conformance};
 
 use crate::state_machine::StateMachine;
 use crate::types::{LogPosition, Tx, TxId};
