@@ -101,3 +101,16 @@ pub trait Transport: Send + Sync + 'static {
     /// [`TransportError::Shutdown`] once the transport is closed.
     async fn accept(&self) -> Result<Channel, TransportError>;
 }
+
+/// A shared transport is a transport: several owners (a server's databases, a client) can use
+/// one endpoint.
+#[async_trait]
+impl<T: Transport> Transport for std::sync::Arc<T> {
+    async fn connect(&self, address: &str) -> Result<Channel, TransportError> {
+        (**self).connect(address).await
+    }
+
+    async fn accept(&self) -> Result<Channel, TransportError> {
+        (**self).accept().await
+    }
+}

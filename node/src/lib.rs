@@ -1,0 +1,15 @@
+//! The reference node `repnode`: a key-value store replicated with replication-core over QUIC,
+//! on store-file.
+//!
+//! ```
+//! use node::kv::{KvOp, KvStore, KvTx};
+//! use replication_core::{StateMachine, Tx, LogPosition, Epoch};
+//!
+//! let mut store = KvStore::default();
+//! let payload = KvTx { ops: vec![KvOp::Set { key: "a".into(), value: "1".into() }] }.encode();
+//! store.apply(&Tx::new(LogPosition::START, Epoch(1), payload));
+//! assert_eq!(store.get("a").map(|(v, _)| v), Some("1".to_string()));
+//! ```
+
+pub mod demo;
+pub mod kv;
