@@ -11,5 +11,8 @@
 //! assert_eq!(store.get("a").map(|(v, _)| v), Some("1".to_string()));
 //! ```
 
+pub mod client;
 pub mod demo;
 pub mod kv;
+pub mod server;
+pub mod wire;

@@ -1,9 +1,20 @@
-//! `repnode`: the reference replication node.
+//! `repnode`: the reference replication node: server, admin and client CLI.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
 
-use anyhow::Result;
-use clap::{Parser, Subcommand};
+use anyhow::{Context, Result, anyhow, bail};
+use clap::{Args, Parser, Subcommand};
+use node::client::{Client, Outcome};
+use node::kv::KvOp;
+use node::server::Server;
+use node::wire::{DbSettings, ErrorKind, Request, Response};
+use serde::Deserialize;
+use transport_quic::{QuicOptions, QuicTransport, TlsIdentity};
+
+/// Exit code of a write whose outcome is unknown.
+const EXIT_UNKNOWN: u8 = 3;
 
 #[derive(Parser)]
 #[command(
@@ -25,11 +36,114 @@ enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Runs a server.
+    Serve(ServeArgs),
     /// Development certificates.
     Certs {
         #[command(subcommand)]
         command: CertsCommand,
     },
+    /// Manages databases.
+    Db {
+        #[command(subcommand)]
+        command: DbCommand,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Sets a key.
+    Put {
+        #[arg(long)]
+        db: String,
+        key: String,
+        value: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Reads a key.
+    Get {
+        #[arg(long)]
+        db: String,
+        key: String,
+        /// Wait until this transaction is applied here first (read your writes on a replica).
+        #[arg(long)]
+        min_tx: Option<u64>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Deletes a key.
+    Del {
+        #[arg(long)]
+        db: String,
+        key: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Writes an atomic transaction: `tx --db D set K V del K ...`.
+    Tx {
+        #[arg(long)]
+        db: String,
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Operations: `set KEY VALUE` and `del KEY`, in order.
+        #[arg(required = true, num_args = 1.., allow_hyphen_values = true)]
+        ops: Vec<String>,
+    },
+    /// Shows a database's replication status.
+    Status {
+        #[arg(long)]
+        db: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Args, Clone)]
+struct ServeArgs {
+    /// This server's identity: its certificate and the name quorum policies use.
+    #[arg(long, env = "REPNODE_NAME")]
+    name: Option<String>,
+    /// The data directory.
+    #[arg(long, env = "REPNODE_DIR")]
+    dir: Option<PathBuf>,
+    /// The UDP address to listen on.
+    #[arg(long, env = "REPNODE_LISTEN")]
+    listen: Option<String>,
+    /// Where ca.pem, NAME.pem and NAME.key are.
+    #[arg(long, env = "REPNODE_TLS_DIR")]
+    tls_dir: Option<PathBuf>,
+    /// A TOML file with any of: name, dir, listen, tls_dir (flags and environment win).
+    #[arg(long, env = "REPNODE_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ServeFile {
+    name: Option<String>,
+    dir: Option<PathBuf>,
+    listen: Option<String>,
+    tls_dir: Option<PathBuf>,
+}
+
+#[derive(Args, Clone)]
+struct ClientArgs {
+    /// The server, HOST:PORT.
+    #[arg(
+        long,
+        env = "REPNODE_SERVER",
+        default_value = "127.0.0.1:7440",
+        global = true
+    )]
+    server: String,
+    /// Where ca.pem, client.pem and client.key are.
+    #[arg(long, env = "REPNODE_TLS_DIR", default_value = "certs", global = true)]
+    tls_dir: PathBuf,
+    /// Give up waiting after this many seconds (a write is then reported as of unknown outcome).
+    #[arg(long, env = "REPNODE_TIMEOUT", global = true)]
+    timeout: Option<f64>,
+    /// Print one JSON object.
+    #[arg(long, global = true)]
+    json: bool,
 }
 
 #[derive(Subcommand)]
@@ -45,32 +159,362 @@ enum CertsCommand {
     },
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "error".into()),
+#[derive(Args, Clone, Default)]
+struct SettingsArgs {
+    /// HOST:PORT/DB of the source; absent: a primary.
+    #[arg(long)]
+    replica_of: Option<String>,
+    /// Replica acknowledgements a commit needs (0: asynchronous).
+    #[arg(long)]
+    sync_acks: Option<u32>,
+    /// A quorum policy: `majority`, `any 2 (n2,n3,n4)`, `first 1 (n2,n3)`, `acks 2`, `async`.
+    #[arg(long)]
+    quorum: Option<String>,
+    /// Transactions the source may send ahead of this replica's acknowledgement.
+    #[arg(long)]
+    prefetch_buffer: Option<u32>,
+    /// Let this replica discard diverged uncommitted transactions.
+    #[arg(long)]
+    allow_tx_discarding: bool,
+    /// Identities allowed to replicate from this database, comma separated.
+    #[arg(long, value_delimiter = ',')]
+    replicators: Option<Vec<String>>,
+    /// `file` (default) or `mem`.
+    #[arg(long)]
+    store: Option<String>,
+}
+
+impl From<SettingsArgs> for DbSettings {
+    fn from(args: SettingsArgs) -> DbSettings {
+        DbSettings {
+            replica_of: args.replica_of,
+            sync_acks: args.sync_acks,
+            quorum: args.quorum,
+            prefetch_buffer: args.prefetch_buffer,
+            allow_tx_discarding: args.allow_tx_discarding,
+            replicators: args.replicators,
+            store: args.store,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum DbCommand {
+    /// Creates a database.
+    Create {
+        name: String,
+        #[command(flatten)]
+        settings: SettingsArgs,
+    },
+    /// Changes a database's settings; a new quorum applies at once, to waiting writes too.
+    Update {
+        name: String,
+        #[command(flatten)]
+        settings: SettingsArgs,
+    },
+    /// Lists databases and their settings.
+    List,
+}
+
+async fn serve(args: ServeArgs) -> Result<()> {
+    let file: ServeFile = match &args.config {
+        Some(path) => toml::from_str(
+            &std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?,
         )
-        .with_writer(std::io::stderr)
-        .init();
-    match Cli::parse().command {
-        Command::Demo { dir } => node::demo::run(dir.as_deref()).await,
+        .with_context(|| format!("parsing {}", path.display()))?,
+        None => ServeFile::default(),
+    };
+    let name = args
+        .name
+        .or(file.name)
+        .ok_or_else(|| anyhow!("--name is required"))?;
+    let dir = args
+        .dir
+        .or(file.dir)
+        .ok_or_else(|| anyhow!("--dir is required"))?;
+    let listen = args
+        .listen
+        .or(file.listen)
+        .unwrap_or_else(|| "127.0.0.1:7440".into());
+    let tls_dir = args
+        .tls_dir
+        .or(file.tls_dir)
+        .unwrap_or_else(|| "certs".into());
+    let identity = TlsIdentity::load(&tls_dir, &name)?;
+    let transport = QuicTransport::bind(
+        listen
+            .parse()
+            .with_context(|| format!("--listen {listen}"))?,
+        identity,
+        QuicOptions::default(),
+    )
+    .await?;
+    let server = Server::start(&name, &dir, transport).await?;
+    eprintln!(
+        "repnode {name} serving {} from {}",
+        server.local_addr()?,
+        dir.display()
+    );
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+    eprintln!("repnode {name}: shutting down");
+    server.shutdown().await;
+    Ok(())
+}
+
+fn parse_ops(words: &[String]) -> Result<Vec<KvOp>> {
+    let mut ops = Vec::new();
+    let mut rest = words;
+    while let Some((word, tail)) = rest.split_first() {
+        match (word.as_str(), tail) {
+            ("set", [key, value, more @ ..]) => {
+                ops.push(KvOp::Set {
+                    key: key.clone(),
+                    value: value.clone(),
+                });
+                rest = more;
+            }
+            ("del", [key, more @ ..]) => {
+                ops.push(KvOp::Delete { key: key.clone() });
+                rest = more;
+            }
+            _ => bail!("expected `set KEY VALUE` or `del KEY`, found {word:?}"),
+        }
+    }
+    Ok(ops)
+}
+
+/// Runs one client request and prints its outcome; returns the exit code.
+async fn run_client(args: &ClientArgs, request: Request, is_write: bool) -> Result<ExitCode> {
+    let identity = TlsIdentity::load(&args.tls_dir, "client")?;
+    let mut client = Client::connect(&args.server, identity).await?;
+    let timeout = args.timeout.map(Duration::from_secs_f64);
+    let outcome = client.request(&request, timeout).await?;
+    let print = |value: serde_json::Value, text: String| {
+        if args.json {
+            println!("{value}");
+        } else {
+            println!("{text}");
+        }
+    };
+    match outcome {
+        Outcome::Unknown(why) if is_write => {
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"outcome": "unknown", "error": why})
+                );
+            }
+            eprintln!("outcome unknown: {why}; the write may or may not have committed");
+            Ok(ExitCode::from(EXIT_UNKNOWN))
+        }
+        Outcome::Unknown(why) => {
+            eprintln!("error: {why}");
+            Ok(ExitCode::FAILURE)
+        }
+        Outcome::Answered(Response::Error { kind, message }) => {
+            if kind == ErrorKind::Unknown && is_write {
+                if args.json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"outcome": "unknown", "error": message})
+                    );
+                }
+                eprintln!("outcome unknown: {message}");
+                return Ok(ExitCode::from(EXIT_UNKNOWN));
+            }
+            eprintln!("error: {message}");
+            Ok(ExitCode::FAILURE)
+        }
+        Outcome::Answered(Response::Written { tx_id, hash, ack }) => {
+            print(
+                serde_json::json!({"tx_id": tx_id, "hash": hash, "ack": ack}),
+                format!("tx {tx_id} committed ({ack}), hash {hash}"),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Outcome::Answered(Response::Value { key, value, tx_id }) => {
+            let text = match &value {
+                Some(value) => format!("{key} = {value} (as of tx {tx_id})"),
+                None => format!("{key} not found (as of tx {tx_id})"),
+            };
+            print(
+                serde_json::json!({"key": key, "value": value, "tx_id": tx_id}),
+                text,
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Outcome::Answered(Response::Status(report)) => {
+            let mut text = format!(
+                "database: {}\nrole: {}\nepoch: {}\ntxID: {}\nhash: {}\nprecommittedTxID: {}\nprecommittedHash: {}\nwaiting writes: {}",
+                report.database,
+                report.role,
+                report.epoch,
+                report.committed.tx_id,
+                report.committed.hash,
+                report.precommitted.tx_id,
+                report.precommitted.hash,
+                report.waiting_writes
+            );
+            if let Some(upstream) = &report.upstream {
+                text.push_str(&format!("\nsource link: {upstream}"));
+            }
+            if let Some(error) = &report.last_error {
+                text.push_str(&format!("\nlast error: {error}"));
+            }
+            for r in &report.replicas {
+                text.push_str(&format!(
+                    "\nreplica {} at {}: acked tx {}, lag {} txs / {} ms, {}",
+                    r.id,
+                    r.address,
+                    r.acked_tx_id,
+                    r.lag_txs,
+                    r.lag_ms,
+                    if r.connected {
+                        "connected"
+                    } else {
+                        "disconnected"
+                    }
+                ));
+            }
+            print(serde_json::to_value(&report)?, text);
+            Ok(ExitCode::SUCCESS)
+        }
+        Outcome::Answered(Response::Dbs(dbs)) => {
+            let text = dbs
+                .iter()
+                .map(|(name, s)| {
+                    format!(
+                        "{name}\t{}",
+                        toml::to_string(s).unwrap_or_default().replace('\n', " ")
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("\n");
+            print(serde_json::to_value(&dbs)?, text);
+            Ok(ExitCode::SUCCESS)
+        }
+        Outcome::Answered(Response::Ok) => {
+            print(serde_json::json!({"ok": true}), "ok".into());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Demo { dir } => node::demo::run(dir.as_deref())
+            .await
+            .map(|()| ExitCode::SUCCESS),
+        Command::Serve(args) => serve(args).await.map(|()| ExitCode::SUCCESS),
         Command::Certs {
             command: CertsCommand::Init { dir, nodes },
         } => {
             let names: Vec<&str> = nodes.iter().map(String::as_str).collect();
             transport_quic::write_dev_pki(&dir, &names)?;
+            let files: Vec<String> = names.iter().map(|n| format!("{n}.pem/.key")).collect();
             println!(
                 "wrote ca.pem, {} and client.pem/.key to {}",
-                names
-                    .iter()
-                    .map(|n| format!("{n}.pem/.key"))
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                files.join(", "),
                 dir.display()
             );
-            Ok(())
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Db { command, client } => {
+            let request = match command {
+                DbCommand::Create { name, settings } => Request::CreateDb {
+                    name,
+                    settings: settings.into(),
+                },
+                DbCommand::Update { name, settings } => Request::UpdateDb {
+                    name,
+                    settings: settings.into(),
+                },
+                DbCommand::List => Request::ListDbs,
+            };
+            run_client(&client, request, false).await
+        }
+        Command::Put {
+            db,
+            key,
+            value,
+            client,
+        } => {
+            run_client(
+                &client,
+                Request::Write {
+                    db,
+                    ops: vec![KvOp::Set { key, value }],
+                },
+                true,
+            )
+            .await
+        }
+        Command::Del { db, key, client } => {
+            run_client(
+                &client,
+                Request::Write {
+                    db,
+                    ops: vec![KvOp::Delete { key }],
+                },
+                true,
+            )
+            .await
+        }
+        Command::Tx { db, client, ops } => {
+            run_client(
+                &client,
+                Request::Write {
+                    db,
+                    ops: parse_ops(&ops)?,
+                },
+                true,
+            )
+            .await
+        }
+        Command::Get {
+            db,
+            key,
+            min_tx,
+            client,
+        } => {
+            let wait_ms = client
+                .timeout
+                .map(|t| (t * 1000.0) as u64)
+                .unwrap_or(30_000);
+            run_client(
+                &client,
+                Request::Get {
+                    db,
+                    key,
+                    min_tx,
+                    wait_ms,
+                },
+                false,
+            )
+            .await
+        }
+        Command::Status { db, client } => run_client(&client, Request::Status { db }, false).await,
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()).await {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
         }
     }
 }

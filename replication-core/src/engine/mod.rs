@@ -91,6 +91,8 @@ pub struct EngineConfig {
     pub node: NodeId,
     /// The database's name; a subscription for another name is refused.
     pub database: String,
+    /// The name of the database to replicate at the source, when it differs from `database`.
+    pub source_database: Option<String>,
     /// Primary or replica.
     pub role: Role,
     /// Labels this node announces to its source (e.g. a zone), for quorum policies.
@@ -134,6 +136,7 @@ impl EngineConfig {
         EngineConfig {
             node: node.into(),
             database: database.into(),
+            source_database: None,
             role,
             tags: Tags::new(),
             allowed_replicators: None,
@@ -405,6 +408,9 @@ pub struct EngineStatus {
     pub durable: LogPosition,
     /// The commit point.
     pub committed: TxId,
+    /// The commit point with its hash, where known (it may trail `committed` just after a
+    /// restart, until a transaction whose hash is at hand commits).
+    pub committed_position: LogPosition,
     /// The quorum policy (primary only).
     pub policy: Option<String>,
     /// Whether a higher epoch fenced this primary.
@@ -577,6 +583,7 @@ impl Engine {
             last: self.last,
             durable: self.durable,
             committed: self.committed,
+            committed_position: self.committed_position,
             policy: self.is_primary().then(|| format!("{:?}", self.policy)),
             fenced: self.fenced,
             waiting_writes: self.pending.len(),

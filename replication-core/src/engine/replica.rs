@@ -164,7 +164,11 @@ impl Engine {
     fn subscribe(&mut self, now: Timestamp, conn: ConnId, known_common: LogPosition) {
         let message = Message::Subscribe {
             version: PROTOCOL_VERSION,
-            database: self.config.database.clone(),
+            database: self
+                .config
+                .source_database
+                .clone()
+                .unwrap_or_else(|| self.config.database.clone()),
             epoch: self.epoch,
             last: self.last,
             known_common,

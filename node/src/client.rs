@@ -1,0 +1,85 @@
+//! The client side of the `repnode` protocol, used by the CLI commands.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow};
+use bytes::Bytes;
+use replication_core::transport::{Channel, Transport};
+use transport_quic::{QuicOptions, QuicTransport, TlsIdentity};
+
+use crate::wire::{CLIENT_HELLO, Request, Response};
+
+/// A session with one server.
+pub struct Client {
+    _transport: QuicTransport,
+    channel: Channel,
+}
+
+/// How a request ended, from the client's point of view.
+#[derive(Debug)]
+pub enum Outcome {
+    /// The server answered.
+    Answered(Response),
+    /// The connection broke or the timeout expired after the request was sent: for a write,
+    /// the outcome is unknown.
+    Unknown(String),
+}
+
+impl Client {
+    /// Connects to `server` presenting `identity`.
+    ///
+    /// # Errors
+    /// The server is unreachable or refused the certificate.
+    pub async fn connect(server: &str, identity: TlsIdentity) -> Result<Client> {
+        let any: SocketAddr = "0.0.0.0:0".parse()?;
+        let transport = QuicTransport::bind(any, identity, QuicOptions::default()).await?;
+        let mut channel = transport
+            .connect(server)
+            .await
+            .with_context(|| format!("connecting to {server}"))?;
+        channel
+            .sender
+            .send(Bytes::from_static(CLIENT_HELLO))
+            .await
+            .map_err(|e| anyhow!("{server}: {e}"))?;
+        Ok(Client {
+            _transport: transport,
+            channel,
+        })
+    }
+
+    /// Sends a request and waits for the answer, at most `timeout` if given.
+    ///
+    /// # Errors
+    /// The request could not be sent at all (nothing happened on the server).
+    pub async fn request(
+        &mut self,
+        request: &Request,
+        timeout: Option<Duration>,
+    ) -> Result<Outcome> {
+        let frame = postcard::to_allocvec(request)?;
+        self.channel
+            .sender
+            .send(Bytes::from(frame))
+            .await
+            .map_err(|e| anyhow!("sending the request: {e}"))?;
+        let answer = async {
+            match self.channel.receiver.recv().await {
+                Ok(Some(frame)) => postcard::from_bytes::<Response>(&frame)
+                    .map(Outcome::Answered)
+                    .unwrap_or_else(|e| Outcome::Unknown(format!("unreadable answer: {e}"))),
+                Ok(None) => Outcome::Unknown("the server closed the connection".into()),
+                Err(error) => Outcome::Unknown(format!("connection lost: {error}")),
+            }
+        };
+        Ok(match timeout {
+            Some(limit) => tokio::time::timeout(limit, answer)
+                .await
+                .unwrap_or_else(|_| {
+                    Outcome::Unknown(format!("no answer within {} s", limit.as_secs_f64()))
+                }),
+            None => answer.await,
+        })
+    }
+}

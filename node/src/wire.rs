@@ -1,0 +1,174 @@
+//! The client protocol of `repnode`: requests and responses on a QUIC channel whose first
+//! frame is [`CLIENT_HELLO`] (replication channels begin with a `Subscribe` instead, which is
+//! how the server tells them apart).
+
+use serde::{Deserialize, Serialize};
+
+use crate::kv::KvOp;
+
+/// The first frame of a client channel. It is not a valid replication message.
+pub const CLIENT_HELLO: &[u8] = b"repnode-client/1";
+
+/// Per-database settings, persisted in the server's data directory.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DbSettings {
+    /// `HOST:PORT/DB` of the source; absent for a primary.
+    pub replica_of: Option<String>,
+    /// immudb's `--replication-sync-acks`: 0 or absent is asynchronous.
+    pub sync_acks: Option<u32>,
+    /// A quorum policy text (`majority`, `any 2 (n2,n3)`, ...); wins over `sync_acks`.
+    pub quorum: Option<String>,
+    /// Transactions a source may send ahead of this replica's acknowledgement.
+    pub prefetch_buffer: Option<u32>,
+    /// Whether diverged uncommitted transactions may be discarded.
+    #[serde(default)]
+    pub allow_tx_discarding: bool,
+    /// Identities allowed to replicate from this database (default: any cluster node).
+    pub replicators: Option<Vec<String>>,
+    /// `file` (default) or `mem`.
+    pub store: Option<String>,
+}
+
+/// A client request.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Request {
+    /// Writes an atomic transaction.
+    Write {
+        /// The database.
+        db: String,
+        /// Its operations.
+        ops: Vec<KvOp>,
+    },
+    /// Reads a key, after waiting until `min_tx` is applied.
+    Get {
+        /// The database.
+        db: String,
+        /// The key.
+        key: String,
+        /// Wait until this transaction is applied first.
+        min_tx: Option<u64>,
+        /// How long to wait for `min_tx`.
+        wait_ms: u64,
+    },
+    /// A database's replication status.
+    Status {
+        /// The database.
+        db: String,
+    },
+    /// Creates a database.
+    CreateDb {
+        /// Its name.
+        name: String,
+        /// Its settings.
+        settings: DbSettings,
+    },
+    /// Changes a database's settings (fields left `None` are kept).
+    UpdateDb {
+        /// Its name.
+        name: String,
+        /// The settings to change.
+        settings: DbSettings,
+    },
+    /// Lists databases.
+    ListDbs,
+}
+
+/// The status of one database, as `repnode status` shows it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StatusReport {
+    /// The database.
+    pub database: String,
+    /// `primary` or `replica`.
+    pub role: String,
+    /// The node's epoch.
+    pub epoch: u64,
+    /// The commit point.
+    pub committed: Position,
+    /// The durable (precommitted) position.
+    pub precommitted: Position,
+    /// Writes waiting for their quorum.
+    pub waiting_writes: usize,
+    /// The replica's link to its source, when a replica.
+    pub upstream: Option<String>,
+    /// The last replication error.
+    pub last_error: Option<String>,
+    /// The replicas of this database.
+    pub replicas: Vec<ReplicaReport>,
+}
+
+/// A transaction id and its hash.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Position {
+    /// The id.
+    pub tx_id: u64,
+    /// The hash, hexadecimal.
+    pub hash: String,
+}
+
+/// One replica in a status report.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ReplicaReport {
+    /// Its identity.
+    pub id: String,
+    /// Its address.
+    pub address: String,
+    /// The last transaction it acknowledged.
+    pub acked_tx_id: u64,
+    /// Transactions behind.
+    pub lag_txs: u64,
+    /// Milliseconds behind.
+    pub lag_ms: u64,
+    /// Whether connected.
+    pub connected: bool,
+}
+
+/// A server's answer.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Response {
+    /// A write committed.
+    Written {
+        /// Its transaction.
+        tx_id: u64,
+        /// Its hash.
+        hash: String,
+        /// `quorum` or `async`.
+        ack: String,
+    },
+    /// A read.
+    Value {
+        /// The key.
+        key: String,
+        /// The value, if present.
+        value: Option<String>,
+        /// The transaction the read reflects.
+        tx_id: u64,
+    },
+    /// A status report.
+    Status(StatusReport),
+    /// Database names with their settings.
+    Dbs(Vec<(String, DbSettings)>),
+    /// Done.
+    Ok,
+    /// Refused or failed.
+    Error {
+        /// What kind of failure.
+        kind: ErrorKind,
+        /// A message for people.
+        message: String,
+    },
+}
+
+/// Kinds of failure a client reacts to differently.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorKind {
+    /// No such database.
+    UnknownDatabase,
+    /// A write sent to a replica.
+    NotPrimary,
+    /// A setting is invalid.
+    BadSetting,
+    /// The outcome of a write is unknown (it may still commit).
+    Unknown,
+    /// Anything else; nothing was written.
+    Failed,
+}

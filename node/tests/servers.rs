@@ -1,0 +1,224 @@
+//! Real `repnode serve` processes on loopback, driven by the real CLI: a synchronous cluster,
+//! a killed synchronous replica (writes wait or report an unknown outcome, reads go on), its
+//! return, writes refused by a replica, an unknown database, and a quorum update that releases
+//! a blocked primary.
+
+use std::net::UdpSocket;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+struct Server {
+    child: Child,
+    port: u16,
+}
+
+impl Server {
+    fn start(name: &str, port: u16, root: &Path) -> Server {
+        let dir: PathBuf = root.join(name);
+        let child = Command::new(env!("CARGO_BIN_EXE_repnode"))
+            .args([
+                "serve",
+                "--name",
+                name,
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .arg("--dir")
+            .arg(&dir)
+            .arg("--tls-dir")
+            .arg(root.join("certs"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start repnode serve");
+        Server { child, port }
+    }
+
+    fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn kill_9(&mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reap");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+fn cli(root: &Path, server: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_repnode"))
+        .args(args)
+        .args(["--server", server, "--json"])
+        .arg("--tls-dir")
+        .arg(root.join("certs"))
+        .output()
+        .expect("run repnode")
+}
+
+fn json(output: &Output) -> serde_json::Value {
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{e}: stdout {:?} stderr {:?}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })
+}
+
+/// Retries a CLI call until it succeeds (a server that is still starting).
+fn until_ok(root: &Path, server: &str, args: &[&str]) -> Output {
+    for _ in 0..100 {
+        let output = cli(root, server, args);
+        if output.status.success() {
+            return output;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("repnode {args:?} kept failing");
+}
+
+#[test]
+fn a_synchronous_cluster_of_real_servers() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let root = root.path();
+    let certs = Command::new(env!("CARGO_BIN_EXE_repnode"))
+        .args(["certs", "init", "--nodes", "n1,n2,n3", "--dir"])
+        .arg(root.join("certs"))
+        .output()
+        .expect("certs");
+    assert!(certs.status.success());
+    let n1 = Server::start("n1", free_port(), root);
+    let mut n2 = Server::start("n2", free_port(), root);
+    let n3 = Server::start("n3", free_port(), root);
+    let (a1, a2, a3) = (n1.address(), n2.address(), n3.address());
+
+    // n1 primary, n2 its synchronous replica, n3 a replica of n2 (a replica of a replica).
+    until_ok(
+        root,
+        &a1,
+        &["db", "create", "app", "--quorum", "any 1 (n2)"],
+    );
+    until_ok(
+        root,
+        &a2,
+        &["db", "create", "app", "--replica-of", &format!("{a1}/app")],
+    );
+    until_ok(
+        root,
+        &a3,
+        &["db", "create", "app", "--replica-of", &format!("{a2}/app")],
+    );
+
+    let put = cli(root, &a1, &["put", "--db", "app", "k1", "v1"]);
+    assert!(put.status.success(), "{put:?}");
+    let receipt = json(&put);
+    assert_eq!(receipt["ack"], "quorum");
+    let tx = receipt["tx_id"].as_u64().expect("tx_id");
+    let get = json(&cli(
+        root,
+        &a3,
+        &["get", "--db", "app", "k1", "--min-tx", &tx.to_string()],
+    ));
+    assert_eq!(
+        get["value"], "v1",
+        "the replica of a replica reads its writes"
+    );
+
+    // A write sent to a replica names the primary; an unknown database is its own error.
+    let refused = cli(root, &a2, &["put", "--db", "app", "k", "v"]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains(&a1),
+        "{refused:?}"
+    );
+    let unknown = cli(root, &a1, &["get", "--db", "nope", "k"]);
+    assert!(
+        String::from_utf8_lossy(&unknown.stderr).contains("unknown database"),
+        "{unknown:?}"
+    );
+
+    // kill -9 the synchronous replica: a write waits and, at its timeout, is of unknown outcome;
+    // reads go on.
+    n2.kill_9();
+    let waiting = cli(
+        root,
+        &a1,
+        &["put", "--db", "app", "k2", "v2", "--timeout", "1"],
+    );
+    assert_eq!(waiting.status.code(), Some(3), "{waiting:?}");
+    assert_eq!(json(&waiting)["outcome"], "unknown");
+    assert_eq!(
+        json(&cli(root, &a1, &["get", "--db", "app", "k1"]))["value"],
+        "v1"
+    );
+    let status = json(&cli(root, &a1, &["status", "--db", "app"]));
+    assert_eq!(status["committed"]["tx_id"].as_u64(), Some(tx));
+    assert_eq!(status["precommitted"]["tx_id"].as_u64(), Some(tx + 1));
+
+    // n2 comes back from its directory: the waiting transaction commits, nothing is lost.
+    let n2 = Server::start("n2", n2.port, root);
+    let k2 = json(&until_ok(
+        root,
+        &a2,
+        &[
+            "get",
+            "--db",
+            "app",
+            "k2",
+            "--min-tx",
+            &(tx + 1).to_string(),
+        ],
+    ));
+    assert_eq!(k2["value"], "v2");
+    assert_eq!(
+        json(&cli(
+            root,
+            &a1,
+            &[
+                "get",
+                "--db",
+                "app",
+                "k2",
+                "--min-tx",
+                &(tx + 1).to_string()
+            ]
+        ))["value"],
+        "v2"
+    );
+
+    // Blocked again; updating the quorum releases the primary without a restart.
+    drop(n2);
+    let released = std::thread::spawn({
+        let (root, a1) = (root.to_path_buf(), a1.clone());
+        move || cli(&root, &a1, &["put", "--db", "app", "k3", "v3"])
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!released.is_finished(), "the write waits for n2");
+    let update = cli(root, &a1, &["db", "update", "app", "--quorum", "async"]);
+    assert!(update.status.success(), "{update:?}");
+    let output = released.join().expect("writer");
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(json(&output)["ack"], "async");
+    let listed = json(&cli(root, &a1, &["db", "list"]));
+    assert_eq!(
+        listed[0][1]["quorum"], "async",
+        "the new setting is persisted: {listed}"
+    );
+    drop((n1, n3));
+    assert!(root.join("n1/databases/app/settings.toml").exists());
+}
