@@ -222,3 +222,74 @@ fn a_synchronous_cluster_of_real_servers() {
     drop((n1, n3));
     assert!(root.join("n1/databases/app/settings.toml").exists());
 }
+
+fn init_certs(root: &Path, dir: &str, nodes: &str) {
+    let output = Command::new(env!("CARGO_BIN_EXE_repnode"))
+        .args(["certs", "init", "--nodes", nodes, "--dir"])
+        .arg(root.join(dir))
+        .output()
+        .expect("certs");
+    assert!(output.status.success(), "{output:?}");
+}
+
+#[test]
+fn late_joiner_foreign_certificate_and_primary_kill_9_mid_load() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let root = root.path();
+    init_certs(root, "certs", "n1,n2");
+    let mut n1 = Server::start("n1", free_port(), root);
+    let a1 = n1.address();
+    until_ok(root, &a1, &["db", "create", "app"]);
+
+    // Load from a client while the primary is killed with SIGKILL at some point.
+    let writer = std::thread::spawn({
+        let (root, a1) = (root.to_path_buf(), a1.clone());
+        move || {
+            let mut acknowledged = Vec::new();
+            for i in 0..400 {
+                let output = cli(&root, &a1, &["put", "--db", "app", &format!("key{i}"), &format!("value{i}"), "--timeout", "2"]);
+                if !output.status.success() {
+                    break;
+                }
+                acknowledged.push(i);
+            }
+            acknowledged
+        }
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    n1.kill_9();
+    let acknowledged = writer.join().expect("writer");
+    assert!(acknowledged.len() > 5, "the load ran before the kill ({} writes)", acknowledged.len());
+
+    // The primary comes back with every acknowledged write.
+    let n1 = Server::start("n1", n1.port, root);
+    until_ok(root, &a1, &["status", "--db", "app"]);
+    for i in &acknowledged {
+        let value = json(&cli(root, &a1, &["get", "--db", "app", &format!("key{i}")]));
+        assert_eq!(value["value"], format!("value{i}"), "acknowledged write {i} survived kill -9");
+    }
+    let epoch = json(&cli(root, &a1, &["status", "--db", "app"]))["epoch"].as_u64();
+    assert_eq!(epoch, Some(2), "a restarted primary begins a new epoch");
+
+    // A late-joining empty replica receives the whole history.
+    let n2 = Server::start("n2", free_port(), root);
+    let a2 = n2.address();
+    until_ok(root, &a2, &["db", "create", "app", "--replica-of", &format!("{a1}/app")]);
+    let last = acknowledged.last().copied().unwrap_or(0);
+    // The primary's applied position covers every write: the replica must reach it.
+    let tx = json(&cli(root, &a1, &["get", "--db", "app", &format!("key{last}")]))["tx_id"].as_u64().expect("tx");
+    let read = json(&until_ok(root, &a2, &["get", "--db", "app", &format!("key{last}"), "--min-tx", &tx.to_string()]));
+    assert_eq!(read["value"], format!("value{last}"));
+
+    // A client certificate from another CA is refused with a clear error.
+    init_certs(root, "other-certs", "x");
+    let output = Command::new(env!("CARGO_BIN_EXE_repnode"))
+        .args(["status", "--db", "app", "--server", &a1, "--tls-dir"])
+        .arg(root.join("other-certs"))
+        .output()
+        .expect("run");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr).to_lowercase();
+    assert!(stderr.contains("certificate") || stderr.contains("unknownissuer") || stderr.contains("refused"), "{stderr}");
+    drop((n1, n2));
+}
