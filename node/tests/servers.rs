@@ -247,7 +247,19 @@ fn late_joiner_foreign_certificate_and_primary_kill_9_mid_load() {
         move || {
             let mut acknowledged = Vec::new();
             for i in 0..400 {
-                let output = cli(&root, &a1, &["put", "--db", "app", &format!("key{i}"), &format!("value{i}"), "--timeout", "2"]);
+                let output = cli(
+                    &root,
+                    &a1,
+                    &[
+                        "put",
+                        "--db",
+                        "app",
+                        &format!("key{i}"),
+                        &format!("value{i}"),
+                        "--timeout",
+                        "2",
+                    ],
+                );
                 if !output.status.success() {
                     break;
                 }
@@ -259,14 +271,22 @@ fn late_joiner_foreign_certificate_and_primary_kill_9_mid_load() {
     std::thread::sleep(Duration::from_millis(1500));
     n1.kill_9();
     let acknowledged = writer.join().expect("writer");
-    assert!(acknowledged.len() > 5, "the load ran before the kill ({} writes)", acknowledged.len());
+    assert!(
+        acknowledged.len() > 5,
+        "the load ran before the kill ({} writes)",
+        acknowledged.len()
+    );
 
     // The primary comes back with every acknowledged write.
     let n1 = Server::start("n1", n1.port, root);
     until_ok(root, &a1, &["status", "--db", "app"]);
     for i in &acknowledged {
         let value = json(&cli(root, &a1, &["get", "--db", "app", &format!("key{i}")]));
-        assert_eq!(value["value"], format!("value{i}"), "acknowledged write {i} survived kill -9");
+        assert_eq!(
+            value["value"],
+            format!("value{i}"),
+            "acknowledged write {i} survived kill -9"
+        );
     }
     let epoch = json(&cli(root, &a1, &["status", "--db", "app"]))["epoch"].as_u64();
     assert_eq!(epoch, Some(2), "a restarted primary begins a new epoch");
@@ -274,11 +294,32 @@ fn late_joiner_foreign_certificate_and_primary_kill_9_mid_load() {
     // A late-joining empty replica receives the whole history.
     let n2 = Server::start("n2", free_port(), root);
     let a2 = n2.address();
-    until_ok(root, &a2, &["db", "create", "app", "--replica-of", &format!("{a1}/app")]);
+    until_ok(
+        root,
+        &a2,
+        &["db", "create", "app", "--replica-of", &format!("{a1}/app")],
+    );
     let last = acknowledged.last().copied().unwrap_or(0);
     // The primary's applied position covers every write: the replica must reach it.
-    let tx = json(&cli(root, &a1, &["get", "--db", "app", &format!("key{last}")]))["tx_id"].as_u64().expect("tx");
-    let read = json(&until_ok(root, &a2, &["get", "--db", "app", &format!("key{last}"), "--min-tx", &tx.to_string()]));
+    let tx = json(&cli(
+        root,
+        &a1,
+        &["get", "--db", "app", &format!("key{last}")],
+    ))["tx_id"]
+        .as_u64()
+        .expect("tx");
+    let read = json(&until_ok(
+        root,
+        &a2,
+        &[
+            "get",
+            "--db",
+            "app",
+            &format!("key{last}"),
+            "--min-tx",
+            &tx.to_string(),
+        ],
+    ));
     assert_eq!(read["value"], format!("value{last}"));
 
     // A client certificate from another CA is refused with a clear error.
@@ -290,6 +331,63 @@ fn late_joiner_foreign_certificate_and_primary_kill_9_mid_load() {
         .expect("run");
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr).to_lowercase();
-    assert!(stderr.contains("certificate") || stderr.contains("unknownissuer") || stderr.contains("refused"), "{stderr}");
+    assert!(
+        stderr.contains("certificate")
+            || stderr.contains("unknownissuer")
+            || stderr.contains("refused"),
+        "{stderr}"
+    );
     drop((n1, n2));
+}
+
+#[test]
+fn offline_log_dump_and_verify() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let root = root.path();
+    init_certs(root, "certs", "n1");
+    let mut n1 = Server::start("n1", free_port(), root);
+    let a1 = n1.address();
+    until_ok(root, &a1, &["db", "create", "app"]);
+    for i in 0..5 {
+        assert!(
+            cli(root, &a1, &["put", "--db", "app", &format!("k{i}"), "v"])
+                .status
+                .success()
+        );
+    }
+    n1.kill_9();
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_repnode"))
+            .args(args)
+            .arg("--dir")
+            .arg(root.join("n1"))
+            .output()
+            .expect("run")
+    };
+    let dump = run(&["log", "dump", "--db", "app", "--json"]);
+    assert!(dump.status.success(), "{dump:?}");
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&dump.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
+    assert_eq!(lines.len(), 5);
+    assert_eq!(lines[4]["tx_id"], 5);
+    assert!(run(&["log", "verify"]).status.success());
+
+    // Damage a byte in the middle of the log: verify names the file and fails.
+    let log = root.join("n1/databases/app/log");
+    let segment = std::fs::read_dir(&log)
+        .expect("dir")
+        .map(|e| e.expect("entry").path())
+        .find(|p| p.extension().is_some_and(|e| e == "seg"))
+        .expect("segment");
+    let mut bytes = std::fs::read(&segment).expect("read");
+    bytes[30] ^= 0xff;
+    std::fs::write(&segment, bytes).expect("write");
+    let verify = run(&["log", "verify", "--db", "app"]);
+    assert!(!verify.status.success());
+    assert!(
+        String::from_utf8_lossy(&verify.stderr).contains(".seg at offset"),
+        "{verify:?}"
+    );
 }

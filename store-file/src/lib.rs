@@ -45,6 +45,9 @@
 mod meta;
 mod record;
 mod segment;
+mod verify;
+
+pub use verify::{VerifyReport, verify};
 
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::FileExt;
