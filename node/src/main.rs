@@ -245,6 +245,12 @@ enum DbCommand {
     },
     /// Lists databases and their settings.
     List,
+    /// Starts serving an unloaded database.
+    Load { name: String },
+    /// Stops serving a database, keeping its data.
+    Unload { name: String },
+    /// Deletes an unloaded database and its data.
+    Delete { name: String },
 }
 
 async fn serve(args: ServeArgs) -> Result<()> {
@@ -418,15 +424,18 @@ async fn run_client(args: &ClientArgs, request: Request, is_write: bool) -> Resu
         Outcome::Answered(Response::Dbs(dbs)) => {
             let text = dbs
                 .iter()
-                .map(|(name, s)| {
-                    format!(
-                        "{name}\t{}",
-                        toml::to_string(s).unwrap_or_default().replace('\n', " ")
-                    )
+                .map(|(name, loaded, s)| {
+                    let state = if *loaded { "loaded" } else { "unloaded" };
+                    let settings = toml::to_string(s).unwrap_or_default().replace('\n', " ");
+                    format!("{name}\t{state}\t{settings}")
                 })
                 .collect::<Vec<_>>()
                 .join("\n");
-            print(serde_json::to_value(&dbs)?, text);
+            let value: Vec<serde_json::Value> = dbs
+                .iter()
+                .map(|(name, loaded, s)| serde_json::json!({"name": name, "loaded": loaded, "settings": s}))
+                .collect();
+            print(serde_json::Value::Array(value), text);
             Ok(ExitCode::SUCCESS)
         }
         Outcome::Answered(Response::Ok) => {
@@ -540,6 +549,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     settings: settings.into(),
                 },
                 DbCommand::List => Request::ListDbs,
+                DbCommand::Load { name } => Request::LoadDb { name },
+                DbCommand::Unload { name } => Request::UnloadDb { name },
+                DbCommand::Delete { name } => Request::DeleteDb { name },
             };
             run_client(&client, request, false).await
         }

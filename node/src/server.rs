@@ -28,6 +28,9 @@ use crate::wire::{
     CLIENT_HELLO, DbSettings, ErrorKind, Position, ReplicaReport, Request, Response, StatusReport,
 };
 
+/// A marker file: the database stays unloaded across restarts.
+const UNLOADED: &str = "unloaded";
+
 /// One database on this server.
 struct Database {
     settings: DbSettings,
@@ -108,7 +111,9 @@ impl Server {
         std::fs::create_dir_all(&databases_dir)?;
         let mut names: Vec<String> = std::fs::read_dir(&databases_dir)?
             .filter_map(|entry| entry.ok())
-            .filter(|entry| entry.path().join("settings.toml").exists())
+            .filter(|entry| {
+                entry.path().join("settings.toml").exists() && !entry.path().join(UNLOADED).exists()
+            })
             .map(|entry| entry.file_name().to_string_lossy().into_owned())
             .collect();
         names.sort();
@@ -191,6 +196,87 @@ impl Server {
             node,
             store,
         })
+    }
+
+    fn read_settings(&self, db: &str) -> Result<DbSettings> {
+        let text = std::fs::read_to_string(self.database_dir(db).join("settings.toml"))?;
+        toml::from_str(&text).with_context(|| format!("settings of database {db}"))
+    }
+
+    /// Database names on disk that are not loaded.
+    fn unloaded(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.dir.join("databases"))
+            .map(|entries| {
+                entries
+                    .filter_map(|e| e.ok())
+                    .filter(|e| e.path().join(UNLOADED).exists())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+
+    async fn load(&self, name: String) -> Response {
+        let mut databases = self.databases.write().await;
+        if databases.contains_key(&name) {
+            return Response::Error {
+                kind: ErrorKind::Failed,
+                message: format!("database {name:?} is already loaded"),
+            };
+        }
+        if !self.unloaded().contains(&name) {
+            return Self::unknown(&name);
+        }
+        let opened = match self.read_settings(&name) {
+            Ok(settings) => self.open_database(&name, settings).await,
+            Err(error) => Err(error),
+        };
+        match opened {
+            Ok(database) => {
+                let _ = std::fs::remove_file(self.database_dir(&name).join(UNLOADED));
+                databases.insert(name, database);
+                Response::Ok
+            }
+            Err(error) => Response::Error {
+                kind: ErrorKind::Failed,
+                message: format!("{error:#}"),
+            },
+        }
+    }
+
+    async fn unload(&self, name: String) -> Response {
+        let Some(database) = self.databases.write().await.remove(&name) else {
+            return Self::unknown(&name);
+        };
+        database.node.shutdown().await;
+        match std::fs::write(self.database_dir(&name).join(UNLOADED), b"") {
+            Ok(()) => Response::Ok,
+            Err(error) => Response::Error {
+                kind: ErrorKind::Failed,
+                message: format!("unloaded, but not recorded: {error}"),
+            },
+        }
+    }
+
+    async fn delete(&self, name: String) -> Response {
+        if self.databases.read().await.contains_key(&name) {
+            return Response::Error {
+                kind: ErrorKind::Failed,
+                message: format!("database {name:?} is loaded: unload it first"),
+            };
+        }
+        if !valid_name(&name) || !self.unloaded().contains(&name) {
+            return Self::unknown(&name);
+        }
+        match std::fs::remove_dir_all(self.database_dir(&name)) {
+            Ok(()) => Response::Ok,
+            Err(error) => Response::Error {
+                kind: ErrorKind::Failed,
+                message: format!("deleting {name}: {error}"),
+            },
+        }
     }
 
     fn persist(&self, db: &str, settings: &DbSettings) -> Result<()> {
@@ -282,7 +368,7 @@ impl Server {
     fn unknown(db: &str) -> Response {
         Response::Error {
             kind: ErrorKind::UnknownDatabase,
-            message: format!("unknown database {db:?}"),
+            message: format!("unknown database {db:?} (or not loaded)"),
         }
     }
 
@@ -416,7 +502,7 @@ impl Server {
                     ));
                 }
                 let mut databases = self.databases.write().await;
-                if databases.contains_key(&name) {
+                if databases.contains_key(&name) || self.database_dir(&name).exists() {
                     return Response::Error {
                         kind: ErrorKind::Failed,
                         message: format!("database {name:?} exists"),
@@ -446,13 +532,20 @@ impl Server {
             Request::UpdateDb { name, settings } => self.update(name, settings).await,
             Request::ListDbs => {
                 let databases = self.databases.read().await;
-                Response::Dbs(
-                    databases
-                        .iter()
-                        .map(|(name, db)| (name.clone(), db.settings.clone()))
-                        .collect(),
-                )
+                let mut list: Vec<(String, bool, DbSettings)> = databases
+                    .iter()
+                    .map(|(name, db)| (name.clone(), true, db.settings.clone()))
+                    .collect();
+                for name in self.unloaded() {
+                    let settings = self.read_settings(&name).unwrap_or_default();
+                    list.push((name, false, settings));
+                }
+                list.sort_by(|a, b| a.0.cmp(&b.0));
+                Response::Dbs(list)
             }
+            Request::LoadDb { name } => self.load(name).await,
+            Request::UnloadDb { name } => self.unload(name).await,
+            Request::DeleteDb { name } => self.delete(name).await,
         }
     }
 

@@ -71,6 +71,21 @@ pub enum Request {
     },
     /// Lists databases.
     ListDbs,
+    /// Starts serving an unloaded database again.
+    LoadDb {
+        /// Its name.
+        name: String,
+    },
+    /// Stops serving a database, keeping its data; it stays unloaded across restarts.
+    UnloadDb {
+        /// Its name.
+        name: String,
+    },
+    /// Deletes an unloaded database and its data.
+    DeleteDb {
+        /// Its name.
+        name: String,
+    },
 }
 
 /// The status of one database, as `repnode status` shows it.
@@ -145,8 +160,8 @@ pub enum Response {
     },
     /// A status report.
     Status(StatusReport),
-    /// Database names with their settings.
-    Dbs(Vec<(String, DbSettings)>),
+    /// Database names, whether each is loaded, and their settings.
+    Dbs(Vec<(String, bool, DbSettings)>),
     /// Done.
     Ok,
     /// Refused or failed.

@@ -216,7 +216,7 @@ fn a_synchronous_cluster_of_real_servers() {
     assert_eq!(json(&output)["ack"], "async");
     let listed = json(&cli(root, &a1, &["db", "list"]));
     assert_eq!(
-        listed[0][1]["quorum"], "async",
+        listed[0]["settings"]["quorum"], "async",
         "the new setting is persisted: {listed}"
     );
     drop((n1, n3));
@@ -390,4 +390,55 @@ fn offline_log_dump_and_verify() {
         String::from_utf8_lossy(&verify.stderr).contains(".seg at offset"),
         "{verify:?}"
     );
+}
+
+#[test]
+fn databases_load_unload_and_delete() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let root = root.path();
+    init_certs(root, "certs", "n1");
+    let n1 = Server::start("n1", free_port(), root);
+    let a1 = n1.address();
+    until_ok(root, &a1, &["db", "create", "one"]);
+    until_ok(root, &a1, &["db", "create", "two", "--store", "mem"]);
+    assert!(
+        cli(root, &a1, &["put", "--db", "one", "k", "v"])
+            .status
+            .success()
+    );
+    let bad = cli(
+        root,
+        &a1,
+        &["db", "create", "three", "--quorum", "most of them"],
+    );
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("invalid quorum policy"),
+        "{bad:?}"
+    );
+    let busy = cli(root, &a1, &["db", "delete", "one"]);
+    assert!(
+        String::from_utf8_lossy(&busy.stderr).contains("unload it first"),
+        "{busy:?}"
+    );
+
+    assert!(cli(root, &a1, &["db", "unload", "one"]).status.success());
+    let unloaded = cli(root, &a1, &["get", "--db", "one", "k"]);
+    assert!(
+        String::from_utf8_lossy(&unloaded.stderr).contains("not loaded"),
+        "{unloaded:?}"
+    );
+    let listed = json(&cli(root, &a1, &["db", "list"]));
+    assert_eq!(listed[0]["name"], "one");
+    assert_eq!(listed[0]["loaded"], false);
+    assert!(cli(root, &a1, &["db", "load", "one"]).status.success());
+    assert_eq!(
+        json(&cli(root, &a1, &["get", "--db", "one", "k"]))["value"],
+        "v",
+        "data kept across unload and load"
+    );
+
+    assert!(cli(root, &a1, &["db", "unload", "two"]).status.success());
+    assert!(cli(root, &a1, &["db", "delete", "two"]).status.success());
+    let listed = json(&cli(root, &a1, &["db", "list"]));
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
 }
