@@ -58,6 +58,7 @@ struct Inner {
     /// Each key's value and the transaction that last set it.
     map: BTreeMap<String, (String, TxId)>,
     applied: TxId,
+    applied_bytes: u64,
 }
 
 impl KvStore {
@@ -79,6 +80,11 @@ impl KvStore {
             .iter()
             .map(|(k, (v, _))| (k.clone(), v.clone()))
             .collect()
+    }
+
+    /// Payload bytes applied since the store was built.
+    pub fn applied_bytes(&self) -> u64 {
+        self.read().applied_bytes
     }
 
     /// The last transaction applied: reads reflect every transaction up to it.
@@ -112,6 +118,7 @@ impl StateMachine for KvStore {
             }
         }
         inner.applied = tx.id;
+        inner.applied_bytes += tx.payload.len() as u64;
     }
 
     fn applied(&self) -> TxId {

@@ -14,5 +14,6 @@
 pub mod client;
 pub mod demo;
 pub mod kv;
+pub mod metrics;
 pub mod server;
 pub mod wire;

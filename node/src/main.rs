@@ -116,7 +116,11 @@ struct ServeArgs {
     /// Where ca.pem, NAME.pem and NAME.key are.
     #[arg(long, env = "REPNODE_TLS_DIR")]
     tls_dir: Option<PathBuf>,
-    /// A TOML file with any of: name, dir, listen, tls_dir (flags and environment win).
+    /// Serve Prometheus metrics over HTTP on this TCP address.
+    #[arg(long, env = "REPNODE_METRICS_LISTEN")]
+    metrics_listen: Option<String>,
+    /// A TOML file with any of: name, dir, listen, tls_dir, metrics_listen (flags and
+    /// environment win).
     #[arg(long, env = "REPNODE_CONFIG")]
     config: Option<PathBuf>,
 }
@@ -128,6 +132,7 @@ struct ServeFile {
     dir: Option<PathBuf>,
     listen: Option<String>,
     tls_dir: Option<PathBuf>,
+    metrics_listen: Option<String>,
 }
 
 #[derive(Args, Clone)]
@@ -288,6 +293,12 @@ async fn serve(args: ServeArgs) -> Result<()> {
     )
     .await?;
     let server = Server::start(&name, &dir, transport).await?;
+    if let Some(metrics) = args.metrics_listen.or(file.metrics_listen) {
+        let listener = tokio::net::TcpListener::bind(&metrics)
+            .await
+            .with_context(|| format!("--metrics-listen {metrics}"))?;
+        tokio::spawn(node::metrics::serve(listener, server.clone()));
+    }
     eprintln!(
         "repnode {name} serving {} from {}",
         server.local_addr()?,

@@ -36,6 +36,7 @@ struct Database {
     settings: DbSettings,
     node: Node,
     store: KvStore,
+    commit_latency: Arc<crate::metrics::Histogram>,
 }
 
 /// A running server.
@@ -195,6 +196,7 @@ impl Server {
             settings,
             node,
             store,
+            commit_latency: Arc::default(),
         })
     }
 
@@ -382,11 +384,16 @@ impl Server {
     async fn handle(&self, request: Request) -> Response {
         match request {
             Request::Write { db, ops } => {
-                let node = match self.databases.read().await.get(&db) {
-                    Some(database) => database.node.clone(),
+                let (node, latency) = match self.databases.read().await.get(&db) {
+                    Some(database) => (database.node.clone(), database.commit_latency.clone()),
                     None => return Self::unknown(&db),
                 };
-                match node.write(KvTx { ops }.encode()).await {
+                let started = std::time::Instant::now();
+                let written = node.write(KvTx { ops }.encode()).await;
+                if written.is_ok() {
+                    latency.observe(started.elapsed());
+                }
+                match written {
                     Ok(receipt) => Response::Written {
                         tx_id: receipt.tx_id.0,
                         hash: receipt.hash.to_hex(),
@@ -608,6 +615,52 @@ impl Server {
             database.settings = settings;
         }
         Response::Ok
+    }
+
+    /// What the metrics endpoint shows of each loaded database.
+    pub async fn metric_snapshots(&self) -> Vec<crate::metrics::Snapshot> {
+        let databases: Vec<(String, Node, KvStore, Arc<crate::metrics::Histogram>)> = self
+            .databases
+            .read()
+            .await
+            .iter()
+            .map(|(name, db)| {
+                (
+                    name.clone(),
+                    db.node.clone(),
+                    db.store.clone(),
+                    db.commit_latency.clone(),
+                )
+            })
+            .collect();
+        let mut snapshots = Vec::new();
+        for (db, node, store, commit_latency) in databases {
+            let Ok(status) = node.status().await else {
+                continue;
+            };
+            snapshots.push(crate::metrics::Snapshot {
+                db,
+                commit_latency,
+                committed: status.committed.0,
+                precommitted: status.durable.tx_id.0,
+                waiting_writes: status.waiting_writes as u64,
+                applied: store.applied_tx().0,
+                applied_bytes: store.applied_bytes(),
+                replicas: status
+                    .replicas
+                    .into_iter()
+                    .map(|r| ReplicaReport {
+                        id: r.id.0,
+                        address: r.address,
+                        acked_tx_id: r.acked.0,
+                        lag_txs: r.lag_txs,
+                        lag_ms: r.lag.as_millis() as u64,
+                        connected: r.connected,
+                    })
+                    .collect(),
+            });
+        }
+        snapshots
     }
 
     /// Stops every database: waiting writes are answered as of unknown outcome, logs closed.

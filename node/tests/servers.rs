@@ -15,6 +15,10 @@ struct Server {
 
 impl Server {
     fn start(name: &str, port: u16, root: &Path) -> Server {
+        Server::start_with(name, port, root, &[])
+    }
+
+    fn start_with(name: &str, port: u16, root: &Path, extra: &[&str]) -> Server {
         let dir: PathBuf = root.join(name);
         let child = Command::new(env!("CARGO_BIN_EXE_repnode"))
             .args([
@@ -28,6 +32,7 @@ impl Server {
             .arg(&dir)
             .arg("--tls-dir")
             .arg(root.join("certs"))
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -441,4 +446,54 @@ fn databases_load_unload_and_delete() {
     assert!(cli(root, &a1, &["db", "delete", "two"]).status.success());
     let listed = json(&cli(root, &a1, &["db", "list"]));
     assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+}
+
+fn http_get(address: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).ok()?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    Some(response)
+}
+
+#[test]
+fn prometheus_metrics_are_served() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let root = root.path();
+    init_certs(root, "certs", "n1");
+    let metrics = format!(
+        "127.0.0.1:{}",
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("bind")
+            .local_addr()
+            .expect("addr")
+            .port()
+    );
+    let n1 = Server::start_with("n1", free_port(), root, &["--metrics-listen", &metrics]);
+    let a1 = n1.address();
+    until_ok(root, &a1, &["db", "create", "app"]);
+    for i in 0..3 {
+        assert!(
+            cli(root, &a1, &["put", "--db", "app", &format!("k{i}"), "v"])
+                .status
+                .success()
+        );
+    }
+    let body = http_get(&metrics).expect("metrics endpoint answers");
+    assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
+    assert!(
+        body.contains("repnode_commit_latency_seconds_count{db=\"app\"} 3"),
+        "{body}"
+    );
+    assert!(
+        body.contains("repnode_committed_tx{db=\"app\"} 3"),
+        "{body}"
+    );
+    assert!(
+        body.contains("repnode_waiting_writes{db=\"app\"} 0"),
+        "{body}"
+    );
 }

@@ -1,0 +1,187 @@
+//! Prometheus metrics in the text exposition format, served over plain HTTP on
+//! `--metrics-listen`. Hand-rolled: a handful of gauges and one histogram do not justify a
+//! metrics framework and an HTTP stack.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use crate::server::Server;
+
+/// Upper bounds of the commit latency buckets, in seconds.
+const BUCKETS: [f64; 12] = [
+    0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0, 5.0,
+];
+
+/// A latency histogram with fixed buckets.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    /// Records one observation.
+    pub fn observe(&self, elapsed: Duration) {
+        let seconds = elapsed.as_secs_f64();
+        for (bound, bucket) in BUCKETS.iter().zip(&self.buckets) {
+            if seconds <= *bound {
+                bucket.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        for (bound, bucket) in BUCKETS.iter().zip(&self.buckets) {
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{{labels},le=\"{bound}\"}} {}",
+                bucket.load(Ordering::Relaxed)
+            );
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
+        let _ = writeln!(
+            out,
+            "{name}_sum{{{labels}}} {}",
+            self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
+    }
+}
+
+/// Renders every metric of the server.
+pub async fn render(server: &Server) -> String {
+    let mut out = String::new();
+    out.push_str("# HELP repnode_commit_latency_seconds Time from a write's arrival to its commit.\n# TYPE repnode_commit_latency_seconds histogram\n");
+    let snapshots = server.metric_snapshots().await;
+    for snapshot in &snapshots {
+        snapshot.commit_latency.render(
+            &mut out,
+            "repnode_commit_latency_seconds",
+            &format!("db=\"{}\"", snapshot.db),
+        );
+    }
+    let gauges: [(&str, &str, &str); 5] = [
+        ("repnode_committed_tx", "gauge", "The commit point."),
+        (
+            "repnode_precommitted_tx",
+            "gauge",
+            "The last durably stored transaction.",
+        ),
+        (
+            "repnode_waiting_writes",
+            "gauge",
+            "Writes waiting for their quorum.",
+        ),
+        (
+            "repnode_applied_transactions_total",
+            "counter",
+            "Transactions applied here (replicated, on a replica).",
+        ),
+        (
+            "repnode_applied_bytes_total",
+            "counter",
+            "Payload bytes applied here (replicated, on a replica).",
+        ),
+    ];
+    for (index, (name, kind, help)) in gauges.iter().enumerate() {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for snapshot in &snapshots {
+            let value = [
+                snapshot.committed,
+                snapshot.precommitted,
+                snapshot.waiting_writes,
+                snapshot.applied,
+                snapshot.applied_bytes,
+            ][index];
+            let _ = writeln!(out, "{name}{{db=\"{}\"}} {value}", snapshot.db);
+        }
+    }
+    out.push_str("# HELP repnode_replica_lag_transactions How many transactions a replica is behind.\n# TYPE repnode_replica_lag_transactions gauge\n");
+    out.push_str("# HELP repnode_replica_lag_seconds How long a replica has been behind.\n# TYPE repnode_replica_lag_seconds gauge\n");
+    out.push_str("# HELP repnode_replica_connected Whether a replica is connected.\n# TYPE repnode_replica_connected gauge\n");
+    for snapshot in &snapshots {
+        for replica in &snapshot.replicas {
+            let labels = format!("db=\"{}\",replica=\"{}\"", snapshot.db, replica.id);
+            let _ = writeln!(
+                out,
+                "repnode_replica_lag_transactions{{{labels}}} {}",
+                replica.lag_txs
+            );
+            let _ = writeln!(
+                out,
+                "repnode_replica_lag_seconds{{{labels}}} {}",
+                replica.lag_ms as f64 / 1000.0
+            );
+            let _ = writeln!(
+                out,
+                "repnode_replica_connected{{{labels}}} {}",
+                u8::from(replica.connected)
+            );
+        }
+    }
+    out
+}
+
+/// What the metrics endpoint reads of one database.
+pub struct Snapshot {
+    /// The database.
+    pub db: String,
+    /// Its commit latency histogram.
+    pub commit_latency: Arc<Histogram>,
+    /// The commit point.
+    pub committed: u64,
+    /// The durable position.
+    pub precommitted: u64,
+    /// Waiting writes.
+    pub waiting_writes: u64,
+    /// Transactions applied.
+    pub applied: u64,
+    /// Payload bytes applied.
+    pub applied_bytes: u64,
+    /// Its replicas.
+    pub replicas: Vec<crate::wire::ReplicaReport>,
+}
+
+/// Serves `GET /metrics` (any path) until the listener fails.
+pub async fn serve(listener: TcpListener, server: Arc<Server>) {
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            return;
+        };
+        let server = server.clone();
+        tokio::spawn(async move {
+            // Read the request head (bounded), whatever it asks: there is one resource.
+            let mut head = vec![0u8; 8192];
+            let mut filled = 0;
+            while filled < head.len() {
+                match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut head[filled..]))
+                    .await
+                {
+                    Ok(Ok(0)) | Err(_) | Ok(Err(_)) => break,
+                    Ok(Ok(n)) => {
+                        filled += n;
+                        if head[..filled].windows(4).any(|w| w == b"\r\n\r\n") {
+                            break;
+                        }
+                    }
+                }
+            }
+            let body = render(&server).await;
+            let response = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(response.as_bytes()).await;
+        });
+    }
+}
