@@ -90,6 +90,7 @@ fn show(name: &str, status: &EngineStatus) {
     let role = match &status.role {
         Role::Primary => "primary".to_string(),
         Role::Replica { address } => format!("replica of {address}"),
+        Role::ExternalReplica => "replica fed by an external replicator".to_string(),
     };
     println!(
         "  {name}: {role}, epoch {}, txID {}, precommittedTxID {} (hash {}…)",

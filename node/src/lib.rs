@@ -15,5 +15,6 @@ pub mod client;
 pub mod demo;
 pub mod kv;
 pub mod metrics;
+pub mod replicator;
 pub mod server;
 pub mod wire;

@@ -116,6 +116,16 @@ struct ServeArgs {
     /// Where ca.pem, NAME.pem and NAME.key are.
     #[arg(long, env = "REPNODE_TLS_DIR")]
     tls_dir: Option<PathBuf>,
+    /// A database to create (or keep) at startup, as immudb's default database.
+    #[arg(long, env = "REPNODE_DEFAULT_DB")]
+    default_db: Option<String>,
+    /// Make the default database a replica of HOST:PORT/DB (immudb's
+    /// `--replication-primary-*` startup flags).
+    #[arg(long, env = "REPNODE_DEFAULT_REPLICA_OF", requires = "default_db")]
+    default_replica_of: Option<String>,
+    /// The default database's replica acknowledgements per commit (primary only).
+    #[arg(long, env = "REPNODE_DEFAULT_SYNC_ACKS", requires = "default_db")]
+    default_sync_acks: Option<u32>,
     /// Serve Prometheus metrics over HTTP on this TCP address.
     #[arg(long, env = "REPNODE_METRICS_LISTEN")]
     metrics_listen: Option<String>,
@@ -218,6 +228,10 @@ struct SettingsArgs {
     /// `file` (default) or `mem`.
     #[arg(long)]
     store: Option<String>,
+    /// A replica fed by an external replicator (see examples/external_replicator.rs) rather
+    /// than by a replicator of its own.
+    #[arg(long)]
+    external_replicator: bool,
 }
 
 impl From<SettingsArgs> for DbSettings {
@@ -230,6 +244,7 @@ impl From<SettingsArgs> for DbSettings {
             allow_tx_discarding: args.allow_tx_discarding,
             replicators: args.replicators,
             store: args.store,
+            external_replicator: args.external_replicator,
         }
     }
 }
@@ -293,6 +308,14 @@ async fn serve(args: ServeArgs) -> Result<()> {
     )
     .await?;
     let server = Server::start(&name, &dir, transport).await?;
+    if let Some(default_db) = &args.default_db {
+        let settings = DbSettings {
+            replica_of: args.default_replica_of.clone(),
+            sync_acks: args.default_sync_acks,
+            ..DbSettings::default()
+        };
+        server.ensure_database(default_db, settings).await?;
+    }
     if let Some(metrics) = args.metrics_listen.or(file.metrics_listen) {
         let listener = tokio::net::TcpListener::bind(&metrics)
             .await

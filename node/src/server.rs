@@ -141,6 +141,7 @@ impl Server {
     async fn open_database(&self, db: &str, settings: DbSettings) -> Result<Database> {
         let policy = policy_of(&settings)?;
         let role = match &settings.replica_of {
+            _ if settings.external_replicator => Role::ExternalReplica,
             Some(text) => Role::Replica {
                 address: parse_replica_of(text)?.0,
             },
@@ -423,6 +424,23 @@ impl Server {
                     },
                 }
             }
+            Request::Replicate { db, txs } => {
+                let node = match self.databases.read().await.get(&db) {
+                    Some(database) => database.node.clone(),
+                    None => return Self::unknown(&db),
+                };
+                match node.replicate(txs).await {
+                    Ok(receipt) => Response::Written {
+                        tx_id: receipt.tx_id.0,
+                        hash: receipt.hash.to_hex(),
+                        ack: "async".into(),
+                    },
+                    Err(error) => Response::Error {
+                        kind: ErrorKind::Failed,
+                        message: error.to_string(),
+                    },
+                }
+            }
             Request::Get {
                 db,
                 key,
@@ -467,6 +485,7 @@ impl Server {
                         role: match status.role {
                             Role::Primary => "primary".into(),
                             Role::Replica { .. } => "replica".into(),
+                            Role::ExternalReplica => "replica (external replicator)".into(),
                         },
                         epoch: status.epoch.0,
                         committed: Position {
@@ -615,6 +634,44 @@ impl Server {
             database.settings = settings;
         }
         Response::Ok
+    }
+
+    /// Makes sure the database `name` exists with these replication settings, as immudb's
+    /// startup `--replication-*` flags do for its default database: created if missing,
+    /// updated (and persisted) if its role or quorum differs.
+    ///
+    /// # Errors
+    /// Invalid settings, or a database that cannot be opened.
+    pub async fn ensure_database(&self, name: &str, settings: DbSettings) -> Result<()> {
+        let existing = self
+            .databases
+            .read()
+            .await
+            .get(name)
+            .map(|db| db.settings.clone());
+        let response = match existing {
+            None if self.unloaded().iter().any(|n| n == name) => return Ok(()),
+            None => {
+                self.handle(Request::CreateDb {
+                    name: name.into(),
+                    settings,
+                })
+                .await
+            }
+            Some(current)
+                if current.replica_of == settings.replica_of
+                    && current.quorum == settings.quorum
+                    && current.sync_acks == settings.sync_acks =>
+            {
+                return Ok(());
+            }
+            Some(_) => self.update(name.into(), settings).await,
+        };
+        match response {
+            Response::Ok => Ok(()),
+            Response::Error { message, .. } => bail!("database {name}: {message}"),
+            other => bail!("database {name}: unexpected {other:?}"),
+        }
     }
 
     /// What the metrics endpoint shows of each loaded database.

@@ -27,6 +27,10 @@ pub struct DbSettings {
     pub replicators: Option<Vec<String>>,
     /// `file` (default) or `mem`.
     pub store: Option<String>,
+    /// A replica without a replicator of its own, fed by an external replicator through
+    /// [`Request::Replicate`] (immudb's `ReplicateTx`).
+    #[serde(default)]
+    pub external_replicator: bool,
 }
 
 /// A client request.
@@ -49,6 +53,14 @@ pub enum Request {
         min_tx: Option<u64>,
         /// How long to wait for `min_tx`.
         wait_ms: u64,
+    },
+    /// Pushes transactions committed at their source into a database created with
+    /// `external_replicator`; their hash chain is checked first.
+    Replicate {
+        /// The database.
+        db: String,
+        /// Contiguous transactions following the database's last.
+        txs: Vec<replication_core::Tx>,
     },
     /// A database's replication status.
     Status {

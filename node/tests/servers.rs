@@ -497,3 +497,30 @@ fn prometheus_metrics_are_served() {
         "{body}"
     );
 }
+
+#[test]
+fn startup_flags_make_the_default_database_a_replica() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let root = root.path();
+    init_certs(root, "certs", "n1,n2");
+    let n1 = Server::start_with("n1", free_port(), root, &["--default-db", "defaultdb"]);
+    let a1 = n1.address();
+    let put = until_ok(root, &a1, &["put", "--db", "defaultdb", "k", "v"]);
+    let tx = json(&put)["tx_id"].as_u64().expect("tx");
+    let source = format!("{a1}/defaultdb");
+    let n2 = Server::start_with(
+        "n2",
+        free_port(),
+        root,
+        &["--default-db", "defaultdb", "--default-replica-of", &source],
+    );
+    let a2 = n2.address();
+    let read = json(&until_ok(
+        root,
+        &a2,
+        &["get", "--db", "defaultdb", "k", "--min-tx", &tx.to_string()],
+    ));
+    assert_eq!(read["value"], "v");
+    let status = json(&cli(root, &a2, &["status", "--db", "defaultdb"]));
+    assert_eq!(status["role"], "replica");
+}

@@ -530,3 +530,85 @@ fn a_replica_rejects_writes_naming_its_source() {
         matches!(&commands[..], [Command::Reply { result: Err(WriteError::NotPrimary { source_address }), .. }] if source_address == "p")
     );
 }
+
+#[test]
+fn an_external_replica_checks_pushed_transactions_and_answers_once_durable() {
+    let config = EngineConfig::new("mirror", "db", Role::ExternalReplica);
+    let mut engine = Engine::new(
+        config,
+        Arc::new(Quorum::Async),
+        LogState::default(),
+        Epoch(0),
+        T0,
+    );
+    engine.handle(T0, Event::Tick);
+    assert!(
+        drain(&mut engine).is_empty(),
+        "no replicator of its own: it never connects"
+    );
+    let txs = chain(Epoch(1), &["a", "b"], LogPosition::START);
+
+    let mut forged = txs.clone();
+    forged[1].payload = Bytes::from_static(b"forged");
+    engine.handle(
+        T0,
+        Event::Replicate {
+            write: WriteId(1),
+            txs: forged,
+        },
+    );
+    let commands = drain(&mut engine);
+    assert!(
+        matches!(
+            &commands[..],
+            [Command::Reply {
+                result: Err(WriteError::Rejected(_)),
+                ..
+            }]
+        ),
+        "{commands:?}"
+    );
+
+    engine.handle(
+        T0,
+        Event::Replicate {
+            write: WriteId(2),
+            txs: txs.clone(),
+        },
+    );
+    let commands = drain(&mut engine);
+    assert!(commands.iter().any(|c| matches!(c, Command::Append { .. })));
+    assert!(
+        !commands.iter().any(|c| matches!(c, Command::Reply { .. })),
+        "not before durability"
+    );
+    engine.handle(
+        T0,
+        Event::Durable {
+            token: 0,
+            up_to: TxId(2),
+        },
+    );
+    let commands = drain(&mut engine);
+    let commit = commands
+        .iter()
+        .position(|c| matches!(c, Command::Commit { up_to: TxId(2) }));
+    let reply = commands.iter().position(|c| {
+        matches!(
+            c,
+            Command::Reply {
+                write: WriteId(2),
+                result: Ok(_)
+            }
+        )
+    });
+    assert!(commit.is_some() && commit < reply, "{commands:?}");
+    let commands = write(&mut engine, 3, "direct");
+    assert!(matches!(
+        &commands[..],
+        [Command::Reply {
+            result: Err(WriteError::NotPrimary { .. }),
+            ..
+        }]
+    ));
+}

@@ -172,7 +172,11 @@ struct Closer(Arc<Shared>, Option<std::thread::JoinHandle<()>>);
 
 impl Drop for Closer {
     fn drop(&mut self) {
-        self.0.lock_wake().closing = true;
+        // One last round: what was written is synced before the log closes.
+        let mut request = self.0.lock_wake();
+        request.closing = true;
+        request.pending = true;
+        drop(request);
         self.0.wake_signal.notify_all();
         if let Some(thread) = self.1.take() {
             let _ = thread.join();
@@ -209,6 +213,7 @@ impl Shared {
 
     /// The sync thread: each round syncs everything written so far, then publishes it.
     fn sync_loop(self: Arc<Shared>) {
+        let mut closing;
         loop {
             {
                 let mut request = self.lock_wake();
@@ -240,10 +245,12 @@ impl Shared {
                     return;
                 }
                 request.pending = false;
+                closing = request.closing;
             }
             let (file, target, generation) = {
                 let state = self.lock();
-                if state.failed.is_some() || state.durable == state.last {
+                // On close, sync even in the modes that report durability early.
+                if state.failed.is_some() || (state.durable == state.last && !closing) {
                     continue;
                 }
                 (state.active().file.clone(), state.last, state.generation)

@@ -61,6 +61,10 @@ enum Request {
         payload: Bytes,
         reply: oneshot::Sender<Result<WriteReceipt, WriteError>>,
     },
+    Replicate {
+        txs: Vec<Tx>,
+        reply: oneshot::Sender<Result<WriteReceipt, WriteError>>,
+    },
     Status(oneshot::Sender<EngineStatus>),
     SetPolicy(Arc<dyn QuorumPolicy>, oneshot::Sender<()>),
     Attach(Channel),
@@ -164,6 +168,21 @@ impl Node {
         let (reply, answer) = oneshot::channel();
         self.requests
             .send(Request::Write { payload, reply })
+            .await
+            .map_err(|_| WriteError::ShuttingDown)?;
+        answer.await.unwrap_or(Err(WriteError::ShuttingDown))
+    }
+
+    /// Pushes transactions committed at their source into this node, which must be a
+    /// [`Role::ExternalReplica`](crate::engine::Role::ExternalReplica): the hash chain is
+    /// checked, and the answer comes once they are durable and applied.
+    ///
+    /// # Errors
+    /// [`WriteError::Rejected`] for transactions that do not extend this log.
+    pub async fn replicate(&self, txs: Vec<Tx>) -> Result<WriteReceipt, WriteError> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(Request::Replicate { txs, reply })
             .await
             .map_err(|_| WriteError::ShuttingDown)?;
         answer.await.unwrap_or(Err(WriteError::ShuttingDown))
@@ -384,6 +403,10 @@ impl<L: TxLog, T: Transport, S: StateMachine> Driver<L, T, S> {
                 if let Some(other) = deferred {
                     return self.on_request(other, requests);
                 }
+            }
+            Request::Replicate { txs, reply } => {
+                let (write, _) = self.register_write(Bytes::new(), reply);
+                self.engine.handle(now, Event::Replicate { write, txs });
             }
             Request::Status(reply) => {
                 let _ = reply.send(self.engine.status(now));

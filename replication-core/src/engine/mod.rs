@@ -82,6 +82,10 @@ pub enum Role {
         /// The source's address, as the transport dials it.
         address: String,
     },
+    /// A replica without a replicator of its own: an external process pushes transactions
+    /// committed elsewhere with [`Event::Replicate`] (immudb's `ReplicateTx`), and the engine
+    /// checks their hash chain before storing them.
+    ExternalReplica,
 }
 
 /// The settings of one replicated database on one node.
@@ -209,6 +213,14 @@ pub enum Event {
         /// The transactions read.
         txs: Vec<Tx>,
     },
+    /// An external replicator pushes transactions committed at their source (only on a
+    /// [`Role::ExternalReplica`]); answered with a [`Command::Reply`] once they are durable.
+    Replicate {
+        /// Identifies the answer.
+        write: WriteId,
+        /// Contiguous transactions following this node's last.
+        txs: Vec<Tx>,
+    },
     /// The quorum policy changed.
     SetPolicy(Arc<dyn QuorumPolicy>),
     /// The log failed; the engine stops accepting writes.
@@ -334,6 +346,10 @@ pub enum WriteError {
     /// The node is shutting down. The outcome of writes already appended is unknown.
     #[error("the node is shutting down")]
     ShuttingDown,
+    /// Pushed transactions were refused (they do not extend this log's hash chain, or this
+    /// node does not take pushed transactions). Nothing was stored.
+    #[error("transactions refused: {0}")]
+    Rejected(String),
 }
 
 /// Why replication from a source stopped and needs an operator.
@@ -458,6 +474,8 @@ pub struct Engine {
     first_valid_token: u64,
     truncated_to: TxId,
     pending: VecDeque<PendingWrite>,
+    /// Pushes from an external replicator waiting for durability.
+    pushed: VecDeque<PendingWrite>,
     fenced: Option<Epoch>,
     failed: Option<String>,
     downstreams: BTreeMap<ConnId, source::Downstream>,
@@ -500,6 +518,7 @@ impl Engine {
             first_valid_token: 0,
             truncated_to: TxId(u64::MAX),
             pending: VecDeque::new(),
+            pushed: VecDeque::new(),
             fenced: None,
             failed: None,
             downstreams: BTreeMap::new(),
@@ -541,7 +560,7 @@ impl Engine {
             at = at.min(deadline);
         }
         if let replica::Upstream::Idle { retry_at, .. } = self.upstream
-            && !self.is_primary()
+            && matches!(self.config.role, Role::Replica { .. })
         {
             at = at.min(retry_at);
         }
@@ -566,6 +585,7 @@ impl Engine {
             Event::Disconnected { conn } => self.on_disconnected(now, conn),
             Event::Received { conn, message } => self.on_message(now, conn, message),
             Event::ReadDone { conn, txs } => self.on_read_done(now, conn, txs),
+            Event::Replicate { write, txs } => self.on_replicate(write, txs),
             Event::SetPolicy(policy) => {
                 self.policy = policy;
                 self.advance_commit();
@@ -587,7 +607,8 @@ impl Engine {
             policy: self.is_primary().then(|| format!("{:?}", self.policy)),
             fenced: self.fenced,
             waiting_writes: self.pending.len(),
-            upstream: (!self.is_primary()).then(|| self.upstream.state()),
+            upstream: matches!(self.config.role, Role::Replica { .. })
+                .then(|| self.upstream.state()),
             last_error: self
                 .upstream
                 .last_error()
@@ -755,7 +776,7 @@ impl Engine {
         self.next_tick = now.plus(self.config.heartbeat_interval / 2);
         self.expire_writes(now);
         self.tick_downstreams(now);
-        if !self.is_primary() {
+        if matches!(self.config.role, Role::Replica { .. }) {
             self.tick_upstream(now);
         }
     }

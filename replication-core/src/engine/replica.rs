@@ -96,7 +96,7 @@ impl Engine {
                 let backoff = *backoff;
                 let address = match &self.config.role {
                     super::Role::Replica { address } => address.clone(),
-                    super::Role::Primary => return,
+                    super::Role::Primary | super::Role::ExternalReplica => return,
                 };
                 self.upstream = Upstream::Connecting { backoff };
                 self.commands.push_back(Command::Connect { address });
@@ -351,7 +351,78 @@ impl Engine {
         }
     }
 
+    /// Stores transactions an external replicator pushed, after checking that they extend
+    /// the chain; they were committed at their source, so they commit here once durable.
+    pub(super) fn on_replicate(&mut self, write: super::WriteId, txs: Vec<Tx>) {
+        let refuse = |engine: &mut Engine, why: String| {
+            let result = Err(super::WriteError::Rejected(why));
+            engine.commands.push_back(Command::Reply { write, result });
+        };
+        if self.config.role != super::Role::ExternalReplica {
+            return refuse(
+                self,
+                "this database does not take pushed transactions".into(),
+            );
+        }
+        if let Some(reason) = &self.failed {
+            return refuse(self, format!("the log failed: {reason}"));
+        }
+        let mut prev = self.last;
+        let mut prev_epoch = self.last_epoch;
+        for tx in &txs {
+            if let Err(error) = tx.verify_follows(&prev) {
+                return refuse(self, error.to_string());
+            }
+            if tx.epoch < prev_epoch {
+                return refuse(
+                    self,
+                    format!(
+                        "transaction {} has epoch {}, lower than {prev_epoch}",
+                        tx.id, tx.epoch
+                    ),
+                );
+            }
+            prev = tx.position();
+            prev_epoch = tx.epoch;
+        }
+        self.raise_epoch(prev_epoch);
+        self.pushed.push_back(super::PendingWrite {
+            write,
+            position: prev,
+            deadline: None,
+        });
+        if txs.is_empty() {
+            self.answer_pushes();
+        } else {
+            self.append(txs);
+        }
+    }
+
+    fn answer_pushes(&mut self) {
+        while self
+            .pushed
+            .front()
+            .is_some_and(|p| p.position.tx_id <= self.committed)
+        {
+            if let Some(push) = self.pushed.pop_front() {
+                let receipt = super::WriteReceipt {
+                    tx_id: push.position.tx_id,
+                    hash: push.position.hash,
+                    ack: super::AckKind::Async,
+                };
+                self.commands.push_back(Command::Reply {
+                    write: push.write,
+                    result: Ok(receipt),
+                });
+            }
+        }
+    }
+
     pub(super) fn on_replica_durable(&mut self) {
+        if self.config.role == super::Role::ExternalReplica {
+            self.set_committed(self.durable.tx_id);
+            return self.answer_pushes();
+        }
         if let Upstream::Streaming { conn, last_ack, .. } = &mut self.upstream {
             let conn = *conn;
             let _ = last_ack;

@@ -67,6 +67,9 @@ impl Engine {
             Some(WriteError::NotPrimary {
                 source_address: address.clone(),
             })
+        } else if self.config.role == super::Role::ExternalReplica {
+            let source_address = "its external replicator's source".to_string();
+            Some(WriteError::NotPrimary { source_address })
         } else {
             self.fenced.map(|seen| WriteError::Fenced {
                 ours: self.epoch,
