@@ -524,3 +524,48 @@ fn startup_flags_make_the_default_database_a_replica() {
     let status = json(&cli(root, &a2, &["status", "--db", "defaultdb"]));
     assert_eq!(status["role"], "replica");
 }
+
+#[test]
+fn sigterm_answers_waiting_writes_and_exits_cleanly() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let root = root.path();
+    init_certs(root, "certs", "n1");
+    let mut n1 = Server::start("n1", free_port(), root);
+    let a1 = n1.address();
+    // Two acknowledgements from replicas that do not exist: every write waits.
+    until_ok(root, &a1, &["db", "create", "app", "--sync-acks", "2"]);
+    let waiting = std::thread::spawn({
+        let (root, a1) = (root.to_path_buf(), a1.clone());
+        move || cli(&root, &a1, &["put", "--db", "app", "k", "v"])
+    });
+    for _ in 0..100 {
+        let status = json(&cli(root, &a1, &["status", "--db", "app"]));
+        if status["waiting_writes"] == 1 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let term = Command::new("kill")
+        .args(["-TERM", &n1.child.id().to_string()])
+        .status()
+        .expect("kill -TERM");
+    assert!(term.success());
+    let exit = n1.child.wait().expect("wait");
+    assert!(exit.success(), "a clean exit on SIGTERM: {exit:?}");
+    let answered = waiting.join().expect("writer");
+    assert_eq!(
+        answered.status.code(),
+        Some(3),
+        "the waiting write is reported as of unknown outcome: {answered:?}"
+    );
+    // The precommitted write is on disk, intact.
+    let verify = Command::new(env!("CARGO_BIN_EXE_repnode"))
+        .args(["log", "verify", "--dir"])
+        .arg(root.join("n1"))
+        .output()
+        .expect("verify");
+    assert!(
+        String::from_utf8_lossy(&verify.stdout).contains("1 transactions"),
+        "{verify:?}"
+    );
+}
