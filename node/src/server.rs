@@ -80,6 +80,20 @@ fn valid_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
+fn replica_reports(replicas: Vec<replication_core::engine::ReplicaStatus>) -> Vec<ReplicaReport> {
+    replicas
+        .into_iter()
+        .map(|r| ReplicaReport {
+            id: r.id.0,
+            address: r.address,
+            acked_tx_id: r.acked.0,
+            lag_txs: r.lag_txs,
+            lag_ms: r.lag.as_millis() as u64,
+            connected: r.connected,
+        })
+        .collect()
+}
+
 /// A receiver that first returns a frame already read.
 struct Prepended {
     first: Option<Bytes>,
@@ -502,18 +516,7 @@ impl Server {
                             other => format!("{other:?}").to_lowercase(),
                         }),
                         last_error: status.last_error,
-                        replicas: status
-                            .replicas
-                            .into_iter()
-                            .map(|r| ReplicaReport {
-                                id: r.id.0,
-                                address: r.address,
-                                acked_tx_id: r.acked.0,
-                                lag_txs: r.lag_txs,
-                                lag_ms: r.lag.as_millis() as u64,
-                                connected: r.connected,
-                            })
-                            .collect(),
+                        replicas: replica_reports(status.replicas),
                     }),
                     Err(error) => Response::Error {
                         kind: ErrorKind::Failed,
@@ -703,18 +706,7 @@ impl Server {
                 waiting_writes: status.waiting_writes as u64,
                 applied: store.applied_tx().0,
                 applied_bytes: store.applied_bytes(),
-                replicas: status
-                    .replicas
-                    .into_iter()
-                    .map(|r| ReplicaReport {
-                        id: r.id.0,
-                        address: r.address,
-                        acked_tx_id: r.acked.0,
-                        lag_txs: r.lag_txs,
-                        lag_ms: r.lag.as_millis() as u64,
-                        connected: r.connected,
-                    })
-                    .collect(),
+                replicas: replica_reports(status.replicas),
             });
         }
         snapshots
