@@ -176,7 +176,8 @@ fn sequential_read(c: &mut Criterion) {
             runtime.block_on(async {
                 let mut next = replication_core::TxId(1);
                 loop {
-                    let txs = log.read(next, 1024, 4 << 20).await.expect("read");
+                    // The engine reads catch-up batches of `max_batch_bytes` (1 MiB by default).
+                    let txs = log.read(next, 1024, 1 << 20).await.expect("read");
                     let Some(last) = txs.last() else { break };
                     next = last.id.next();
                 }

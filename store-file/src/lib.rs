@@ -214,6 +214,8 @@ impl Shared {
     /// The sync thread: each round syncs everything written so far, then publishes it.
     fn sync_loop(self: Arc<Shared>) {
         let mut closing;
+        let mut previous_batch = 0u64;
+        let mut previous_sync = Duration::ZERO;
         loop {
             {
                 let mut request = self.lock_wake();
@@ -247,6 +249,21 @@ impl Shared {
                 request.pending = false;
                 closing = request.closing;
             }
+            // Concurrent appenders: let the writers woken by the previous sync append before
+            // this one starts, so that one sync covers them all (bounded by a fraction of
+            // the previous sync's duration, so a lone writer never waits).
+            if previous_batch > 1 && !closing {
+                let deadline = std::time::Instant::now() + previous_sync / 4;
+                let mut seen = self.lock().last.tx_id;
+                while std::time::Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_micros(20));
+                    let now = self.lock().last.tx_id;
+                    if now == seen {
+                        break;
+                    }
+                    seen = now;
+                }
+            }
             let (file, target, generation) = {
                 let state = self.lock();
                 // On close, sync even in the modes that report durability early.
@@ -255,8 +272,11 @@ impl Shared {
                 }
                 (state.active().file.clone(), state.last, state.generation)
             };
+            let started = std::time::Instant::now();
             let synced = file.sync_data();
+            previous_sync = started.elapsed().min(Duration::from_millis(2));
             let mut state = self.lock();
+            previous_batch = target.tx_id.0.saturating_sub(state.durable.tx_id.0);
             match synced {
                 Err(error) => {
                     self.fail(&mut state, format!("fdatasync failed: {error}"));
