@@ -11,6 +11,7 @@
 //! assert_eq!(store.get("a").map(|(v, _)| v), Some("1".to_string()));
 //! ```
 
+pub mod bench;
 pub mod client;
 pub mod demo;
 pub mod kv;

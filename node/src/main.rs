@@ -93,6 +93,26 @@ enum Command {
         #[command(subcommand)]
         command: LogCommand,
     },
+    /// Loads a running server: N clients writing single keys; throughput and latency
+    /// percentiles (HDR histogram) at the end.
+    Bench {
+        #[arg(long)]
+        db: String,
+        /// Concurrent clients, each on its own connection.
+        #[arg(long, default_value_t = 16)]
+        clients: usize,
+        /// Run this many seconds...
+        #[arg(long)]
+        duration: Option<f64>,
+        /// ...or this many writes in all.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Bytes per value.
+        #[arg(long, default_value_t = 128)]
+        value_size: usize,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Shows a database's replication status.
     Status {
         #[arg(long)]
@@ -648,6 +668,43 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 false,
             )
             .await
+        }
+        Command::Bench {
+            db,
+            clients,
+            duration,
+            count,
+            value_size,
+            client,
+        } => {
+            let options = node::bench::BenchOptions {
+                server: client.server.clone(),
+                db,
+                clients,
+                duration: duration.map(Duration::from_secs_f64),
+                count,
+                value_size,
+                progress: !client.json,
+            };
+            let report =
+                node::bench::run(options, TlsIdentity::load(&client.tls_dir, "client")?).await?;
+            if client.json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!(
+                    "{} clients: {} writes in {:.1} s = {:.0} writes/s; latency ms p50 {:.3} p90 {:.3} p99 {:.3} p99.9 {:.3} max {:.3}",
+                    report.clients,
+                    report.writes,
+                    report.seconds,
+                    report.writes_per_second,
+                    report.p50_ms,
+                    report.p90_ms,
+                    report.p99_ms,
+                    report.p999_ms,
+                    report.max_ms
+                );
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Status { db, client } => run_client(&client, Request::Status { db }, false).await,
     }

@@ -569,3 +569,49 @@ fn sigterm_answers_waiting_writes_and_exits_cleanly() {
         "{verify:?}"
     );
 }
+
+#[test]
+fn repnode_bench_reports_throughput_and_latency() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let root = root.path();
+    init_certs(root, "certs", "n1,n2");
+    let n1 = Server::start("n1", free_port(), root);
+    let n2 = Server::start("n2", free_port(), root);
+    let (a1, a2) = (n1.address(), n2.address());
+    until_ok(root, &a1, &["db", "create", "app", "--sync-acks", "1"]);
+    until_ok(
+        root,
+        &a2,
+        &["db", "create", "app", "--replica-of", &format!("{a1}/app")],
+    );
+    let output = cli(
+        root,
+        &a1,
+        &[
+            "bench",
+            "--db",
+            "app",
+            "--clients",
+            "4",
+            "--count",
+            "200",
+            "--value-size",
+            "64",
+        ],
+    );
+    assert!(output.status.success(), "{output:?}");
+    let report = json(&output);
+    assert_eq!(report["writes"], 200);
+    assert_eq!(report["clients"], 4);
+    let (p50, p99, max) = (
+        report["p50_ms"].as_f64().unwrap(),
+        report["p99_ms"].as_f64().unwrap(),
+        report["max_ms"].as_f64().unwrap(),
+    );
+    assert!(p50 > 0.0 && p50 <= p99 && p99 <= max, "{report}");
+    let status = json(&cli(root, &a1, &["status", "--db", "app"]));
+    assert_eq!(
+        status["committed"]["tx_id"], 200,
+        "every bench write committed under the quorum"
+    );
+}
