@@ -45,6 +45,8 @@ pub struct BenchReport {
     pub seconds: f64,
     /// Committed writes per second.
     pub writes_per_second: f64,
+    /// Mean commit latency, milliseconds.
+    pub mean_ms: f64,
     /// Commit latency percentiles, milliseconds.
     pub p50_ms: f64,
     /// 90th percentile.
@@ -149,6 +151,7 @@ pub async fn run(options: BenchOptions, identity: TlsIdentity) -> Result<BenchRe
         writes: histogram.len(),
         seconds,
         writes_per_second: histogram.len() as f64 / seconds,
+        mean_ms: histogram.mean() / 1000.0,
         p50_ms: ms(histogram.value_at_quantile(0.5)),
         p90_ms: ms(histogram.value_at_quantile(0.9)),
         p99_ms: ms(histogram.value_at_quantile(0.99)),

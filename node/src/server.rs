@@ -16,7 +16,7 @@ use replication_core::driver::{Node, NodeOptions};
 use replication_core::engine::{AckKind, EngineConfig, Role, UpstreamState, WriteError};
 use replication_core::protocol::{self, MAX_FRAME_SIZE, Message, Refusal};
 use replication_core::quorum::{Quorum, QuorumPolicy};
-use replication_core::transport::{Channel, FrameReceiver, Transport, TransportError};
+use replication_core::transport::{Channel, FrameReceiver, PeerKind, Transport, TransportError};
 use replication_core::{NodeId, TxId};
 use store_file::{FileLog, FileLogOptions};
 use store_mem::MemLog;
@@ -333,8 +333,20 @@ impl Server {
         match protocol::decode(&first, MAX_FRAME_SIZE) {
             Ok(Message::Subscribe { database, .. }) => {
                 let databases = self.databases.read().await;
-                match databases.get(&database) {
-                    Some(db) => {
+                let refusal = match databases.get(&database) {
+                    // Without an explicit list of replicators, only the cluster's nodes may
+                    // replicate; a client certificate must be named.
+                    Some(db)
+                        if db.settings.replicators.is_none()
+                            && channel.peer_kind != PeerKind::Node =>
+                    {
+                        Some(Refusal::NotAllowed(channel.peer.0.clone()))
+                    }
+                    Some(_) => None,
+                    None => Some(Refusal::UnknownDatabase(database.clone())),
+                };
+                match (databases.get(&database), refusal) {
+                    (Some(db), None) => {
                         let receiver = Box::new(Prepended {
                             first: Some(first),
                             rest: channel.receiver,
@@ -346,8 +358,10 @@ impl Server {
                             })
                             .await;
                     }
-                    None => {
-                        let refusal = Message::Refused(Refusal::UnknownDatabase(database));
+                    (_, refusal) => {
+                        let refusal = Message::Refused(
+                            refusal.unwrap_or(Refusal::UnknownDatabase(database.clone())),
+                        );
                         if let Ok(frame) = protocol::encode(&refusal, MAX_FRAME_SIZE) {
                             let _ = channel.sender.send(frame).await;
                         }

@@ -62,7 +62,11 @@ async fn the_external_replicator_copies_committed_transactions_and_forgeries_are
             &mut c1,
             Request::CreateDb {
                 name: "app".into(),
-                settings: DbSettings::default()
+                // The replicator uses the client certificate: the source must name it.
+                settings: DbSettings {
+                    replicators: Some(vec!["client".into()]),
+                    ..DbSettings::default()
+                },
             }
         )
         .await,
@@ -207,6 +211,42 @@ async fn the_external_replicator_copies_committed_transactions_and_forgeries_are
         panic!();
     };
     assert_eq!(value, None);
+
+    // Without a replicators list, a client certificate may not replicate: only nodes may.
+    assert!(matches!(
+        ask(
+            &mut c1,
+            Request::CreateDb {
+                name: "closed".into(),
+                settings: DbSettings::default()
+            }
+        )
+        .await,
+        Response::Ok
+    ));
+    let mirror2 = DbSettings {
+        external_replicator: true,
+        ..DbSettings::default()
+    };
+    assert!(matches!(
+        ask(
+            &mut c2,
+            Request::CreateDb {
+                name: "mirror2".into(),
+                settings: mirror2
+            }
+        )
+        .await,
+        Response::Ok
+    ));
+    let identity = TlsIdentity::load(&certs, "client").expect("client identity");
+    let refused = node::replicator::copy(&a1, "closed", &a2, "mirror2", identity, Some(TxId(1)))
+        .await
+        .expect_err("refused");
+    assert!(
+        refused.to_string().contains("not allowed to replicate"),
+        "{refused}"
+    );
     n1.shutdown().await;
     n2.shutdown().await;
 }

@@ -65,10 +65,21 @@ pub trait FrameReceiver: Send + 'static {
     async fn recv(&mut self) -> Result<Option<Bytes>, TransportError>;
 }
 
+/// What kind of certificate (or credential) a peer authenticated with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeerKind {
+    /// A server of the cluster.
+    Node,
+    /// A client (an operator's CLI, an application, an external replicator).
+    Client,
+}
+
 /// An open channel to an authenticated peer.
 pub struct Channel {
     /// The peer's authenticated identity.
     pub peer: NodeId,
+    /// Whether the peer is a node or a client; by default only nodes may replicate.
+    pub peer_kind: PeerKind,
     /// The peer's address, for status output.
     pub peer_address: String,
     /// The sending half.

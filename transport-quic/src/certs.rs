@@ -12,6 +12,9 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 
 use crate::QuicError;
 
+/// The organizational unit that marks a client certificate.
+pub const CLIENT_UNIT: &str = "client";
+
 /// A certificate authority able to issue node and client certificates.
 pub struct DevCa {
     key: KeyPair,
@@ -51,13 +54,26 @@ impl DevCa {
         self.cert.pem()
     }
 
-    /// Issues a certificate whose identity is `name`, valid for a node at `localhost`,
+    /// Issues a node certificate whose identity is `name`, valid for a node at `localhost`,
     /// `127.0.0.1` and `name`.
     ///
     /// # Errors
     /// [`QuicError::Certificate`] if generation fails.
     pub fn issue(&self, name: &str) -> Result<IssuedCert, QuicError> {
         self.issue_with(name, |_| {})
+    }
+
+    /// Issues a client certificate (organizational unit `client`): it may use a server, but
+    /// replicate only from databases that name it in their replicators.
+    ///
+    /// # Errors
+    /// [`QuicError::Certificate`] if generation fails.
+    pub fn issue_client(&self, name: &str) -> Result<IssuedCert, QuicError> {
+        self.issue_with(name, |params| {
+            params
+                .distinguished_name
+                .push(DnType::OrganizationalUnitName, CLIENT_UNIT);
+        })
     }
 
     /// Issues a certificate after `adjust` edits its parameters (tests use it for expired
@@ -99,7 +115,11 @@ pub fn write_dev_pki(dir: &Path, nodes: &[&str]) -> Result<(), QuicError> {
     let ca = DevCa::generate("repnode development CA")?;
     fs::write(dir.join("ca.pem"), ca.cert_pem())?;
     for name in nodes.iter().copied().chain(["client"]) {
-        let issued = ca.issue(name)?;
+        let issued = if name == "client" {
+            ca.issue_client(name)?
+        } else {
+            ca.issue(name)?
+        };
         fs::write(dir.join(format!("{name}.pem")), issued.cert_pem)?;
         fs::write(dir.join(format!("{name}.key")), issued.key_pem)?;
     }

@@ -32,7 +32,7 @@ use async_trait::async_trait;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use replication_core::NodeId;
 use replication_core::protocol::{MAX_FRAME_SIZE, PROTOCOL_VERSION};
-use replication_core::transport::{Channel, Transport, TransportError};
+use replication_core::transport::{Channel, PeerKind, Transport, TransportError};
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::sync::mpsc;
 
@@ -86,7 +86,7 @@ impl Default for QuicOptions {
 pub struct QuicTransport {
     endpoint: quinn::Endpoint,
     client_config: quinn::ClientConfig,
-    connections: Mutex<HashMap<String, (quinn::Connection, NodeId)>>,
+    connections: Mutex<HashMap<String, (quinn::Connection, (NodeId, PeerKind))>>,
     incoming: tokio::sync::Mutex<mpsc::Receiver<Channel>>,
     options: QuicOptions,
 }
@@ -124,8 +124,9 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// The identity in a peer's certificate: its common name.
-fn peer_identity(connection: &quinn::Connection) -> Result<NodeId, TransportError> {
+/// The identity in a peer's certificate (its common name), and whether it is a client
+/// certificate (organizational unit `client`) or a node's.
+fn peer_identity(connection: &quinn::Connection) -> Result<(NodeId, PeerKind), TransportError> {
     let refused = |why: &str| TransportError::Refused(format!("peer certificate: {why}"));
     let certs = connection
         .peer_identity()
@@ -140,7 +141,18 @@ fn peer_identity(connection: &quinn::Connection) -> Result<NodeId, TransportErro
         .next()
         .and_then(|cn| cn.as_str().ok())
         .ok_or_else(|| refused("no common name"))?;
-    Ok(NodeId::new(name))
+    let is_client = cert
+        .subject()
+        .iter_organizational_unit()
+        .any(|unit| unit.as_str().is_ok_and(|u| u == certs::CLIENT_UNIT));
+    Ok((
+        NodeId::new(name),
+        if is_client {
+            PeerKind::Client
+        } else {
+            PeerKind::Node
+        },
+    ))
 }
 
 fn describe_connection_error(error: &quinn::ConnectionError) -> String {
@@ -229,7 +241,7 @@ impl QuicTransport {
     async fn connection_to(
         &self,
         address: &str,
-    ) -> Result<(quinn::Connection, NodeId), TransportError> {
+    ) -> Result<(quinn::Connection, (NodeId, PeerKind)), TransportError> {
         let cached = self
             .connections
             .lock()
@@ -290,7 +302,7 @@ async fn accept_loop(
                     return;
                 }
             };
-            let Ok(peer) = peer_identity(&connection) else {
+            let Ok((peer, peer_kind)) = peer_identity(&connection) else {
                 connection.close(quinn::VarInt::from_u32(1), b"no identity");
                 return;
             };
@@ -300,6 +312,7 @@ async fn accept_loop(
                     Ok((send, recv)) => {
                         let channel = Channel {
                             peer: peer.clone(),
+                            peer_kind,
                             peer_address: address.clone(),
                             sender: Box::new(QuicFrameSender::new(send, max_frame_size)),
                             receiver: Box::new(QuicFrameReceiver::new(recv, max_frame_size)),
@@ -321,13 +334,14 @@ async fn accept_loop(
 #[async_trait]
 impl Transport for QuicTransport {
     async fn connect(&self, address: &str) -> Result<Channel, TransportError> {
-        let (connection, peer) = self.connection_to(address).await?;
+        let (connection, (peer, peer_kind)) = self.connection_to(address).await?;
         let (send, recv) = connection
             .open_bi()
             .await
             .map_err(|e| TransportError::Closed(e.to_string()))?;
         Ok(Channel {
             peer,
+            peer_kind,
             peer_address: address.to_string(),
             sender: Box::new(QuicFrameSender::new(send, self.options.max_frame_size)),
             receiver: Box::new(QuicFrameReceiver::new(recv, self.options.max_frame_size)),

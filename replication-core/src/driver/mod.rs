@@ -455,6 +455,7 @@ impl<L: TxLog, T: Transport, S: StateMachine> Driver<L, T, S> {
             peer_address,
             mut sender,
             mut receiver,
+            ..
         } = channel;
         let (frames_tx, mut frames_rx) = mpsc::channel::<Bytes>(self.options.channel_queue_frames);
         let events = self.internal_tx.clone();

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 
 use crate::protocol::MAX_FRAME_SIZE;
-use crate::transport::{Channel, FrameReceiver, FrameSender, Transport, TransportError};
+use crate::transport::{Channel, FrameReceiver, FrameSender, PeerKind, Transport, TransportError};
 use crate::types::NodeId;
 
 /// Frames buffered in one direction of a channel before the sender waits.
@@ -157,6 +157,7 @@ impl MemNetwork {
         let (remote_sender, remote_receiver) = half(b_to_a, b_from_a, &cut_rx);
         let remote = Channel {
             peer: NodeId::new(from),
+            peer_kind: PeerKind::Node,
             peer_address: from.to_string(),
             sender: remote_sender,
             receiver: remote_receiver,
@@ -167,6 +168,7 @@ impl MemNetwork {
         state.links.push((from.to_string(), to.to_string(), cut_tx));
         Ok(Channel {
             peer: NodeId::new(to),
+            peer_kind: PeerKind::Node,
             peer_address: to.to_string(),
             sender: local_sender,
             receiver: local_receiver,

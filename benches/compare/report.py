@@ -1,0 +1,99 @@
+#!/usr/bin/env python3
+"""Turns results.tsv (one run of benches/compare/run.sh) into BENCHMARKS.md and an SVG chart of
+commit latency (p50, 1 client) against quorum size for each system."""
+import csv
+import statistics
+import sys
+
+results, env, out_md, out_svg = sys.argv[1:5]
+rows = list(csv.DictReader(open(results), delimiter="\t"))
+
+# quorum size of each (system, mode): replica acknowledgements a commit waits for
+QUORUM = {
+    ("repnode", "q0_async"): 0, ("repnode", "q1"): 1, ("repnode", "q2"): 2,
+    ("postgres", "a_async"): 0, ("postgres", "b_any1_on"): 1, ("postgres", "c_any2_on"): 2,
+    ("redis", "set_only_async_repl"): 0, ("redis", "set+wait_1"): 1, ("redis", "set+wait_2"): 2,
+    ("etcd", "raft3_put_to_leader"): 1,
+}
+
+
+def median(system, mode, clients, key):
+    values = [float(r[key]) for r in rows if r["system"] == system and r["mode"] == mode and r["clients"] == str(clients)]
+    return statistics.median(values) if values else None
+
+
+table = ["| system | mode | clients | writes/s | p50 ms | p99 ms |", "|---|---|---|---|---|---|"]
+seen = []
+for r in rows:
+    key = (r["system"], r["mode"], r["clients"])
+    if key in seen:
+        continue
+    seen.append(key)
+    s, m, c = key
+    table.append(f"| {s} | {m} | {c} | {median(s, m, c, 'ops_per_s'):.0f} | {median(s, m, c, 'p50_ms'):.2f} | {median(s, m, c, 'p99_ms'):.2f} |")
+
+# SVG: p50 latency (1 client) against quorum size
+series = {}
+for (system, mode), q in QUORUM.items():
+    value = median(system, mode, 1, "p50_ms")
+    if value is not None:
+        series.setdefault(system, []).append((q, value))
+colors = {"repnode": "#d62728", "postgres": "#1f77b4", "etcd": "#2ca02c", "redis": "#9467bd"}
+width, height, left, bottom, top = 640, 400, 70, 50, 30
+ymax = max([v for pts in series.values() for _, v in pts] + [0.1]) * 1.15
+def x(q): return left + q * (width - left - 40) / 2
+def y(v): return height - bottom - v / ymax * (height - bottom - top)
+svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">',
+       f'<rect width="{width}" height="{height}" fill="white"/>',
+       f'<text x="{width/2}" y="18" text-anchor="middle" font-size="14">Commit latency p50, 1 client, against quorum size (loopback, fsync on)</text>',
+       f'<line x1="{left}" y1="{height-bottom}" x2="{width-30}" y2="{height-bottom}" stroke="black"/>',
+       f'<line x1="{left}" y1="{top}" x2="{left}" y2="{height-bottom}" stroke="black"/>',
+       f'<text x="{width/2}" y="{height-12}" text-anchor="middle">replica acknowledgements per commit (0 = asynchronous)</text>',
+       f'<text x="16" y="{height/2}" transform="rotate(-90 16 {height/2})" text-anchor="middle">p50 ms</text>']
+for q in range(3):
+    svg.append(f'<text x="{x(q)}" y="{height-bottom+16}" text-anchor="middle">{q}</text>')
+for i in range(5):
+    v = ymax * i / 4
+    svg.append(f'<text x="{left-6}" y="{y(v)+4}" text-anchor="end">{v:.2f}</text>')
+    svg.append(f'<line x1="{left}" y1="{y(v)}" x2="{width-30}" y2="{y(v)}" stroke="#ddd"/>')
+for n, (system, pts) in enumerate(sorted(series.items())):
+    pts.sort()
+    color = colors.get(system, "black")
+    svg.append('<polyline fill="none" stroke="%s" stroke-width="2" points="%s"/>' % (color, " ".join(f"{x(q)},{y(v)}" for q, v in pts)))
+    for q, v in pts:
+        svg.append(f'<circle cx="{x(q)}" cy="{y(v)}" r="4" fill="{color}"/>')
+    svg.append(f'<text x="{width-150}" y="{top+20+16*n}" fill="{color}">{system}</text>')
+svg.append("</svg>")
+open(out_svg, "w").write("\n".join(svg))
+
+env_text = open(env).read().strip()
+md = f"""# Benchmarks
+
+Produced by `bash benches/compare/run.sh` (every system on loopback on one machine, in one run;
+medians over its rounds). Compare systems within this table only: the machine is shared and
+noisy, and another run gives other absolute numbers.
+
+```
+{env_text}
+```
+
+{chr(10).join(table)}
+
+![commit latency against quorum size](benchmarks.svg)
+
+## What each mode guarantees
+
+- **repnode** `q1` / `q2`: the commit waits for the primary's `fdatasync` and for 1 or 2
+  replicas to report the transaction durable (their own `fdatasync`); `q0_async` waits for the
+  primary's `fdatasync` only. Clients speak QUIC with mutual TLS.
+- **PostgreSQL 15** `b_any1_on` / `c_any2_on`: `synchronous_standby_names = 'ANY 1 (s1,s2)'` /
+  `'ANY 2 (...)'` with `synchronous_commit = on`: the standbys have flushed the WAL to disk.
+  `a_async`: local flush only.
+- **etcd 3.4**, three members: a put commits once a majority (the leader and one follower)
+  has it in its fsynced WAL: comparable to quorum 1 of 2 replicas.
+- **Redis 7** `set+wait_k`: `appendfsync always` on the primary; `WAIT k` counts replicas that
+  *received* the write, not replicas that synced it, so its guarantee is weaker than the others'.
+- `disk` rows: the floor, one 4 KiB write plus `fdatasync`, and a loopback round trip.
+"""
+open(out_md, "w").write(md)
+print(f"wrote {out_md} and {out_svg}")
