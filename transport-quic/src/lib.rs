@@ -82,11 +82,14 @@ impl Default for QuicOptions {
     }
 }
 
+/// A peer's identity and kind, as its certificate states them.
+type Authenticated = (NodeId, PeerKind);
+
 /// A QUIC endpoint that both dials peers and accepts them.
 pub struct QuicTransport {
     endpoint: quinn::Endpoint,
     client_config: quinn::ClientConfig,
-    connections: Mutex<HashMap<String, (quinn::Connection, (NodeId, PeerKind))>>,
+    connections: Mutex<HashMap<String, (quinn::Connection, Authenticated)>>,
     incoming: tokio::sync::Mutex<mpsc::Receiver<Channel>>,
     options: QuicOptions,
 }
@@ -126,7 +129,7 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 
 /// The identity in a peer's certificate (its common name), and whether it is a client
 /// certificate (organizational unit `client`) or a node's.
-fn peer_identity(connection: &quinn::Connection) -> Result<(NodeId, PeerKind), TransportError> {
+fn peer_identity(connection: &quinn::Connection) -> Result<Authenticated, TransportError> {
     let refused = |why: &str| TransportError::Refused(format!("peer certificate: {why}"));
     let certs = connection
         .peer_identity()
@@ -241,7 +244,7 @@ impl QuicTransport {
     async fn connection_to(
         &self,
         address: &str,
-    ) -> Result<(quinn::Connection, (NodeId, PeerKind)), TransportError> {
+    ) -> Result<(quinn::Connection, Authenticated), TransportError> {
         let cached = self
             .connections
             .lock()
