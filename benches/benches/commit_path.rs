@@ -147,5 +147,40 @@ fn commit_path(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, commit_path);
+/// openraft's benchmark configuration: three nodes (a primary and two replicas), in-memory
+/// log and transport, majority commit, 1, 64 and 256 clients.
+fn three_nodes_majority(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut group = c.benchmark_group("three_nodes_majority");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(3))
+        .warm_up_time(Duration::from_millis(500));
+    let cluster = runtime.block_on(cluster(1, 2));
+    for writers in [1usize, 64, 256] {
+        group.throughput(Throughput::Elements(1));
+        group.bench_with_input(
+            BenchmarkId::from_parameter(format!("{writers}_clients")),
+            &writers,
+            |b, &writers| {
+                b.iter_custom(|iterations| {
+                    runtime.block_on(run_writes(&cluster.primary, writers, iterations))
+                });
+            },
+        );
+    }
+    runtime.block_on(async {
+        cluster.primary.shutdown().await;
+        for replica in &cluster.replicas {
+            replica.shutdown().await;
+        }
+    });
+    group.finish();
+}
+
+criterion_group!(benches, commit_path, three_nodes_majority);
 criterion_main!(benches);

@@ -20,7 +20,7 @@ use crate::engine::{
     WriteReceipt,
 };
 use crate::log::{LogError, TxLog};
-use crate::protocol::{self, MAX_FRAME_SIZE};
+use crate::protocol::{self, MAX_FRAME_SIZE, Message};
 use crate::quorum::QuorumPolicy;
 use crate::state_machine::StateMachine;
 use crate::transport::{Channel, Transport};
@@ -146,6 +146,7 @@ impl Node {
             next_write: 0,
             internal_tx,
             applied_tx,
+            last_batch_frame: None,
         };
         let task = tokio::spawn(driver.run(requests_rx, internal_rx));
         Ok(Node {
@@ -328,6 +329,21 @@ struct Driver<L, T, S> {
     next_write: u64,
     internal_tx: mpsc::Sender<Internal>,
     applied_tx: watch::Sender<TxId>,
+    /// The last `Txs` frame encoded, by (first id, last id, last hash, commit point): the same
+    /// batch streamed to several replicas is encoded once.
+    last_batch_frame: Option<(BatchKey, Bytes)>,
+}
+
+type BatchKey = (TxId, TxId, crate::types::TxHash, TxId);
+
+fn batch_key(message: &Message) -> Option<BatchKey> {
+    match message {
+        Message::Txs { txs, committed } => {
+            let (first, last) = (txs.first()?, txs.last()?);
+            Some((first.id, last.id, last.hash, *committed))
+        }
+        _ => None,
+    }
 }
 
 impl<L: TxLog, T: Transport, S: StateMachine> Driver<L, T, S> {
@@ -568,7 +584,23 @@ impl<L: TxLog, T: Transport, S: StateMachine> Driver<L, T, S> {
                 self.engine.handle(now, event);
             }
             Command::Send { conn, message } => {
-                let sent = match protocol::encode(&message, self.options.max_frame_size) {
+                let key = batch_key(&message);
+                let cached = match (&key, &self.last_batch_frame) {
+                    // Equal ids, last hash and commit point mean equal transactions: the hash
+                    // chains everything before it.
+                    (Some(key), Some((cached_key, frame))) if key == cached_key => {
+                        Some(frame.clone())
+                    }
+                    _ => None,
+                };
+                let encoded = match cached {
+                    Some(frame) => Ok(frame),
+                    None => protocol::encode(&message, self.options.max_frame_size),
+                };
+                if let (Some(key), Ok(frame)) = (key, &encoded) {
+                    self.last_batch_frame = Some((key, frame.clone()));
+                }
+                let sent = match encoded {
                     Ok(frame) => self
                         .conns
                         .get(&conn)
