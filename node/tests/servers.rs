@@ -151,6 +151,12 @@ fn a_synchronous_cluster_of_real_servers() {
         String::from_utf8_lossy(&refused.stderr).contains(&a1),
         "{refused:?}"
     );
+    // Also from a replica of a replica: its source told it where the primary is.
+    let refused = cli(root, &a3, &["put", "--db", "app", "k", "v"]);
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains(&format!("primary at {a1}")),
+        "{refused:?}"
+    );
     let unknown = cli(root, &a1, &["get", "--db", "nope", "k"]);
     assert!(
         String::from_utf8_lossy(&unknown.stderr).contains("unknown database"),

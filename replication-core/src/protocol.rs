@@ -49,6 +49,9 @@ pub enum Message {
     Accepted {
         /// The source's epoch.
         epoch: Epoch,
+        /// The primary's address as this source knows it; `None` when the source is the
+        /// primary (the replica dialled it). Lets a replica of a replica name the primary.
+        primary: Option<String>,
         /// The source's commit point.
         committed: TxId,
     },

@@ -124,7 +124,7 @@ async fn async_primary_streams_to_replicas_and_a_cascade() {
             source_address: "p".into()
         }
     );
-    assert!(refused.to_string().contains("replica of p"));
+    assert!(refused.to_string().contains("primary at p"));
 
     let status = primary.node.status().await.unwrap();
     assert_eq!(status.committed, last);

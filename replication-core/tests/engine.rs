@@ -387,6 +387,7 @@ fn a_replica_refuses_a_tampered_transaction() {
             message: Message::Accepted {
                 epoch: Epoch(1),
                 committed: TxId(0),
+                primary: None,
             },
         },
     );
@@ -510,6 +511,7 @@ fn a_replica_refuses_a_source_of_a_lower_epoch() {
             message: Message::Accepted {
                 epoch: Epoch(0),
                 committed: TxId(0),
+                primary: None,
             },
         },
     );

@@ -312,11 +312,13 @@ pub struct WriteReceipt {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum WriteError {
     /// This node is a replica. Nothing was written.
-    #[error("this database is a replica of {source_address}: send writes to the primary")]
+    #[error("this database is a replica; send writes to the primary at {source_address}")]
     NotPrimary {
-        /// The address of this replica's source.
+        /// The primary's address as this replica knows it (its source's, until the source
+        /// names the primary).
         source_address: String,
     },
+
     /// Too many transactions wait for their quorum. Nothing was written.
     #[error("{uncommitted} transactions are waiting for their quorum (limit {limit}); retry later")]
     Backlog {
@@ -483,6 +485,8 @@ pub struct Engine {
     upstream: replica::Upstream,
     /// The commit point moved and replicas have not been told yet.
     commit_point_dirty: bool,
+    /// The primary's address, learned from the source's `Accepted`.
+    primary_hint: Option<String>,
     /// Why the source last refused us, while we keep retrying.
     last_refusal: Option<String>,
     next_tick: Timestamp,
@@ -528,6 +532,7 @@ impl Engine {
                 backoff: config.reconnect_min,
             },
             last_refusal: None,
+            primary_hint: None,
             commit_point_dirty: false,
             next_tick: now,
             commands: VecDeque::new(),
@@ -663,6 +668,17 @@ impl Engine {
     /// The error that stopped replication from the source, if any.
     pub fn replication_error(&self) -> Option<&ReplicationError> {
         self.upstream.stopped()
+    }
+
+    /// The primary's address as far as this node knows: `None` on the primary itself, the
+    /// source's hint (or the source) on a replica.
+    pub fn primary_address(&self) -> Option<String> {
+        match &self.config.role {
+            Role::Primary | Role::ExternalReplica => None,
+            Role::Replica { address } => {
+                Some(self.primary_hint.clone().unwrap_or_else(|| address.clone()))
+            }
+        }
     }
 
     fn is_primary(&self) -> bool {

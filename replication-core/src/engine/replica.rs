@@ -194,7 +194,14 @@ impl Engine {
             return self.on_downstream_message(now, conn, message);
         }
         match message {
-            Message::Accepted { epoch, committed } => {
+            Message::Accepted {
+                epoch,
+                committed,
+                primary,
+            } => {
+                if let super::Role::Replica { address } = &self.config.role {
+                    self.primary_hint = Some(primary.unwrap_or_else(|| address.clone()));
+                }
                 if epoch < self.epoch {
                     let refusal = Refusal::StaleSource {
                         source_epoch: epoch,

@@ -63,9 +63,9 @@ impl Engine {
     pub(super) fn propose(&mut self, now: Timestamp, writes: Vec<(WriteId, Bytes)>) {
         let refusal = if let Some(reason) = &self.failed {
             Some(WriteError::LogFailed(reason.clone()))
-        } else if let super::Role::Replica { address } = &self.config.role {
+        } else if let Some(primary) = self.primary_address() {
             Some(WriteError::NotPrimary {
-                source_address: address.clone(),
+                source_address: primary,
             })
         } else if self.config.role == super::Role::ExternalReplica {
             let source_address = "its external replicator's source".to_string();
@@ -432,7 +432,7 @@ impl Engine {
                 .iter()
                 .any(|tx| tx.id == last.tx_id && tx.hash == last.hash);
         if matches_last {
-            let (epoch, committed) = (self.epoch, self.committed);
+            let (epoch, committed, primary) = (self.epoch, self.committed, self.primary_address());
             let Some(downstream) = self.downstreams.get_mut(&conn) else {
                 return;
             };
@@ -445,7 +445,11 @@ impl Engine {
             }
             self.commands.push_back(Command::Send {
                 conn,
-                message: Message::Accepted { epoch, committed },
+                message: Message::Accepted {
+                    epoch,
+                    committed,
+                    primary,
+                },
             });
             self.pump(conn);
             self.advance_commit();
