@@ -239,9 +239,10 @@ struct SettingsArgs {
     /// Transactions the source may send ahead of this replica's acknowledgement.
     #[arg(long)]
     prefetch_buffer: Option<u32>,
-    /// Let this replica discard diverged uncommitted transactions.
-    #[arg(long)]
-    allow_tx_discarding: bool,
+    /// Let this replica discard diverged uncommitted transactions (`--allow-tx-discarding`
+    /// or `--allow-tx-discarding=false`).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    allow_tx_discarding: Option<bool>,
     /// Identities allowed to replicate from this database, comma separated.
     #[arg(long, value_delimiter = ',')]
     replicators: Option<Vec<String>>,

@@ -168,7 +168,7 @@ impl Server {
         if let Some(prefetch) = settings.prefetch_buffer {
             config.prefetch_buffer = prefetch.max(1);
         }
-        config.allow_tx_discarding = settings.allow_tx_discarding;
+        config.allow_tx_discarding = settings.allow_tx_discarding.unwrap_or(false);
         config.allowed_replicators = settings
             .replicators
             .as_ref()
@@ -613,7 +613,9 @@ impl Server {
                 .prefetch_buffer
                 .is_some_and(|p| Some(p) != settings.prefetch_buffer)
             || changes.replicators.is_some() && changes.replicators != settings.replicators
-            || changes.allow_tx_discarding && !settings.allow_tx_discarding;
+            || changes
+                .allow_tx_discarding
+                .is_some_and(|allow| Some(allow) != settings.allow_tx_discarding);
         if let Some(replica_of) = changes.replica_of {
             if let Err(error) = parse_replica_of(&replica_of) {
                 return Self::bad_setting(error);
@@ -622,8 +624,7 @@ impl Server {
         }
         settings.prefetch_buffer = changes.prefetch_buffer.or(settings.prefetch_buffer);
         settings.replicators = changes.replicators.or(settings.replicators);
-        // The flag can be turned on by an update; a create without it is how it stays off.
-        settings.allow_tx_discarding |= changes.allow_tx_discarding;
+        settings.allow_tx_discarding = changes.allow_tx_discarding.or(settings.allow_tx_discarding);
         if let Err(error) = self.persist(&name, &settings) {
             return Response::Error {
                 kind: ErrorKind::Failed,

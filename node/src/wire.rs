@@ -20,9 +20,9 @@ pub struct DbSettings {
     pub quorum: Option<String>,
     /// Transactions a source may send ahead of this replica's acknowledgement.
     pub prefetch_buffer: Option<u32>,
-    /// Whether diverged uncommitted transactions may be discarded.
-    #[serde(default)]
-    pub allow_tx_discarding: bool,
+    /// Whether diverged uncommitted transactions may be discarded (absent: no; on an
+    /// update, absent leaves it as it is).
+    pub allow_tx_discarding: Option<bool>,
     /// Identities allowed to replicate from this database (default: any cluster node).
     pub replicators: Option<Vec<String>>,
     /// `file` (default) or `mem`.

@@ -448,6 +448,29 @@ fn databases_load_unload_and_delete() {
         "data kept across unload and load"
     );
 
+    // A flag an update can set and clear again.
+    assert!(
+        cli(root, &a1, &["db", "update", "one", "--allow-tx-discarding"])
+            .status
+            .success()
+    );
+    assert_eq!(
+        json(&cli(root, &a1, &["db", "list"]))[0]["settings"]["allow_tx_discarding"],
+        true
+    );
+    assert!(
+        cli(
+            root,
+            &a1,
+            &["db", "update", "one", "--allow-tx-discarding=false"]
+        )
+        .status
+        .success()
+    );
+    assert_eq!(
+        json(&cli(root, &a1, &["db", "list"]))[0]["settings"]["allow_tx_discarding"],
+        false
+    );
     assert!(cli(root, &a1, &["db", "unload", "two"]).status.success());
     assert!(cli(root, &a1, &["db", "delete", "two"]).status.success());
     let listed = json(&cli(root, &a1, &["db", "list"]));
