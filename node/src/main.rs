@@ -84,8 +84,9 @@ enum Command {
         db: String,
         #[command(flatten)]
         client: ClientArgs,
-        /// Operations: `set KEY VALUE` and `del KEY`, in order.
-        #[arg(required = true, num_args = 1.., allow_hyphen_values = true)]
+        /// Operations: `set KEY VALUE` and `del KEY`, in order (after `--` if a value
+        /// begins with `-`).
+        #[arg(required = true, num_args = 1..)]
         ops: Vec<String>,
     },
     /// Offline tools for a stopped server's data directory.

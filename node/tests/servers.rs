@@ -448,6 +448,28 @@ fn databases_load_unload_and_delete() {
         "data kept across unload and load"
     );
 
+    // An atomic multi-operation transaction.
+    let tx = cli(
+        root,
+        &a1,
+        &[
+            "tx", "--db", "one", "set", "a", "1", "set", "b", "2", "del", "k",
+        ],
+    );
+    assert!(tx.status.success(), "{tx:?}");
+    assert_eq!(
+        json(&cli(root, &a1, &["get", "--db", "one", "a"]))["value"],
+        "1"
+    );
+    assert_eq!(
+        json(&cli(root, &a1, &["get", "--db", "one", "k"]))["value"],
+        serde_json::Value::Null
+    );
+    let bad = cli(root, &a1, &["tx", "--db", "one", "set", "only-a-key"]);
+    assert!(
+        !bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("set KEY VALUE"),
+        "{bad:?}"
+    );
     // A flag an update can set and clear again.
     assert!(
         cli(root, &a1, &["db", "update", "one", "--allow-tx-discarding"])
