@@ -9,26 +9,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use replication_core::TxId;
 use replication_core::driver::{Node, NodeOptions};
 use replication_core::engine::{EngineConfig, Role};
 use replication_core::quorum::Quorum;
-use replication_core::testing::{MemNetwork, RecordingStateMachine};
-use replication_core::{StateMachine, Tx, TxId};
+use replication_core::testing::{DiscardingStateMachine, MemNetwork, RecordingStateMachine};
 use store_mem::MemLog;
-
-/// Applies nothing: the benchmark measures replication, not the application.
-#[derive(Default)]
-struct Discard(TxId);
-
-impl StateMachine for Discard {
-    fn apply(&mut self, tx: &Tx) {
-        self.0 = tx.id;
-    }
-
-    fn applied(&self) -> TxId {
-        self.0
-    }
-}
 
 struct Cluster {
     primary: Node,
@@ -50,7 +36,7 @@ async fn cluster(quorum: usize, replicas: usize) -> Cluster {
         Arc::new(policy),
         MemLog::new(),
         network.endpoint("p"),
-        Discard::default(),
+        DiscardingStateMachine::default(),
         NodeOptions::default(),
     )
     .await

@@ -15,22 +15,10 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use replication_core::driver::{Node, NodeOptions};
 use replication_core::engine::{EngineConfig, Role};
 use replication_core::quorum::Quorum;
-use replication_core::testing::MemNetwork;
-use replication_core::{StateMachine, Transport, Tx, TxId};
+use replication_core::testing::{DiscardingStateMachine, MemNetwork};
+use replication_core::{Transport, TxId};
 use store_file::{FileLog, FileLogOptions};
 use transport_quic::{DevCa, QuicOptions, QuicTransport, TlsIdentity};
-
-#[derive(Default)]
-struct Discard(TxId);
-
-impl StateMachine for Discard {
-    fn apply(&mut self, tx: &Tx) {
-        self.0 = tx.id;
-    }
-    fn applied(&self) -> TxId {
-        self.0
-    }
-}
 
 fn data_dir() -> tempfile::TempDir {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-data");
@@ -66,7 +54,7 @@ async fn start<T: Transport>(
         Arc::new(policy),
         log,
         transport,
-        Discard::default(),
+        DiscardingStateMachine::default(),
         NodeOptions::default(),
     )
     .await

@@ -54,3 +54,18 @@ impl StateMachine for RecordingStateMachine {
         TxId(self.applied.lock().map(|a| a.len() as u64).unwrap_or(0))
     }
 }
+
+/// A state machine that keeps nothing but its position: for benchmarks that measure
+/// replication, not the application.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DiscardingStateMachine(TxId);
+
+impl StateMachine for DiscardingStateMachine {
+    fn apply(&mut self, tx: &Tx) {
+        self.0 = tx.id;
+    }
+
+    fn applied(&self) -> TxId {
+        self.0
+    }
+}
