@@ -444,7 +444,7 @@ impl FileLog {
         max_bytes: usize,
         at_least_one: bool,
     ) -> Result<Option<Vec<Tx>>, LogError> {
-        let (path, file, offset, end) = {
+        let (path, file, offsets, end) = {
             let state = self.shared.lock();
             state.check()?;
             if from > state.last.tx_id || max_count == 0 {
@@ -462,18 +462,53 @@ impl FileLog {
             let index = state.segments.partition_point(|s| s.first <= from) - 1;
             let segment = &state.segments[index];
             let is_active = index + 1 == state.segments.len();
-            let (offset, end) = if is_active {
-                (
-                    state.active_offsets[(from.0 - segment.first.0) as usize],
-                    state.active_len,
-                )
+            let start = (from.0 - segment.first.0) as usize;
+            let count = max_count.min((segment.count as usize).saturating_sub(start));
+            // The offsets of the wanted records and of the one after them (or the end).
+            let (mut offsets, end) = if is_active {
+                let end = state
+                    .active_offsets
+                    .get(start + count)
+                    .copied()
+                    .unwrap_or(state.active_len);
+                (state.active_offsets[start..start + count].to_vec(), end)
             } else {
-                (segment.sealed_offset(from)?, segment.file.metadata()?.len())
+                let len = segment.file.metadata()?.len();
+                let mut offsets = segment.sealed_offsets(from, count + 1)?;
+                let end = if offsets.len() > count {
+                    offsets.pop().unwrap_or(len)
+                } else {
+                    len
+                };
+                (offsets, end)
             };
-            (segment.path.clone(), segment.file.clone(), offset, end)
+            // Stop once the payloads would exceed `max_bytes` (one record at least).
+            let mut bytes = 0u64;
+            let mut keep = offsets.len();
+            for (i, window) in offsets
+                .iter()
+                .copied()
+                .chain([end])
+                .collect::<Vec<_>>()
+                .windows(2)
+                .enumerate()
+            {
+                bytes += (window[1] - window[0]).saturating_sub(record::OVERHEAD as u64);
+                if i > 0 && bytes > max_bytes as u64 {
+                    keep = i;
+                    break;
+                }
+            }
+            let end = if keep < offsets.len() {
+                offsets[keep]
+            } else {
+                end
+            };
+            offsets.truncate(keep);
+            (segment.path.clone(), segment.file.clone(), offsets, end)
         };
         // Reads happen outside the lock: appends only add bytes beyond `end`.
-        let txs = segment::read_records(&path, &file, offset, end, from, max_count, max_bytes)?;
+        let txs = segment::read_planned(&path, &file, from, &offsets, end)?;
         if !at_least_one && txs.first().is_some_and(|tx| tx.payload.len() > max_bytes) {
             return Ok(Some(Vec::new()));
         }

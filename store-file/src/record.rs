@@ -4,6 +4,9 @@
 use bytes::Bytes;
 use replication_core::{Epoch, Tx, TxHash, TxId};
 
+/// Bytes a record adds to its payload.
+pub(crate) const OVERHEAD: usize = FRAME_HEADER + BODY_FIXED;
+
 /// Bytes before the body: length and CRC.
 pub(crate) const FRAME_HEADER: usize = 8;
 /// Fixed part of the body: id, epoch, hash.
@@ -42,8 +45,16 @@ pub(crate) enum Bad {
     Crc,
 }
 
-/// Parses the record at the start of `bytes`; returns it and its size.
-pub(crate) fn decode(bytes: &[u8]) -> Result<(Tx, usize), Bad> {
+/// A checked record: everything but the payload, and the record's size.
+struct Checked {
+    id: TxId,
+    epoch: Epoch,
+    hash: TxHash,
+    total: usize,
+}
+
+/// Checks the record at the start of `bytes`: length, then CRC.
+fn check(bytes: &[u8]) -> Result<Checked, Bad> {
     if bytes.len() < FRAME_HEADER {
         return Err(Bad::Short {
             needed: FRAME_HEADER,
@@ -65,16 +76,42 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<(Tx, usize), Bad> {
     let id = u64::from_le_bytes(body[0..8].try_into().expect("8 bytes"));
     let epoch = u64::from_le_bytes(body[8..16].try_into().expect("8 bytes"));
     let hash: [u8; 32] = body[16..48].try_into().expect("32 bytes");
-    let payload = Bytes::copy_from_slice(&body[BODY_FIXED..]);
+    Ok(Checked {
+        id: TxId(id),
+        epoch: Epoch(epoch),
+        hash: TxHash(hash),
+        total,
+    })
+}
+
+/// Parses the record at the start of `bytes`; returns it (its payload copied) and its size.
+pub(crate) fn decode(bytes: &[u8]) -> Result<(Tx, usize), Bad> {
+    let checked = check(bytes)?;
+    let payload = Bytes::copy_from_slice(&bytes[OVERHEAD..checked.total]);
     Ok((
         Tx {
-            id: TxId(id),
-            epoch: Epoch(epoch),
+            id: checked.id,
+            epoch: checked.epoch,
             payload,
-            hash: TxHash(hash),
+            hash: checked.hash,
         },
-        total,
+        checked.total,
     ))
+}
+
+/// Parses the record that fills `record` exactly; its payload shares `record`'s buffer.
+pub(crate) fn decode_shared(record: &Bytes) -> Result<Tx, Bad> {
+    let checked = check(record)?;
+    if checked.total != record.len() {
+        return Err(Bad::Length(record.len() as u32));
+    }
+    let payload = record.slice(OVERHEAD..checked.total);
+    Ok(Tx {
+        id: checked.id,
+        epoch: checked.epoch,
+        payload,
+        hash: checked.hash,
+    })
 }
 
 #[cfg(test)]

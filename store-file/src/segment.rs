@@ -6,6 +6,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use bytes::Bytes;
 use replication_core::{LogError, LogPosition, Tx, TxId};
 
 use crate::record::{self, Bad};
@@ -38,21 +39,26 @@ impl Segment {
         TxId(self.first.0 + self.count - 1)
     }
 
-    /// The offset of `id` in a sealed segment, from its index file.
-    pub(crate) fn sealed_offset(&self, id: TxId) -> Result<u64, LogError> {
+    /// The offsets of up to `count` transactions from `id` in a sealed segment, with one read
+    /// of its index file.
+    pub(crate) fn sealed_offsets(&self, id: TxId, count: usize) -> Result<Vec<u64>, LogError> {
         let index = self
             .index
             .as_ref()
             .ok_or_else(|| LogError::Corrupt("no index".into()))?;
-        let mut word = [0u8; 8];
-        let at = (id.0 - self.first.0) * 8;
-        index.read_exact_at(&mut word, at).map_err(|e| {
+        let start = id.0 - self.first.0;
+        let count = (count as u64).min(self.count - start) as usize;
+        let mut bytes = vec![0u8; count * 8];
+        index.read_exact_at(&mut bytes, start * 8).map_err(|e| {
             LogError::Corrupt(format!(
-                "{}: index entry for {id} unreadable: {e}",
+                "{}: index entries from {id} unreadable: {e}",
                 index_path_of(&self.path).display()
             ))
         })?;
-        Ok(u64::from_le_bytes(word))
+        Ok(bytes
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
+            .collect())
     }
 }
 
@@ -176,6 +182,55 @@ pub(crate) fn read_records(
         }
     }
     Ok(out)
+}
+
+/// Reads the records at `offsets` (ids from `first`), which end at `end`, with one read into
+/// one buffer that their payloads share: no copy per transaction. Every record must match the
+/// index exactly and pass its CRC.
+pub(crate) fn read_planned(
+    path: &Path,
+    file: &File,
+    first: TxId,
+    offsets: &[u64],
+    end: u64,
+) -> Result<Vec<Tx>, LogError> {
+    let Some(&start) = offsets.first() else {
+        return Ok(Vec::new());
+    };
+    if end < start || end - start > (record::MAX_BODY as u64) * (offsets.len() as u64 + 1) {
+        return Err(corrupt(path, start, "index offsets out of range"));
+    }
+    let mut buffer = vec![0u8; (end - start) as usize];
+    file.read_exact_at(&mut buffer, start)
+        .map_err(|e| corrupt(path, start, format_args!("unreadable: {e}")))?;
+    let buffer = Bytes::from(buffer);
+    let mut txs = Vec::with_capacity(offsets.len());
+    for (i, &offset) in offsets.iter().enumerate() {
+        let next = offsets.get(i + 1).copied().unwrap_or(end);
+        if next <= offset || offset < start {
+            return Err(corrupt(path, offset, "index offsets out of order"));
+        }
+        let record = buffer.slice((offset - start) as usize..(next - start) as usize);
+        let tx = record::decode_shared(&record).map_err(|bad| match bad {
+            Bad::Crc => corrupt(path, offset, "record fails its CRC32C"),
+            Bad::Length(len) => corrupt(
+                path,
+                offset,
+                format_args!("record length {len} disagrees with the index"),
+            ),
+            Bad::Short { .. } => corrupt(path, offset, "record runs past the end of the segment"),
+        })?;
+        let expected = TxId(first.0 + i as u64);
+        if tx.id != expected {
+            return Err(corrupt(
+                path,
+                offset,
+                format_args!("holds transaction {} where {expected} belongs", tx.id),
+            ));
+        }
+        txs.push(tx);
+    }
+    Ok(txs)
 }
 
 /// The outcome of scanning the active segment on open.
