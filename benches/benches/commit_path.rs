@@ -5,8 +5,9 @@
 #![allow(missing_docs)] // criterion_group! generates an undocumented function.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use benches::run_writes;
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use replication_core::TxId;
@@ -75,27 +76,6 @@ async fn cluster(quorum: usize, replicas: usize) -> Cluster {
         primary,
         replicas: nodes,
     }
-}
-
-/// Runs `total` writes from `writers` concurrent tasks and returns the elapsed time.
-async fn run_writes(primary: &Node, writers: usize, total: u64) -> Duration {
-    let per_writer = total.div_ceil(writers as u64);
-    let start = Instant::now();
-    let tasks: Vec<_> = (0..writers)
-        .map(|_| {
-            let primary = primary.clone();
-            tokio::spawn(async move {
-                let payload = Bytes::from(vec![7u8; 128]);
-                for _ in 0..per_writer {
-                    primary.write(payload.clone()).await.expect("write");
-                }
-            })
-        })
-        .collect();
-    for task in tasks {
-        task.await.expect("writer");
-    }
-    start.elapsed() * (total as u32) / ((per_writer * writers as u64) as u32)
 }
 
 fn commit_path(c: &mut Criterion) {

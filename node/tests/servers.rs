@@ -85,6 +85,18 @@ fn json(output: &Output) -> serde_json::Value {
     })
 }
 
+/// Polls a database's status until `ready` holds, with a deadline.
+fn until_status(root: &Path, server: &str, db: &str, ready: impl Fn(&serde_json::Value) -> bool) {
+    for _ in 0..200 {
+        let output = cli(root, server, &["status", "--db", db]);
+        if output.status.success() && ready(&json(&output)) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("the status of {db} at {server} never became ready");
+}
+
 /// Retries a CLI call until it succeeds (a server that is still starting).
 fn until_ok(root: &Path, server: &str, args: &[&str]) -> Output {
     for _ in 0..100 {
@@ -218,7 +230,7 @@ fn a_synchronous_cluster_of_real_servers() {
         let (root, a1) = (root.to_path_buf(), a1.clone());
         move || cli(&root, &a1, &["put", "--db", "app", "k3", "v3"])
     });
-    std::thread::sleep(Duration::from_millis(500));
+    until_status(root, &a1, "app", |s| s["waiting_writes"] == 1);
     assert!(!released.is_finished(), "the write waits for n2");
     let update = cli(root, &a1, &["db", "update", "app", "--quorum", "async"]);
     assert!(update.status.success(), "{update:?}");
@@ -279,7 +291,10 @@ fn late_joiner_foreign_certificate_and_primary_kill_9_mid_load() {
             acknowledged
         }
     });
-    std::thread::sleep(Duration::from_millis(1500));
+    // Kill once the load is well under way.
+    until_status(root, &a1, "app", |s| {
+        s["committed"]["tx_id"].as_u64().unwrap_or(0) >= 20
+    });
     n1.kill_9();
     let acknowledged = writer.join().expect("writer");
     assert!(
@@ -589,13 +604,7 @@ fn sigterm_answers_waiting_writes_and_exits_cleanly() {
         let (root, a1) = (root.to_path_buf(), a1.clone());
         move || cli(&root, &a1, &["put", "--db", "app", "k", "v"])
     });
-    for _ in 0..100 {
-        let status = json(&cli(root, &a1, &["status", "--db", "app"]));
-        if status["waiting_writes"] == 1 {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    until_status(root, &a1, "app", |s| s["waiting_writes"] == 1);
     let term = Command::new("kill")
         .args(["-TERM", &n1.child.id().to_string()])
         .status()

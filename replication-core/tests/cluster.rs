@@ -73,6 +73,18 @@ async fn eventually<F: Fn() -> bool>(what: &str, check: F) {
         .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
 }
 
+/// Waits until `count` writes wait for their quorum on `node`.
+async fn until_waiting(node: &Node, count: usize) {
+    let polled = async {
+        while node.status().await.expect("status").waiting_writes != count {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), polled)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {count} waiting writes"));
+}
+
 async fn put(
     node: &Node,
     text: &str,
@@ -159,7 +171,7 @@ async fn synchronous_writes_wait_for_the_quorum_and_resume() {
         let node = primary.node.clone();
         async move { put(&node, "b").await }
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    until_waiting(&primary.node, 1).await;
     assert!(
         !waiting.is_finished(),
         "a synchronous write must wait for its quorum"
@@ -207,7 +219,7 @@ async fn changing_the_policy_releases_waiting_writes() {
         let node = primary.node.clone();
         async move { put(&node, "x").await }
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    until_waiting(&primary.node, 1).await;
     assert!(
         !waiting.is_finished(),
         "two acknowledgements cannot come from one replica"

@@ -10,6 +10,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use benches::run_writes;
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use replication_core::driver::{Node, NodeOptions};
@@ -93,28 +94,6 @@ async fn pair(over_quic: bool, dir: &Path) -> (Node, Node) {
         .await;
         (primary, replica)
     }
-}
-
-async fn run_writes(primary: &Node, writers: usize, total: u64) -> Duration {
-    let per_writer = total.div_ceil(writers as u64);
-    let start = Instant::now();
-    let tasks: Vec<_> = (0..writers)
-        .map(|_| {
-            let primary = primary.clone();
-            tokio::spawn(async move {
-                let payload = Bytes::from(vec![7u8; 128]);
-                for _ in 0..per_writer {
-                    primary.write(payload.clone()).await.expect("write");
-                }
-            })
-        })
-        .collect();
-    for task in tasks {
-        task.await.expect("writer");
-    }
-    start
-        .elapsed()
-        .mul_f64(total as f64 / (per_writer * writers as u64) as f64)
 }
 
 fn synchronous_commit(c: &mut Criterion) {
