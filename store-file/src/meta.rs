@@ -29,14 +29,14 @@ fn encode(sequence: u64, meta: Meta) -> [u8; SLOT as usize] {
     slot[0..8].copy_from_slice(&sequence.to_le_bytes());
     slot[8..16].copy_from_slice(&meta.epoch.0.to_le_bytes());
     slot[16..24].copy_from_slice(&meta.committed.0.to_le_bytes());
-    let crc = crc32c::crc32c(&slot[0..24]);
+    let crc = crate::record::checksum(&slot[0..24]);
     slot[24..28].copy_from_slice(&crc.to_le_bytes());
     slot
 }
 
 fn decode(slot: &[u8]) -> Option<(u64, Meta)> {
     let crc = u32::from_le_bytes(slot[24..28].try_into().ok()?);
-    if crc32c::crc32c(&slot[0..24]) != crc {
+    if crate::record::checksum(&slot[0..24]) != crc {
         return None;
     }
     let word =

@@ -200,8 +200,7 @@ pub(crate) fn read_planned(
     if end < start || end - start > (record::MAX_BODY as u64) * (offsets.len() as u64 + 1) {
         return Err(corrupt(path, start, "index offsets out of range"));
     }
-    let mut buffer = vec![0u8; (end - start) as usize];
-    file.read_exact_at(&mut buffer, start)
+    let buffer = read_exact_uninit(file, (end - start) as usize, start)
         .map_err(|e| corrupt(path, start, format_args!("unreadable: {e}")))?;
     let buffer = Bytes::from(buffer);
     let mut txs = Vec::with_capacity(offsets.len());
@@ -231,6 +230,26 @@ pub(crate) fn read_planned(
         txs.push(tx);
     }
     Ok(txs)
+}
+
+/// Reads exactly `len` bytes at `offset` into a new buffer without zeroing it first: the read
+/// fills uninitialised capacity (rustix's `spare_capacity`), which saves a pass over every
+/// byte a catching-up replica reads.
+fn read_exact_uninit(file: &File, len: usize, offset: u64) -> std::io::Result<Vec<u8>> {
+    let mut buffer = Vec::with_capacity(len);
+    while buffer.len() < len {
+        let at = offset + buffer.len() as u64;
+        let spare = rustix::buffer::spare_capacity(&mut buffer);
+        match rustix::io::pread(file, spare, at) {
+            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => {}
+            Err(errno) => return Err(errno.into()),
+        }
+    }
+    // The allocator may have given more capacity than asked for, and the file may go on.
+    buffer.truncate(len);
+    Ok(buffer)
 }
 
 /// The outcome of scanning the active segment on open.
