@@ -88,6 +88,13 @@ pub struct FileLogOptions {
     /// Rebuild every sealed segment's index from the segment itself instead of trusting the
     /// index files (after an index was reported broken).
     pub rebuild_indexes: bool,
+    /// Extend the active segment with zeros, in the background, ahead of the appends (up to
+    /// `segment_bytes`). An append then overwrites space the file already has, so its
+    /// `fdatasync` need not also write the inode for a new file size: about a third less
+    /// sync latency on ext4, which is why PostgreSQL zero-fills its WAL segments too. The
+    /// cost is writing each byte twice, once as zeros off the commit path. Zeros after the
+    /// last record are a clean end of the log, not a torn write.
+    pub preallocate: bool,
 }
 
 impl Default for FileLogOptions {
@@ -96,6 +103,7 @@ impl Default for FileLogOptions {
             segment_bytes: 64 << 20,
             sync: SyncMode::Always,
             rebuild_indexes: false,
+            preallocate: true,
         }
     }
 }
@@ -104,7 +112,10 @@ struct State {
     /// Sealed segments in order, then the active one (always present).
     segments: Vec<Segment>,
     active_offsets: Vec<u64>,
+    /// Where the active segment's records end: appends go here.
     active_len: u64,
+    /// The active segment's size on disk: records, then zeros up to here.
+    active_prepared: u64,
     last: LogPosition,
     durable: LogPosition,
     meta: Meta,
@@ -142,8 +153,16 @@ struct Shared {
     /// Set by appenders, cleared by the sync thread; `closing` stops it.
     wake: Mutex<SyncRequest>,
     wake_signal: Condvar,
+    /// Asks the zero-fill thread for more prepared space; `closing` stops it.
+    prepare: Mutex<SyncRequest>,
+    prepare_signal: Condvar,
     _lock: File,
 }
+
+/// How far ahead of the appends the zero-fill thread prepares the active segment.
+const PREPARE_AHEAD: u64 = 2 << 20;
+/// Zeros written (and synced) per step; the state lock is held while they are written.
+const PREPARE_CHUNK: u64 = 512 << 10;
 
 #[derive(Default)]
 struct SyncRequest {
@@ -167,21 +186,33 @@ impl std::fmt::Debug for FileLog {
     }
 }
 
-/// Stops the sync thread when the last handle goes.
-struct Closer(Arc<Shared>, Option<std::thread::JoinHandle<()>>);
+/// Stops the background threads when the last handle goes.
+struct Closer {
+    shared: Arc<Shared>,
+    sync_thread: Option<std::thread::JoinHandle<()>>,
+    prepare_thread: Option<std::thread::JoinHandle<()>>,
+}
 
 impl Drop for Closer {
     fn drop(&mut self) {
+        stop(&self.shared.prepare, &self.shared.prepare_signal);
+        if let Some(thread) = self.prepare_thread.take() {
+            let _ = thread.join();
+        }
         // One last round: what was written is synced before the log closes.
-        let mut request = self.0.lock_wake();
-        request.closing = true;
-        request.pending = true;
-        drop(request);
-        self.0.wake_signal.notify_all();
-        if let Some(thread) = self.1.take() {
+        stop(&self.shared.wake, &self.shared.wake_signal);
+        if let Some(thread) = self.sync_thread.take() {
             let _ = thread.join();
         }
     }
+}
+
+fn stop(request: &Mutex<SyncRequest>, signal: &Condvar) {
+    let mut request = request.lock().unwrap_or_else(|p| p.into_inner());
+    request.closing = true;
+    request.pending = true;
+    drop(request);
+    signal.notify_all();
 }
 
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
@@ -209,6 +240,71 @@ impl Shared {
         let durable = state.durable.tx_id;
         self.durable.send_replace((durable, Some(reason.clone())));
         LogError::Corrupt(reason)
+    }
+
+    /// The zero-fill thread: keeps the active segment prepared [`PREPARE_AHEAD`] bytes beyond
+    /// its last record (up to `segment_bytes`), one synced chunk at a time.
+    fn prepare_loop(self: Arc<Shared>) {
+        let zeros = vec![0u8; PREPARE_CHUNK as usize];
+        loop {
+            {
+                let mut request = self.prepare.lock().unwrap_or_else(|p| p.into_inner());
+                while !request.pending {
+                    request = self
+                        .prepare_signal
+                        .wait(request)
+                        .unwrap_or_else(|p| p.into_inner());
+                }
+                if request.closing {
+                    return;
+                }
+                request.pending = false;
+            }
+            while let Some(file) = self.prepare_chunk(&zeros) {
+                // Synced here, off the commit path, so that appends' syncs find the zeros
+                // (and the new file size) already on disk. A failed sync fails the log: the
+                // kernel may have dropped dirty record pages with it, and would not report
+                // that to the sync thread again.
+                if let Err(error) = file.sync_data() {
+                    let mut state = self.lock();
+                    self.fail(&mut state, format!("fdatasync failed: {error}"));
+                    return;
+                }
+                if self
+                    .prepare
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .closing
+                {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Writes the next chunk of zeros after the active segment's prepared end, under the
+    /// state lock so that no append can write there meanwhile; returns the file to sync, or
+    /// `None` when the segment is prepared far enough.
+    fn prepare_chunk(&self, zeros: &[u8]) -> Option<Arc<File>> {
+        let mut state = self.lock();
+        if state.failed.is_some() {
+            return None;
+        }
+        let target = (state.active_len + PREPARE_AHEAD).min(self.options.segment_bytes);
+        let start = state.active_prepared.max(state.active_len);
+        if start >= target {
+            return None;
+        }
+        let len = (target - start).min(zeros.len() as u64) as usize;
+        let file = state.active().file.clone();
+        if let Err(error) = file.write_all_at(&zeros[..len], start) {
+            // Only an optimisation failed (the disk may be full): appends go on extending
+            // the file themselves, and report their own errors.
+            tracing::warn!(dir = %self.dir.display(), %error, "could not prepare log space");
+            return None;
+        }
+        state.active_prepared = start + len as u64;
+        Some(file)
     }
 
     /// The sync thread: each round syncs everything written so far, then publishes it.
@@ -324,19 +420,37 @@ impl FileLog {
             durable: watch::channel((durable, None)).0,
             wake: Mutex::new(SyncRequest::default()),
             wake_signal: Condvar::new(),
+            prepare: Mutex::new(SyncRequest::default()),
+            prepare_signal: Condvar::new(),
             _lock: lock,
         });
-        let thread = std::thread::Builder::new()
+        let sync_thread = std::thread::Builder::new()
             .name("store-file-sync".into())
             .spawn({
                 let shared = shared.clone();
                 move || shared.sync_loop()
             })?;
-        let closer = Arc::new(Closer(shared.clone(), Some(thread)));
-        Ok(FileLog {
+        let mut closer = Closer {
+            shared: shared.clone(),
+            sync_thread: Some(sync_thread),
+            prepare_thread: None,
+        };
+        if shared.options.preallocate {
+            closer.prepare_thread = Some(
+                std::thread::Builder::new()
+                    .name("store-file-prepare".into())
+                    .spawn({
+                        let shared = shared.clone();
+                        move || shared.prepare_loop()
+                    })?,
+            );
+        }
+        let log = FileLog {
             shared,
-            _closer: closer,
-        })
+            _closer: Arc::new(closer),
+        };
+        log.request_prepare();
+        Ok(log)
     }
 
     /// The directory the log lives in.
@@ -374,7 +488,12 @@ impl FileLog {
     fn seal_active(&self, state: &mut State) -> Result<(), LogError> {
         let dir = &self.shared.dir;
         let active = state.active();
-        active.file.sync_data()?;
+        // A sealed segment ends exactly after its last record: its prepared zeros go, and
+        // `sync_all` makes the new size durable with the data.
+        if state.active_prepared > state.active_len {
+            active.file.set_len(state.active_len)?;
+        }
+        active.file.sync_all()?;
         let index = segment::write_index(dir, active.first, &state.active_offsets)?;
         let next_first = state.last.tx_id.next();
         let path = segment_path(dir, next_first);
@@ -395,6 +514,7 @@ impl FileLog {
         });
         state.active_offsets.clear();
         state.active_len = 0;
+        state.active_prepared = 0;
         // Everything in the sealed segment was just synced.
         if state.durable.tx_id < state.last.tx_id {
             state.durable = state.last;
@@ -529,6 +649,20 @@ impl FileLog {
         self.shared.lock_wake().pending = true;
         self.shared.wake_signal.notify_one();
     }
+
+    /// Wakes the zero-fill thread (if preallocation is on).
+    fn request_prepare(&self) {
+        if self.shared.options.preallocate {
+            let mut request = self
+                .shared
+                .prepare
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            request.pending = true;
+            drop(request);
+            self.shared.prepare_signal.notify_one();
+        }
+    }
 }
 
 /// Opens every segment, checks the sealed ones cheaply (index shape, last record) and scans the
@@ -580,9 +714,11 @@ fn recover(dir: &Path, options: &FileLogOptions) -> Result<State, LogError> {
         if is_active {
             // When retention removed the segment before, the chain starts at this one.
             let scan = segment::scan(&path, &file, first, prev_known.then_some(prev))?;
-            if scan.valid_len < len {
+            let mut prepared = len;
+            if scan.torn {
                 tracing::warn!(file = %path.display(), offset = scan.valid_len, "cutting off a torn record at the end of the log");
                 file.set_len(scan.valid_len)?;
+                prepared = scan.valid_len;
             }
             file.sync_all()?;
             let count = scan.offsets.len() as u64;
@@ -603,6 +739,7 @@ fn recover(dir: &Path, options: &FileLogOptions) -> Result<State, LogError> {
                 segments,
                 active_offsets: scan.offsets,
                 active_len: scan.valid_len,
+                active_prepared: prepared,
                 last,
                 durable: last,
                 meta,
@@ -679,7 +816,7 @@ impl TxLog for FileLog {
             let last = self.shared.lock().last.tx_id;
             return Ok(Box::pin(async move { Ok(last) }));
         };
-        {
+        let running_out = {
             let mut state = self.shared.lock();
             state.check()?;
             if txs[0].id != state.last.tx_id.next() {
@@ -706,8 +843,15 @@ impl TxLog for FileLog {
                 return Err(self.shared.fail(&mut state, reason));
             }
             state.active_len += buffer.len() as u64;
+            state.active_prepared = state.active_prepared.max(state.active_len);
             state.segments.last_mut().expect("active").count += txs.len() as u64;
             state.last = txs[txs.len() - 1].position();
+            let low_water =
+                (state.active_len + PREPARE_AHEAD / 2).min(self.shared.options.segment_bytes);
+            state.active_prepared < low_water
+        };
+        if running_out {
+            self.request_prepare();
         }
         match self.shared.options.sync {
             SyncMode::Always => self.request_sync(),
@@ -826,6 +970,7 @@ impl TxLog for FileLog {
             segment.file.sync_all()?;
             sync_dir(&dir)?;
             state.active_len = cut;
+            state.active_prepared = cut;
             Ok(())
         })();
         if let Err(error) = result {
@@ -839,6 +984,8 @@ impl TxLog for FileLog {
             state.durable = position;
             self.shared.durable.send_replace((last, None));
         }
+        drop(state);
+        self.request_prepare();
         Ok(())
     }
 

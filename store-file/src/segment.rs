@@ -257,13 +257,16 @@ pub(crate) struct Scan {
     pub offsets: Vec<u64>,
     /// The last valid transaction, if the segment holds any.
     pub last: Option<LogPosition>,
-    /// Where valid data ends; beyond it was a torn write.
+    /// Where valid data ends; beyond it are zeros (prepared space) or a torn write.
     pub valid_len: u64,
+    /// Whether a torn write (not just zeros) follows `valid_len`.
+    pub torn: bool,
 }
 
-/// Scans a whole segment, checking CRCs, dense ids and the hash chain from `prev`. A bad
-/// record that reaches the end of the file is a torn write (the scan stops before it); a bad
-/// record followed by more (non-zero) data is corruption.
+/// Scans a whole segment, checking CRCs, dense ids and the hash chain from `prev`. Zeros to the
+/// end of the file are a clean end (prepared space). A bad record followed by nothing but
+/// zeros is a torn write (the scan stops before it); a bad record followed by more (non-zero)
+/// data is corruption.
 pub(crate) fn scan(
     path: &Path,
     file: &File,
@@ -311,10 +314,12 @@ pub(crate) fn scan(
                     ));
                 }
                 let last = if offsets.is_empty() { None } else { last };
+                let torn = !tail_is_zero(file, offset, record_end.min(len))?;
                 return Ok(Scan {
                     offsets,
                     last,
                     valid_len: offset,
+                    torn,
                 });
             }
         }
@@ -324,6 +329,7 @@ pub(crate) fn scan(
         offsets,
         last,
         valid_len: len,
+        torn: false,
     })
 }
 

@@ -79,10 +79,11 @@ pub fn verify(dir: &Path, mut visit: impl FnMut(&Tx)) -> Result<VerifyReport, Lo
         let is_last = i + 1 == firsts.len();
         if is_last {
             let scan = segment::scan(&path, &file, first, prev)?;
-            if scan.valid_len < len {
+            if scan.torn {
                 report.torn_tail = Some(format!("{} at offset {}", path.display(), scan.valid_len));
-                len = scan.valid_len;
             }
+            // Beyond the records: a torn write, or zeros prepared for the next appends.
+            len = scan.valid_len;
         }
         let mut offsets = Vec::new();
         let mut offset = 0u64;

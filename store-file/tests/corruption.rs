@@ -3,13 +3,16 @@
 //! correct log or a clear error naming the file.
 
 use std::fs;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use replication_core::{Epoch, LogError, LogPosition, Tx, TxId, TxLog};
 use store_file::{FileLog, FileLogOptions};
 
-const TXS: u64 = 12;
+/// Four segments of four records, and a last one of two followed by prepared zeros.
+const TXS: u64 = 14;
 
 fn options() -> FileLogOptions {
     FileLogOptions {
@@ -23,7 +26,7 @@ fn build(dir: &Path) -> Vec<Tx> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .expect("runtime");
-    runtime.block_on(async {
+    let all = runtime.block_on(async {
         let log = FileLog::open(dir, options()).expect("open");
         let mut prev = LogPosition::START;
         let mut all = Vec::new();
@@ -40,7 +43,27 @@ fn build(dir: &Path) -> Vec<Tx> {
         log.commit(TxId(4)).await.expect("commit");
         log.save_epoch(Epoch(1)).await.expect("epoch");
         all
-    })
+    });
+    // The sweeps below also cover the zeros prepared after the last record: wait for them.
+    let last = last_segment(dir).expect("segment");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fs::metadata(&last).expect("meta").len() < options().segment_bytes {
+        assert!(
+            Instant::now() < deadline,
+            "the active segment was never prepared"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    all
+}
+
+/// Where the records of a segment file end: prepared zeros may follow them.
+fn records_end(path: &Path) -> u64 {
+    let bytes = fs::read(path).expect("read");
+    bytes
+        .iter()
+        .rposition(|&b| b != 0)
+        .map_or(0, |at| at as u64 + 1)
 }
 
 fn files(dir: &Path) -> Vec<PathBuf> {
@@ -94,8 +117,7 @@ fn is_active_segment_tail(path: &Path, dir: &Path, offset: u64, original: &[Tx])
     // Damage inside the last record of the last segment looks like a torn write, and is cut.
     let last_segment = last_segment(dir);
     let last_record_len = 8 + 48 + original.last().map(|t| t.payload.len()).unwrap_or(0) as u64;
-    let len = fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-    last_segment.as_deref() == Some(path) && offset + last_record_len >= len
+    last_segment.as_deref() == Some(path) && offset + last_record_len >= records_end(path)
 }
 
 #[test]
@@ -240,17 +262,42 @@ fn a_torn_tail_is_cut_and_the_rest_kept() {
     let dir = tempfile::tempdir().expect("tempdir");
     let original = build(dir.path());
     let last = last_segment(dir.path()).expect("segment");
-    let len = fs::metadata(&last).expect("meta").len();
+    let end = records_end(&last);
+    assert!(
+        fs::metadata(&last).expect("meta").len() > end,
+        "zeros follow"
+    );
     fs::OpenOptions::new()
         .write(true)
         .open(&last)
         .expect("open")
-        .set_len(len - 3)
+        .set_len(end - 3)
         .expect("truncate");
     assert_eq!(
         open_and_read(dir.path(), &original).expect("recovers"),
         original.len() - 1
     );
+}
+
+#[test]
+fn a_torn_record_before_prepared_zeros_is_cut_and_the_rest_kept() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let original = build(dir.path());
+    let last = last_segment(dir.path()).expect("segment");
+    let end = records_end(&last);
+    // The end of the last record never reached the disk; the prepared zeros after it did.
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&last)
+        .expect("open")
+        .write_all_at(&[0; 3], end - 3)
+        .expect("write");
+    assert_eq!(
+        open_and_read(dir.path(), &original).expect("recovers"),
+        original.len() - 1
+    );
+    let report = store_file::verify(dir.path(), |_| {}).expect("verify");
+    assert!(report.torn_tail.is_none(), "the reopened log was repaired");
 }
 
 #[test]
