@@ -1,7 +1,7 @@
-//! The core commit path: store-mem logs and the in-memory transport, a primary and three
-//! replicas, quorum sizes 0 (asynchronous) to 3, with 1 and with 64 concurrent writers.
-//! Each iteration is one committed write; with 64 writers, throughput shows pipelining and
-//! batching at work.
+//! The engine in openraft's benchmark configuration: store-mem logs and the in-memory
+//! transport, a primary and two replicas, majority commit, 1, 64 and 256 concurrent clients.
+//! Each iteration is one committed write. The full matrix of quorum sizes, replica counts,
+//! transports and stores is `quorum_matrix`.
 #![allow(missing_docs)] // criterion_group! generates an undocumented function.
 
 use std::sync::Arc;
@@ -78,41 +78,6 @@ async fn cluster(quorum: usize, replicas: usize) -> Cluster {
     }
 }
 
-fn commit_path(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let mut group = c.benchmark_group("commit_path");
-    group
-        .sample_size(10)
-        .measurement_time(Duration::from_secs(3))
-        .warm_up_time(Duration::from_millis(500));
-    for quorum in 0..=3 {
-        let cluster = runtime.block_on(cluster(quorum, 3));
-        for writers in [1usize, 64] {
-            group.throughput(Throughput::Elements(1));
-            group.bench_with_input(
-                BenchmarkId::new(format!("quorum_{quorum}"), format!("{writers}_writers")),
-                &writers,
-                |b, &writers| {
-                    b.iter_custom(|iterations| {
-                        runtime.block_on(run_writes(&cluster.primary, writers, iterations))
-                    });
-                },
-            );
-        }
-        runtime.block_on(async {
-            cluster.primary.shutdown().await;
-            for replica in &cluster.replicas {
-                replica.shutdown().await;
-            }
-        });
-    }
-    group.finish();
-}
-
 /// openraft's benchmark configuration: three nodes (a primary and two replicas), in-memory
 /// log and transport, majority commit, 1, 64 and 256 clients.
 fn three_nodes_majority(c: &mut Criterion) {
@@ -148,5 +113,5 @@ fn three_nodes_majority(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, commit_path, three_nodes_majority);
+criterion_group!(benches, three_nodes_majority);
 criterion_main!(benches);

@@ -1,33 +1,79 @@
 //! Shared pieces of the benchmarks; the benchmarks themselves live in `benches/`.
 
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use hdrhistogram::Histogram;
 use replication_core::driver::Node;
 
-/// Runs `total` writes of 128 bytes from `writers` concurrent tasks against `primary` and
-/// returns the time they took, scaled to exactly `total` (each writer does an equal share).
+/// Bytes of each benchmark write's payload.
+pub const PAYLOAD_BYTES: usize = 128;
+
+/// Runs `total` writes of [`PAYLOAD_BYTES`] from `writers` concurrent tasks against `primary`
+/// and returns the time they took, scaled to exactly `total` (each writer does an equal share).
 ///
 /// # Panics
 /// If a write fails: a benchmark of failing writes measures nothing.
 pub async fn run_writes(primary: &Node, writers: usize, total: u64) -> Duration {
+    run(primary, writers, total, None).await
+}
+
+/// [`run_writes`], also recording each write's commit latency (microseconds) in `latencies`.
+///
+/// # Panics
+/// If a write fails.
+pub async fn run_writes_recorded(
+    primary: &Node,
+    writers: usize,
+    total: u64,
+    latencies: &Mutex<Histogram<u64>>,
+) -> Duration {
+    run(primary, writers, total, Some(latencies)).await
+}
+
+async fn run(
+    primary: &Node,
+    writers: usize,
+    total: u64,
+    latencies: Option<&Mutex<Histogram<u64>>>,
+) -> Duration {
     let per_writer = total.div_ceil(writers as u64);
+    let record = latencies.is_some();
     let start = Instant::now();
     let tasks: Vec<_> = (0..writers)
         .map(|_| {
             let primary = primary.clone();
             tokio::spawn(async move {
-                let payload = Bytes::from(vec![7u8; 128]);
+                let payload = Bytes::from(vec![7u8; PAYLOAD_BYTES]);
+                // Each writer keeps its own histogram: no shared lock on the measured path.
+                let mut own = record.then(new_histogram);
                 for _ in 0..per_writer {
+                    let sent = Instant::now();
                     primary.write(payload.clone()).await.expect("write");
+                    if let Some(own) = own.as_mut() {
+                        own.saturating_record(sent.elapsed().as_micros() as u64);
+                    }
                 }
+                own
             })
         })
         .collect();
+    let mut merged = Vec::new();
     for task in tasks {
-        task.await.expect("writer");
+        merged.extend(task.await.expect("writer"));
     }
-    start
-        .elapsed()
-        .mul_f64(total as f64 / (per_writer * writers as u64) as f64)
+    let elapsed = start.elapsed();
+    if let Some(latencies) = latencies {
+        let mut latencies = latencies.lock().expect("histogram");
+        for own in merged {
+            latencies.add(own).expect("same bounds");
+        }
+    }
+    elapsed.mul_f64(total as f64 / (per_writer * writers as u64) as f64)
+}
+
+/// A histogram of microseconds from 1 µs to 60 s, three significant digits.
+pub fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")
 }
