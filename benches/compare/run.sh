@@ -24,10 +24,11 @@ fi
 systemctl disable etcd redis-server >/dev/null 2>&1 || true
 (cd "$SHARED/peerbench" && CARGO_TARGET_DIR=$W/target cargo build --release -q)
 
-RN=$W/repnode
+RN=$W/repnode BASE_PORT=57440
+. "$ROOT/benches/compare/cluster.sh"
 stop_all() {
   set +e
-  pkill -f "repnode serve --name bench-" 2>/dev/null
+  cluster_stop
   bash "$SHARED/redis.sh" stop; bash "$SHARED/etcd.sh" stop; bash "$SHARED/pg.sh" stop
 }
 trap stop_all EXIT
@@ -37,19 +38,11 @@ printf 'round\tsystem\tmode\tclients\tsecs\tops\tops_per_s\tavg_ms\tp50_ms\tp99_
 { echo "date: $(date -Is)"; uname -sr; echo "cores: $(nproc)"; free -g | sed -n 2p; } > "$RES/env.txt"
 
 log "start repnode: bench-p primary, bench-r1 and bench-r2 replicas"
-rm -rf "$RN"; mkdir -p "$RN"
-"$REPNODE" certs init --dir "$RN/certs" --nodes bench-p,bench-r1,bench-r2 >/dev/null
-for n in p:57440 r1:57441 r2:57442; do
-  name=${n%%:*}; port=${n##*:}
-  "$REPNODE" serve --name bench-$name --dir "$RN/$name" --listen 127.0.0.1:$port --tls-dir "$RN/certs" 2>"$RN/$name.log" &
-done
-client() { "$REPNODE" "$@" --tls-dir "$RN/certs"; }
-for i in $(seq 50); do client db list --server 127.0.0.1:57440 >/dev/null 2>&1 && break; sleep 0.2; done
+cluster_start bench
+# q0_alone: a primary without replicas, the reference for what asynchronous replication costs.
+client db create q0_alone --quorum async --server 127.0.0.1:$BASE_PORT >/dev/null
 for mode in "q0_async|async" "q1|acks 1" "q2|acks 2"; do
-  db=${mode%%|*}; policy=${mode##*|}
-  client db create $db --quorum "$policy" --server 127.0.0.1:57440 >/dev/null
-  client db create $db --replica-of 127.0.0.1:57440/$db --server 127.0.0.1:57441 >/dev/null
-  client db create $db --replica-of 127.0.0.1:57440/$db --server 127.0.0.1:57442 >/dev/null
+  replicated_db "${mode%%|*}" "${mode##*|}"
 done
 
 log "start peers"
@@ -60,9 +53,9 @@ bash "$SHARED/redis.sh" setup
 for r in $(seq 1 "$ROUNDS"); do
   log "===== round $r ====="
   bash "$SHARED/disk.sh" $r
-  for db in q0_async q1 q2; do
+  for db in q0_alone q0_async q1 q2; do
     for c in 1 16; do
-      client bench --db $db --clients $c --duration "$DUR" --value-size 64 --server 127.0.0.1:57440 --json |
+      client bench --db $db --clients $c --duration "$DUR" --value-size 64 --server 127.0.0.1:$BASE_PORT --json |
         python3 -c 'import json,sys; r=json.load(sys.stdin); print("\t".join(map(str,[sys.argv[1],"repnode",sys.argv[2],r["clients"],round(r["seconds"],1),r["writes"],round(r["writes_per_second"],1),round(r["mean_ms"],3),r["p50_ms"],r["p99_ms"],0,"QUIC+mTLS; 64B values; store-file fdatasync"])))' $r $db |
         tee -a "$RES/results.tsv"
     done

@@ -30,6 +30,10 @@ pub struct BenchOptions {
     pub count: Option<u64>,
     /// Bytes per value.
     pub value_size: usize,
+    /// Distinct keys each client cycles through (overwriting them, as pgbench updates rows),
+    /// or `None` for a new key per write. With a bounded key space the database stops growing,
+    /// so a long run shows whether anything else does.
+    pub key_space: Option<u64>,
     /// Print a progress line every second (to stderr).
     pub progress: bool,
 }
@@ -74,11 +78,12 @@ pub async fn run(options: BenchOptions, identity: TlsIdentity) -> Result<BenchRe
     let mut tasks = Vec::new();
     for client_number in 0..options.clients {
         let mut client = Client::connect(&options.server, identity.clone()).await?;
-        let (done, db, value, count) = (
+        let (done, db, value, count, key_space) = (
             done.clone(),
             options.db.clone(),
             value.clone(),
             options.count,
+            options.key_space,
         );
         tasks.push(tokio::spawn(async move {
             let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
@@ -91,7 +96,10 @@ pub async fn run(options: BenchOptions, identity: TlsIdentity) -> Result<BenchRe
                     break;
                 }
                 let ops = vec![KvOp::Set {
-                    key: format!("bench-{client_number}-{n}"),
+                    key: format!(
+                        "bench-{client_number}-{}",
+                        key_space.map_or(n, |space| n % space.max(1))
+                    ),
                     value: value.clone(),
                 }];
                 let sent = Instant::now();

@@ -111,6 +111,12 @@ enum Command {
         /// Bytes per value.
         #[arg(long, default_value_t = 128)]
         value_size: usize,
+        /// Distinct keys each client overwrites in turn (default: a new key per write).
+        #[arg(long)]
+        key_space: Option<u64>,
+        /// Print the progress line every second (to stderr) even with `--json`.
+        #[arg(long)]
+        progress: bool,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -677,6 +683,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             duration,
             count,
             value_size,
+            key_space,
+            progress,
             client,
         } => {
             let options = node::bench::BenchOptions {
@@ -686,7 +694,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 duration: duration.map(Duration::from_secs_f64),
                 count,
                 value_size,
-                progress: !client.json,
+                key_space,
+                progress: progress || !client.json,
             };
             let report =
                 node::bench::run(options, TlsIdentity::load(&client.tls_dir, "client")?).await?;
