@@ -912,10 +912,14 @@ impl World {
             return false;
         };
         let target = engine.last().tx_id.0;
+        // Every node holds exactly the primary's history: a replica that still holds
+        // uncommitted transactions a crashed primary lost has not converged until it dropped
+        // them, which it does once it subscribes to the restarted primary.
         self.outstanding.is_empty()
             && self.nodes.iter().all(|n| {
                 n.engine.as_ref().is_some_and(|e| e.committed().0 == target)
                     && n.applied.len() as u64 == target
+                    && n.disk.txs.len() as u64 == target
             })
     }
 
