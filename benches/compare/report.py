@@ -6,6 +6,8 @@ import statistics
 import sys
 
 results, env, out_md, out_svg = sys.argv[1:5]
+# Optional: markdown written by the criterion quorum matrix and by soak.sh, included as found.
+extra_dir = sys.argv[5] if len(sys.argv) > 5 else None
 rows = list(csv.DictReader(open(results), delimiter="\t"))
 
 # quorum size of each (system, mode): replica acknowledgements a commit waits for
@@ -66,6 +68,56 @@ for n, (system, pts) in enumerate(sorted(series.items())):
 svg.append("</svg>")
 open(out_svg, "w").write("\n".join(svg))
 
+def ratio(a, b):
+    return a / b if a is not None and b else None
+
+
+def fmt(value, digits=2, suffix="x"):
+    return "n/a" if value is None else f"{value:.{digits}f}{suffix}"
+
+
+# The targets of the benchmark issue, computed from this run only.
+rtt = median("loopback", "tcp-64B-pingpong", 1, "p50_ms")
+targets = []
+for label, mode in [("append", "4KiB-write+fdatasync-append"), ("overwrite", "4KiB-write+fdatasync-overwrite")]:
+    fsync = median("disk", mode, 1, "p50_ms")
+    if rtt is not None and fsync is not None:
+        floor = rtt + max(fsync, rtt + fsync)
+        q1 = median("repnode", "q1", 1, "p50_ms")
+        targets.append(f"| 1 client, quorum 1: p50 against the floor (RTT + max(fdatasync, RTT + fdatasync), "
+                       f"fdatasync of a 4 KiB {label} = {fsync:.2f} ms, RTT {rtt:.2f} ms: floor {floor:.2f} ms) "
+                       f"| at most 1.2x | {fmt(ratio(q1, floor))} |")
+for peer, mode in [("postgres", "b_any1_on"), ("etcd", "raft3_put_to_leader")]:
+    ours = median("repnode", "q1", 16, "ops_per_s")
+    theirs = median(peer, mode, 16, "ops_per_s")
+    targets.append(f"| 16 clients, quorum 1: throughput against {peer} `{mode}` | at least 3x | {fmt(ratio(ours, theirs))} |")
+    ours99 = median("repnode", "q1", 16, "p99_ms")
+    theirs99 = median(peer, mode, 16, "p99_ms")
+    targets.append(f"| 16 clients, quorum 1: p99 against {peer} `{mode}` ({fmt(ours99, 2, ' ms')} vs {fmt(theirs99, 2, ' ms')}) | lower | {fmt(ratio(ours99, theirs99))} |")
+for clients in (1, 16):
+    targets.append(f"| {clients} client(s): p50 of quorum 2 of 2 against quorum 1 | at most 1.3x | "
+                   f"{fmt(ratio(median('repnode', 'q2', clients, 'p50_ms'), median('repnode', 'q1', clients, 'p50_ms')))} |")
+    targets.append(f"| {clients} client(s): asynchronous throughput against a primary without replicas | at least 0.9x | "
+                   f"{fmt(ratio(median('repnode', 'q0_async', clients, 'ops_per_s'), median('repnode', 'q0_alone', clients, 'ops_per_s')))} |")
+targets_md = "\n".join(["| target | wanted | measured |", "|---|---|---|"] + targets)
+
+extras = ""
+if extra_dir:
+    import os
+    for name, title, blurb in [
+        ("quorum_matrix.md", "Commit path per quorum size (criterion)",
+         "`cargo bench -p benches --bench quorum_matrix`: in one process, a primary and 0 to 5 replicas, "
+         "quorum 0 to 4, in-memory transport or QUIC with mutual TLS on loopback, store-mem or "
+         "store-file, 1 or 64 writers of 128-byte payloads. p50 and p99 from an HDR histogram of every "
+         "write; the last column compares QUIC on store-file with the floor printed above the table."),
+        ("soak.md", "Memory under sustained load",
+         "`bash benches/compare/soak.sh`: the primary's resident memory, sampled every 5 s "
+         "(`target/bench-results/soak.tsv`)."),
+    ]:
+        path = os.path.join(extra_dir, name)
+        if os.path.exists(path):
+            extras += f"\n## {title}\n\n{blurb}\n\n{open(path).read().strip()}\n"
+
 env_text = open(env).read().strip()
 md = f"""# Benchmarks
 
@@ -81,11 +133,17 @@ noisy, and another run gives other absolute numbers.
 
 ![commit latency against quorum size](benchmarks.svg)
 
+## Targets, from this run
+
+{targets_md}
+{extras}
 ## What each mode guarantees
 
 - **repnode** `q1` / `q2`: the commit waits for the primary's `fdatasync` and for 1 or 2
   replicas to report the transaction durable (their own `fdatasync`); `q0_async` waits for the
-  primary's `fdatasync` only. Clients speak QUIC with mutual TLS.
+  primary's `fdatasync` only and `q0_alone` is the same primary without replicas. Clients speak
+  QUIC with mutual TLS. store-file writes into space it zero-filled ahead (as PostgreSQL's WAL
+  does), so its `fdatasync` is of the `overwrite` kind in the `disk` rows.
 - **PostgreSQL 15** `b_any1_on` / `c_any2_on`: `synchronous_standby_names = 'ANY 1 (s1,s2)'` /
   `'ANY 2 (...)'` with `synchronous_commit = on`: the standbys have flushed the WAL to disk.
   `a_async`: local flush only.

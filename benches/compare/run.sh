@@ -66,5 +66,5 @@ for r in $(seq 1 "$ROUNDS"); do
 done
 
 log "write BENCHMARKS.md"
-python3 "$ROOT/benches/compare/report.py" "$RES/results.tsv" "$RES/env.txt" "$ROOT/BENCHMARKS.md" "$ROOT/benchmarks.svg"
+python3 "$ROOT/benches/compare/report.py" "$RES/results.tsv" "$RES/env.txt" "$ROOT/BENCHMARKS.md" "$ROOT/benchmarks.svg" "$ROOT/target/bench-results"
 log "done"

@@ -131,6 +131,67 @@ fn primary_streams_before_its_own_sync_and_answers_after_commit() {
     );
 }
 
+fn committed_sent(commands: &[Command]) -> Option<TxId> {
+    commands.iter().find_map(|c| match c {
+        Command::Send {
+            conn: REPLICA,
+            message: Message::Committed { committed, .. },
+        } => Some(*committed),
+        _ => None,
+    })
+}
+
+#[test]
+fn replicas_learn_the_commit_point_from_the_next_batch_or_after_a_delay() {
+    let mut engine = primary(Quorum::Async);
+    attach_replica(&mut engine, REPLICA, "r1");
+    let delay = EngineConfig::new("p", "db", Role::Primary).commit_notify_delay;
+    assert!(!delay.is_zero());
+    engine.handle(T0, Event::Tick);
+    drain(&mut engine);
+    assert!(engine.poll_timeout() > T0.plus(delay), "no tick due yet");
+    write(&mut engine, 1, "a");
+    let durable = |up_to| Event::Durable {
+        token: up_to - 1,
+        up_to: TxId(up_to),
+    };
+    engine.handle(T0, durable(1));
+    let commands = drain(&mut engine);
+    assert!(commands.iter().any(|c| matches!(c, Command::Commit { .. })));
+    assert_eq!(committed_sent(&commands), None, "not at once: {commands:?}");
+    assert!(
+        engine.poll_timeout() <= T0.plus(delay),
+        "a tick is due for the notification"
+    );
+
+    // Under load, the next batch carries the commit point, and no Committed follows.
+    let commands = write(&mut engine, 2, "b");
+    assert!(
+        commands.iter().any(|c| matches!(
+            c,
+            Command::Send {
+                message: Message::Txs {
+                    committed: TxId(1),
+                    ..
+                },
+                ..
+            }
+        )),
+        "{commands:?}"
+    );
+    engine.handle(T0.plus(delay), Event::Tick);
+    assert_eq!(committed_sent(&drain(&mut engine)), None);
+
+    // Idle: once the delay has passed, a Committed message tells the replica.
+    let later = T0.plus(delay * 3);
+    engine.handle(later, durable(2));
+    assert_eq!(committed_sent(&drain(&mut engine)), None);
+    engine.handle(later.plus(delay / 2), Event::Tick);
+    assert_eq!(committed_sent(&drain(&mut engine)), None, "not before the delay");
+    engine.handle(later.plus(delay), Event::Tick);
+    assert_eq!(committed_sent(&drain(&mut engine)), Some(TxId(2)));
+}
+
 #[test]
 fn synchronous_commit_needs_both_own_durability_and_the_ack() {
     let mut engine = primary(Quorum::AckCount { n: 1, among: None });
