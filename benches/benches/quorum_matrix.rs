@@ -6,7 +6,10 @@
 //! Criterion reports throughput; every write's commit latency also goes into an HDR histogram,
 //! and at the end a table of writes/s, p50 and p99 per configuration is printed (and written
 //! to `target/bench-results/quorum_matrix.md`) beside the floor measured in the same run: one
-//! `fdatasync` of a record-sized append on the same disk plus one loopback UDP round trip.
+//! `fdatasync` of a record-sized append on the same disk plus one loopback UDP round trip. All
+//! nodes share that disk, and concurrent flushes slow each other down, so the floor is also
+//! measured with as many threads syncing at once as the configuration has nodes, writing into
+//! zero-filled space as store-file does; the last column compares QUIC on store-file with it.
 //!
 //! Filter as usual: `cargo bench -p benches --bench quorum_matrix -- quic_file` runs the QUIC
 //! and store-file part only. A cluster is started only for configurations the filter keeps.
@@ -242,12 +245,63 @@ async fn start_cluster(spec: Spec) -> Cluster {
 }
 
 /// Percentiles in microseconds.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct Floor {
     fdatasync_p50: f64,
     fdatasync_p99: f64,
     round_trip_p50: f64,
     round_trip_p99: f64,
+    /// p50 of an `fdatasync` into zero-filled space while `i + 1` threads sync at once.
+    contended_p50: Vec<f64>,
+}
+
+impl Floor {
+    /// The least a commit of `spec` can take in one process: the contended sync of every node,
+    /// plus a round trip when a replica must acknowledge.
+    fn of(&self, spec: &Spec) -> f64 {
+        let syncing = (spec.replicas + 1).min(self.contended_p50.len());
+        let sync = self.contended_p50[syncing - 1];
+        if spec.quorum == 0 {
+            sync
+        } else {
+            sync + self.round_trip_p50
+        }
+    }
+}
+
+/// `fdatasync` latencies of `threads` threads, each writing records into its own zero-filled
+/// file and syncing after each, all at once.
+fn contended_syncs(dir: &Path, threads: usize) -> Vec<Duration> {
+    let record = vec![5u8; PAYLOAD_BYTES + 56];
+    let workers: Vec<_> = (0..threads)
+        .map(|i| {
+            let path = dir.join(format!("contended-{threads}-{i}"));
+            let record = record.clone();
+            std::thread::spawn(move || {
+                let file = OpenOptions::new()
+                    .create(true)
+                    .write(true)
+                    .truncate(true)
+                    .open(&path)
+                    .expect("file");
+                file.write_all_at(&vec![0u8; 1 << 20], 0).expect("zeros");
+                file.sync_data().expect("sync");
+                let mut syncs = Vec::with_capacity(500);
+                for n in 0..500u64 {
+                    let started = Instant::now();
+                    file.write_all_at(&record, n * record.len() as u64)
+                        .expect("write");
+                    file.sync_data().expect("sync");
+                    syncs.push(started.elapsed());
+                }
+                syncs
+            })
+        })
+        .collect();
+    workers
+        .into_iter()
+        .flat_map(|w| w.join().expect("sync thread"))
+        .collect()
 }
 
 fn percentile(samples: &mut [Duration], p: f64) -> f64 {
@@ -295,11 +349,15 @@ fn measure_floor() -> Floor {
         trips.push(started.elapsed());
     }
     echo.join().expect("echo thread");
+    let contended_p50 = (1..=MAX_REPLICAS + 1)
+        .map(|threads| percentile(&mut contended_syncs(dir.path(), threads), 0.5))
+        .collect();
     Floor {
         fdatasync_p50: percentile(&mut syncs, 0.5),
         fdatasync_p99: percentile(&mut syncs, 0.99),
         round_trip_p50: percentile(&mut trips, 0.5),
         round_trip_p99: percentile(&mut trips, 0.99),
+        contended_p50,
     }
 }
 
@@ -309,7 +367,7 @@ struct Row {
     latencies: Arc<Mutex<Histogram<u64>>>,
 }
 
-fn report(floor: Floor, rows: &BTreeMap<(Spec, usize), Row>) -> String {
+fn report(floor: &Floor, rows: &BTreeMap<(Spec, usize), Row>) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -322,9 +380,20 @@ fn report(floor: Floor, rows: &BTreeMap<(Spec, usize), Row>) -> String {
         floor.round_trip_p99,
         floor.fdatasync_p50 + floor.round_trip_p50,
     );
+    let contended: Vec<String> = floor
+        .contended_p50
+        .iter()
+        .enumerate()
+        .map(|(i, p50)| format!("{} at once {p50:.0} us", i + 1))
+        .collect();
     let _ = writeln!(
         out,
-        "| transport_store | replicas | quorum | writers | writes/s | p50 us | p99 us | p50 / floor |"
+        "fdatasync p50 into zero-filled space with several threads syncing their own files: {}\n",
+        contended.join(", ")
+    );
+    let _ = writeln!(
+        out,
+        "| transport_store | replicas | quorum | writers | writes/s | p50 us | p99 us | p50 / contended floor |"
     );
     let _ = writeln!(out, "|---|---|---|---|---|---|---|---|");
     for ((spec, writers), row) in rows {
@@ -334,9 +403,9 @@ fn report(floor: Floor, rows: &BTreeMap<(Spec, usize), Row>) -> String {
         }
         let p50 = latencies.value_at_quantile(0.5) as f64;
         let p99 = latencies.value_at_quantile(0.99) as f64;
-        // The floor is a disk sync plus a network round trip: it bounds QUIC on store-file.
+        // The floor is disk syncs plus a network round trip: it bounds QUIC on store-file.
         let ratio = if (spec.net, spec.store) == (Net::Quic, Store::File) {
-            format!("{:.2}", p50 / (floor.fdatasync_p50 + floor.round_trip_p50))
+            format!("{:.2}", p50 / floor.of(spec))
         } else {
             "-".into()
         };
@@ -431,7 +500,7 @@ fn quorum_matrix(c: &mut Criterion) {
     if let Some(last) = current.borrow_mut().take() {
         runtime.block_on(last.shutdown());
     }
-    let table = report(floor, &rows);
+    let table = report(&floor, &rows);
     println!("\n{table}");
     let out: PathBuf = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-results");
     if std::fs::create_dir_all(&out).is_ok() {

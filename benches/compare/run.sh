@@ -53,6 +53,13 @@ bash "$SHARED/redis.sh" setup
 for r in $(seq 1 "$ROUNDS"); do
   log "===== round $r ====="
   bash "$SHARED/disk.sh" $r
+  # The three nodes share this disk: the floor of a replicated commit is a contended sync.
+  for mode in append prepared; do
+    python3 "$ROOT/benches/compare/fsync_contended.py" "$W" 3 5 $mode |
+      while read -r tag sys m c secs ops tput avg p50 p99 err; do
+        [ "$tag" = RESULT ] && emit "$r	$sys	$m	$c	$secs	$ops	$tput	$avg	$p50	$p99	$err	3 processes syncing their own files at once"
+      done
+  done
   for db in q0_alone q0_async q1 q2; do
     for c in 1 16; do
       client bench --db $db --clients $c --duration "$DUR" --value-size 64 --server 127.0.0.1:$BASE_PORT --json |

@@ -187,7 +187,11 @@ fn replicas_learn_the_commit_point_from_the_next_batch_or_after_a_delay() {
     engine.handle(later, durable(2));
     assert_eq!(committed_sent(&drain(&mut engine)), None);
     engine.handle(later.plus(delay / 2), Event::Tick);
-    assert_eq!(committed_sent(&drain(&mut engine)), None, "not before the delay");
+    assert_eq!(
+        committed_sent(&drain(&mut engine)),
+        None,
+        "not before the delay"
+    );
     engine.handle(later.plus(delay), Event::Tick);
     assert_eq!(committed_sent(&drain(&mut engine)), Some(TxId(2)));
 }

@@ -19,6 +19,12 @@
 //! sync of the directory. The other modes trade durability for speed, knowingly; see
 //! [`SyncMode`].
 //!
+//! # Prepared space
+//! With [`FileLogOptions::preallocate`] (the default) a background thread keeps the active
+//! segment zero-filled and synced a little ahead of the appends, so that an append's
+//! `fdatasync` does not also have to write the inode for a grown file. Zeros after the last
+//! record are the clean end of the log; a sealed segment is cut to its last record.
+//!
 //! # Crash safety
 //! On open, the active segment is scanned: a torn record at its end (a crash mid-write) is cut
 //! off with a warning naming the file and offset. Any other damage — a flipped bit mid-log, a
