@@ -37,7 +37,7 @@ use replication_core::testing::{DiscardingStateMachine, MemNetwork};
 use replication_core::{Transport, TxId, TxLog};
 use store_file::{FileLog, FileLogOptions};
 use store_mem::MemLog;
-use transport_quic::{DevCa, QuicOptions, QuicTransport, TlsIdentity};
+use transport_quic::{DevCa, QuicOptions, QuicTransport};
 
 const MAX_REPLICAS: usize = 5;
 const MAX_QUORUM: usize = 4;
@@ -193,9 +193,7 @@ async fn start_nodes<L: TxLog, T: Transport>(
 }
 
 async fn quic_endpoint(ca: &DevCa, name: &str) -> (QuicTransport, String) {
-    let issued = ca.issue(name).expect("issue");
-    let identity =
-        TlsIdentity::from_pem(&ca.cert_pem(), &issued.cert_pem, &issued.key_pem).expect("identity");
+    let identity = ca.identity(name).expect("identity");
     let transport = QuicTransport::bind(
         "127.0.0.1:0".parse().expect("addr"),
         identity,

@@ -11,6 +11,9 @@ use bytes::Bytes;
 use replication_core::{Epoch, LogError, LogPosition, Tx, TxId, TxLog};
 use store_file::{FileLog, FileLogOptions};
 
+mod common;
+use common::records_end;
+
 /// Four segments of four records, and a last one of two followed by prepared zeros.
 const TXS: u64 = 14;
 
@@ -55,15 +58,6 @@ fn build(dir: &Path) -> Vec<Tx> {
         std::thread::sleep(Duration::from_millis(5));
     }
     all
-}
-
-/// Where the records of a segment file end: prepared zeros may follow them.
-fn records_end(path: &Path) -> u64 {
-    let bytes = fs::read(path).expect("read");
-    bytes
-        .iter()
-        .rposition(|&b| b != 0)
-        .map_or(0, |at| at as u64 + 1)
 }
 
 fn files(dir: &Path) -> Vec<PathBuf> {

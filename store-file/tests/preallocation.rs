@@ -11,6 +11,9 @@ use bytes::Bytes;
 use replication_core::{Epoch, LogPosition, Tx, TxId, TxLog};
 use store_file::{FileLog, FileLogOptions};
 
+mod common;
+use common::records_end;
+
 fn segments(dir: &Path) -> Vec<PathBuf> {
     let mut segments: Vec<PathBuf> = fs::read_dir(dir)
         .expect("dir")
@@ -23,15 +26,6 @@ fn segments(dir: &Path) -> Vec<PathBuf> {
 
 fn file_len(path: &Path) -> u64 {
     fs::metadata(path).expect("meta").len()
-}
-
-/// Where the records of a segment file end.
-fn records_end(path: &Path) -> u64 {
-    let bytes = fs::read(path).expect("read");
-    bytes
-        .iter()
-        .rposition(|&b| b != 0)
-        .map_or(0, |at| at as u64 + 1)
 }
 
 async fn append(log: &FileLog, prev: &mut LogPosition, count: usize) -> Vec<Tx> {

@@ -19,7 +19,7 @@ use replication_core::quorum::Quorum;
 use replication_core::testing::{DiscardingStateMachine, MemNetwork};
 use replication_core::{Transport, TxId};
 use store_file::{FileLog, FileLogOptions};
-use transport_quic::{DevCa, QuicOptions, QuicTransport, TlsIdentity};
+use transport_quic::{DevCa, QuicOptions, QuicTransport};
 
 fn data_dir() -> tempfile::TempDir {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-data");
@@ -28,9 +28,7 @@ fn data_dir() -> tempfile::TempDir {
 }
 
 async fn quic(ca: &DevCa, name: &str) -> (QuicTransport, String) {
-    let issued = ca.issue(name).expect("issue");
-    let identity =
-        TlsIdentity::from_pem(&ca.cert_pem(), &issued.cert_pem, &issued.key_pem).expect("identity");
+    let identity = ca.identity(name).expect("identity");
     let transport = QuicTransport::bind(
         "127.0.0.1:0".parse().expect("addr"),
         identity,

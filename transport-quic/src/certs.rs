@@ -63,6 +63,16 @@ impl DevCa {
         self.issue_with(name, |_| {})
     }
 
+    /// Issues a node certificate for `name` (as [`DevCa::issue`]) and returns it as the
+    /// identity a [`crate::QuicTransport`] binds with.
+    ///
+    /// # Errors
+    /// [`QuicError::Certificate`] if generation or parsing fails.
+    pub fn identity(&self, name: &str) -> Result<TlsIdentity, QuicError> {
+        let issued = self.issue(name)?;
+        TlsIdentity::from_pem(&self.cert_pem(), &issued.cert_pem, &issued.key_pem)
+    }
+
     /// Issues a client certificate (organizational unit `client`): it may use a server, but
     /// replicate only from databases that name it in their replicators.
     ///

@@ -19,8 +19,7 @@ use transport_quic::{DevCa, QuicOptions, QuicTransport, TlsIdentity};
 const MAX_FRAME: usize = 1 << 20;
 
 fn identity(ca: &DevCa, name: &str) -> TlsIdentity {
-    let issued = ca.issue(name).expect("issue");
-    TlsIdentity::from_pem(&ca.cert_pem(), &issued.cert_pem, &issued.key_pem).expect("identity")
+    ca.identity(name).expect("identity")
 }
 
 fn options() -> QuicOptions {
