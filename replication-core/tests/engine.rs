@@ -20,7 +20,17 @@ fn drain(engine: &mut Engine) -> Vec<Command> {
 }
 
 fn primary(policy: Quorum) -> Engine {
-    let config = EngineConfig::new("p", "db", Role::Primary);
+    primary_with(policy, EngineConfig::new("p", "db", Role::Primary))
+}
+
+/// A primary that streams at once under every policy.
+fn eager_primary(policy: Quorum) -> Engine {
+    let mut config = EngineConfig::new("p", "db", Role::Primary);
+    config.async_stream_delay = Duration::ZERO;
+    primary_with(policy, config)
+}
+
+fn primary_with(policy: Quorum, config: EngineConfig) -> Engine {
     let mut engine = Engine::new(config, Arc::new(policy), LogState::default(), Epoch(0), T0);
     assert!(
         matches!(drain(&mut engine)[..], [Command::SaveEpoch(Epoch(1))]),
@@ -89,7 +99,7 @@ fn write(engine: &mut Engine, id: u64, payload: &'static str) -> Vec<Command> {
 
 #[test]
 fn primary_streams_before_its_own_sync_and_answers_after_commit() {
-    let mut engine = primary(Quorum::Async);
+    let mut engine = eager_primary(Quorum::Async);
     attach_replica(&mut engine, REPLICA, "r1");
     let commands = write(&mut engine, 7, "a");
     // Append, then the stream to the replica at once: no Reply before durability.
@@ -143,7 +153,7 @@ fn committed_sent(commands: &[Command]) -> Option<TxId> {
 
 #[test]
 fn replicas_learn_the_commit_point_from_the_next_batch_or_after_a_delay() {
-    let mut engine = primary(Quorum::Async);
+    let mut engine = eager_primary(Quorum::Async);
     attach_replica(&mut engine, REPLICA, "r1");
     let delay = EngineConfig::new("p", "db", Role::Primary).commit_notify_delay;
     assert!(!delay.is_zero());
@@ -194,6 +204,60 @@ fn replicas_learn_the_commit_point_from_the_next_batch_or_after_a_delay() {
     );
     engine.handle(later.plus(delay), Event::Tick);
     assert_eq!(committed_sent(&drain(&mut engine)), Some(TxId(2)));
+}
+
+fn txs_sent(commands: &[Command]) -> Vec<TxId> {
+    commands
+        .iter()
+        .filter_map(|c| match c {
+            Command::Send {
+                conn: REPLICA,
+                message: Message::Txs { txs, .. },
+            } => Some(txs.iter().map(|tx| tx.id)),
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
+
+#[test]
+fn asynchronous_writes_reach_replicas_in_batches_and_synchronous_ones_at_once() {
+    let mut engine = primary(Quorum::Async);
+    attach_replica(&mut engine, REPLICA, "r1");
+    let delay = EngineConfig::new("p", "db", Role::Primary).async_stream_delay;
+    assert!(!delay.is_zero());
+    engine.handle(T0, Event::Tick);
+    drain(&mut engine);
+    assert!(
+        txs_sent(&write(&mut engine, 1, "a")).is_empty(),
+        "held back"
+    );
+    assert!(engine.poll_timeout() <= T0.plus(delay), "a tick is due");
+    assert!(txs_sent(&write(&mut engine, 2, "b")).is_empty());
+    engine.handle(T0.plus(delay / 2), Event::Tick);
+    assert!(
+        txs_sent(&drain(&mut engine)).is_empty(),
+        "not before the delay"
+    );
+    engine.handle(T0.plus(delay), Event::Tick);
+    assert_eq!(
+        txs_sent(&drain(&mut engine)),
+        vec![TxId(1), TxId(2)],
+        "one batch"
+    );
+
+    // A policy that needs the replicas streams what was held back at once, and from then on
+    // every write at once.
+    let later = T0.plus(delay * 2);
+    engine.handle(
+        later,
+        Event::Propose(vec![(WriteId(3), Bytes::from_static(b"c"))]),
+    );
+    assert!(txs_sent(&drain(&mut engine)).is_empty());
+    let synchronous = Arc::new(Quorum::AckCount { n: 1, among: None });
+    engine.handle(later, Event::SetPolicy(synchronous));
+    assert_eq!(txs_sent(&drain(&mut engine)), vec![TxId(3)]);
+    assert_eq!(txs_sent(&write(&mut engine, 4, "d")), vec![TxId(4)]);
 }
 
 #[test]

@@ -127,6 +127,12 @@ pub struct EngineConfig {
     /// `Committed` message after this delay. Zero sends it at once, which costs every replica
     /// one more message and wake-up per commit.
     pub commit_notify_delay: Duration,
+    /// Under a policy that commits without replicas (asynchronous), how long new transactions
+    /// may wait before they are streamed, so that replicas get them in batches rather than one
+    /// message per write batch: each message costs a replica a receive, an append, a sync
+    /// hand-off and an acknowledgement. Replicas lag by at most this much more. Synchronous
+    /// policies always stream at once; zero streams at once under every policy.
+    pub async_stream_delay: Duration,
     /// How often a silent channel carries a heartbeat.
     pub heartbeat_interval: Duration,
     /// A peer silent for this long is considered lost and its channel is closed.
@@ -157,6 +163,7 @@ impl EngineConfig {
             max_batch_bytes: 1 << 20,
             recent_cache_txs: 8192,
             commit_notify_delay: Duration::from_millis(2),
+            async_stream_delay: Duration::from_millis(1),
             heartbeat_interval: Duration::from_millis(500),
             peer_timeout: Duration::from_secs(3),
             reconnect_min: Duration::from_millis(50),
@@ -493,6 +500,8 @@ pub struct Engine {
     commit_point_dirty: bool,
     /// When the replicas not told by a `Txs` message get a `Committed` message.
     commit_notify_at: Option<Timestamp>,
+    /// When transactions held back by `async_stream_delay` are streamed.
+    stream_at: Option<Timestamp>,
     /// The time of the latest event.
     now: Timestamp,
     /// The primary's address, learned from the source's `Accepted`.
@@ -545,6 +554,7 @@ impl Engine {
             primary_hint: None,
             commit_point_dirty: false,
             commit_notify_at: None,
+            stream_at: None,
             now,
             next_tick: now,
             commands: VecDeque::new(),
@@ -578,8 +588,11 @@ impl Engine {
     /// When the engine next needs an [`Event::Tick`].
     pub fn poll_timeout(&self) -> Timestamp {
         let mut at = self.next_tick;
-        if let Some(notify_at) = self.commit_notify_at {
-            at = at.min(notify_at);
+        for due in [self.commit_notify_at, self.stream_at]
+            .into_iter()
+            .flatten()
+        {
+            at = at.min(due);
         }
         if let Some(deadline) = self.pending.iter().filter_map(|p| p.deadline).min() {
             at = at.min(deadline);
@@ -614,6 +627,9 @@ impl Engine {
             Event::Replicate { write, txs } => self.on_replicate(write, txs),
             Event::SetPolicy(policy) => {
                 self.policy = policy;
+                if self.stream_at.take().is_some() {
+                    self.pump_all(now);
+                }
                 self.advance_commit();
             }
             Event::LogFailed(reason) => self.on_log_failed(reason),
@@ -810,6 +826,10 @@ impl Engine {
     }
 
     fn on_tick(&mut self, now: Timestamp) {
+        if self.stream_at.is_some_and(|at| at <= now) {
+            self.stream_at = None;
+            self.pump_all(now);
+        }
         if self.commit_notify_at.is_some_and(|at| at <= now) {
             self.commit_notify_at = None;
             self.send_commit_points();

@@ -111,8 +111,25 @@ impl Engine {
             return;
         }
         self.append(txs);
-        // Stream at once, while the log syncs: the commit waits for both anyway.
-        self.pump_all(now);
+        if self.holds_back_streams() {
+            self.stream_later(now);
+        } else {
+            // Stream at once, while the log syncs: the commit waits for both anyway.
+            self.pump_all(now);
+        }
+    }
+
+    /// Whether new transactions wait for `stream_at` instead of going out at once: only when
+    /// no commit waits for a replica, so that replicas get batches rather than a message per
+    /// write batch.
+    fn holds_back_streams(&self) -> bool {
+        !self.policy.is_synchronous() && !self.config.async_stream_delay.is_zero()
+    }
+
+    fn stream_later(&mut self, now: Timestamp) {
+        if self.stream_at.is_none() {
+            self.stream_at = Some(now.plus(self.config.async_stream_delay));
+        }
     }
 
     pub(super) fn expire_writes(&mut self, now: Timestamp) {
@@ -376,7 +393,13 @@ impl Engine {
                         record.caught_up_at = now;
                     }
                 }
-                self.pump(conn);
+                // The acknowledgement opened the window; under an asynchronous policy what it
+                // lets through joins the next batch.
+                if self.holds_back_streams() {
+                    self.stream_later(now);
+                } else {
+                    self.pump(conn);
+                }
                 self.advance_commit();
             }
             other => {
