@@ -494,9 +494,10 @@ impl FileLog {
     fn seal_active(&self, state: &mut State) -> Result<(), LogError> {
         let dir = &self.shared.dir;
         let active = state.active();
-        // A sealed segment ends exactly after its last record: its prepared zeros go, and
-        // `sync_all` makes the new size durable with the data.
-        if state.active_prepared > state.active_len {
+        // A sealed segment ends exactly after its last record: its prepared zeros go (also
+        // any that a failed zero-fill write left uncounted), and `sync_all` makes the new
+        // size durable with the data.
+        if active.file.metadata()?.len() != state.active_len {
             active.file.set_len(state.active_len)?;
         }
         active.file.sync_all()?;
