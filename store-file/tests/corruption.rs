@@ -5,14 +5,13 @@
 use std::fs;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use replication_core::{Epoch, LogError, LogPosition, Tx, TxId, TxLog};
 use store_file::{FileLog, FileLogOptions};
 
 mod common;
-use common::records_end;
+use common::{records_end, wait_until};
 
 /// Four segments of four records, and a last one of two followed by prepared zeros.
 const TXS: u64 = 14;
@@ -49,14 +48,9 @@ fn build(dir: &Path) -> Vec<Tx> {
     });
     // The sweeps below also cover the zeros prepared after the last record: wait for them.
     let last = last_segment(dir).expect("segment");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while fs::metadata(&last).expect("meta").len() < options().segment_bytes {
-        assert!(
-            Instant::now() < deadline,
-            "the active segment was never prepared"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_until("the active segment is prepared", || {
+        fs::metadata(&last).expect("meta").len() >= options().segment_bytes
+    });
     all
 }
 

@@ -5,14 +5,13 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use replication_core::{Epoch, LogPosition, Tx, TxId, TxLog};
 use store_file::{FileLog, FileLogOptions};
 
 mod common;
-use common::records_end;
+use common::{records_end, wait_until};
 
 fn segments(dir: &Path) -> Vec<PathBuf> {
     let mut segments: Vec<PathBuf> = fs::read_dir(dir)
@@ -41,14 +40,6 @@ async fn append(log: &FileLog, prev: &mut LogPosition, count: usize) -> Vec<Tx> 
             .expect("durable");
     }
     txs
-}
-
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
 }
 
 #[tokio::test]
