@@ -256,8 +256,87 @@ fn asynchronous_writes_reach_replicas_in_batches_and_synchronous_ones_at_once() 
     assert!(txs_sent(&drain(&mut engine)).is_empty());
     let synchronous = Arc::new(Quorum::AckCount { n: 1, among: None });
     engine.handle(later, Event::SetPolicy(synchronous));
-    assert_eq!(txs_sent(&drain(&mut engine)), vec![TxId(3)]);
+    let commands = drain(&mut engine);
+    assert_eq!(txs_sent(&commands), vec![TxId(3)]);
+    ack_up_to(&mut engine, 3);
     assert_eq!(txs_sent(&write(&mut engine, 4, "d")), vec![TxId(4)]);
+}
+
+/// The replica at `REPLICA` acknowledges everything up to `tx_id` as durable.
+fn ack_up_to(engine: &mut Engine, tx_id: u64) {
+    let durable = LogPosition {
+        tx_id: TxId(tx_id),
+        hash: replication_core::TxHash::GENESIS,
+    };
+    engine.handle(
+        T0,
+        Event::Received {
+            conn: REPLICA,
+            message: Message::Ack { durable },
+        },
+    );
+}
+
+fn write_many(engine: &mut Engine, ids: std::ops::RangeInclusive<u64>) -> Vec<Command> {
+    let writes = ids
+        .map(|id| (WriteId(id), Bytes::from(format!("w{id}"))))
+        .collect();
+    engine.handle(T0, Event::Propose(writes));
+    drain(engine)
+}
+
+#[test]
+fn a_busy_synchronous_stream_sends_one_batch_per_acknowledgement() {
+    let mut config = EngineConfig::new("p", "db", Role::Primary);
+    config.max_batch_txs = 3;
+    let mut engine = primary_with(Quorum::AckCount { n: 1, among: None }, config);
+    attach_replica(&mut engine, REPLICA, "r1");
+    assert_eq!(
+        EngineConfig::new("p", "db", Role::Primary).partial_batches_in_flight,
+        2
+    );
+    assert_eq!(
+        txs_sent(&write(&mut engine, 1, "a")),
+        vec![TxId(1)],
+        "an idle stream sends at once"
+    );
+    assert_eq!(txs_sent(&write(&mut engine, 2, "b")), vec![TxId(2)]);
+    assert!(
+        txs_sent(&write(&mut engine, 3, "c")).is_empty(),
+        "two in flight: held"
+    );
+    assert!(txs_sent(&write(&mut engine, 4, "d")).is_empty());
+    // A full message is never held.
+    assert_eq!(
+        txs_sent(&write_many(&mut engine, 5..=6)),
+        vec![TxId(3), TxId(4), TxId(5)]
+    );
+    assert!(txs_sent(&write(&mut engine, 7, "g")).is_empty());
+
+    // An acknowledgement that leaves fewer than two in flight lets what was held go out as
+    // one message.
+    ack_up_to(&mut engine, 1);
+    assert!(
+        txs_sent(&drain(&mut engine)).is_empty(),
+        "still two in flight"
+    );
+    ack_up_to(&mut engine, 2);
+    assert_eq!(txs_sent(&drain(&mut engine)), vec![TxId(6), TxId(7)]);
+    assert!(txs_sent(&write(&mut engine, 8, "h")).is_empty());
+    ack_up_to(&mut engine, 7);
+    assert_eq!(txs_sent(&drain(&mut engine)), vec![TxId(8)]);
+    assert_eq!(txs_sent(&write(&mut engine, 9, "i")), vec![TxId(9)]);
+}
+
+#[test]
+fn without_a_limit_on_partial_batches_every_write_streams_at_once() {
+    let mut config = EngineConfig::new("p", "db", Role::Primary);
+    config.partial_batches_in_flight = 0;
+    let mut engine = primary_with(Quorum::AckCount { n: 1, among: None }, config);
+    attach_replica(&mut engine, REPLICA, "r1");
+    for id in 1..=5 {
+        assert_eq!(txs_sent(&write(&mut engine, id, "x")), vec![TxId(id)]);
+    }
 }
 
 #[test]

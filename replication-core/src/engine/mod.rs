@@ -133,6 +133,13 @@ pub struct EngineConfig {
     /// hand-off and an acknowledgement. Replicas lag by at most this much more. Synchronous
     /// policies always stream at once; zero streams at once under every policy.
     pub async_stream_delay: Duration,
+    /// How many partly filled `Txs` messages may await a replica's acknowledgement before
+    /// newer transactions wait for one to be acknowledged and go out together (Nagle's rule,
+    /// per replica). An idle stream sends at once; a busy one sends one message per replica
+    /// sync instead of one per write batch, and two in flight keep the next batch ready when
+    /// the replica's sync ends. Full messages (`max_batch_txs` or `max_batch_bytes`) are never
+    /// held, so catch-up keeps its pipeline. Zero never holds.
+    pub partial_batches_in_flight: usize,
     /// How often a silent channel carries a heartbeat.
     pub heartbeat_interval: Duration,
     /// A peer silent for this long is considered lost and its channel is closed.
@@ -164,6 +171,7 @@ impl EngineConfig {
             recent_cache_txs: 8192,
             commit_notify_delay: Duration::from_millis(2),
             async_stream_delay: Duration::from_millis(1),
+            partial_batches_in_flight: 2,
             heartbeat_interval: Duration::from_millis(500),
             peer_timeout: Duration::from_secs(3),
             reconnect_min: Duration::from_millis(50),

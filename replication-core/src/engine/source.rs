@@ -1,5 +1,6 @@
 //! The source side: accepting writes (primary), serving replicas, counting acknowledgements.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -41,6 +42,9 @@ pub(super) struct Downstream {
     /// The highest position the replica acknowledged as durable on this channel.
     acked: TxId,
     window: u64,
+    /// The last transaction of each `Txs` message sent and not yet acknowledged, oldest
+    /// first (at most `window` entries).
+    batches_in_flight: VecDeque<TxId>,
     read_in_flight: bool,
     last_heard: Timestamp,
     last_sent: Timestamp,
@@ -259,6 +263,7 @@ impl Engine {
                 next_send: TxId(1),
                 acked: TxId::ZERO,
                 window: 0,
+                batches_in_flight: VecDeque::new(),
                 read_in_flight: false,
                 last_heard: now,
                 last_sent: now,
@@ -386,6 +391,13 @@ impl Engine {
                     return;
                 }
                 downstream.acked = acked;
+                while downstream
+                    .batches_in_flight
+                    .front()
+                    .is_some_and(|&last| last <= acked)
+                {
+                    downstream.batches_in_flight.pop_front();
+                }
                 if let Some(record) = self.replicas.get_mut(&peer) {
                     record.last_seen = now;
                     record.durable = record.durable.max(acked);
@@ -524,11 +536,14 @@ impl Engine {
         };
         let bound = self.send_bound(downstream);
         batch.retain(|tx| tx.id <= bound);
-        let Some(last) = batch.last() else { return };
-        let next = last.id.next();
+        let Some(last_id) = batch.last().map(|tx| tx.id) else {
+            return;
+        };
+        let next = last_id.next();
         let downstream = self.downstreams.get_mut(&conn).expect("checked above");
         downstream.next_send = next;
         downstream.committed_sent = committed;
+        downstream.batches_in_flight.push_back(last_id);
         self.commands.push_back(Command::Send {
             conn,
             message: Message::Txs {
@@ -565,8 +580,10 @@ impl Engine {
             if cached_from.is_some_and(|first| first <= from) {
                 let first = cached_from.unwrap_or(from);
                 let start = (from.0 - first.0) as usize;
+                let holding = self.config.partial_batches_in_flight > 0
+                    && downstream.batches_in_flight.len() >= self.config.partial_batches_in_flight;
                 let mut bytes = 0;
-                let batch: Vec<Tx> = self
+                let fitting = self
                     .recent
                     .iter()
                     .skip(start)
@@ -577,11 +594,20 @@ impl Engine {
                         bytes += tx.payload.len();
                         fits
                     })
-                    .cloned()
-                    .collect();
-                if batch.is_empty() {
+                    .count();
+                let available = count.min(self.recent.len().saturating_sub(start));
+                let full = fitting == self.config.max_batch_txs || fitting < available;
+                if fitting == 0 || (holding && !full) {
+                    // Held: the acknowledgement of a message in flight pumps again.
                     return;
                 }
+                let batch: Vec<Tx> = self
+                    .recent
+                    .iter()
+                    .skip(start)
+                    .take(fitting)
+                    .cloned()
+                    .collect();
                 self.send_batch(conn, batch);
             } else {
                 let max_bytes = self.config.max_batch_bytes;
