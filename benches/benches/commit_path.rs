@@ -14,8 +14,12 @@ use replication_core::TxId;
 use replication_core::driver::{Node, NodeOptions};
 use replication_core::engine::{EngineConfig, Role};
 use replication_core::quorum::Quorum;
-use replication_core::testing::{DiscardingStateMachine, MemNetwork, RecordingStateMachine};
+use replication_core::testing::{DiscardingStateMachine, MemNetwork};
 use store_mem::MemLog;
+
+/// Committed transactions each in-memory log keeps: like openraft's store, which purges its
+/// log behind snapshots, the benchmark's memory stays bounded however long it runs.
+const RETAINED_TXS: u64 = 65_536;
 
 struct Cluster {
     primary: Node,
@@ -35,7 +39,7 @@ async fn cluster(quorum: usize, replicas: usize) -> Cluster {
     let primary = Node::start(
         EngineConfig::new("p", "bench", Role::Primary),
         Arc::new(policy),
-        MemLog::new(),
+        MemLog::new().with_retention(RETAINED_TXS),
         network.endpoint("p"),
         DiscardingStateMachine::default(),
         NodeOptions::default(),
@@ -51,9 +55,10 @@ async fn cluster(quorum: usize, replicas: usize) -> Cluster {
         let node = Node::start(
             EngineConfig::new(name.as_str(), "bench", role),
             Arc::new(Quorum::Async),
-            MemLog::new(),
+            MemLog::new().with_retention(RETAINED_TXS),
             network.endpoint(&name),
-            RecordingStateMachine::default(),
+            // openraft's benchmark applies to "a state machine with no data".
+            DiscardingStateMachine::default(),
             NodeOptions::default(),
         )
         .await

@@ -210,7 +210,7 @@ async fn start_cluster(spec: Spec) -> Cluster {
     let root = dir.path().to_path_buf();
     let file_log =
         |name: &str| FileLog::open(root.join(name), FileLogOptions::default()).expect("file log");
-    let mem_log = |_: &str| MemLog::new();
+    let mem_log = |_: &str| MemLog::new().with_retention(65_536);
     let network = MemNetwork::new();
     let mem_endpoint = async |name: &str| (network.endpoint(name), name.to_string());
     let ca = DevCa::generate("bench").expect("ca");

@@ -174,6 +174,9 @@ const PREPARE_CHUNK: u64 = 512 << 10;
 struct SyncRequest {
     pending: bool,
     closing: bool,
+    /// The thread is blocked on the condition variable: only then does a request need a
+    /// notification (a `futex` call per append otherwise, in the hot path).
+    waiting: bool,
 }
 
 /// A durable transaction log in a directory. Cloning gives another handle to the same log;
@@ -326,6 +329,7 @@ impl Shared {
                     _ => None,
                 };
                 while !request.pending && !request.closing {
+                    request.waiting = true;
                     match interval {
                         Some(every) => {
                             let (guard, timeout) = self
@@ -345,6 +349,7 @@ impl Shared {
                         }
                     }
                 }
+                request.waiting = false;
                 if request.closing && !request.pending {
                     return;
                 }
@@ -653,8 +658,13 @@ impl FileLog {
     }
 
     fn request_sync(&self) {
-        self.shared.lock_wake().pending = true;
-        self.shared.wake_signal.notify_one();
+        let mut request = self.shared.lock_wake();
+        request.pending = true;
+        let waiting = request.waiting;
+        drop(request);
+        if waiting {
+            self.shared.wake_signal.notify_one();
+        }
     }
 
     /// Wakes the zero-fill thread (if preallocation is on).

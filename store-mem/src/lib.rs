@@ -21,19 +21,91 @@
 //! # }
 //! ```
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use replication_core::{Durability, Epoch, LogError, LogPosition, LogState, Tx, TxId, TxLog};
 use tokio::sync::watch;
 
+/// Transactions per chunk of [`Chunks`].
+const CHUNK_TXS: usize = 4096;
+
+/// The log's transactions in fixed-size chunks, so that growing the log never copies what it
+/// holds (one `Vec` doubling would move every transaction into freshly faulted pages) and
+/// retention frees whole chunks.
+#[derive(Debug, Clone, Default)]
+struct Chunks {
+    chunks: VecDeque<Vec<Tx>>,
+    /// Index of the first transaction still held: a multiple of `CHUNK_TXS`.
+    first: usize,
+    /// Index after the last transaction.
+    len: usize,
+}
+
+impl Chunks {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn first(&self) -> usize {
+        self.first
+    }
+
+    fn get(&self, index: usize) -> Option<&Tx> {
+        if index < self.first || index >= self.len {
+            return None;
+        }
+        let offset = index - self.first;
+        self.chunks.get(offset / CHUNK_TXS)?.get(offset % CHUNK_TXS)
+    }
+
+    fn push(&mut self, tx: Tx) {
+        if self.len.is_multiple_of(CHUNK_TXS) {
+            self.chunks.push_back(Vec::with_capacity(CHUNK_TXS));
+        }
+        if let Some(chunk) = self.chunks.back_mut() {
+            chunk.push(tx);
+            self.len += 1;
+        }
+    }
+
+    /// Keeps the first `len` transactions (never fewer than the retention already dropped).
+    fn truncate(&mut self, len: usize) {
+        let len = len.max(self.first);
+        if len >= self.len {
+            return;
+        }
+        let kept_chunks = (len - self.first).div_ceil(CHUNK_TXS);
+        self.chunks.truncate(kept_chunks);
+        if let Some(last) = self.chunks.back_mut() {
+            last.truncate(len - self.first - (kept_chunks - 1) * CHUNK_TXS);
+        }
+        self.len = len;
+    }
+
+    /// Frees every whole chunk that ends at or before `index`.
+    fn drop_before(&mut self, index: usize) {
+        while self.first + CHUNK_TXS <= index.min(self.len) {
+            self.chunks.pop_front();
+            self.first += CHUNK_TXS;
+        }
+    }
+
+    fn iter_from(&self, start: usize) -> impl Iterator<Item = &Tx> {
+        (start.max(self.first)..self.len).filter_map(|index| self.get(index))
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Inner {
-    txs: Vec<Tx>,
+    txs: Chunks,
     epoch: Epoch,
     durable: TxId,
     committed: TxId,
     manual_sync: bool,
+    /// Committed transactions kept before the commit point; `None` keeps everything.
+    retention: Option<u64>,
 }
 
 impl Inner {
@@ -41,7 +113,7 @@ impl Inner {
         match tx_id
             .0
             .checked_sub(1)
-            .and_then(|i| self.txs.get(i as usize))
+            .and_then(|i| self.txs.get(usize::try_from(i).ok()?))
         {
             Some(tx) => tx.position(),
             None => LogPosition::START,
@@ -74,11 +146,12 @@ impl MemLog {
     /// An empty log whose appends are durable at once.
     pub fn new() -> MemLog {
         MemLog::from_inner(Inner {
-            txs: Vec::new(),
+            txs: Chunks::default(),
             epoch: Epoch(0),
             durable: TxId::ZERO,
             committed: TxId::ZERO,
             manual_sync: false,
+            retention: None,
         })
     }
 
@@ -87,6 +160,20 @@ impl MemLog {
         let log = MemLog::new();
         log.lock().manual_sync = true;
         log
+    }
+
+    /// Keeps only the last `keep` committed transactions (and everything after them), freeing
+    /// older ones in chunks of 4,096 as the commit point moves, so that a long benchmark or
+    /// example holds bounded memory, as a file log with snapshots would. Reading a freed
+    /// transaction is an error.
+    pub fn with_retention(self, keep: u64) -> MemLog {
+        self.lock().retention = Some(keep);
+        self
+    }
+
+    /// The first transaction still held (1 until retention frees any).
+    pub fn first(&self) -> TxId {
+        TxId(self.lock().txs.first() as u64 + 1)
     }
 
     fn from_inner(inner: Inner) -> MemLog {
@@ -151,7 +238,9 @@ impl TxLog for MemLog {
                     found: first.id,
                 });
             }
-            inner.txs.extend(txs);
+            for tx in txs {
+                inner.txs.push(tx);
+            }
             inner.last()
         };
         if !self.lock().manual_sync {
@@ -179,9 +268,18 @@ impl TxLog for MemLog {
     ) -> Result<Vec<Tx>, LogError> {
         let inner = self.lock();
         let start = from.0.max(1) as usize - 1;
+        if start < inner.txs.first() && start < inner.txs.len() {
+            return Err(LogError::Io(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!(
+                    "transactions before {} were removed by retention",
+                    inner.txs.first() + 1
+                ),
+            )));
+        }
         let mut bytes = 0;
         let mut out = Vec::new();
-        for tx in inner.txs.iter().skip(start).take(max_count) {
+        for tx in inner.txs.iter_from(start).take(max_count) {
             if !out.is_empty() && bytes + tx.payload.len() > max_bytes {
                 break;
             }
@@ -211,6 +309,12 @@ impl TxLog for MemLog {
             });
         }
         inner.committed = inner.committed.max(up_to);
+        if let Some(keep) = inner.retention {
+            let keep_from = inner.committed.0.saturating_sub(keep);
+            inner
+                .txs
+                .drop_before(usize::try_from(keep_from).unwrap_or(usize::MAX));
+        }
         Ok(())
     }
 
