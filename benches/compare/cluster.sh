@@ -13,8 +13,9 @@ cluster_start() {
   "$REPNODE" certs init --dir "$RN/certs" --nodes "$prefix-p,$prefix-r1,$prefix-r2" >/dev/null
   local i=0
   for name in p r1 r2; do
+    # Three servers share this machine's cores: one runtime worker each (see BENCHMARKS.md).
     "$REPNODE" serve --name "$prefix-$name" --dir "$RN/$name" --listen "127.0.0.1:$((BASE_PORT + i))" \
-      --tls-dir "$RN/certs" 2>"$RN/$name.log" &
+      --tls-dir "$RN/certs" --threads "${REPNODE_THREADS:-1}" 2>"$RN/$name.log" &
     echo $! > "$RN/$name.pid"
     i=$((i + 1))
   done

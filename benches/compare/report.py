@@ -145,7 +145,10 @@ noisy, and another run gives other absolute numbers.
   replicas to report the transaction durable (their own `fdatasync`); `q0_async` waits for the
   primary's `fdatasync` only and `q0_alone` is the same primary without replicas. Clients speak
   QUIC with mutual TLS. store-file writes into space it zero-filled ahead (as PostgreSQL's WAL
-  does), so its `fdatasync` is of the `overwrite` kind in the `disk` rows.
+  does), so its `fdatasync` is of the `overwrite` kind in the `disk` rows. The three servers
+  share the machine's cores, so each runs `repnode serve --threads 1` (one runtime worker;
+  with one per core, idle workers waking each other cost about 7 context switches per write
+  with one client, and the single-client p50 is 8-15% higher).
 - **PostgreSQL 15** `b_any1_on` / `c_any2_on`: `synchronous_standby_names = 'ANY 1 (s1,s2)'` /
   `'ANY 2 (...)'` with `synchronous_commit = on`: the standbys have flushed the WAL to disk.
   `a_async`: local flush only.

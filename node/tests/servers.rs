@@ -591,6 +591,40 @@ fn startup_flags_make_the_default_database_a_replica() {
     assert_eq!(status["role"], "replica");
 }
 
+/// The runtime's worker threads, counted by name (Linux).
+fn worker_threads(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("tasks")
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .filter(|comm| comm.trim() == "tokio-rt-worker")
+        .count()
+}
+
+#[test]
+fn worker_threads_come_from_the_flag_or_the_config_file() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let root = root.path();
+    init_certs(root, "certs", "n1,n2");
+    let config = root.join("n1.toml");
+    std::fs::write(&config, "threads = 1\n").expect("config");
+    let config = config.to_str().expect("utf-8 path");
+    let n1 = Server::start_with("n1", free_port(), root, &["--config", config]);
+    let n2 = Server::start_with("n2", free_port(), root, &["--threads", "3"]);
+    until_ok(root, &n1.address(), &["db", "list"]);
+    until_ok(root, &n2.address(), &["db", "list"]);
+    assert_eq!(worker_threads(n1.child.id()), 1);
+    assert_eq!(worker_threads(n2.child.id()), 3);
+
+    let refused = Command::new(env!("CARGO_BIN_EXE_repnode"))
+        .args(["serve", "--name", "n1", "--threads", "0", "--dir"])
+        .arg(root.join("zero"))
+        .output()
+        .expect("run repnode");
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("--threads must be at least 1"), "{stderr}");
+}
+
 #[test]
 fn sigterm_answers_waiting_writes_and_exits_cleanly() {
     let root = tempfile::tempdir().expect("tempdir");
