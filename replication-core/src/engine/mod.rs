@@ -130,8 +130,10 @@ pub struct EngineConfig {
     /// Under a policy that commits without replicas (asynchronous), how long new transactions
     /// may wait before they are streamed, so that replicas get them in batches rather than one
     /// message per write batch: each message costs a replica a receive, an append, a sync
-    /// hand-off and an acknowledgement. Replicas lag by at most this much more. Synchronous
-    /// policies always stream at once; zero streams at once under every policy.
+    /// hand-off and an acknowledgement (and its sync competes with the primary's for the
+    /// disk). Replicas lag by at most this much more (a few milliseconds, like a Kafka
+    /// producer's `linger.ms`). Synchronous policies always stream at once; zero streams at
+    /// once under every policy.
     pub async_stream_delay: Duration,
     /// How many partly filled `Txs` messages may await a replica's acknowledgement before
     /// newer transactions wait for one to be acknowledged and go out together (Nagle's rule,
@@ -170,7 +172,7 @@ impl EngineConfig {
             max_batch_bytes: 1 << 20,
             recent_cache_txs: 8192,
             commit_notify_delay: Duration::from_millis(2),
-            async_stream_delay: Duration::from_millis(1),
+            async_stream_delay: Duration::from_millis(5),
             partial_batches_in_flight: 2,
             heartbeat_interval: Duration::from_millis(500),
             peer_timeout: Duration::from_secs(3),
