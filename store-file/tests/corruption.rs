@@ -44,12 +44,13 @@ fn build(dir: &Path) -> Vec<Tx> {
         }
         log.commit(TxId(4)).await.expect("commit");
         log.save_epoch(Epoch(1)).await.expect("epoch");
+        // The sweeps below also cover the zeros prepared after the last record: wait for
+        // them while the log is open (closing stops the zero-fill thread where it is).
+        let last = last_segment(dir).expect("segment");
+        wait_until("the active segment is prepared", || {
+            fs::metadata(&last).expect("meta").len() >= options().segment_bytes
+        });
         all
-    });
-    // The sweeps below also cover the zeros prepared after the last record: wait for them.
-    let last = last_segment(dir).expect("segment");
-    wait_until("the active segment is prepared", || {
-        fs::metadata(&last).expect("meta").len() >= options().segment_bytes
     });
     all
 }
