@@ -28,7 +28,7 @@ fn build(dir: &Path) -> Vec<Tx> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .expect("runtime");
-    let all = runtime.block_on(async {
+    runtime.block_on(async {
         let log = FileLog::open(dir, options()).expect("open");
         let mut prev = LogPosition::START;
         let mut all = Vec::new();
@@ -51,8 +51,7 @@ fn build(dir: &Path) -> Vec<Tx> {
             fs::metadata(&last).expect("meta").len() >= options().segment_bytes
         });
         all
-    });
-    all
+    })
 }
 
 fn files(dir: &Path) -> Vec<PathBuf> {
