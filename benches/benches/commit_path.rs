@@ -17,8 +17,8 @@ use replication_core::quorum::Quorum;
 use replication_core::testing::{DiscardingStateMachine, MemNetwork};
 use store_mem::MemLog;
 
-/// Committed transactions each in-memory log keeps: like openraft's store, which purges its
-/// log behind snapshots, the benchmark's memory stays bounded however long it runs.
+/// Committed transactions each in-memory log keeps, so that the benchmark's memory stays
+/// bounded however long it runs (openraft's in-memory log store also purges old entries).
 const RETAINED_TXS: u64 = 65_536;
 
 struct Cluster {

@@ -589,16 +589,14 @@ fn run_log(command: LogCommand) -> Result<ExitCode> {
     }
 }
 
-async fn run(cli: Cli) -> Result<ExitCode> {
+/// Runs a command; `serve_file` is `serve --config`'s contents, read before the runtime started.
+async fn run(cli: Cli, serve_file: ServeFile) -> Result<ExitCode> {
     match cli.command {
         Command::Log { command } => run_log(command),
         Command::Demo { dir } => node::demo::run(dir.as_deref())
             .await
             .map(|()| ExitCode::SUCCESS),
-        Command::Serve(args) => {
-            let file = ServeFile::load(args.config.as_ref())?;
-            serve(args, file).await.map(|()| ExitCode::SUCCESS)
-        }
+        Command::Serve(args) => serve(args, serve_file).await.map(|()| ExitCode::SUCCESS),
         Command::Certs {
             command: CertsCommand::Init { dir, nodes },
         } => {
@@ -741,15 +739,13 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let outcome = worker_threads(&cli)
-        .and_then(|threads| {
-            let mut runtime = tokio::runtime::Builder::new_multi_thread();
-            if let Some(threads) = threads {
-                runtime.worker_threads(threads);
-            }
-            Ok(runtime.enable_all().build()?)
-        })
-        .and_then(|runtime| runtime.block_on(run(cli)));
+    let outcome = serve_file(&cli).and_then(|serve_file| {
+        let mut runtime = tokio::runtime::Builder::new_multi_thread();
+        if let Some(threads) = worker_threads(&cli, &serve_file)? {
+            runtime.worker_threads(threads);
+        }
+        runtime.enable_all().build()?.block_on(run(cli, serve_file))
+    });
     match outcome {
         Ok(code) => code,
         Err(error) => {
@@ -759,16 +755,20 @@ fn main() -> ExitCode {
     }
 }
 
+/// `serve --config`'s contents (empty for other commands or without the flag).
+fn serve_file(cli: &Cli) -> Result<ServeFile> {
+    match &cli.command {
+        Command::Serve(args) => ServeFile::load(args.config.as_ref()),
+        _ => Ok(ServeFile::default()),
+    }
+}
+
 /// The runtime's worker threads: `serve --threads` (or its config file), else tokio's default.
-fn worker_threads(cli: &Cli) -> Result<Option<usize>> {
+fn worker_threads(cli: &Cli, serve_file: &ServeFile) -> Result<Option<usize>> {
     let Command::Serve(args) = &cli.command else {
         return Ok(None);
     };
-    let threads = match args.threads {
-        Some(threads) => Some(threads),
-        None => ServeFile::load(args.config.as_ref())?.threads,
-    };
-    match threads {
+    match args.threads.or(serve_file.threads) {
         Some(0) => Err(anyhow!("--threads must be at least 1")),
         threads => Ok(threads),
     }
