@@ -2,6 +2,7 @@
 
 use async_trait::async_trait;
 use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
 
 use crate::types::{Epoch, LogState, Tx, TxId};
 
@@ -44,9 +45,138 @@ pub enum LogError {
     /// The log was closed or its node crashed.
     #[error("log closed")]
     Closed,
+    /// An earlier write or sync failed, so the log refuses to go on: after a failed sync what
+    /// the medium holds may not be what was reported written (PostgreSQL's lesson from
+    /// "fsyncgate"). Reopening recovers a consistent log.
+    #[error("the log failed during {during} and refuses to go on: {cause}")]
+    Failed {
+        /// The operation that failed first.
+        during: LogOperation,
+        /// What the medium reported then.
+        cause: String,
+    },
+    /// The transaction was removed by retention or compaction and can no longer be read.
+    #[error("transaction {requested} was removed; the log now starts at {first_retained}")]
+    Removed {
+        /// The transaction asked for.
+        requested: TxId,
+        /// The first transaction the log still holds.
+        first_retained: TxId,
+    },
     /// An I/O error from the medium.
     #[error("log I/O error: {0}")]
     Io(#[from] std::io::Error),
+}
+
+impl LogError {
+    /// Whether the medium is out of space (`ENOSPC`), directly or as the cause of a failure.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            LogError::Io(error) => is_disk_full(error),
+            LogError::Failed { cause, .. } => cause.contains(DISK_FULL_TEXT),
+            _ => false,
+        }
+    }
+}
+
+/// How the standard library renders `ENOSPC`; a [`LogError::Failed`] keeps only the text.
+const DISK_FULL_TEXT: &str = "No space left on device";
+
+fn is_disk_full(error: &std::io::Error) -> bool {
+    error.kind() == std::io::ErrorKind::StorageFull || error.raw_os_error() == Some(28)
+}
+
+/// A log operation, to say which one failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum LogOperation {
+    /// Opening or recovering the log.
+    Open,
+    /// [`TxLog::append`].
+    Append,
+    /// Waiting on a [`Durability`] future (the sync).
+    Sync,
+    /// [`TxLog::read`].
+    Read,
+    /// [`TxLog::state`].
+    State,
+    /// [`TxLog::commit`].
+    Commit,
+    /// [`TxLog::truncate_after`].
+    Truncate,
+    /// [`TxLog::save_epoch`].
+    SaveEpoch,
+}
+
+impl std::fmt::Display for LogOperation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LogOperation::Open => "open",
+            LogOperation::Append => "append",
+            LogOperation::Sync => "sync",
+            LogOperation::Read => "read",
+            LogOperation::State => "state",
+            LogOperation::Commit => "commit",
+            LogOperation::Truncate => "truncate",
+            LogOperation::SaveEpoch => "save epoch",
+        })
+    }
+}
+
+/// What kind of failure stopped a log, as far as an operator needs to tell them apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum LogFailureKind {
+    /// The medium is full.
+    DiskFull,
+    /// The medium returned an I/O error.
+    Io,
+    /// Stored data failed its checks.
+    Corrupt,
+    /// The log refuses to go on after an earlier failure.
+    Failed,
+    /// A transaction needed was removed by retention.
+    Removed,
+    /// The log was closed.
+    Closed,
+    /// The log refused a call that breaks its contract (a bug in the caller).
+    Contract,
+}
+
+/// A log error as the engine keeps and reports it: clonable, comparable and serializable (it
+/// reaches clients inside write errors), with the operation that failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[error("{operation} failed: {message}")]
+pub struct LogFailure {
+    /// The operation that failed.
+    pub operation: LogOperation,
+    /// The kind of failure.
+    pub kind: LogFailureKind,
+    /// The log's own description of it.
+    pub message: String,
+}
+
+impl LogFailure {
+    /// Describes `error`, returned by `operation`.
+    pub fn new(operation: LogOperation, error: &LogError) -> LogFailure {
+        let kind = if error.is_disk_full() {
+            LogFailureKind::DiskFull
+        } else {
+            match error {
+                LogError::NotContiguous { .. }
+                | LogError::TruncateCommitted { .. }
+                | LogError::InvalidCommit { .. } => LogFailureKind::Contract,
+                LogError::Corrupt(_) => LogFailureKind::Corrupt,
+                LogError::Closed => LogFailureKind::Closed,
+                LogError::Failed { .. } => LogFailureKind::Failed,
+                LogError::Removed { .. } => LogFailureKind::Removed,
+                LogError::Io(_) => LogFailureKind::Io,
+            }
+        };
+        LogFailure {
+            operation,
+            kind,
+            message: error.to_string(),
+        }
+    }
 }
 
 /// The ordered, hash-chained transaction log a node keeps.
