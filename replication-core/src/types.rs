@@ -202,7 +202,7 @@ impl fmt::Debug for Tx {
 }
 
 /// Why a transaction does not extend a chain.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum ChainError {
     /// The transaction's id is not the next one.
     #[error("expected transaction {expected}, received {found}")]

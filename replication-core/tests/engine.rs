@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use replication_core::engine::{
-    Command, ConnId, Direction, Engine, EngineConfig, Event, ReplicationError, Role, Timestamp,
-    WriteError, WriteId,
+    AppendToken, Command, ConnId, Direction, Engine, EngineConfig, Event, ReplicationError, Role,
+    Timestamp, WriteError, WriteId,
 };
 use replication_core::protocol::{Message, PROTOCOL_VERSION, Refusal};
 use replication_core::quorum::{Quorum, Tags};
@@ -104,7 +104,13 @@ fn primary_streams_before_its_own_sync_and_answers_after_commit() {
     let commands = write(&mut engine, 7, "a");
     // Append, then the stream to the replica at once: no Reply before durability.
     assert!(
-        matches!(commands[0], Command::Append { token: 0, .. }),
+        matches!(
+            commands[0],
+            Command::Append {
+                token: AppendToken(0),
+                ..
+            }
+        ),
         "{commands:?}"
     );
     assert!(matches!(
@@ -118,7 +124,7 @@ fn primary_streams_before_its_own_sync_and_answers_after_commit() {
     engine.handle(
         T0,
         Event::Durable {
-            token: 0,
+            token: AppendToken(0),
             up_to: TxId(1),
         },
     );
@@ -162,7 +168,7 @@ fn replicas_learn_the_commit_point_from_the_next_batch_or_after_a_delay() {
     assert!(engine.poll_timeout() > T0.plus(delay), "no tick due yet");
     write(&mut engine, 1, "a");
     let durable = |up_to| Event::Durable {
-        token: up_to - 1,
+        token: AppendToken(up_to - 1),
         up_to: TxId(up_to),
     };
     engine.handle(T0, durable(1));
@@ -368,7 +374,7 @@ fn synchronous_commit_needs_both_own_durability_and_the_ack() {
     engine.handle(
         T0,
         Event::Durable {
-            token: 0,
+            token: AppendToken(0),
             up_to: TxId(1),
         },
     );
@@ -518,7 +524,7 @@ fn a_silent_replica_is_dropped_and_async_writes_do_not_wait() {
     engine.handle(
         later,
         Event::Durable {
-            token: 0,
+            token: AppendToken(0),
             up_to: TxId(1),
         },
     );
@@ -795,7 +801,7 @@ fn an_external_replica_checks_pushed_transactions_and_answers_once_durable() {
     engine.handle(
         T0,
         Event::Durable {
-            token: 0,
+            token: AppendToken(0),
             up_to: TxId(2),
         },
     );

@@ -19,7 +19,7 @@ use crate::engine::{
     Command, ConnId, Direction, Engine, EngineConfig, EngineStatus, Event, WriteError, WriteId,
     WriteReceipt,
 };
-use crate::log::{LogError, TxLog};
+use crate::log::{LogError, LogFailure, LogOperation, TxLog};
 use crate::protocol::{self, MAX_FRAME_SIZE, Message};
 use crate::quorum::QuorumPolicy;
 use crate::state_machine::StateMachine;
@@ -93,6 +93,14 @@ impl std::fmt::Debug for Node {
             .field("applied", &*self.applied.borrow())
             .finish_non_exhaustive()
     }
+}
+
+/// Why a request other than a write (status, a policy change, a wait) was not answered.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NodeError {
+    /// The node stopped: it was shut down or its task ended.
+    #[error("the node is shutting down")]
+    ShuttingDown,
 }
 
 /// Errors starting a node.
@@ -192,27 +200,27 @@ impl Node {
     /// The engine's state.
     ///
     /// # Errors
-    /// [`WriteError::ShuttingDown`] once the node stopped.
-    pub async fn status(&self) -> Result<EngineStatus, WriteError> {
+    /// [`NodeError::ShuttingDown`] once the node stopped.
+    pub async fn status(&self) -> Result<EngineStatus, NodeError> {
         let (reply, answer) = oneshot::channel();
         self.requests
             .send(Request::Status(reply))
             .await
-            .map_err(|_| WriteError::ShuttingDown)?;
-        answer.await.map_err(|_| WriteError::ShuttingDown)
+            .map_err(|_| NodeError::ShuttingDown)?;
+        answer.await.map_err(|_| NodeError::ShuttingDown)
     }
 
     /// Replaces the quorum policy; waiting writes are re-evaluated at once.
     ///
     /// # Errors
-    /// [`WriteError::ShuttingDown`] once the node stopped.
-    pub async fn set_policy(&self, policy: Arc<dyn QuorumPolicy>) -> Result<(), WriteError> {
+    /// [`NodeError::ShuttingDown`] once the node stopped.
+    pub async fn set_policy(&self, policy: Arc<dyn QuorumPolicy>) -> Result<(), NodeError> {
         let (reply, answer) = oneshot::channel();
         self.requests
             .send(Request::SetPolicy(policy, reply))
             .await
-            .map_err(|_| WriteError::ShuttingDown)?;
-        answer.await.map_err(|_| WriteError::ShuttingDown)
+            .map_err(|_| NodeError::ShuttingDown)?;
+        answer.await.map_err(|_| NodeError::ShuttingDown)
     }
 
     /// Hands the node a channel a replica opened (when the server routes channels itself).
@@ -228,13 +236,13 @@ impl Node {
     /// Waits until the state machine applied `tx_id` (read-your-writes on a replica).
     ///
     /// # Errors
-    /// [`WriteError::ShuttingDown`] if the node stops first.
-    pub async fn wait_applied(&self, tx_id: TxId) -> Result<TxId, WriteError> {
+    /// [`NodeError::ShuttingDown`] if the node stops first.
+    pub async fn wait_applied(&self, tx_id: TxId) -> Result<TxId, NodeError> {
         let mut applied = self.applied.clone();
         let result = applied.wait_for(|applied| *applied >= tx_id).await;
         result
             .map(|applied| *applied)
-            .map_err(|_| WriteError::ShuttingDown)
+            .map_err(|_| NodeError::ShuttingDown)
     }
 
     /// Stops the node: answers waiting writes with [`WriteError::ShuttingDown`] (outcome
@@ -535,16 +543,22 @@ impl<L: TxLog, T: Transport, S: StateMachine> Driver<L, T, S> {
         while let Some(command) = self.engine.poll_command() {
             if let Err(error) = self.execute(command).await {
                 let now = self.clock.now();
-                self.engine.handle(now, Event::LogFailed(error.to_string()));
+                self.engine.handle(now, Event::LogFailed(error));
             }
         }
     }
 
-    async fn execute(&mut self, command: Command) -> Result<(), LogError> {
+    /// Executes one command; a log error is returned with the operation that failed.
+    async fn execute(&mut self, command: Command) -> Result<(), LogFailure> {
+        let failed = |operation| move |error: LogError| LogFailure::new(operation, &error);
         match command {
             Command::Append { txs, token } => {
                 let last = txs.last().map(|tx| tx.id);
-                let durability = self.log.append(txs).await?;
+                let durability = self
+                    .log
+                    .append(txs)
+                    .await
+                    .map_err(failed(LogOperation::Append))?;
                 let events = self.internal_tx.clone();
                 tokio::spawn(async move {
                     let event = match durability.await {
@@ -552,18 +566,31 @@ impl<L: TxLog, T: Transport, S: StateMachine> Driver<L, T, S> {
                             token,
                             up_to: last.unwrap_or(up_to).min(up_to),
                         },
-                        Err(error) => Event::LogFailed(error.to_string()),
+                        Err(error) => Event::LogFailed(LogFailure::new(LogOperation::Sync, &error)),
                     };
                     let _ = events.send(Internal::Engine(event)).await;
                 });
             }
-            Command::Truncate { after } => self.log.truncate_after(after).await?,
-            Command::SaveEpoch(epoch) => self.log.save_epoch(epoch).await?,
+            Command::Truncate { after } => self
+                .log
+                .truncate_after(after)
+                .await
+                .map_err(failed(LogOperation::Truncate))?,
+            Command::SaveEpoch(epoch) => self
+                .log
+                .save_epoch(epoch)
+                .await
+                .map_err(failed(LogOperation::SaveEpoch))?,
             Command::Commit { up_to } => {
-                self.log.commit(up_to).await?;
+                self.log
+                    .commit(up_to)
+                    .await
+                    .map_err(failed(LogOperation::Commit))?;
                 let from = self.state_machine.applied().next();
                 let cached = self.engine.recent(from, up_to);
-                apply_committed(&*self.log, &mut self.state_machine, cached, up_to).await?;
+                apply_committed(&*self.log, &mut self.state_machine, cached, up_to)
+                    .await
+                    .map_err(failed(LogOperation::Read))?;
                 self.applied_tx.send_replace(self.state_machine.applied());
             }
             Command::Read {

@@ -1,30 +1,35 @@
-//! The source side: accepting writes (primary), serving replicas, counting acknowledgements.
+//! [`Source`]: serving downstream replicas, counting their acknowledgements and, on a primary,
+//! the write path.
+//!
+//! Every node is a source: a primary serves everything it holds, a replica (a relay) only what
+//! is committed. The source owns its channels from replicas, what it remembers of each replica
+//! identity, the quorum policy and, on a primary, the [`WritePath`].
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::{
-    AckKind, Command, ConnId, Engine, PendingWrite, ReplicaStatus, Timestamp, WriteError, WriteId,
-    WriteReceipt,
-};
+use super::timers::Timer;
+use super::writes::WritePath;
+use super::{AckKind, Command, ConnId, Ctx, ReplicaStatus, Timestamp, WriteError, WriteId};
 use crate::protocol::{DIVERGENCE_WINDOW, Message, PROTOCOL_VERSION, Refusal};
-use crate::quorum::{ReplicaProgress, Tags};
-use crate::types::{Epoch, LogPosition, NodeId, Tx, TxId};
+use crate::quorum::{QuorumPolicy, ReplicaProgress, Tags};
+use crate::types::{LogPosition, NodeId, Tx, TxId};
 
 /// Most replica identities remembered; the longest-disconnected is forgotten first.
 const MAX_REPLICA_RECORDS: usize = 1024;
 
 /// A replica's subscription, between `Subscribe` and the handshake read.
 #[derive(Debug, Clone)]
-pub(super) struct Subscription {
+struct Subscription {
     last: LogPosition,
     known_common: LogPosition,
 }
 
 #[derive(Debug)]
-pub(super) enum DownstreamPhase {
+enum DownstreamPhase {
     /// Channel open, no subscription yet.
     Opened,
     /// Reading our log to compare it with the replica's.
@@ -35,7 +40,7 @@ pub(super) enum DownstreamPhase {
 
 /// One channel from a replica.
 #[derive(Debug)]
-pub(super) struct Downstream {
+struct Downstream {
     peer: NodeId,
     phase: DownstreamPhase,
     next_send: TxId,
@@ -51,9 +56,15 @@ pub(super) struct Downstream {
     committed_sent: TxId,
 }
 
-/// What a primary remembers of a replica identity across its channels.
+impl Downstream {
+    fn is_streaming(&self) -> bool {
+        matches!(self.phase, DownstreamPhase::Streaming)
+    }
+}
+
+/// What a source remembers of a replica identity across its channels.
 #[derive(Debug)]
-pub(super) struct ReplicaRecord {
+struct ReplicaRecord {
     address: String,
     tags: Tags,
     durable: TxId,
@@ -63,99 +74,93 @@ pub(super) struct ReplicaRecord {
     caught_up_at: Timestamp,
 }
 
-impl Engine {
-    pub(super) fn propose(&mut self, now: Timestamp, writes: Vec<(WriteId, Bytes)>) {
-        let refusal = if let Some(reason) = &self.failed {
-            Some(WriteError::LogFailed(reason.clone()))
-        } else if let Some(primary) = self.primary_address() {
-            Some(WriteError::NotPrimary {
-                source_address: primary,
-            })
-        } else if self.config.role == super::Role::ExternalReplica {
-            let source_address = "its external replicator's source".to_string();
-            Some(WriteError::NotPrimary { source_address })
-        } else {
-            self.fenced.map(|seen| WriteError::Fenced {
-                ours: self.epoch,
-                seen,
-            })
-        };
-        let mut txs = Vec::with_capacity(writes.len());
-        for (write, payload) in writes {
-            if let Some(error) = &refusal {
-                self.commands.push_back(Command::Reply {
-                    write,
-                    result: Err(error.clone()),
-                });
-                continue;
-            }
-            let uncommitted = self.last.tx_id.0 + txs.len() as u64 - self.committed.0;
-            if uncommitted >= self.config.max_uncommitted {
-                let error = WriteError::Backlog {
-                    uncommitted,
-                    limit: self.config.max_uncommitted,
-                };
-                self.commands.push_back(Command::Reply {
-                    write,
-                    result: Err(error),
-                });
-                continue;
-            }
-            let prev = txs.last().map(Tx::position).unwrap_or(self.last);
-            let tx = Tx::new(prev, self.epoch, payload);
-            let deadline = self.config.write_timeout.map(|timeout| now.plus(timeout));
-            self.pending.push_back(PendingWrite {
-                write,
-                position: tx.position(),
-                deadline,
-            });
-            txs.push(tx);
+/// The source side of one database on one node. See the [module docs](self).
+#[derive(Debug)]
+pub(super) struct Source {
+    policy: Arc<dyn QuorumPolicy>,
+    /// The write path: present exactly while this node is a primary.
+    writes: Option<WritePath>,
+    downstreams: BTreeMap<ConnId, Downstream>,
+    replicas: BTreeMap<NodeId, ReplicaRecord>,
+    /// The commit point moved and, with no notification delay, replicas are told once the
+    /// current burst of commands has been drained.
+    commit_point_dirty: bool,
+}
+
+impl Source {
+    /// A source under `policy`; `writes` makes it a primary's.
+    pub(super) fn new(policy: Arc<dyn QuorumPolicy>, writes: Option<WritePath>) -> Source {
+        Source {
+            policy,
+            writes,
+            downstreams: BTreeMap::new(),
+            replicas: BTreeMap::new(),
+            commit_point_dirty: false,
         }
+    }
+
+    /// The write path, on a primary.
+    pub(super) fn writes(&self) -> Option<&WritePath> {
+        self.writes.as_ref()
+    }
+
+    /// The quorum policy.
+    pub(super) fn policy(&self) -> &Arc<dyn QuorumPolicy> {
+        &self.policy
+    }
+
+    fn ack_kind(&self) -> AckKind {
+        if self.policy.is_synchronous() {
+            AckKind::Quorum
+        } else {
+            AckKind::Async
+        }
+    }
+
+    /// Takes client writes on a primary: appends what is accepted and streams it (at once, or
+    /// in the next batch under an asynchronous policy).
+    pub(super) fn propose(&mut self, cx: &mut Ctx<'_>, writes: Vec<(WriteId, Bytes)>) {
+        let Some(write_path) = &mut self.writes else {
+            return;
+        };
+        let txs = write_path.accept(cx, writes);
         if txs.is_empty() {
             return;
         }
-        self.append(txs);
-        if self.holds_back_streams() {
-            self.stream_later(now);
+        cx.log.append(txs, cx.out);
+        if self.holds_back_streams(cx) {
+            self.stream_later(cx);
         } else {
             // Stream at once, while the log syncs: the commit waits for both anyway.
-            self.pump_all(now);
+            self.pump_all(cx);
         }
     }
 
-    /// Whether new transactions wait for `stream_at` instead of going out at once: only when
-    /// no commit waits for a replica, so that replicas get batches rather than a message per
-    /// write batch.
-    fn holds_back_streams(&self) -> bool {
-        !self.policy.is_synchronous() && !self.config.async_stream_delay.is_zero()
-    }
-
-    fn stream_later(&mut self, now: Timestamp) {
-        if self.stream_at.is_none() {
-            self.stream_at = Some(now.plus(self.config.async_stream_delay));
+    /// Replaces the policy; it applies to waiting writes at once.
+    pub(super) fn set_policy(&mut self, cx: &mut Ctx<'_>, policy: Arc<dyn QuorumPolicy>) {
+        self.policy = policy;
+        if cx.timers.stop(Timer::StreamBatch) {
+            self.pump_all(cx);
         }
+        self.advance_commit(cx);
     }
 
-    pub(super) fn expire_writes(&mut self, now: Timestamp) {
-        let expired: Vec<usize> = (0..self.pending.len())
-            .filter(|&i| self.pending[i].deadline.is_some_and(|d| d <= now))
-            .collect();
-        for index in expired.into_iter().rev() {
-            if let Some(pending) = self.pending.remove(index) {
-                let error = WriteError::Timeout {
-                    tx_id: pending.position.tx_id,
-                };
-                self.commands.push_back(Command::Reply {
-                    write: pending.write,
-                    result: Err(error),
-                });
-            }
-        }
+    /// Whether new transactions wait for the stream timer instead of going out at once: only
+    /// when no commit waits for a replica, so that replicas get batches rather than a message
+    /// per write batch.
+    fn holds_back_streams(&self, cx: &Ctx<'_>) -> bool {
+        !self.policy.is_synchronous() && !cx.config.async_stream_delay.is_zero()
     }
 
-    /// Recomputes the commit point from the policy (primary) and answers committed writes.
-    pub(super) fn advance_commit(&mut self) {
-        if !self.is_primary() {
+    fn stream_later(&mut self, cx: &mut Ctx<'_>) {
+        let at = cx.now.plus(cx.config.async_stream_delay);
+        cx.timers.start_unless_running(Timer::StreamBatch, at);
+    }
+
+    /// Recomputes the commit point from the policy (primary only) and answers committed
+    /// writes.
+    pub(super) fn advance_commit(&mut self, cx: &mut Ctx<'_>) {
+        if self.writes.is_none() {
             return;
         }
         let progress: Vec<ReplicaProgress<'_>> = self
@@ -169,83 +174,69 @@ impl Engine {
             })
             .collect();
         let satisfied = self.policy.satisfied(&progress);
-        self.set_committed(satisfied);
+        if cx.log.set_committed(satisfied, cx.out) {
+            self.on_commit_advanced(cx);
+        }
     }
 
-    /// Called after the commit point moved: answer writers, tell replicas.
-    pub(super) fn on_commit_advanced(&mut self) {
-        let ack = if self.policy.is_synchronous() {
-            AckKind::Quorum
-        } else {
-            AckKind::Async
-        };
-        while self
-            .pending
-            .front()
-            .is_some_and(|p| p.position.tx_id <= self.committed)
-        {
-            if let Some(pending) = self.pending.pop_front() {
-                let receipt = WriteReceipt {
-                    tx_id: pending.position.tx_id,
-                    hash: pending.position.hash,
-                    ack,
-                };
-                self.commands.push_back(Command::Reply {
-                    write: pending.write,
-                    result: Ok(receipt),
-                });
-            }
-        }
-        if !self.is_primary() {
+    /// Called after the commit point moved: answer writers, serve what a relay may now serve,
+    /// and arrange for replicas to learn it.
+    pub(super) fn on_commit_advanced(&mut self, cx: &mut Ctx<'_>) {
+        let ack = self.ack_kind();
+        match &mut self.writes {
+            Some(writes) => writes.answer_committed(cx, ack),
             // A relay serves only committed transactions: new ones may now be sendable.
-            let conns: Vec<ConnId> = self.downstreams.keys().copied().collect();
-            for conn in conns {
-                self.pump(conn);
-            }
+            None => self.pump_all(cx),
         }
-        self.commit_point_dirty = true;
+        // Replicas learn the commit point once per burst of events rather than once per
+        // acknowledgement, and only after `commit_notify_delay`, by when the next `Txs` has
+        // usually carried it: the primary's commit never waits for this message.
+        if cx.config.commit_notify_delay.is_zero() {
+            self.commit_point_dirty = true;
+        } else {
+            let at = cx.now.plus(cx.config.commit_notify_delay);
+            cx.timers.start_unless_running(Timer::CommitNotify, at);
+        }
+    }
+
+    /// With no notification delay, tells replicas the commit point once a burst of commands
+    /// has been drained; returns whether it queued anything to do so.
+    pub(super) fn flush_commit_point(&mut self, cx: &mut Ctx<'_>) {
+        if std::mem::take(&mut self.commit_point_dirty) {
+            self.send_commit_points(cx);
+        }
+    }
+
+    /// The log failed: answer every waiting write.
+    pub(super) fn fail_writes(&mut self, cx: &mut Ctx<'_>, error: WriteError) {
+        if let Some(writes) = &mut self.writes {
+            writes.fail_all(cx, error);
+        }
     }
 
     /// Tells every streaming replica the commit point, unless a `Txs` message already did.
-    pub(super) fn send_commit_points(&mut self) {
-        let conns: Vec<ConnId> = self.downstreams.keys().copied().collect();
-        for conn in conns {
-            self.send_commit_point(conn);
+    fn send_commit_points(&mut self, cx: &mut Ctx<'_>) {
+        let (epoch, committed) = (cx.log.epoch(), cx.log.committed());
+        for (&conn, downstream) in &mut self.downstreams {
+            if downstream.is_streaming() && downstream.committed_sent < committed {
+                downstream.committed_sent = committed;
+                cx.out.push_back(Command::Send {
+                    conn,
+                    message: Message::Committed { epoch, committed },
+                });
+            }
         }
     }
 
-    /// Called after this node's own durable position moved.
-    pub(super) fn on_durable_advanced(&mut self) {
-        if self.is_primary() {
-            self.advance_commit();
-        } else {
-            self.on_replica_durable();
-        }
-    }
-
-    fn send_commit_point(&mut self, conn: ConnId) {
-        let (epoch, committed) = (self.epoch, self.committed);
-        let Some(downstream) = self.downstreams.get_mut(&conn) else {
-            return;
-        };
-        if matches!(downstream.phase, DownstreamPhase::Streaming)
-            && downstream.committed_sent < committed
-        {
-            downstream.committed_sent = committed;
-            self.commands.push_back(Command::Send {
-                conn,
-                message: Message::Committed { epoch, committed },
-            });
-        }
-    }
-
-    pub(super) fn on_downstream_connected(
+    /// A replica opened a channel.
+    pub(super) fn on_connected(
         &mut self,
-        now: Timestamp,
+        cx: &mut Ctx<'_>,
         conn: ConnId,
         peer: NodeId,
         address: String,
     ) {
+        let now = cx.now;
         let record = self.replicas.entry(peer.clone()).or_insert(ReplicaRecord {
             address: address.clone(),
             tags: Tags::new(),
@@ -288,160 +279,200 @@ impl Engine {
         }
     }
 
-    pub(super) fn on_downstream_disconnected(&mut self, conn: ConnId) {
+    /// A replica's channel closed.
+    pub(super) fn on_disconnected(&mut self, cx: &mut Ctx<'_>, conn: ConnId) {
         if let Some(downstream) = self.downstreams.remove(&conn) {
-            let still_connected = self.downstreams.values().any(|d| {
-                d.peer == downstream.peer && matches!(d.phase, DownstreamPhase::Streaming)
-            });
+            let still_connected = self
+                .downstreams
+                .values()
+                .any(|d| d.peer == downstream.peer && d.is_streaming());
             if let Some(record) = self.replicas.get_mut(&downstream.peer) {
                 record.connected = still_connected;
             }
             // `First` picks among connected standbys: losing one may let the next take over.
-            self.advance_commit();
+            self.advance_commit(cx);
         }
     }
 
-    fn refuse(&mut self, conn: ConnId, refusal: Refusal) {
+    fn refuse(&mut self, cx: &mut Ctx<'_>, conn: ConnId, refusal: Refusal) {
         tracing::warn!(?conn, %refusal, "refusing replica");
-        self.commands.push_back(Command::Send {
+        cx.out.push_back(Command::Send {
             conn,
             message: Message::Refused(refusal),
         });
-        self.commands.push_back(Command::Close { conn });
-        self.on_downstream_disconnected(conn);
+        cx.out.push_back(Command::Close { conn });
+        self.on_disconnected(cx, conn);
     }
 
     /// The last transaction this node serves to its replicas: everything it has if primary,
     /// only committed transactions if it is itself a replica.
-    fn serve_limit(&self) -> TxId {
-        if self.is_primary() {
-            self.last.tx_id
+    fn serve_limit(&self, cx: &Ctx<'_>) -> TxId {
+        if self.writes.is_some() {
+            cx.log.last().tx_id
         } else {
-            self.committed
+            cx.log.committed()
         }
     }
 
-    pub(super) fn on_downstream_message(&mut self, now: Timestamp, conn: ConnId, message: Message) {
+    /// A message from a replica.
+    pub(super) fn on_message(&mut self, cx: &mut Ctx<'_>, conn: ConnId, message: Message) {
         let Some(downstream) = self.downstreams.get_mut(&conn) else {
             return;
         };
-        downstream.last_heard = now;
-        let peer = downstream.peer.clone();
+        downstream.last_heard = cx.now;
         match message {
-            Message::Subscribe {
-                version,
-                database,
-                epoch,
-                last,
-                known_common,
-                window,
-                tags,
-            } => {
-                if version != PROTOCOL_VERSION {
-                    let refusal = Refusal::ProtocolVersion {
-                        source_version: PROTOCOL_VERSION,
-                        replica: version,
-                    };
-                    return self.refuse(conn, refusal);
-                }
-                if database != self.config.database {
-                    return self.refuse(conn, Refusal::UnknownDatabase(database));
-                }
-                if let Some(allowed) = &self.config.allowed_replicators
-                    && !allowed.contains(&peer)
-                {
-                    return self.refuse(conn, Refusal::NotAllowed(peer.0));
-                }
-                if epoch > self.epoch {
-                    if self.is_primary() {
-                        self.fence(epoch);
-                    }
-                    let refusal = Refusal::StaleSource {
-                        source_epoch: self.epoch,
-                        replica: epoch,
-                    };
-                    return self.refuse(conn, refusal);
-                }
-                if let Some(record) = self.replicas.get_mut(&peer) {
-                    record.tags = tags;
-                }
-                let downstream = self.downstreams.get_mut(&conn).expect("checked above");
-                downstream.window = u64::from(window.max(1));
-                downstream.read_in_flight = true;
-                let from = known_common.tx_id.0.max(1);
-                let to = last
-                    .tx_id
-                    .0
-                    .min(known_common.tx_id.0 + DIVERGENCE_WINDOW as u64);
-                downstream.phase = DownstreamPhase::Handshake(Subscription { last, known_common });
-                self.commands.push_back(Command::Read {
-                    conn,
-                    from: TxId(from),
-                    max_count: (to.saturating_sub(from) + 1) as usize,
-                    max_bytes: usize::MAX,
-                });
-            }
-            Message::Ack { durable } => {
-                if !matches!(downstream.phase, DownstreamPhase::Streaming) {
-                    return;
-                }
-                // Never count more than the replica can hold of our history.
-                let acked = durable.tx_id.min(downstream.next_send.prev());
-                if acked <= downstream.acked {
-                    return;
-                }
-                downstream.acked = acked;
-                while downstream
-                    .batches_in_flight
-                    .front()
-                    .is_some_and(|&last| last <= acked)
-                {
-                    downstream.batches_in_flight.pop_front();
-                }
-                if let Some(record) = self.replicas.get_mut(&peer) {
-                    record.last_seen = now;
-                    record.durable = record.durable.max(acked);
-                    if acked >= self.last.tx_id {
-                        record.caught_up_at = now;
-                    }
-                }
-                // The acknowledgement opened the window; under an asynchronous policy what it
-                // lets through joins the next batch.
-                if self.holds_back_streams() {
-                    self.stream_later(now);
-                } else {
-                    self.pump(conn);
-                }
-                self.advance_commit();
-            }
+            subscribe @ Message::Subscribe { .. } => self.on_subscribe(cx, conn, subscribe),
+            Message::Ack { durable } => self.on_ack(cx, conn, durable),
             other => {
                 tracing::warn!(?conn, message = ?other, "unexpected message from a replica");
             }
         }
     }
 
-    pub(super) fn fence(&mut self, seen: Epoch) {
-        if self.fenced.is_some_and(|s| s >= seen) {
+    fn on_subscribe(&mut self, cx: &mut Ctx<'_>, conn: ConnId, subscribe: Message) {
+        let Message::Subscribe {
+            version,
+            database,
+            epoch,
+            last,
+            known_common,
+            window,
+            tags,
+        } = subscribe
+        else {
+            return;
+        };
+        let subscription = Subscription { last, known_common };
+        let Some(downstream) = self.downstreams.get(&conn) else {
+            return;
+        };
+        let peer = downstream.peer.clone();
+        if version != PROTOCOL_VERSION {
+            let refusal = Refusal::ProtocolVersion {
+                source_version: PROTOCOL_VERSION,
+                replica: version,
+            };
+            return self.refuse(cx, conn, refusal);
+        }
+        if database != cx.config.database {
+            return self.refuse(cx, conn, Refusal::UnknownDatabase(database));
+        }
+        if let Some(allowed) = &cx.config.allowed_replicators
+            && !allowed.contains(&peer)
+        {
+            return self.refuse(cx, conn, Refusal::NotAllowed(peer.0));
+        }
+        if epoch > cx.log.epoch() {
+            if let Some(writes) = &mut self.writes {
+                writes.fence(cx, epoch);
+            }
+            let refusal = Refusal::StaleSource {
+                source_epoch: cx.log.epoch(),
+                replica: epoch,
+            };
+            return self.refuse(cx, conn, refusal);
+        }
+        if let Some(record) = self.replicas.get_mut(&peer) {
+            record.tags = tags;
+        }
+        let Some(downstream) = self.downstreams.get_mut(&conn) else {
+            return;
+        };
+        downstream.window = u64::from(window.max(1));
+        downstream.read_in_flight = true;
+        let known = subscription.known_common.tx_id.0;
+        let from = known.max(1);
+        let to = subscription
+            .last
+            .tx_id
+            .0
+            .min(known + DIVERGENCE_WINDOW as u64);
+        downstream.phase = DownstreamPhase::Handshake(subscription);
+        cx.out.push_back(Command::Read {
+            conn,
+            from: TxId(from),
+            max_count: (to.saturating_sub(from) + 1) as usize,
+            max_bytes: usize::MAX,
+        });
+    }
+
+    fn on_ack(&mut self, cx: &mut Ctx<'_>, conn: ConnId, durable: LogPosition) {
+        let Some(downstream) = self.downstreams.get_mut(&conn) else {
+            return;
+        };
+        if !downstream.is_streaming() {
             return;
         }
-        tracing::error!(ours = %self.epoch, %seen, "a higher epoch exists: this primary is fenced");
-        self.fenced = Some(seen);
-        for pending in std::mem::take(&mut self.pending) {
-            // Appended but never committed here: the outcome is for the new primary to decide.
-            let error = WriteError::Fenced {
-                ours: self.epoch,
-                seen,
-            };
-            self.commands.push_back(Command::Reply {
-                write: pending.write,
-                result: Err(error),
-            });
+        // Never count more than the replica can hold of our history.
+        let acked = durable.tx_id.min(downstream.next_send.prev());
+        if acked <= downstream.acked {
+            return;
+        }
+        downstream.acked = acked;
+        while downstream
+            .batches_in_flight
+            .front()
+            .is_some_and(|&last| last <= acked)
+        {
+            downstream.batches_in_flight.pop_front();
+        }
+        if let Some(record) = self.replicas.get_mut(&downstream.peer) {
+            record.last_seen = cx.now;
+            record.durable = record.durable.max(acked);
+            if acked >= cx.log.last().tx_id {
+                record.caught_up_at = cx.now;
+            }
+        }
+        // The acknowledgement opened the window; under an asynchronous policy what it lets
+        // through joins the next batch.
+        if self.holds_back_streams(cx) {
+            self.stream_later(cx);
+        } else {
+            self.pump(cx, conn);
+        }
+        self.advance_commit(cx);
+    }
+
+    /// A read for a replica's channel completed. `primary` is the primary's address as this
+    /// node knows it, named to replicas that subscribe (`None` on the primary itself).
+    pub(super) fn on_read(
+        &mut self,
+        cx: &mut Ctx<'_>,
+        conn: ConnId,
+        txs: Vec<Tx>,
+        primary: Option<&str>,
+    ) {
+        let Some(downstream) = self.downstreams.get_mut(&conn) else {
+            return;
+        };
+        downstream.read_in_flight = false;
+        match std::mem::replace(&mut downstream.phase, DownstreamPhase::Opened) {
+            DownstreamPhase::Handshake(subscription) => {
+                self.finish_handshake(cx, conn, subscription, txs, primary);
+            }
+            DownstreamPhase::Streaming => {
+                downstream.phase = DownstreamPhase::Streaming;
+                let from = downstream.next_send;
+                let batch: Vec<Tx> = txs.into_iter().skip_while(|tx| tx.id < from).collect();
+                if batch.first().is_some_and(|tx| tx.id == from) {
+                    self.send_batch(cx, conn, batch);
+                }
+                self.pump(cx, conn);
+            }
+            DownstreamPhase::Opened => {}
         }
     }
 
     /// Finishes a handshake with our transactions from `known_common` (or just after it).
-    fn finish_handshake(&mut self, conn: ConnId, subscription: Subscription, ours: Vec<Tx>) {
-        let limit = self.serve_limit();
+    fn finish_handshake(
+        &mut self,
+        cx: &mut Ctx<'_>,
+        conn: ConnId,
+        subscription: Subscription,
+        ours: Vec<Tx>,
+        primary: Option<&str>,
+    ) {
+        let limit = self.serve_limit(cx);
         let ours: Vec<Tx> = ours.into_iter().filter(|tx| tx.id <= limit).collect();
         let known = subscription.known_common;
         let mut rest = ours.as_slice();
@@ -454,10 +485,10 @@ impl Engine {
                         replica_hash: known.hash,
                         source_hash: Some(tx.hash),
                     };
-                    return self.refuse(conn, refusal);
+                    return self.refuse(cx, conn, refusal);
                 }
                 _ => {
-                    return self.refuse(conn, Refusal::SourceBehind { source_last: limit });
+                    return self.refuse(cx, conn, Refusal::SourceBehind { source_last: limit });
                 }
             }
         }
@@ -466,85 +497,62 @@ impl Engine {
             || rest
                 .iter()
                 .any(|tx| tx.id == last.tx_id && tx.hash == last.hash);
-        if matches_last {
-            let (epoch, committed, primary) = (self.epoch, self.committed, self.primary_address());
-            let Some(downstream) = self.downstreams.get_mut(&conn) else {
-                return;
-            };
-            downstream.phase = DownstreamPhase::Streaming;
-            downstream.next_send = last.tx_id.next();
-            downstream.committed_sent = committed;
-            let peer = downstream.peer.clone();
-            if let Some(record) = self.replicas.get_mut(&peer) {
-                record.connected = true;
-            }
-            self.commands.push_back(Command::Send {
-                conn,
-                message: Message::Accepted {
-                    epoch,
-                    committed,
-                    primary,
-                },
-            });
-            self.pump(conn);
-            self.advance_commit();
-        } else {
+        if !matches_last {
             let message = Message::Diverged {
-                epoch: self.epoch,
+                epoch: cx.log.epoch(),
                 source_hashes: rest.iter().map(|tx| tx.hash).collect(),
                 source_last: limit,
             };
-            if let Some(downstream) = self.downstreams.get_mut(&conn) {
-                downstream.phase = DownstreamPhase::Opened;
-            }
-            self.commands.push_back(Command::Send { conn, message });
+            // The downstream is back in `Opened` (the caller took its phase) for a new
+            // subscription from the common point the replica will find.
+            cx.out.push_back(Command::Send { conn, message });
+            return;
         }
-    }
-
-    pub(super) fn on_downstream_read(&mut self, conn: ConnId, txs: Vec<Tx>) {
+        let committed = cx.log.committed();
         let Some(downstream) = self.downstreams.get_mut(&conn) else {
             return;
         };
-        downstream.read_in_flight = false;
-        match std::mem::replace(&mut downstream.phase, DownstreamPhase::Opened) {
-            DownstreamPhase::Handshake(subscription) => {
-                self.finish_handshake(conn, subscription, txs);
-            }
-            DownstreamPhase::Streaming => {
-                downstream.phase = DownstreamPhase::Streaming;
-                let from = downstream.next_send;
-                let batch: Vec<Tx> = txs.into_iter().skip_while(|tx| tx.id < from).collect();
-                if batch.first().is_some_and(|tx| tx.id == from) {
-                    self.send_batch(conn, batch);
-                }
-                self.pump(conn);
-            }
-            DownstreamPhase::Opened => {}
+        downstream.phase = DownstreamPhase::Streaming;
+        downstream.next_send = last.tx_id.next();
+        downstream.committed_sent = committed;
+        if let Some(record) = self.replicas.get_mut(&downstream.peer) {
+            record.connected = true;
         }
+        cx.out.push_back(Command::Send {
+            conn,
+            message: Message::Accepted {
+                epoch: cx.log.epoch(),
+                committed,
+                primary: primary.map(str::to_string),
+            },
+        });
+        self.pump(cx, conn);
+        self.advance_commit(cx);
     }
 
-    /// How far `conn` may be sent: the serve limit, within the replica's window.
-    fn send_bound(&self, downstream: &Downstream) -> TxId {
+    /// How far `downstream` may be sent: the serve limit, within the replica's window.
+    fn send_bound(&self, cx: &Ctx<'_>, downstream: &Downstream) -> TxId {
         let window_end = TxId(downstream.acked.0 + downstream.window);
-        self.serve_limit().min(window_end)
+        self.serve_limit(cx).min(window_end)
     }
 
-    fn send_batch(&mut self, conn: ConnId, mut batch: Vec<Tx>) {
-        let committed = self.committed;
+    fn send_batch(&mut self, cx: &mut Ctx<'_>, conn: ConnId, mut batch: Vec<Tx>) {
         let Some(downstream) = self.downstreams.get(&conn) else {
             return;
         };
-        let bound = self.send_bound(downstream);
+        let bound = self.send_bound(cx, downstream);
         batch.retain(|tx| tx.id <= bound);
         let Some(last_id) = batch.last().map(|tx| tx.id) else {
             return;
         };
-        let next = last_id.next();
-        let downstream = self.downstreams.get_mut(&conn).expect("checked above");
-        downstream.next_send = next;
+        let committed = cx.log.committed();
+        let Some(downstream) = self.downstreams.get_mut(&conn) else {
+            return;
+        };
+        downstream.next_send = last_id.next();
         downstream.committed_sent = committed;
         downstream.batches_in_flight.push_back(last_id);
-        self.commands.push_back(Command::Send {
+        cx.out.push_back(Command::Send {
             conn,
             message: Message::Txs {
                 txs: batch,
@@ -553,86 +561,92 @@ impl Engine {
         });
     }
 
-    pub(super) fn pump_all(&mut self, _now: Timestamp) {
+    /// Sends every replica what it may have next.
+    pub(super) fn pump_all(&mut self, cx: &mut Ctx<'_>) {
         let conns: Vec<ConnId> = self.downstreams.keys().copied().collect();
         for conn in conns {
-            self.pump(conn);
+            self.pump(cx, conn);
         }
     }
 
     /// Sends `conn` what it may have next: from the recent cache if it is there, else by a read.
-    pub(super) fn pump(&mut self, conn: ConnId) {
+    fn pump(&mut self, cx: &mut Ctx<'_>, conn: ConnId) {
         loop {
             let Some(downstream) = self.downstreams.get(&conn) else {
                 return;
             };
-            if !matches!(downstream.phase, DownstreamPhase::Streaming) || downstream.read_in_flight
-            {
+            if !downstream.is_streaming() || downstream.read_in_flight {
                 return;
             }
             let from = downstream.next_send;
-            let bound = self.send_bound(downstream);
+            let bound = self.send_bound(cx, downstream);
             if from > bound {
                 return;
             }
-            let count = ((bound.0 - from.0 + 1) as usize).min(self.config.max_batch_txs);
-            let cached_from = self.recent.front().map(|tx| tx.id);
+            let count = ((bound.0 - from.0 + 1) as usize).min(cx.config.max_batch_txs);
+            let recent = cx.log.recent_cache();
+            let cached_from = recent.front().map(|tx| tx.id);
             if cached_from.is_some_and(|first| first <= from) {
                 let first = cached_from.unwrap_or(from);
                 let start = (from.0 - first.0) as usize;
-                let holding = self.config.partial_batches_in_flight > 0
-                    && downstream.batches_in_flight.len() >= self.config.partial_batches_in_flight;
+                let max_batch_bytes = cx.config.max_batch_bytes;
+                let holding = cx.config.partial_batches_in_flight > 0
+                    && downstream.batches_in_flight.len() >= cx.config.partial_batches_in_flight;
                 let mut bytes = 0;
-                let fitting = self
-                    .recent
+                let fitting = recent
                     .iter()
                     .skip(start)
                     .take(count)
                     .take_while(|tx| {
-                        let fits =
-                            bytes == 0 || bytes + tx.payload.len() <= self.config.max_batch_bytes;
+                        let fits = bytes == 0 || bytes + tx.payload.len() <= max_batch_bytes;
                         bytes += tx.payload.len();
                         fits
                     })
                     .count();
-                let available = count.min(self.recent.len().saturating_sub(start));
-                let full = fitting == self.config.max_batch_txs || fitting < available;
+                let available = count.min(recent.len().saturating_sub(start));
+                let full = fitting == cx.config.max_batch_txs || fitting < available;
                 if fitting == 0 || (holding && !full) {
                     // Held: the acknowledgement of a message in flight pumps again.
                     return;
                 }
-                let batch: Vec<Tx> = self
-                    .recent
-                    .iter()
-                    .skip(start)
-                    .take(fitting)
-                    .cloned()
-                    .collect();
-                self.send_batch(conn, batch);
+                let batch: Vec<Tx> = recent.iter().skip(start).take(fitting).cloned().collect();
+                self.send_batch(cx, conn, batch);
             } else {
-                let max_bytes = self.config.max_batch_bytes;
                 if let Some(downstream) = self.downstreams.get_mut(&conn) {
                     downstream.read_in_flight = true;
                 }
-                self.commands.push_back(Command::Read {
+                cx.out.push_back(Command::Read {
                     conn,
                     from,
                     max_count: count,
-                    max_bytes,
+                    max_bytes: cx.config.max_batch_bytes,
                 });
                 return;
             }
         }
     }
 
-    pub(super) fn tick_downstreams(&mut self, now: Timestamp) {
+    /// Streams held-back transactions and notifies commit points whose timers are due, times
+    /// out waiting writes, drops replicas silent past the peer timeout and sends heartbeats on
+    /// quiet channels.
+    pub(super) fn on_tick(&mut self, cx: &mut Ctx<'_>) {
+        if cx.timers.expire(Timer::StreamBatch, cx.now) {
+            self.pump_all(cx);
+        }
+        if cx.timers.expire(Timer::CommitNotify, cx.now) {
+            self.send_commit_points(cx);
+        }
+        if let Some(writes) = &mut self.writes {
+            writes.expire(cx);
+        }
+        let now = cx.now;
         let mut lost = Vec::new();
         let mut heartbeats = Vec::new();
         for (conn, downstream) in &mut self.downstreams {
-            if now.since(downstream.last_heard) > self.config.peer_timeout {
+            if now.since(downstream.last_heard) > cx.config.peer_timeout {
                 lost.push(*conn);
-            } else if matches!(downstream.phase, DownstreamPhase::Streaming)
-                && now.since(downstream.last_sent) >= self.config.heartbeat_interval
+            } else if downstream.is_streaming()
+                && now.since(downstream.last_sent) >= cx.config.heartbeat_interval
             {
                 downstream.last_sent = now;
                 heartbeats.push(*conn);
@@ -643,23 +657,24 @@ impl Engine {
                 ?conn,
                 "replica silent past the peer timeout; dropping its channel"
             );
-            self.commands.push_back(Command::Close { conn });
-            self.on_downstream_disconnected(conn);
+            cx.out.push_back(Command::Close { conn });
+            self.on_disconnected(cx, conn);
         }
         for conn in heartbeats {
             let message = Message::Committed {
-                epoch: self.epoch,
-                committed: self.committed,
+                epoch: cx.log.epoch(),
+                committed: cx.log.committed(),
             };
-            self.commands.push_back(Command::Send { conn, message });
+            cx.out.push_back(Command::Send { conn, message });
         }
     }
 
-    pub(super) fn replica_statuses(&self, now: Timestamp) -> Vec<ReplicaStatus> {
+    /// What this node knows of its replicas; `last` is its own last transaction.
+    pub(super) fn replica_statuses(&self, now: Timestamp, last: TxId) -> Vec<ReplicaStatus> {
         self.replicas
             .iter()
             .map(|(id, record)| {
-                let lag_txs = self.last.tx_id.0.saturating_sub(record.durable.0);
+                let lag_txs = last.0.saturating_sub(record.durable.0);
                 ReplicaStatus {
                     id: id.clone(),
                     address: record.address.clone(),

@@ -24,8 +24,8 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::engine::{
-    AckKind, Command, ConnId, Direction, Engine, EngineConfig, Event, Role, Timestamp, WriteError,
-    WriteId, WriteReceipt,
+    AckKind, AppendToken, Command, ConnId, Direction, Engine, EngineConfig, Event, Role, Timestamp,
+    WriteError, WriteId, WriteReceipt,
 };
 use crate::protocol::Message;
 use crate::quorum::{Quorum, ReplicaFilter};
@@ -182,7 +182,7 @@ enum SimEvent {
     DurableDone {
         node: usize,
         incarnation: u64,
-        token: u64,
+        token: AppendToken,
         up_to: u64,
         truncations: u64,
     },

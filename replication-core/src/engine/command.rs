@@ -1,0 +1,86 @@
+//! What the engine asks of its driver: [`Command`], and the answers to writes it carries.
+
+use serde::{Deserialize, Serialize};
+
+use super::{AppendToken, ConnId, WriteError, WriteId};
+use crate::protocol::Message;
+use crate::types::{Epoch, Tx, TxHash, TxId};
+
+/// Something the driver must do, drained from [`Engine::poll_command`](super::Engine::poll_command).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// Append these transactions; report durability as [`super::Event::Durable`] with `token`.
+    Append {
+        /// The transactions, contiguous after the log's last.
+        txs: Vec<Tx>,
+        /// Echoed in the durability event.
+        token: AppendToken,
+    },
+    /// Durably remove every transaction after `after`.
+    Truncate {
+        /// The new last transaction.
+        after: TxId,
+    },
+    /// Durably record the epoch.
+    SaveEpoch(Epoch),
+    /// Record the commit point and apply every transaction up to it to the state machine.
+    Commit {
+        /// The new commit point.
+        up_to: TxId,
+    },
+    /// Read transactions from the log and report them as [`super::Event::ReadDone`].
+    Read {
+        /// The channel they are for.
+        conn: ConnId,
+        /// First id.
+        from: TxId,
+        /// At most this many.
+        max_count: usize,
+        /// Stop after this many payload bytes.
+        max_bytes: usize,
+    },
+    /// Send a message on a channel.
+    Send {
+        /// The channel.
+        conn: ConnId,
+        /// The message.
+        message: Message,
+    },
+    /// Open a channel to this node's source.
+    Connect {
+        /// The source's address.
+        address: String,
+    },
+    /// Close a channel.
+    Close {
+        /// The channel.
+        conn: ConnId,
+    },
+    /// Answer a client write.
+    Reply {
+        /// The write.
+        write: WriteId,
+        /// Its outcome.
+        result: Result<WriteReceipt, WriteError>,
+    },
+}
+
+/// How a write was committed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AckKind {
+    /// Under a synchronous policy: the quorum's replicas hold it durably.
+    Quorum,
+    /// Under the asynchronous policy: only the primary holds it durably.
+    Async,
+}
+
+/// The answer to a committed write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteReceipt {
+    /// The transaction's id.
+    pub tx_id: TxId,
+    /// Its chained hash.
+    pub hash: TxHash,
+    /// How it was committed.
+    pub ack: AckKind,
+}

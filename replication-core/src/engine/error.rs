@@ -1,0 +1,117 @@
+//! Why a write was not acknowledged and why replication stopped.
+
+use serde::{Deserialize, Serialize};
+
+use crate::log::LogFailure;
+use crate::protocol::Refusal;
+use crate::types::{ChainError, Epoch, TxHash, TxId};
+
+/// Why a write was not acknowledged.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum WriteError {
+    /// This node is a replica. Nothing was written.
+    #[error("this database is a replica; send writes to the primary at {source_address}")]
+    NotPrimary {
+        /// The primary's address as this replica knows it (its source's, until the source
+        /// names the primary).
+        source_address: String,
+    },
+
+    /// Too many transactions wait for their quorum. Nothing was written.
+    #[error("{uncommitted} transactions are waiting for their quorum (limit {limit}); retry later")]
+    Backlog {
+        /// How many wait.
+        uncommitted: u64,
+        /// The configured limit.
+        limit: u64,
+    },
+    /// The write was appended as transaction `tx_id` but not committed within the write
+    /// timeout. Its outcome is unknown: it may still commit.
+    #[error("transaction {tx_id} was not committed within the timeout; its outcome is unknown")]
+    Timeout {
+        /// The transaction it became.
+        tx_id: TxId,
+    },
+    /// A node of a higher epoch exists: this primary is fenced and accepts no writes.
+    #[error("this primary is fenced: epoch {seen} was seen, ours is {ours}")]
+    Fenced {
+        /// Our epoch.
+        ours: Epoch,
+        /// The higher epoch seen.
+        seen: Epoch,
+    },
+    /// The log failed. The outcome of writes already appended is unknown.
+    #[error("the log failed: {0}")]
+    LogFailed(LogFailure),
+    /// The node is shutting down. The outcome of writes already appended is unknown.
+    #[error("the node is shutting down")]
+    ShuttingDown,
+    /// Pushed transactions were refused (they do not extend this log's hash chain, or this
+    /// node does not take pushed transactions). Nothing was stored.
+    #[error("transactions refused: {0}")]
+    Rejected(PushRefusal),
+}
+
+/// Why transactions pushed by an external replicator were refused. Nothing was stored.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum PushRefusal {
+    /// This database is not an external replica: it has a source or is a primary.
+    #[error("this database does not take pushed transactions")]
+    NotExternalReplica,
+    /// The transactions do not extend this log's hash chain.
+    #[error("{0}")]
+    Chain(#[from] ChainError),
+    /// A transaction's epoch is lower than the one before it.
+    #[error("transaction {tx_id} has epoch {epoch}, lower than {min}")]
+    BadEpoch {
+        /// The transaction.
+        tx_id: TxId,
+        /// Its epoch.
+        epoch: Epoch,
+        /// The previous transaction's epoch.
+        min: Epoch,
+    },
+    /// The log failed earlier.
+    #[error("the log failed: {0}")]
+    LogFailed(LogFailure),
+}
+
+/// Why replication from a source stopped and needs an operator.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ReplicationError {
+    /// The source refused the subscription.
+    #[error("source refused: {0}")]
+    Refused(Refusal),
+    /// The replica's uncommitted transactions differ from the source's and discarding them is
+    /// not allowed.
+    #[error(
+        "replica diverged from its source at transaction {tx_id}: local hash {local_hash}, \
+         source hash {}; set allow_tx_discarding to discard the local uncommitted transactions",
+        source_hash.map(|h| h.to_hex()).unwrap_or_else(|| "none (source ends before)".into())
+    )]
+    Diverged {
+        /// The first transaction that differs.
+        tx_id: TxId,
+        /// The replica's hash there.
+        local_hash: TxHash,
+        /// The source's hash there, if it has that transaction.
+        source_hash: Option<TxHash>,
+    },
+    /// A received transaction failed the hash chain: the stream was tampered with.
+    #[error("received transaction breaks the hash chain: {0}")]
+    Chain(#[from] ChainError),
+    /// A received transaction carries an epoch lower than the transaction before it: epochs
+    /// never decrease along a log.
+    #[error("transaction {tx_id} has epoch {epoch}, lower than the previous transaction's {min}")]
+    BadEpoch {
+        /// The transaction.
+        tx_id: TxId,
+        /// Its epoch.
+        epoch: Epoch,
+        /// The previous transaction's epoch.
+        min: Epoch,
+    },
+    /// The log failed.
+    #[error("log failed: {0}")]
+    LogFailed(LogFailure),
+}

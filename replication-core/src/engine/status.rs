@@ -1,0 +1,73 @@
+//! The engine's state as status output shows it.
+
+use std::time::Duration;
+
+use super::Role;
+use crate::quorum::Tags;
+use crate::types::{Epoch, LogPosition, NodeId, TxId};
+
+/// The state of a replica's link to its source, as status shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UpstreamState {
+    /// Waiting to reconnect.
+    Disconnected,
+    /// Dialling the source.
+    Connecting,
+    /// Subscribed, waiting for the source's answer.
+    Subscribing,
+    /// Comparing logs after the source reported a divergence.
+    ResolvingDivergence,
+    /// Receiving transactions.
+    Streaming,
+    /// Stopped by an error that needs an operator.
+    Stopped(String),
+}
+
+/// What a primary knows of one replica.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicaStatus {
+    /// The replica's identity.
+    pub id: NodeId,
+    /// Its address.
+    pub address: String,
+    /// The tags it announced.
+    pub tags: Tags,
+    /// The last transaction it acknowledged as durable.
+    pub acked: TxId,
+    /// How many transactions it is behind this node's last.
+    pub lag_txs: u64,
+    /// How long it has been behind (zero when caught up).
+    pub lag: Duration,
+    /// Whether its channel is open.
+    pub connected: bool,
+}
+
+/// A snapshot of the engine's state, as `status` shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EngineStatus {
+    /// Primary or replica.
+    pub role: Role,
+    /// The node's epoch.
+    pub epoch: Epoch,
+    /// The last transaction appended.
+    pub last: LogPosition,
+    /// The last durable transaction (immudb's precommitted position).
+    pub durable: LogPosition,
+    /// The commit point.
+    pub committed: TxId,
+    /// The commit point with its hash, where known (it may trail `committed` just after a
+    /// restart, until a transaction whose hash is at hand commits).
+    pub committed_position: LogPosition,
+    /// The quorum policy (primary only).
+    pub policy: Option<String>,
+    /// Whether a higher epoch fenced this primary.
+    pub fenced: Option<Epoch>,
+    /// Writes waiting for their commit.
+    pub waiting_writes: usize,
+    /// The replica's link to its source (replica only).
+    pub upstream: Option<UpstreamState>,
+    /// The last error replication met (replica only), cleared once streaming resumes.
+    pub last_error: Option<String>,
+    /// This node's replicas.
+    pub replicas: Vec<ReplicaStatus>,
+}

@@ -1,0 +1,520 @@
+//! [`Upstream`]: a replica following its source: subscribing, verifying and storing what it
+//! sends, acknowledging, resolving divergence, and reconnecting.
+//!
+//! Present exactly while this node is a replica. It never commits by itself: the methods that
+//! learn the source's commit point return it, and the engine commits what this node holds
+//! durably, so that the [`Source`](super::source::Source) serving this node's own replicas
+//! hears of it.
+
+use std::time::Duration;
+
+use super::{Command, ConnId, Ctx, ReplicationError, Timestamp, UpstreamState};
+use crate::protocol::{Message, PROTOCOL_VERSION, Refusal};
+use crate::types::{Epoch, LogPosition, Tx, TxHash, TxId};
+
+/// The link to the source.
+#[derive(Debug)]
+enum Link {
+    Idle {
+        retry_at: Timestamp,
+        backoff: Duration,
+    },
+    Connecting {
+        backoff: Duration,
+    },
+    Subscribing {
+        conn: ConnId,
+        since: Timestamp,
+    },
+    Resolving {
+        conn: ConnId,
+        source_epoch: Epoch,
+        source_hashes: Vec<TxHash>,
+        base: LogPosition,
+    },
+    Streaming {
+        conn: ConnId,
+        source_epoch: Epoch,
+        source_committed: TxId,
+        last_heard: Timestamp,
+        last_ack: Timestamp,
+    },
+    Stopped(ReplicationError),
+}
+
+/// A replica's side of replication. See the [module docs](self).
+#[derive(Debug)]
+pub(super) struct Upstream {
+    /// The source's address, as the transport dials it.
+    address: String,
+    link: Link,
+    /// The primary's address, learned from the source's `Accepted`.
+    primary_hint: Option<String>,
+    /// Why the source last refused us, while we keep retrying.
+    last_refusal: Option<String>,
+    /// Reconnection jitter: xorshift64* from the configured seed.
+    rng: u64,
+}
+
+impl Upstream {
+    /// Follows the source at `address`, dialling it at `now`.
+    pub(super) fn new(address: String, now: Timestamp, backoff: Duration, seed: u64) -> Upstream {
+        Upstream {
+            address,
+            link: Link::Idle {
+                retry_at: now,
+                backoff,
+            },
+            primary_hint: None,
+            last_refusal: None,
+            rng: seed ^ 0x9e37_79b9_7f4a_7c15,
+        }
+    }
+
+    /// The link's state, as status shows it.
+    pub(super) fn state(&self) -> UpstreamState {
+        match &self.link {
+            Link::Idle { .. } => UpstreamState::Disconnected,
+            Link::Connecting { .. } => UpstreamState::Connecting,
+            Link::Subscribing { .. } => UpstreamState::Subscribing,
+            Link::Resolving { .. } => UpstreamState::ResolvingDivergence,
+            Link::Streaming { .. } => UpstreamState::Streaming,
+            Link::Stopped(error) => UpstreamState::Stopped(error.to_string()),
+        }
+    }
+
+    /// The error that stopped replication, or else why the source last refused us.
+    pub(super) fn last_error(&self) -> Option<String> {
+        match &self.link {
+            Link::Stopped(error) => Some(error.to_string()),
+            _ => self.last_refusal.clone(),
+        }
+    }
+
+    /// The error that stopped replication, if any.
+    pub(super) fn stopped(&self) -> Option<&ReplicationError> {
+        match &self.link {
+            Link::Stopped(error) => Some(error),
+            _ => None,
+        }
+    }
+
+    /// The channel to the source, while one is open.
+    pub(super) fn conn(&self) -> Option<ConnId> {
+        match &self.link {
+            Link::Subscribing { conn, .. }
+            | Link::Resolving { conn, .. }
+            | Link::Streaming { conn, .. } => Some(*conn),
+            _ => None,
+        }
+    }
+
+    /// Whether a read for divergence resolution on `conn` is outstanding.
+    pub(super) fn is_resolving_on(&self, conn: ConnId) -> bool {
+        matches!(self.link, Link::Resolving { conn: resolving, .. } if resolving == conn)
+    }
+
+    /// When to dial the source next, while waiting to.
+    pub(super) fn retry_at(&self) -> Option<Timestamp> {
+        match self.link {
+            Link::Idle { retry_at, .. } => Some(retry_at),
+            _ => None,
+        }
+    }
+
+    /// The primary's address as far as this replica knows: the source's hint, or the source.
+    pub(super) fn primary_address(&self) -> &str {
+        self.primary_hint.as_deref().unwrap_or(&self.address)
+    }
+
+    /// Dials the source when due; drops a silent source; acknowledges as a heartbeat.
+    pub(super) fn on_tick(&mut self, cx: &mut Ctx<'_>) {
+        let now = cx.now;
+        match &mut self.link {
+            Link::Idle { retry_at, backoff } if *retry_at <= now => {
+                let backoff = *backoff;
+                self.link = Link::Connecting { backoff };
+                cx.out.push_back(Command::Connect {
+                    address: self.address.clone(),
+                });
+            }
+            Link::Subscribing { conn, since } if now.since(*since) > cx.config.peer_timeout => {
+                let conn = *conn;
+                self.drop_link(cx, conn, "source did not answer the subscription");
+            }
+            Link::Streaming {
+                conn,
+                last_heard,
+                last_ack,
+                ..
+            } => {
+                let conn = *conn;
+                if now.since(*last_heard) > cx.config.peer_timeout {
+                    self.drop_link(cx, conn, "source silent past the peer timeout");
+                } else if now.since(*last_ack) >= cx.config.heartbeat_interval {
+                    *last_ack = now;
+                    let durable = cx.log.durable();
+                    cx.out.push_back(Command::Send {
+                        conn,
+                        message: Message::Ack { durable },
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn next_jitter(&mut self, max: Duration) -> Duration {
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        let value = self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d);
+        let max_micros = max.as_micros().max(1) as u64;
+        Duration::from_micros(value % max_micros)
+    }
+
+    fn wait_before_retry(&mut self, cx: &Ctx<'_>, backoff: Duration) {
+        let jitter = self.next_jitter(backoff / 2 + Duration::from_micros(1));
+        let next = (backoff * 2).min(cx.config.reconnect_max);
+        self.link = Link::Idle {
+            retry_at: cx.now.plus(backoff / 2 + jitter),
+            backoff: next,
+        };
+    }
+
+    fn drop_link(&mut self, cx: &mut Ctx<'_>, conn: ConnId, why: &str) {
+        tracing::warn!(?conn, why, "dropping the channel to the source");
+        cx.out.push_back(Command::Close { conn });
+        self.wait_before_retry(cx, cx.config.reconnect_min);
+    }
+
+    /// A [`Command::Connect`] failed.
+    pub(super) fn on_connect_failed(&mut self, cx: &mut Ctx<'_>, reason: String) {
+        if let Link::Connecting { backoff } = self.link {
+            tracing::debug!(%reason, "cannot reach the source; retrying");
+            self.wait_before_retry(cx, backoff);
+        }
+    }
+
+    /// A channel to the source opened.
+    pub(super) fn on_connected(&mut self, cx: &mut Ctx<'_>, conn: ConnId) {
+        if !matches!(self.link, Link::Connecting { .. }) {
+            // Not wanted any more (stopped, or a stale attempt).
+            cx.out.push_back(Command::Close { conn });
+            return;
+        }
+        self.subscribe(cx, conn, cx.log.committed_position());
+    }
+
+    fn subscribe(&mut self, cx: &mut Ctx<'_>, conn: ConnId, known_common: LogPosition) {
+        let message = Message::Subscribe {
+            version: PROTOCOL_VERSION,
+            database: cx
+                .config
+                .source_database
+                .clone()
+                .unwrap_or_else(|| cx.config.database.clone()),
+            epoch: cx.log.epoch(),
+            last: cx.log.last(),
+            known_common,
+            window: cx.config.prefetch_buffer,
+            tags: cx.config.tags.clone(),
+        };
+        self.link = Link::Subscribing {
+            conn,
+            since: cx.now,
+        };
+        cx.out.push_back(Command::Send { conn, message });
+    }
+
+    /// The channel to the source closed.
+    pub(super) fn on_disconnected(&mut self, cx: &mut Ctx<'_>, conn: ConnId) {
+        tracing::info!(?conn, "channel to the source closed; reconnecting");
+        self.wait_before_retry(cx, cx.config.reconnect_min);
+    }
+
+    /// A message from the source. Returns the source's commit point when it may let this
+    /// replica commit.
+    #[must_use]
+    pub(super) fn on_message(
+        &mut self,
+        cx: &mut Ctx<'_>,
+        conn: ConnId,
+        message: Message,
+    ) -> Option<TxId> {
+        match message {
+            Message::Accepted {
+                epoch,
+                committed,
+                primary,
+            } => {
+                self.primary_hint = Some(primary.unwrap_or_else(|| self.address.clone()));
+                if epoch < cx.log.epoch() {
+                    let refusal = Refusal::StaleSource {
+                        source_epoch: epoch,
+                        replica: cx.log.epoch(),
+                    };
+                    self.refused(cx, conn, refusal);
+                    return None;
+                }
+                cx.log.raise_epoch(epoch, cx.out);
+                tracing::info!(?conn, %epoch, %committed, last = %cx.log.last().tx_id, "streaming from source");
+                self.link = Link::Streaming {
+                    conn,
+                    source_epoch: epoch,
+                    source_committed: committed,
+                    last_heard: cx.now,
+                    last_ack: cx.now,
+                };
+                cx.out.push_back(Command::Send {
+                    conn,
+                    message: Message::Ack {
+                        durable: cx.log.durable(),
+                    },
+                });
+                self.source_commit_point()
+            }
+            Message::Refused(refusal) => {
+                self.refused(cx, conn, refusal);
+                None
+            }
+            Message::Diverged {
+                epoch,
+                source_hashes,
+                source_last: _,
+            } => {
+                self.on_diverged(cx, conn, epoch, source_hashes);
+                None
+            }
+            Message::Txs { txs, committed } => self.on_txs(cx, txs, committed),
+            Message::Committed { epoch, committed } => {
+                let Link::Streaming {
+                    source_committed,
+                    last_heard,
+                    source_epoch,
+                    ..
+                } = &mut self.link
+                else {
+                    return None;
+                };
+                *last_heard = cx.now;
+                *source_committed = (*source_committed).max(committed);
+                *source_epoch = (*source_epoch).max(epoch);
+                cx.log.raise_epoch(epoch, cx.out);
+                self.source_commit_point()
+            }
+            other => {
+                tracing::warn!(?conn, message = ?other, "unexpected message from the source");
+                None
+            }
+        }
+    }
+
+    fn on_diverged(
+        &mut self,
+        cx: &mut Ctx<'_>,
+        conn: ConnId,
+        epoch: Epoch,
+        source_hashes: Vec<TxHash>,
+    ) {
+        if epoch < cx.log.epoch() {
+            let refusal = Refusal::StaleSource {
+                source_epoch: epoch,
+                replica: cx.log.epoch(),
+            };
+            return self.refused(cx, conn, refusal);
+        }
+        let Link::Subscribing { .. } = self.link else {
+            return;
+        };
+        let base = cx.log.committed_position();
+        let count = source_hashes.len().max(1);
+        self.link = Link::Resolving {
+            conn,
+            source_epoch: epoch,
+            source_hashes,
+            base,
+        };
+        // From `base` itself, to learn its epoch too.
+        cx.out.push_back(Command::Read {
+            conn,
+            from: TxId(base.tx_id.0.max(1)),
+            max_count: count + 1,
+            max_bytes: usize::MAX,
+        });
+    }
+
+    fn refused(&mut self, cx: &mut Ctx<'_>, conn: ConnId, refusal: Refusal) {
+        tracing::warn!(%refusal, "source refused the subscription");
+        cx.out.push_back(Command::Close { conn });
+        match refusal {
+            // The history itself is at stake: an operator must look.
+            Refusal::CommittedDivergence { .. } | Refusal::ProtocolVersion { .. } => {
+                self.stop(cx, ReplicationError::Refused(refusal));
+            }
+            // These may resolve themselves (the database created, the source catching up, the
+            // permission granted), so keep trying, slowly, and show the reason.
+            _ => {
+                self.wait_before_retry(cx, cx.config.reconnect_max);
+                self.last_refusal = Some(refusal.to_string());
+            }
+        }
+    }
+
+    /// Stops replication until an operator acts.
+    pub(super) fn stop(&mut self, cx: &mut Ctx<'_>, error: ReplicationError) {
+        tracing::error!(%error, "replication stopped");
+        if let Some(conn) = self.conn() {
+            cx.out.push_back(Command::Close { conn });
+        }
+        self.link = Link::Stopped(error);
+    }
+
+    fn on_txs(&mut self, cx: &mut Ctx<'_>, txs: Vec<Tx>, committed: TxId) -> Option<TxId> {
+        let Link::Streaming {
+            last_heard,
+            source_committed,
+            ..
+        } = &mut self.link
+        else {
+            return None;
+        };
+        *last_heard = cx.now;
+        *source_committed = (*source_committed).max(committed);
+        let mut prev = cx.log.last();
+        let mut prev_epoch = cx.log.last_epoch();
+        // Verify the whole batch before storing any of it: tampering anywhere is refused.
+        for tx in &txs {
+            if let Err(error) = tx.verify_follows(&prev) {
+                self.stop(cx, error.into());
+                return None;
+            }
+            if tx.epoch < prev_epoch {
+                let error = ReplicationError::BadEpoch {
+                    tx_id: tx.id,
+                    epoch: tx.epoch,
+                    min: prev_epoch,
+                };
+                self.stop(cx, error);
+                return None;
+            }
+            prev = tx.position();
+            prev_epoch = tx.epoch;
+        }
+        self.last_refusal = None;
+        // A relay's epoch may lag the transactions it forwards; they carry the truth.
+        cx.log.raise_epoch(prev_epoch, cx.out);
+        cx.log.append(txs, cx.out);
+        self.source_commit_point()
+    }
+
+    /// What the source reports committed, while streaming.
+    fn source_commit_point(&self) -> Option<TxId> {
+        match self.link {
+            Link::Streaming {
+                source_committed, ..
+            } => Some(source_committed),
+            _ => None,
+        }
+    }
+
+    /// This node's durable position moved: acknowledge it. Returns the source's commit point,
+    /// which may now be committed here.
+    #[must_use]
+    pub(super) fn on_durable(&mut self, cx: &mut Ctx<'_>) -> Option<TxId> {
+        if let Link::Streaming { conn, .. } = self.link {
+            cx.out.push_back(Command::Send {
+                conn,
+                message: Message::Ack {
+                    durable: cx.log.durable(),
+                },
+            });
+        }
+        self.source_commit_point()
+    }
+
+    /// Our log's transactions from the divergence base, read to compare with the source's.
+    pub(super) fn on_read(&mut self, cx: &mut Ctx<'_>, conn: ConnId, ours: Vec<Tx>) {
+        let placeholder = Link::Connecting {
+            backoff: Duration::ZERO,
+        };
+        let Link::Resolving {
+            source_epoch,
+            source_hashes,
+            base,
+            ..
+        } = std::mem::replace(&mut self.link, placeholder)
+        else {
+            return;
+        };
+        self.resolve_divergence(cx, conn, source_epoch, source_hashes, base, ours);
+    }
+
+    /// Finds the last transaction this replica shares with its source and, where allowed,
+    /// discards what follows it.
+    fn resolve_divergence(
+        &mut self,
+        cx: &mut Ctx<'_>,
+        conn: ConnId,
+        source_epoch: Epoch,
+        source_hashes: Vec<TxHash>,
+        base: LogPosition,
+        ours: Vec<Tx>,
+    ) {
+        let base_epoch = ours
+            .iter()
+            .find(|tx| tx.id == base.tx_id)
+            .map(|tx| tx.epoch);
+        let ours: Vec<&Tx> = ours.iter().filter(|tx| tx.id > base.tx_id).collect();
+        let mut common = base;
+        let mut first_difference = None;
+        for (index, tx) in ours.iter().enumerate() {
+            match source_hashes.get(index) {
+                Some(hash) if *hash == tx.hash => common = tx.position(),
+                source_hash => {
+                    first_difference = Some((tx.id, tx.hash, source_hash.copied()));
+                    break;
+                }
+            }
+        }
+        let Some((tx_id, local_hash, source_hash)) = first_difference else {
+            // Everything compared matches: the difference lies beyond this window.
+            return self.subscribe(cx, conn, common);
+        };
+        if tx_id <= cx.log.committed() {
+            let refusal = Refusal::CommittedDivergence {
+                tx_id,
+                replica_hash: local_hash,
+                source_hash,
+            };
+            return self.stop(cx, ReplicationError::Refused(refusal));
+        }
+        // A source of a higher epoch than our last transaction supersedes our suffix: those
+        // transactions were streamed by a primary that since restarted without them, so they
+        // were never committed.
+        let superseded = source_epoch > cx.log.last_epoch();
+        if !(superseded || cx.config.allow_tx_discarding) {
+            return self.stop(
+                cx,
+                ReplicationError::Diverged {
+                    tx_id,
+                    local_hash,
+                    source_hash,
+                },
+            );
+        }
+        tracing::warn!(
+            %tx_id, %local_hash, keep = %common.tx_id, discard_to = %cx.log.last().tx_id,
+            "discarding uncommitted transactions that diverge from the source"
+        );
+        let common_epoch = ours
+            .iter()
+            .rev()
+            .find(|tx| tx.id <= common.tx_id)
+            .map(|tx| tx.epoch)
+            .or(base_epoch)
+            .unwrap_or(Epoch(0));
+        cx.log.truncate(common, common_epoch, cx.out);
+        self.subscribe(cx, conn, common);
+    }
+}

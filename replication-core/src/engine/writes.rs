@@ -1,0 +1,150 @@
+//! [`WritePath`]: a primary's client writes, from proposal to their answer.
+//!
+//! Owned by the [`Source`](super::source::Source) while this node is a primary; a replica has
+//! none, so a role change replaces it.
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+
+use super::{AckKind, Command, Ctx, Timestamp, WriteError, WriteId, WriteReceipt};
+use crate::types::{Epoch, LogPosition, Tx};
+
+/// A write waiting for its commit.
+#[derive(Debug)]
+pub(super) struct PendingWrite {
+    pub(super) write: WriteId,
+    pub(super) position: LogPosition,
+    pub(super) deadline: Option<Timestamp>,
+}
+
+/// The writes a primary has appended and not yet answered, and whether it is fenced.
+#[derive(Debug, Default)]
+pub(super) struct WritePath {
+    /// In proposal order; deadlines are proposal time plus one fixed timeout, so the first
+    /// deadline is the earliest.
+    pending: VecDeque<PendingWrite>,
+    fenced: Option<Epoch>,
+}
+
+impl WritePath {
+    /// The higher epoch that fenced this primary, if any.
+    pub(super) fn fenced(&self) -> Option<Epoch> {
+        self.fenced
+    }
+
+    /// How many writes wait for their commit.
+    pub(super) fn waiting(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// When the oldest waiting write times out.
+    pub(super) fn next_deadline(&self) -> Option<Timestamp> {
+        self.pending.front().and_then(|pending| pending.deadline)
+    }
+
+    /// Chains the accepted writes into transactions of this node's epoch and registers them
+    /// as waiting; refuses the rest (fenced, or beyond `max_uncommitted`) at once. Returns
+    /// the transactions to append.
+    pub(super) fn accept(&mut self, cx: &mut Ctx<'_>, writes: Vec<(WriteId, Bytes)>) -> Vec<Tx> {
+        let epoch = cx.log.epoch();
+        let refusal = self
+            .fenced
+            .map(|seen| WriteError::Fenced { ours: epoch, seen });
+        let mut txs: Vec<Tx> = Vec::with_capacity(writes.len());
+        for (write, payload) in writes {
+            if let Some(error) = &refusal {
+                cx.out.push_back(Command::Reply {
+                    write,
+                    result: Err(error.clone()),
+                });
+                continue;
+            }
+            let uncommitted = cx.log.last().tx_id.0 + txs.len() as u64 - cx.log.committed().0;
+            if uncommitted >= cx.config.max_uncommitted {
+                let error = WriteError::Backlog {
+                    uncommitted,
+                    limit: cx.config.max_uncommitted,
+                };
+                cx.out.push_back(Command::Reply {
+                    write,
+                    result: Err(error),
+                });
+                continue;
+            }
+            let prev = txs.last().map(Tx::position).unwrap_or(cx.log.last());
+            let tx = Tx::new(prev, epoch, payload);
+            let deadline = cx.config.write_timeout.map(|timeout| cx.now.plus(timeout));
+            self.pending.push_back(PendingWrite {
+                write,
+                position: tx.position(),
+                deadline,
+            });
+            txs.push(tx);
+        }
+        txs
+    }
+
+    /// Answers every waiting write up to the commit point.
+    pub(super) fn answer_committed(&mut self, cx: &mut Ctx<'_>, ack: AckKind) {
+        let committed = cx.log.committed();
+        while self
+            .pending
+            .front()
+            .is_some_and(|p| p.position.tx_id <= committed)
+        {
+            if let Some(pending) = self.pending.pop_front() {
+                let receipt = WriteReceipt {
+                    tx_id: pending.position.tx_id,
+                    hash: pending.position.hash,
+                    ack,
+                };
+                cx.out.push_back(Command::Reply {
+                    write: pending.write,
+                    result: Ok(receipt),
+                });
+            }
+        }
+    }
+
+    /// Answers writes whose deadline has passed: their outcome is unknown.
+    pub(super) fn expire(&mut self, cx: &mut Ctx<'_>) {
+        while self
+            .pending
+            .front()
+            .is_some_and(|p| p.deadline.is_some_and(|d| d <= cx.now))
+        {
+            if let Some(pending) = self.pending.pop_front() {
+                let error = WriteError::Timeout {
+                    tx_id: pending.position.tx_id,
+                };
+                cx.out.push_back(Command::Reply {
+                    write: pending.write,
+                    result: Err(error),
+                });
+            }
+        }
+    }
+
+    /// A node of epoch `seen` exists: stop accepting writes and answer the waiting ones.
+    pub(super) fn fence(&mut self, cx: &mut Ctx<'_>, seen: Epoch) {
+        if self.fenced.is_some_and(|s| s >= seen) {
+            return;
+        }
+        let ours = cx.log.epoch();
+        tracing::error!(%ours, %seen, "a higher epoch exists: this primary is fenced");
+        self.fenced = Some(seen);
+        // Appended but never committed here: the outcome is for the new primary to decide.
+        self.fail_all(cx, WriteError::Fenced { ours, seen });
+    }
+
+    /// Answers every waiting write with `error`.
+    pub(super) fn fail_all(&mut self, cx: &mut Ctx<'_>, error: WriteError) {
+        for pending in std::mem::take(&mut self.pending) {
+            cx.out.push_back(Command::Reply {
+                write: pending.write,
+                result: Err(error.clone()),
+            });
+        }
+    }
+}
