@@ -1,19 +1,22 @@
-//! Event-in, commands-out tests of the engine: no IO, no clock, no runtime.
+//! Event-in, commands-out tests of the engine: no IO, no clock, no runtime. Each step asserts
+//! the whole list of commands it produces, in order.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use replication_core::engine::{
-    AppendToken, Command, ConnId, Direction, Engine, EngineConfig, Event, ReplicationError, Role,
-    Timestamp, WriteError, WriteId,
+    AckKind, AppendToken, Command, ConnId, Direction, Engine, EngineConfig, Event, PushRefusal,
+    ReplicationError, Role, Timestamp, WriteError, WriteId, WriteReceipt,
 };
-use replication_core::protocol::{Message, PROTOCOL_VERSION, Refusal};
+use replication_core::protocol::{DIVERGENCE_WINDOW, Message, PROTOCOL_VERSION, Refusal};
 use replication_core::quorum::{Quorum, Tags};
+use replication_core::types::ChainError;
 use replication_core::{Epoch, LogPosition, LogState, NodeId, Tx, TxId};
 
 const T0: Timestamp = Timestamp(0);
 const REPLICA: ConnId = ConnId(1);
+const SOURCE: ConnId = ConnId(0);
 
 fn drain(engine: &mut Engine) -> Vec<Command> {
     std::iter::from_fn(|| engine.poll_command()).collect()
@@ -32,8 +35,9 @@ fn eager_primary(policy: Quorum) -> Engine {
 
 fn primary_with(policy: Quorum, config: EngineConfig) -> Engine {
     let mut engine = Engine::new(config, Arc::new(policy), LogState::default(), Epoch(0), T0);
-    assert!(
-        matches!(drain(&mut engine)[..], [Command::SaveEpoch(Epoch(1))]),
+    assert_eq!(
+        drain(&mut engine),
+        vec![Command::SaveEpoch(Epoch(1))],
         "a new epoch first"
     );
     engine
@@ -51,18 +55,92 @@ fn subscribe(last: LogPosition, epoch: Epoch) -> Message {
     }
 }
 
-/// Connects a replica at `conn` with an empty log and completes its handshake.
-fn attach_replica(engine: &mut Engine, conn: ConnId, name: &str) {
-    let peer = NodeId::new(name);
+fn send(conn: ConnId, message: Message) -> Command {
+    Command::Send { conn, message }
+}
+
+fn txs_to(conn: ConnId, txs: &[Tx], committed: u64) -> Command {
+    send(
+        conn,
+        Message::Txs {
+            txs: txs.to_vec(),
+            committed: TxId(committed),
+        },
+    )
+}
+
+fn append(txs: &[Tx], token: u64) -> Command {
+    Command::Append {
+        txs: txs.to_vec(),
+        token: AppendToken(token),
+    }
+}
+
+fn commit(up_to: u64) -> Command {
+    Command::Commit { up_to: TxId(up_to) }
+}
+
+fn committed_message(conn: ConnId, epoch: u64, committed: u64) -> Command {
+    send(
+        conn,
+        Message::Committed {
+            epoch: Epoch(epoch),
+            committed: TxId(committed),
+        },
+    )
+}
+
+fn reply_ok(write: u64, tx: &Tx, ack: AckKind) -> Command {
+    Command::Reply {
+        write: WriteId(write),
+        result: Ok(WriteReceipt {
+            tx_id: tx.id,
+            hash: tx.hash,
+            ack,
+        }),
+    }
+}
+
+fn reply_err(write: u64, error: WriteError) -> Command {
+    Command::Reply {
+        write: WriteId(write),
+        result: Err(error),
+    }
+}
+
+fn durable(token: u64, up_to: u64) -> Event {
+    Event::Durable {
+        token: AppendToken(token),
+        up_to: TxId(up_to),
+    }
+}
+
+/// The read a source issues to compare its log with a subscriber's that ends at `last`.
+fn handshake_read(conn: ConnId, last: TxId) -> Command {
+    let to = last.0.min(DIVERGENCE_WINDOW as u64);
+    Command::Read {
+        conn,
+        from: TxId(1),
+        max_count: (to.saturating_sub(1) + 1) as usize,
+        max_bytes: usize::MAX,
+    }
+}
+
+fn connect_downstream(engine: &mut Engine, conn: ConnId, name: &str) {
     engine.handle(
         T0,
         Event::Connected {
             conn,
-            peer,
+            peer: NodeId::new(name),
             address: name.into(),
             direction: Direction::Downstream,
         },
     );
+}
+
+/// Connects a replica at `conn` with an empty log and completes its handshake.
+fn attach_replica(engine: &mut Engine, conn: ConnId, name: &str) {
+    connect_downstream(engine, conn, name);
     engine.handle(
         T0,
         Event::Received {
@@ -70,23 +148,14 @@ fn attach_replica(engine: &mut Engine, conn: ConnId, name: &str) {
             message: subscribe(LogPosition::START, Epoch(0)),
         },
     );
-    let commands = drain(engine);
-    assert!(
-        matches!(commands[..], [Command::Read { .. }]),
-        "{commands:?}"
-    );
+    assert_eq!(drain(engine), vec![handshake_read(conn, TxId(0))]);
     engine.handle(T0, Event::ReadDone { conn, txs: vec![] });
-    let commands = drain(engine);
-    assert!(
-        commands.iter().any(|c| matches!(
-            c,
-            Command::Send {
-                message: Message::Accepted { .. },
-                ..
-            }
-        )),
-        "{commands:?}"
-    );
+    let accepted = Message::Accepted {
+        epoch: engine.epoch(),
+        committed: engine.committed(),
+        primary: None,
+    };
+    assert_eq!(drain(engine), vec![send(conn, accepted)]);
 }
 
 fn write(engine: &mut Engine, id: u64, payload: &'static str) -> Vec<Command> {
@@ -97,53 +166,38 @@ fn write(engine: &mut Engine, id: u64, payload: &'static str) -> Vec<Command> {
     drain(engine)
 }
 
+fn chain(epoch: Epoch, payloads: &[&'static str], prev: LogPosition) -> Vec<Tx> {
+    let mut prev = prev;
+    payloads
+        .iter()
+        .map(|p| {
+            let tx = Tx::new(prev, epoch, Bytes::from_static(p.as_bytes()));
+            prev = tx.position();
+            tx
+        })
+        .collect()
+}
+
+/// The transactions a primary of epoch 1 writes for `payloads` after an empty log.
+fn primary_txs(payloads: &[&'static str]) -> Vec<Tx> {
+    chain(Epoch(1), payloads, LogPosition::START)
+}
+
 #[test]
 fn primary_streams_before_its_own_sync_and_answers_after_commit() {
     let mut engine = eager_primary(Quorum::Async);
     attach_replica(&mut engine, REPLICA, "r1");
-    let commands = write(&mut engine, 7, "a");
+    let a = primary_txs(&["a"]);
     // Append, then the stream to the replica at once: no Reply before durability.
-    assert!(
-        matches!(
-            commands[0],
-            Command::Append {
-                token: AppendToken(0),
-                ..
-            }
-        ),
-        "{commands:?}"
+    assert_eq!(
+        write(&mut engine, 7, "a"),
+        vec![append(&a, 0), txs_to(REPLICA, &a, 0)]
     );
-    assert!(matches!(
-        commands[1],
-        Command::Send {
-            conn: REPLICA,
-            message: Message::Txs { .. }
-        }
-    ));
-    assert!(!commands.iter().any(|c| matches!(c, Command::Reply { .. })));
-    engine.handle(
-        T0,
-        Event::Durable {
-            token: AppendToken(0),
-            up_to: TxId(1),
-        },
-    );
-    let commands = drain(&mut engine);
-    let commit = commands
-        .iter()
-        .position(|c| matches!(c, Command::Commit { up_to: TxId(1) }));
-    let reply = commands.iter().position(|c| {
-        matches!(
-            c,
-            Command::Reply {
-                write: WriteId(7),
-                result: Ok(_)
-            }
-        )
-    });
-    assert!(
-        commit.is_some() && reply.is_some() && commit < reply,
-        "commit, then reply: {commands:?}"
+    engine.handle(T0, durable(0, 1));
+    // Commit, then reply.
+    assert_eq!(
+        drain(&mut engine),
+        vec![commit(1), reply_ok(7, &a[0], AckKind::Async)]
     );
 }
 
@@ -164,52 +218,43 @@ fn replicas_learn_the_commit_point_from_the_next_batch_or_after_a_delay() {
     let delay = EngineConfig::new("p", "db", Role::Primary).commit_notify_delay;
     assert!(!delay.is_zero());
     engine.handle(T0, Event::Tick);
-    drain(&mut engine);
+    assert_eq!(drain(&mut engine), vec![]);
     assert!(engine.poll_timeout() > T0.plus(delay), "no tick due yet");
+    let txs = primary_txs(&["a", "b"]);
     write(&mut engine, 1, "a");
-    let durable = |up_to| Event::Durable {
-        token: AppendToken(up_to - 1),
-        up_to: TxId(up_to),
-    };
-    engine.handle(T0, durable(1));
+    engine.handle(T0, durable(0, 1));
     let commands = drain(&mut engine);
-    assert!(commands.iter().any(|c| matches!(c, Command::Commit { .. })));
-    assert_eq!(committed_sent(&commands), None, "not at once: {commands:?}");
+    assert_eq!(
+        commands,
+        vec![commit(1), reply_ok(1, &txs[0], AckKind::Async)],
+        "no Committed message at once"
+    );
     assert!(
         engine.poll_timeout() <= T0.plus(delay),
         "a tick is due for the notification"
     );
 
     // Under load, the next batch carries the commit point, and no Committed follows.
-    let commands = write(&mut engine, 2, "b");
-    assert!(
-        commands.iter().any(|c| matches!(
-            c,
-            Command::Send {
-                message: Message::Txs {
-                    committed: TxId(1),
-                    ..
-                },
-                ..
-            }
-        )),
-        "{commands:?}"
+    assert_eq!(
+        write(&mut engine, 2, "b"),
+        vec![append(&txs[1..], 1), txs_to(REPLICA, &txs[1..], 1)]
     );
     engine.handle(T0.plus(delay), Event::Tick);
-    assert_eq!(committed_sent(&drain(&mut engine)), None);
+    assert_eq!(drain(&mut engine), vec![]);
 
     // Idle: once the delay has passed, a Committed message tells the replica.
     let later = T0.plus(delay * 3);
-    engine.handle(later, durable(2));
-    assert_eq!(committed_sent(&drain(&mut engine)), None);
-    engine.handle(later.plus(delay / 2), Event::Tick);
+    engine.handle(later, durable(1, 2));
     assert_eq!(
-        committed_sent(&drain(&mut engine)),
-        None,
-        "not before the delay"
+        drain(&mut engine),
+        vec![commit(2), reply_ok(2, &txs[1], AckKind::Async)]
     );
+    engine.handle(later.plus(delay / 2), Event::Tick);
+    assert_eq!(drain(&mut engine), vec![], "not before the delay");
     engine.handle(later.plus(delay), Event::Tick);
-    assert_eq!(committed_sent(&drain(&mut engine)), Some(TxId(2)));
+    let commands = drain(&mut engine);
+    assert_eq!(commands, vec![committed_message(REPLICA, 1, 2)]);
+    assert_eq!(committed_sent(&commands), Some(TxId(2)));
 }
 
 fn txs_sent(commands: &[Command]) -> Vec<TxId> {
@@ -233,24 +278,21 @@ fn asynchronous_writes_reach_replicas_in_batches_and_synchronous_ones_at_once() 
     let delay = EngineConfig::new("p", "db", Role::Primary).async_stream_delay;
     assert!(!delay.is_zero());
     engine.handle(T0, Event::Tick);
-    drain(&mut engine);
-    assert!(
-        txs_sent(&write(&mut engine, 1, "a")).is_empty(),
+    assert_eq!(drain(&mut engine), vec![]);
+    let txs = primary_txs(&["a", "b", "c", "d"]);
+    assert_eq!(
+        write(&mut engine, 1, "a"),
+        vec![append(&txs[..1], 0)],
         "held back"
     );
     assert!(engine.poll_timeout() <= T0.plus(delay), "a tick is due");
-    assert!(txs_sent(&write(&mut engine, 2, "b")).is_empty());
+    assert_eq!(write(&mut engine, 2, "b"), vec![append(&txs[1..2], 1)]);
     engine.handle(T0.plus(delay / 2), Event::Tick);
-    assert!(
-        txs_sent(&drain(&mut engine)).is_empty(),
-        "not before the delay"
-    );
+    assert_eq!(drain(&mut engine), vec![], "not before the delay");
     engine.handle(T0.plus(delay), Event::Tick);
-    assert_eq!(
-        txs_sent(&drain(&mut engine)),
-        vec![TxId(1), TxId(2)],
-        "one batch"
-    );
+    let commands = drain(&mut engine);
+    assert_eq!(commands, vec![txs_to(REPLICA, &txs[..2], 0)], "one batch");
+    assert_eq!(txs_sent(&commands), vec![TxId(1), TxId(2)]);
 
     // A policy that needs the replicas streams what was held back at once, and from then on
     // every write at once.
@@ -259,13 +301,20 @@ fn asynchronous_writes_reach_replicas_in_batches_and_synchronous_ones_at_once() 
         later,
         Event::Propose(vec![(WriteId(3), Bytes::from_static(b"c"))]),
     );
-    assert!(txs_sent(&drain(&mut engine)).is_empty());
+    assert_eq!(drain(&mut engine), vec![append(&txs[2..3], 2)]);
     let synchronous = Arc::new(Quorum::AckCount { n: 1, among: None });
     engine.handle(later, Event::SetPolicy(synchronous));
-    let commands = drain(&mut engine);
-    assert_eq!(txs_sent(&commands), vec![TxId(3)]);
+    assert_eq!(drain(&mut engine), vec![txs_to(REPLICA, &txs[2..3], 0)]);
     ack_up_to(&mut engine, 3);
-    assert_eq!(txs_sent(&write(&mut engine, 4, "d")), vec![TxId(4)]);
+    assert_eq!(
+        drain(&mut engine),
+        vec![],
+        "the primary holds nothing durably yet"
+    );
+    assert_eq!(
+        write(&mut engine, 4, "d"),
+        vec![append(&txs[3..], 3), txs_to(REPLICA, &txs[3..], 0)]
+    );
 }
 
 /// The replica at `REPLICA` acknowledges everything up to `tx_id` as durable.
@@ -322,10 +371,7 @@ fn a_busy_synchronous_stream_sends_one_batch_per_acknowledgement() {
     // An acknowledgement that leaves fewer than two in flight lets what was held go out as
     // one message.
     ack_up_to(&mut engine, 1);
-    assert!(
-        txs_sent(&drain(&mut engine)).is_empty(),
-        "still two in flight"
-    );
+    assert_eq!(drain(&mut engine), vec![], "still two in flight");
     ack_up_to(&mut engine, 2);
     assert_eq!(txs_sent(&drain(&mut engine)), vec![TxId(6), TxId(7)]);
     assert!(txs_sent(&write(&mut engine, 8, "h")).is_empty());
@@ -349,41 +395,26 @@ fn without_a_limit_on_partial_batches_every_write_streams_at_once() {
 fn synchronous_commit_needs_both_own_durability_and_the_ack() {
     let mut engine = primary(Quorum::AckCount { n: 1, among: None });
     attach_replica(&mut engine, REPLICA, "r1");
-    let commands = write(&mut engine, 1, "a");
-    let Command::Send {
-        message: Message::Txs { txs, .. },
-        ..
-    } = &commands[1]
-    else {
-        panic!("{commands:?}")
-    };
-    let position = txs[0].position();
+    let a = primary_txs(&["a"]);
+    assert_eq!(
+        write(&mut engine, 1, "a"),
+        vec![append(&a, 0), txs_to(REPLICA, &a, 0)]
+    );
     // The replica's acknowledgement first: not committed, the primary could still lose it.
     engine.handle(
         T0,
         Event::Received {
             conn: REPLICA,
-            message: Message::Ack { durable: position },
+            message: Message::Ack {
+                durable: a[0].position(),
+            },
         },
     );
-    assert!(
-        !drain(&mut engine)
-            .iter()
-            .any(|c| matches!(c, Command::Commit { .. }))
-    );
-    engine.handle(
-        T0,
-        Event::Durable {
-            token: AppendToken(0),
-            up_to: TxId(1),
-        },
-    );
-    let commands = drain(&mut engine);
-    assert!(
-        commands
-            .iter()
-            .any(|c| matches!(c, Command::Commit { up_to: TxId(1) })),
-        "{commands:?}"
+    assert_eq!(drain(&mut engine), vec![]);
+    engine.handle(T0, durable(0, 1));
+    assert_eq!(
+        drain(&mut engine),
+        vec![commit(1), reply_ok(1, &a[0], AckKind::Quorum)]
     );
 }
 
@@ -398,35 +429,22 @@ fn uncommitted_backlog_is_bounded() {
     drain(&mut engine);
     write(&mut engine, 1, "a");
     write(&mut engine, 2, "b");
-    let commands = write(&mut engine, 3, "c");
-    assert!(
-        matches!(
-            commands[..],
-            [Command::Reply {
-                write: WriteId(3),
-                result: Err(WriteError::Backlog {
-                    uncommitted: 2,
-                    limit: 2
-                })
-            }]
-        ),
-        "{commands:?}"
+    assert_eq!(
+        write(&mut engine, 3, "c"),
+        vec![reply_err(
+            3,
+            WriteError::Backlog {
+                uncommitted: 2,
+                limit: 2
+            }
+        )]
     );
 }
 
 #[test]
 fn a_higher_epoch_fences_the_primary() {
     let mut engine = primary(Quorum::Async);
-    let peer = NodeId::new("r1");
-    engine.handle(
-        T0,
-        Event::Connected {
-            conn: REPLICA,
-            peer,
-            address: "r1".into(),
-            direction: Direction::Downstream,
-        },
-    );
+    connect_downstream(&mut engine, REPLICA, "r1");
     engine.handle(
         T0,
         Event::Received {
@@ -434,28 +452,22 @@ fn a_higher_epoch_fences_the_primary() {
             message: subscribe(LogPosition::START, Epoch(5)),
         },
     );
-    let commands = drain(&mut engine);
-    assert!(commands.iter().any(|c| matches!(
-        c,
-        Command::Send {
-            message: Message::Refused(Refusal::StaleSource { .. }),
-            ..
-        }
-    )));
-    let commands = write(&mut engine, 1, "a");
-    assert!(
-        matches!(
-            &commands[..],
-            [Command::Reply {
-                result: Err(WriteError::Fenced {
-                    ours: Epoch(1),
-                    seen: Epoch(5)
-                }),
-                ..
-            }]
-        ),
-        "{commands:?}"
+    let refusal = Refusal::StaleSource {
+        source_epoch: Epoch(1),
+        replica: Epoch(5),
+    };
+    assert_eq!(
+        drain(&mut engine),
+        vec![
+            send(REPLICA, Message::Refused(refusal)),
+            Command::Close { conn: REPLICA }
+        ]
     );
+    let fenced = WriteError::Fenced {
+        ours: Epoch(1),
+        seen: Epoch(5),
+    };
+    assert_eq!(write(&mut engine, 1, "a"), vec![reply_err(1, fenced)]);
 }
 
 #[test]
@@ -470,18 +482,13 @@ fn unknown_database_and_unauthorised_identity_are_refused() {
         T0,
     );
     drain(&mut engine);
-    let connect = |engine: &mut Engine, conn, name: &str| {
-        engine.handle(
-            T0,
-            Event::Connected {
-                conn,
-                peer: NodeId::new(name),
-                address: name.into(),
-                direction: Direction::Downstream,
-            },
-        );
+    let refused = |conn, refusal| {
+        vec![
+            send(conn, Message::Refused(refusal)),
+            Command::Close { conn },
+        ]
     };
-    connect(&mut engine, ConnId(1), "intruder");
+    connect_downstream(&mut engine, ConnId(1), "intruder");
     engine.handle(
         T0,
         Event::Received {
@@ -489,9 +496,11 @@ fn unknown_database_and_unauthorised_identity_are_refused() {
             message: subscribe(LogPosition::START, Epoch(0)),
         },
     );
-    let commands = drain(&mut engine);
-    assert!(commands.iter().any(|c| matches!(c, Command::Send { message: Message::Refused(Refusal::NotAllowed(who)), .. } if who == "intruder")));
-    connect(&mut engine, ConnId(2), "r1");
+    assert_eq!(
+        drain(&mut engine),
+        refused(ConnId(1), Refusal::NotAllowed("intruder".into()))
+    );
+    connect_downstream(&mut engine, ConnId(2), "r1");
     let mut other_db = subscribe(LogPosition::START, Epoch(0));
     if let Message::Subscribe { database, .. } = &mut other_db {
         *database = "nope".into();
@@ -503,8 +512,10 @@ fn unknown_database_and_unauthorised_identity_are_refused() {
             message: other_db,
         },
     );
-    let commands = drain(&mut engine);
-    assert!(commands.iter().any(|c| matches!(c, Command::Send { message: Message::Refused(Refusal::UnknownDatabase(db)), .. } if db == "nope")));
+    assert_eq!(
+        drain(&mut engine),
+        refused(ConnId(2), Refusal::UnknownDatabase("nope".into()))
+    );
 }
 
 #[test]
@@ -513,25 +524,15 @@ fn a_silent_replica_is_dropped_and_async_writes_do_not_wait() {
     attach_replica(&mut engine, REPLICA, "r1");
     let later = T0.plus(Duration::from_secs(10));
     engine.handle(later, Event::Tick);
-    assert!(
-        drain(&mut engine)
-            .iter()
-            .any(|c| matches!(c, Command::Close { conn: REPLICA }))
-    );
+    assert_eq!(drain(&mut engine), vec![Command::Close { conn: REPLICA }]);
     let status = engine.status(later);
     assert!(!status.replicas[0].connected);
-    write(&mut engine, 1, "a");
-    engine.handle(
-        later,
-        Event::Durable {
-            token: AppendToken(0),
-            up_to: TxId(1),
-        },
-    );
-    assert!(
-        drain(&mut engine)
-            .iter()
-            .any(|c| matches!(c, Command::Reply { result: Ok(_), .. }))
+    let a = primary_txs(&["a"]);
+    assert_eq!(write(&mut engine, 1, "a"), vec![append(&a, 0)]);
+    engine.handle(later, durable(0, 1));
+    assert_eq!(
+        drain(&mut engine),
+        vec![commit(1), reply_ok(1, &a[0], AckKind::Async)]
     );
 }
 
@@ -555,40 +556,55 @@ fn replica_with(log: &[Tx], allow_tx_discarding: bool) -> Engine {
     let last_epoch = log.last().map(|tx| tx.epoch).unwrap_or(Epoch(0));
     let mut engine = Engine::new(config, Arc::new(Quorum::Async), state, last_epoch, T0);
     engine.handle(T0, Event::Tick);
-    assert!(matches!(drain(&mut engine)[..], [Command::Connect { .. }]));
+    assert_eq!(
+        drain(&mut engine),
+        vec![Command::Connect {
+            address: "p".into()
+        }]
+    );
     engine.handle(
         T0,
         Event::Connected {
-            conn: ConnId(0),
+            conn: SOURCE,
             peer: NodeId::new("p"),
             address: "p".into(),
             direction: Direction::Upstream,
         },
     );
-    let commands = drain(&mut engine);
-    assert!(
-        matches!(
-            &commands[..],
-            [Command::Send {
-                message: Message::Subscribe { .. },
-                ..
-            }]
-        ),
-        "{commands:?}"
+    assert_eq!(
+        drain(&mut engine),
+        vec![subscribe_to_source(last, LogPosition::START)]
     );
     engine
 }
 
-fn chain(epoch: Epoch, payloads: &[&'static str], prev: LogPosition) -> Vec<Tx> {
-    let mut prev = prev;
-    payloads
-        .iter()
-        .map(|p| {
-            let tx = Tx::new(prev, epoch, Bytes::from_static(p.as_bytes()));
-            prev = tx.position();
-            tx
-        })
-        .collect()
+/// The subscription a replica of epoch 1 whose log ends at `last`, and whose commit point is
+/// `known_common`, sends its source.
+fn subscribe_to_source(last: LogPosition, known_common: LogPosition) -> Command {
+    send(
+        SOURCE,
+        Message::Subscribe {
+            version: PROTOCOL_VERSION,
+            database: "db".into(),
+            epoch: Epoch(1),
+            last,
+            known_common,
+            window: EngineConfig::new("r1", "db", Role::Primary).prefetch_buffer,
+            tags: Tags::new(),
+        },
+    )
+}
+
+fn accepted(epoch: u64, committed: u64) -> Message {
+    Message::Accepted {
+        epoch: Epoch(epoch),
+        committed: TxId(committed),
+        primary: None,
+    }
+}
+
+fn ack(durable: LogPosition) -> Command {
+    send(SOURCE, Message::Ack { durable })
 }
 
 #[test]
@@ -597,35 +613,28 @@ fn a_replica_refuses_a_tampered_transaction() {
     engine.handle(
         T0,
         Event::Received {
-            conn: ConnId(0),
-            message: Message::Accepted {
-                epoch: Epoch(1),
-                committed: TxId(0),
-                primary: None,
-            },
+            conn: SOURCE,
+            message: accepted(1, 0),
         },
     );
-    drain(&mut engine);
+    assert_eq!(drain(&mut engine), vec![ack(LogPosition::START)]);
     let mut txs = chain(Epoch(1), &["a", "b"], LogPosition::START);
     txs[1].payload = Bytes::from_static(b"forged");
     engine.handle(
         T0,
         Event::Received {
-            conn: ConnId(0),
+            conn: SOURCE,
             message: Message::Txs {
                 txs,
                 committed: TxId(0),
             },
         },
     );
-    let commands = drain(&mut engine);
-    assert!(
-        !commands.iter().any(|c| matches!(c, Command::Append { .. })),
-        "nothing stored: {commands:?}"
-    );
+    // Nothing stored: the channel is closed and replication stops.
+    assert_eq!(drain(&mut engine), vec![Command::Close { conn: SOURCE }]);
     assert!(matches!(
         engine.replication_error(),
-        Some(ReplicationError::Chain(_))
+        Some(ReplicationError::Chain(ChainError::HashMismatch { .. }))
     ));
 }
 
@@ -643,41 +652,41 @@ fn same_epoch_divergence_stops_with_both_hashes_unless_discarding_is_allowed() {
         engine.handle(
             T0,
             Event::Received {
-                conn: ConnId(0),
+                conn: SOURCE,
                 message: diverged.clone(),
             },
         );
-        let commands = drain(&mut engine);
-        assert!(
-            matches!(commands[..], [Command::Read { from: TxId(1), .. }]),
-            "{commands:?}"
+        assert_eq!(
+            drain(&mut engine),
+            vec![Command::Read {
+                conn: SOURCE,
+                from: TxId(1),
+                max_count: 3,
+                max_bytes: usize::MAX,
+            }]
         );
         engine.handle(
             T0,
             Event::ReadDone {
-                conn: ConnId(0),
+                conn: SOURCE,
                 txs: ours.clone(),
             },
         );
         let commands = drain(&mut engine);
         if allow {
-            assert!(
-                matches!(commands[0], Command::Truncate { after: TxId(1) }),
-                "{commands:?}"
-            );
-            assert!(
-                matches!(&commands[1], Command::Send { message: Message::Subscribe { last, .. }, .. } if *last == ours[0].position())
+            assert_eq!(
+                commands,
+                vec![
+                    Command::Truncate { after: TxId(1) },
+                    subscribe_to_source(ours[0].position(), ours[0].position())
+                ]
             );
         } else {
+            assert_eq!(commands, vec![Command::Close { conn: SOURCE }]);
             let error = engine.replication_error().expect("stopped").to_string();
             assert!(
                 error.contains(&ours[1].hash.to_hex()) && error.contains(&theirs[0].hash.to_hex()),
                 "{error}"
-            );
-            assert!(
-                !commands
-                    .iter()
-                    .any(|c| matches!(c, Command::Truncate { .. }))
             );
         }
     }
@@ -695,7 +704,7 @@ fn a_higher_epoch_source_supersedes_the_uncommitted_suffix() {
     engine.handle(
         T0,
         Event::Received {
-            conn: ConnId(0),
+            conn: SOURCE,
             message: diverged,
         },
     );
@@ -703,14 +712,16 @@ fn a_higher_epoch_source_supersedes_the_uncommitted_suffix() {
     engine.handle(
         T0,
         Event::ReadDone {
-            conn: ConnId(0),
+            conn: SOURCE,
             txs: ours.clone(),
         },
     );
-    let commands = drain(&mut engine);
-    assert!(
-        matches!(commands[0], Command::Truncate { after: TxId(1) }),
-        "{commands:?}"
+    assert_eq!(
+        drain(&mut engine),
+        vec![
+            Command::Truncate { after: TxId(1) },
+            subscribe_to_source(ours[0].position(), ours[0].position())
+        ]
     );
 }
 
@@ -721,19 +732,11 @@ fn a_replica_refuses_a_source_of_a_lower_epoch() {
     engine.handle(
         T0,
         Event::Received {
-            conn: ConnId(0),
-            message: Message::Accepted {
-                epoch: Epoch(0),
-                committed: TxId(0),
-                primary: None,
-            },
+            conn: SOURCE,
+            message: accepted(0, 0),
         },
     );
-    let commands = drain(&mut engine);
-    assert!(
-        commands.iter().any(|c| matches!(c, Command::Close { .. })),
-        "{commands:?}"
-    );
+    assert_eq!(drain(&mut engine), vec![Command::Close { conn: SOURCE }]);
     let status = engine.status(T0);
     assert!(status.last_error.is_some_and(|e| e.contains("lower than")));
 }
@@ -741,10 +744,10 @@ fn a_replica_refuses_a_source_of_a_lower_epoch() {
 #[test]
 fn a_replica_rejects_writes_naming_its_source() {
     let mut engine = replica_with(&[], false);
-    let commands = write(&mut engine, 9, "x");
-    assert!(
-        matches!(&commands[..], [Command::Reply { result: Err(WriteError::NotPrimary { source_address }), .. }] if source_address == "p")
-    );
+    let not_primary = WriteError::NotPrimary {
+        source_address: "p".into(),
+    };
+    assert_eq!(write(&mut engine, 9, "x"), vec![reply_err(9, not_primary)]);
 }
 
 #[test]
@@ -758,8 +761,9 @@ fn an_external_replica_checks_pushed_transactions_and_answers_once_durable() {
         T0,
     );
     engine.handle(T0, Event::Tick);
-    assert!(
-        drain(&mut engine).is_empty(),
+    assert_eq!(
+        drain(&mut engine),
+        vec![],
         "no replicator of its own: it never connects"
     );
     let txs = chain(Epoch(1), &["a", "b"], LogPosition::START);
@@ -770,20 +774,19 @@ fn an_external_replica_checks_pushed_transactions_and_answers_once_durable() {
         T0,
         Event::Replicate {
             write: WriteId(1),
-            txs: forged,
+            txs: forged.clone(),
         },
     );
     let commands = drain(&mut engine);
-    assert!(
-        matches!(
-            &commands[..],
-            [Command::Reply {
-                result: Err(WriteError::Rejected(_)),
-                ..
-            }]
-        ),
-        "{commands:?}"
-    );
+    let [
+        Command::Reply {
+            write: WriteId(1),
+            result: Err(WriteError::Rejected(PushRefusal::Chain(_))),
+        },
+    ] = &commands[..]
+    else {
+        panic!("refused for its chain: {commands:?}");
+    };
 
     engine.handle(
         T0,
@@ -792,39 +795,21 @@ fn an_external_replica_checks_pushed_transactions_and_answers_once_durable() {
             txs: txs.clone(),
         },
     );
-    let commands = drain(&mut engine);
-    assert!(commands.iter().any(|c| matches!(c, Command::Append { .. })));
-    assert!(
-        !commands.iter().any(|c| matches!(c, Command::Reply { .. })),
-        "not before durability"
+    assert_eq!(
+        drain(&mut engine),
+        vec![Command::SaveEpoch(Epoch(1)), append(&txs, 0)],
+        "not answered before durability"
     );
-    engine.handle(
-        T0,
-        Event::Durable {
-            token: AppendToken(0),
-            up_to: TxId(2),
-        },
+    engine.handle(T0, durable(0, 2));
+    assert_eq!(
+        drain(&mut engine),
+        vec![commit(2), reply_ok(2, &txs[1], AckKind::Async)]
     );
-    let commands = drain(&mut engine);
-    let commit = commands
-        .iter()
-        .position(|c| matches!(c, Command::Commit { up_to: TxId(2) }));
-    let reply = commands.iter().position(|c| {
-        matches!(
-            c,
-            Command::Reply {
-                write: WriteId(2),
-                result: Ok(_)
-            }
-        )
-    });
-    assert!(commit.is_some() && commit < reply, "{commands:?}");
-    let commands = write(&mut engine, 3, "direct");
-    assert!(matches!(
-        &commands[..],
-        [Command::Reply {
-            result: Err(WriteError::NotPrimary { .. }),
-            ..
-        }]
-    ));
+    let not_primary = WriteError::NotPrimary {
+        source_address: "its external replicator's source".into(),
+    };
+    assert_eq!(
+        write(&mut engine, 3, "direct"),
+        vec![reply_err(3, not_primary)]
+    );
 }

@@ -435,8 +435,11 @@ impl Upstream {
 
     /// Our log's transactions from the divergence base, read to compare with the source's.
     pub(super) fn on_read(&mut self, cx: &mut Ctx<'_>, conn: ConnId, ours: Vec<Tx>) {
-        let placeholder = Link::Connecting {
-            backoff: Duration::ZERO,
+        // Every outcome below replaces this: a new subscription on `conn`, or a stop that
+        // closes it.
+        let placeholder = Link::Subscribing {
+            conn,
+            since: cx.now,
         };
         let Link::Resolving {
             source_epoch,
