@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use benches::run_writes;
+use benches::{bench_runtime, run_writes};
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use replication_core::TxId;
@@ -86,11 +86,7 @@ async fn cluster(quorum: usize, replicas: usize) -> Cluster {
 /// openraft's benchmark configuration: three nodes (a primary and two replicas), in-memory
 /// log and transport, majority commit, 1, 64 and 256 clients.
 fn three_nodes_majority(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = bench_runtime();
     let mut group = c.benchmark_group("three_nodes_majority");
     group
         .sample_size(10)

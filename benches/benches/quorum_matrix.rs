@@ -26,18 +26,21 @@ use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use benches::{PAYLOAD_BYTES, new_histogram, run_writes_recorded};
+use benches::{
+    PAYLOAD_BYTES, bench_dir, bench_runtime, new_histogram, run_writes_recorded, start_node,
+};
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use hdrhistogram::Histogram;
-use replication_core::driver::{Node, NodeOptions};
-use replication_core::engine::{EngineConfig, Role};
+use replication_core::driver::Node;
+use replication_core::engine::Role;
 use replication_core::quorum::Quorum;
-use replication_core::testing::{DiscardingStateMachine, MemNetwork};
+use replication_core::testing::MemNetwork;
 use replication_core::{Transport, TxId, TxLog};
 use store_file::{FileLog, FileLogOptions};
 use store_mem::MemLog;
-use transport_quic::{DevCa, QuicOptions, QuicTransport};
+use transport_quic::testing::loopback;
+use transport_quic::{DevCa, QuicOptions};
 
 const MAX_REPLICAS: usize = 5;
 const MAX_QUORUM: usize = 4;
@@ -139,31 +142,6 @@ impl Cluster {
     }
 }
 
-fn bench_dir() -> tempfile::TempDir {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-data");
-    std::fs::create_dir_all(&root).expect("bench dir");
-    tempfile::tempdir_in(root).expect("tempdir")
-}
-
-async fn start_node<L: TxLog, T: Transport>(
-    name: &str,
-    role: Role,
-    policy: Quorum,
-    log: L,
-    transport: T,
-) -> Node {
-    Node::start(
-        EngineConfig::new(name, "bench", role),
-        Arc::new(policy),
-        log,
-        transport,
-        DiscardingStateMachine::default(),
-        NodeOptions::default(),
-    )
-    .await
-    .expect("node")
-}
-
 /// Starts the nodes of `spec` with logs from `log` and transports from `transport` (which
 /// returns the address others reach that node at).
 async fn start_nodes<L: TxLog, T: Transport>(
@@ -192,19 +170,6 @@ async fn start_nodes<L: TxLog, T: Transport>(
     (primary, replicas)
 }
 
-async fn quic_endpoint(ca: &DevCa, name: &str) -> (QuicTransport, String) {
-    let identity = ca.identity(name).expect("identity");
-    let transport = QuicTransport::bind(
-        "127.0.0.1:0".parse().expect("addr"),
-        identity,
-        QuicOptions::default(),
-    )
-    .await
-    .expect("bind");
-    let address = transport.local_addr().expect("addr").to_string();
-    (transport, address)
-}
-
 async fn start_cluster(spec: Spec) -> Cluster {
     let dir = bench_dir();
     let root = dir.path().to_path_buf();
@@ -214,7 +179,11 @@ async fn start_cluster(spec: Spec) -> Cluster {
     let network = MemNetwork::new();
     let mem_endpoint = async |name: &str| (network.endpoint(name), name.to_string());
     let ca = DevCa::generate("bench").expect("ca");
-    let quic = async |name: &str| quic_endpoint(&ca, name).await;
+    let quic = async |name: &str| {
+        loopback(&ca, name, QuicOptions::default())
+            .await
+            .expect("loopback endpoint")
+    };
     let (primary, replicas) = match (spec.net, spec.store) {
         (Net::Mem, Store::Mem) => start_nodes(spec, mem_log, mem_endpoint).await,
         (Net::Mem, Store::File) => start_nodes(spec, file_log, mem_endpoint).await,
@@ -423,13 +392,7 @@ fn report(floor: &Floor, rows: &BTreeMap<(Spec, usize), Row>) -> String {
 }
 
 fn quorum_matrix(c: &mut Criterion) {
-    let runtime = Rc::new(
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime"),
-    );
+    let runtime = Rc::new(bench_runtime());
     let floor = measure_floor();
     // The cluster of the configuration being measured; started by the first benchmark of a
     // configuration that the filter keeps, and stopped when the next one starts.

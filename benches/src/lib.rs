@@ -1,11 +1,16 @@
 //! Shared pieces of the benchmarks; the benchmarks themselves live in `benches/`.
 
-use std::sync::Mutex;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hdrhistogram::Histogram;
-use replication_core::driver::Node;
+use replication_core::driver::{Node, NodeOptions};
+use replication_core::engine::{EngineConfig, Role};
+use replication_core::quorum::Quorum;
+use replication_core::testing::DiscardingStateMachine;
+use replication_core::{Transport, TxLog};
 
 /// Bytes of each benchmark write's payload.
 pub const PAYLOAD_BYTES: usize = 128;
@@ -76,4 +81,53 @@ async fn run(
 /// A histogram of microseconds from 1 µs to 60 s, three significant digits.
 pub fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")
+}
+
+/// A fresh directory under the workspace's `target/bench-data`, removed when dropped: on the
+/// disk the workspace is on rather than in the system's temporary directory, which may be a
+/// tmpfs where `fdatasync` costs nothing.
+///
+/// # Panics
+/// If the directory cannot be made: a benchmark without its disk measures nothing.
+pub fn bench_dir() -> tempfile::TempDir {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-data");
+    std::fs::create_dir_all(&root).expect("bench dir");
+    tempfile::tempdir_in(root).expect("tempdir")
+}
+
+/// Starts node `name` of the database `bench` with `log` and `transport`, applying to a
+/// [`DiscardingStateMachine`] so that the application costs nothing.
+///
+/// # Panics
+/// If the node does not start.
+pub async fn start_node<L: TxLog, T: Transport>(
+    name: &str,
+    role: Role,
+    policy: Quorum,
+    log: L,
+    transport: T,
+) -> Node {
+    Node::start(
+        EngineConfig::new(name, "bench", role),
+        Arc::new(policy),
+        log,
+        transport,
+        DiscardingStateMachine::default(),
+        NodeOptions::default(),
+    )
+    .await
+    .expect("node")
+}
+
+/// The runtime the benchmarks run their nodes on: multi-threaded with two workers, the same
+/// for every benchmark so that their numbers compare.
+///
+/// # Panics
+/// If the runtime cannot be built.
+pub fn bench_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
 }

@@ -214,6 +214,26 @@ impl LogFailure {
 ///
 /// Dropping an `append` future before it returns may leave the batch appended or not; the
 /// engine does not do so. Dropping a [`Durability`] future is always safe.
+///
+/// # Blocking
+///
+/// The driver awaits these methods in its tasks, on the runtime's worker threads, and a node's
+/// writes wait behind them: an implementation may block such a thread briefly (a write into
+/// the page cache, a read of recent data) but should not wait for the medium there. Waiting
+/// for the medium is what the [`Durability`] future is for: `append` returns once the batch
+/// is readable, and a thread of the log's own (or `spawn_blocking`) syncs, which also lets
+/// concurrent appends share one sync.
+///
+/// What the stores of this workspace do:
+/// - store-mem never blocks.
+/// - store-file writes an append's records (`pwrite`) and reads (`pread`) on the calling
+///   thread, under its state lock; its sync thread runs every `fdatasync` of appended data and
+///   completes the `Durability` futures. Sealing a full segment (syncing it, its index and the
+///   directory) runs on a `spawn_blocking` thread inside `append`. `truncate_after` and
+///   `save_epoch`, durable on return by contract, sync on the calling thread: they are rare
+///   (a failover, a new epoch) and hold the log's lock while they sync, so another thread
+///   would free the runtime's thread but not the log. `commit` writes the commit point
+///   without syncing it.
 #[async_trait]
 pub trait TxLog: Send + Sync + 'static {
     /// Appends a batch of transactions that follows the last one. Returns once they are

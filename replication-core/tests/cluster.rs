@@ -8,17 +8,12 @@ use bytes::Bytes;
 use replication_core::driver::{Node, NodeOptions};
 use replication_core::engine::{AckKind, EngineConfig, Role, WriteError};
 use replication_core::quorum::Quorum;
-use replication_core::testing::{MemNetwork, RecordingStateMachine};
+use replication_core::testing::{MemNetwork, RecordingStateMachine, fast_timers};
 use replication_core::{TxId, TxLog};
 use store_mem::MemLog;
 
 fn config(name: &str, role: Role) -> EngineConfig {
-    let mut config = EngineConfig::new(name, "db", role);
-    config.heartbeat_interval = Duration::from_millis(50);
-    config.peer_timeout = Duration::from_millis(400);
-    config.reconnect_min = Duration::from_millis(10);
-    config.reconnect_max = Duration::from_millis(100);
-    config
+    fast_timers(EngineConfig::new(name, "db", role))
 }
 
 fn replica_of(source: &str) -> Role {

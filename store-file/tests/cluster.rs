@@ -2,23 +2,17 @@
 //! and resumes from its own durable position.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use replication_core::driver::{Node, NodeOptions};
 use replication_core::engine::{AckKind, EngineConfig, Role};
 use replication_core::quorum::Quorum;
-use replication_core::testing::{MemNetwork, RecordingStateMachine};
+use replication_core::testing::{MemNetwork, RecordingStateMachine, fast_timers};
 use replication_core::{TxId, TxLog};
 use store_file::{FileLog, FileLogOptions};
 
 fn config(name: &str, role: Role) -> EngineConfig {
-    let mut config = EngineConfig::new(name, "db", role);
-    config.heartbeat_interval = Duration::from_millis(50);
-    config.peer_timeout = Duration::from_millis(400);
-    config.reconnect_min = Duration::from_millis(10);
-    config.reconnect_max = Duration::from_millis(100);
-    config
+    fast_timers(EngineConfig::new(name, "db", role))
 }
 
 async fn start(

@@ -165,7 +165,7 @@ impl MemLog {
     /// Keeps only the last `keep` committed transactions (and everything after them), freeing
     /// older ones in chunks of 4,096 as the commit point moves, so that a long benchmark or
     /// example holds bounded memory, as a file log with snapshots would. Reading a freed
-    /// transaction is an error.
+    /// transaction fails with [`LogError::Removed`].
     pub fn with_retention(self, keep: u64) -> MemLog {
         self.lock().retention = Some(keep);
         self
@@ -269,13 +269,10 @@ impl TxLog for MemLog {
         let inner = self.lock();
         let start = from.0.max(1) as usize - 1;
         if start < inner.txs.first() && start < inner.txs.len() {
-            return Err(LogError::Io(std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                format!(
-                    "transactions before {} were removed by retention",
-                    inner.txs.first() + 1
-                ),
-            )));
+            return Err(LogError::Removed {
+                requested: TxId(start as u64 + 1),
+                first_retained: TxId(inner.txs.first() as u64 + 1),
+            });
         }
         let mut bytes = 0;
         let mut out = Vec::new();

@@ -22,6 +22,7 @@
 
 pub mod certs;
 mod frames;
+pub mod testing;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

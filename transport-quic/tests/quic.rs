@@ -14,13 +14,10 @@ use replication_core::quorum::Quorum;
 use replication_core::testing::{RecordingStateMachine, TransportFactory, transport_conformance};
 use replication_core::{NodeId, Transport, TransportError, TxId};
 use store_mem::MemLog;
+use transport_quic::testing::{loopback, loopback_as};
 use transport_quic::{DevCa, QuicOptions, QuicTransport, TlsIdentity};
 
 const MAX_FRAME: usize = 1 << 20;
-
-fn identity(ca: &DevCa, name: &str) -> TlsIdentity {
-    ca.identity(name).expect("identity")
-}
 
 fn options() -> QuicOptions {
     QuicOptions {
@@ -28,12 +25,6 @@ fn options() -> QuicOptions {
         idle_timeout: Duration::from_secs(2),
         ..QuicOptions::default()
     }
-}
-
-async fn bind(ca: &DevCa, name: &str, addr: &str) -> QuicTransport {
-    QuicTransport::bind(addr.parse().expect("addr"), identity(ca, name), options())
-        .await
-        .expect("bind")
 }
 
 struct Factory {
@@ -55,7 +46,7 @@ impl TransportFactory for Factory {
         let transport = loop {
             match QuicTransport::bind(
                 addr.parse().expect("addr"),
-                identity(&self.ca, name),
+                self.ca.identity(name).expect("identity"),
                 options(),
             )
             .await
@@ -100,19 +91,12 @@ async fn quic_passes_the_transport_conformance_suite() {
 async fn a_certificate_from_another_ca_is_refused() {
     let ca = DevCa::generate("cluster CA").expect("ca");
     let rogue_ca = DevCa::generate("rogue CA").expect("ca");
-    let server = bind(&ca, "n1", "127.0.0.1:0").await;
-    let address = server.local_addr().expect("addr").to_string();
+    let (server, address) = loopback(&ca, "n1", options()).await.expect("bind");
     // A client whose certificate the cluster CA did not sign, though it trusts the cluster CA.
     let rogue = rogue_ca.issue("intruder").expect("issue");
     let rogue_identity =
         TlsIdentity::from_pem(&ca.cert_pem(), &rogue.cert_pem, &rogue.key_pem).expect("identity");
-    let client = QuicTransport::bind(
-        "127.0.0.1:0".parse().expect("addr"),
-        rogue_identity,
-        options(),
-    )
-    .await
-    .expect("bind");
+    let (client, _) = loopback_as(rogue_identity, options()).await.expect("bind");
     let outcome: Result<(), TransportError> = match client.connect(&address).await {
         Err(error) => Err(error),
         // TLS 1.3 may let the client finish before the server's verdict arrives: the refusal
@@ -142,18 +126,11 @@ async fn a_certificate_from_another_ca_is_refused() {
         &rogue_server_cert.key_pem,
     )
     .expect("identity");
-    let rogue_server = QuicTransport::bind(
-        "127.0.0.1:0".parse().expect("addr"),
-        rogue_server_identity,
-        options(),
-    )
-    .await
-    .expect("bind");
-    let honest = bind(&ca, "n2", "127.0.0.1:0").await;
-    let error = honest
-        .connect(&rogue_server.local_addr().expect("addr").to_string())
+    let (_rogue_server, rogue_address) = loopback_as(rogue_server_identity, options())
         .await
-        .expect_err("refused");
+        .expect("bind");
+    let (honest, _) = loopback(&ca, "n2", options()).await.expect("bind");
+    let error = honest.connect(&rogue_address).await.expect_err("refused");
     assert!(matches!(error, TransportError::Refused(_)), "{error}");
     assert!(
         error.to_string().to_lowercase().contains("certificate")
@@ -165,7 +142,7 @@ async fn a_certificate_from_another_ca_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_certificate_is_refused() {
     let ca = DevCa::generate("cluster CA").expect("ca");
-    let server = bind(&ca, "n1", "127.0.0.1:0").await;
+    let (server, _) = loopback(&ca, "n1", options()).await.expect("bind");
     let expired = ca
         .issue_with("n1", |params| {
             params.not_before = rcgen::date_time_ymd(2020, 1, 1);
@@ -174,20 +151,17 @@ async fn an_expired_certificate_is_refused() {
         .expect("issue");
     let identity = TlsIdentity::from_pem(&ca.cert_pem(), &expired.cert_pem, &expired.key_pem)
         .expect("identity");
-    let expired_server =
-        QuicTransport::bind("127.0.0.1:0".parse().expect("addr"), identity, options())
-            .await
-            .expect("bind");
-    let error = server
-        .connect(&expired_server.local_addr().expect("addr").to_string())
-        .await
-        .expect_err("expired");
+    let (_expired_server, expired_address) = loopback_as(identity, options()).await.expect("bind");
+    let error = server.connect(&expired_address).await.expect_err("expired");
     assert!(
         error.to_string().to_lowercase().contains("expired"),
         "{error}"
     );
 }
 
+/// Not `replication_core::testing::fast_timers`: these tests keep their own, slower timers
+/// (heartbeats and reconnection at twice its values, the default 3 s peer timeout rather than
+/// its 400 ms), since over real sockets with TLS they were never tried faster.
 fn config(name: &str, role: Role) -> EngineConfig {
     let mut config = EngineConfig::new(name, "db", role);
     config.heartbeat_interval = Duration::from_millis(100);
@@ -198,8 +172,7 @@ fn config(name: &str, role: Role) -> EngineConfig {
 
 async fn node(ca: &DevCa, config: EngineConfig, policy: Quorum) -> (Node, String) {
     let name = config.node.0.clone();
-    let transport = bind(ca, &name, "127.0.0.1:0").await;
-    let address = transport.local_addr().expect("addr").to_string();
+    let (transport, address) = loopback(ca, &name, options()).await.expect("bind");
     let node = Node::start(
         config,
         Arc::new(policy),

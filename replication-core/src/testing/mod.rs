@@ -1,6 +1,7 @@
 //! Test support that other crates reuse: the [`TxLog`](crate::TxLog) and
 //! [`Transport`](crate::Transport) conformance suites, an in-memory transport with fault
-//! injection, a recording state machine, and the deterministic cluster simulator.
+//! injection, a recording state machine, fast timers for clusters in tests, and the
+//! deterministic cluster simulator.
 
 mod log_suite;
 mod mem_transport;
@@ -8,11 +9,13 @@ pub mod sim;
 mod transport_suite;
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 pub use log_suite::{LogFactory, txlog_conformance};
 pub use mem_transport::{MemEndpoint, MemNetwork};
 pub use transport_suite::{TransportFactory, transport_conformance};
 
+use crate::engine::EngineConfig;
 use crate::state_machine::StateMachine;
 use crate::types::{LogPosition, Tx, TxId};
 
@@ -68,4 +71,16 @@ impl StateMachine for DiscardingStateMachine {
     fn applied(&self) -> TxId {
         self.0
     }
+}
+
+/// `config` with the timers of a cluster in a test: heartbeats every 50 ms, a peer lost after
+/// 400 ms of silence, reconnection after 10 ms doubling up to 100 ms. A test of a lost peer
+/// or a reconnection then takes well under a second, while a silence of 400 ms still means a
+/// lost peer rather than a busy machine.
+pub fn fast_timers(mut config: EngineConfig) -> EngineConfig {
+    config.heartbeat_interval = Duration::from_millis(50);
+    config.peer_timeout = Duration::from_millis(400);
+    config.reconnect_min = Duration::from_millis(10);
+    config.reconnect_max = Duration::from_millis(100);
+    config
 }

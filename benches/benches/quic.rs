@@ -7,37 +7,24 @@
 #![allow(missing_docs)] // criterion_group! generates an undocumented function.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use benches::run_writes;
+use benches::{bench_dir, bench_runtime, run_writes, start_node};
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use replication_core::driver::{Node, NodeOptions};
-use replication_core::engine::{EngineConfig, Role};
+use replication_core::driver::Node;
+use replication_core::engine::Role;
 use replication_core::quorum::Quorum;
-use replication_core::testing::{DiscardingStateMachine, MemNetwork};
+use replication_core::testing::MemNetwork;
 use replication_core::{Transport, TxId};
 use store_file::{FileLog, FileLogOptions};
+use transport_quic::testing::loopback;
 use transport_quic::{DevCa, QuicOptions, QuicTransport};
 
-fn data_dir() -> tempfile::TempDir {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-data");
-    std::fs::create_dir_all(&root).expect("bench dir");
-    tempfile::tempdir_in(root).expect("tempdir")
-}
-
 async fn quic(ca: &DevCa, name: &str) -> (QuicTransport, String) {
-    let identity = ca.identity(name).expect("identity");
-    let transport = QuicTransport::bind(
-        "127.0.0.1:0".parse().expect("addr"),
-        identity,
-        QuicOptions::default(),
-    )
-    .await
-    .expect("bind");
-    let address = transport.local_addr().expect("addr").to_string();
-    (transport, address)
+    loopback(ca, name, QuicOptions::default())
+        .await
+        .expect("loopback endpoint")
 }
 
 async fn start<T: Transport>(
@@ -48,16 +35,7 @@ async fn start<T: Transport>(
     transport: T,
 ) -> Node {
     let log = FileLog::open(dir.join(name), FileLogOptions::default()).expect("log");
-    Node::start(
-        EngineConfig::new(name, "bench", role),
-        Arc::new(policy),
-        log,
-        transport,
-        DiscardingStateMachine::default(),
-        NodeOptions::default(),
-    )
-    .await
-    .expect("node")
+    start_node(name, role, policy, log, transport).await
 }
 
 /// A primary and one synchronous replica; returns both.
@@ -95,11 +73,7 @@ async fn pair(over_quic: bool, dir: &Path) -> (Node, Node) {
 }
 
 fn synchronous_commit(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = bench_runtime();
     let mut group = c.benchmark_group("sync_commit_store_file");
     group
         .sample_size(10)
@@ -107,7 +81,7 @@ fn synchronous_commit(c: &mut Criterion) {
         .warm_up_time(Duration::from_millis(500));
     group.throughput(Throughput::Elements(1));
     for (label, over_quic) in [("in_memory", false), ("quic", true)] {
-        let dir = data_dir();
+        let dir = bench_dir();
         let (primary, replica) = runtime.block_on(pair(over_quic, dir.path()));
         runtime.block_on(async {
             primary
@@ -142,13 +116,9 @@ const CATCH_UP_TXS: u64 = 16 * 1024;
 const CATCH_UP_PAYLOAD: usize = 4096;
 
 fn catch_up(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = bench_runtime();
     let ca = DevCa::generate("bench").expect("ca");
-    let dir = data_dir();
+    let dir = bench_dir();
     // One primary with a 64 MiB log, written once.
     let (primary, primary_address) = runtime.block_on(async {
         let (transport, address) = quic(&ca, "p").await;
@@ -185,7 +155,7 @@ fn catch_up(c: &mut Criterion) {
                     round += 1;
                     let name = format!("r{round}");
                     let (transport, _) = quic(&ca, &name).await;
-                    let replica_dir = data_dir();
+                    let replica_dir = bench_dir();
                     let start_at = Instant::now();
                     let replica = start(
                         &name,
