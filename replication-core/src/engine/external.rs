@@ -5,19 +5,16 @@
 //! The hash chain is checked here before anything is stored; pushed transactions commit once
 //! durable, since their source already committed them.
 
-use std::collections::VecDeque;
-
-use super::writes::PendingWrite;
-use super::{
-    AckKind, Command, Ctx, PushRefusal, ReplicationError, WriteError, WriteId, WriteReceipt,
-};
+use super::local_log::NotExtending;
+use super::writes::{PendingWrite, Waiting};
+use super::{AckKind, Command, Ctx, PushRefusal, ReplicationError, WriteError, WriteId};
 use crate::log::LogFailure;
 use crate::types::{Tx, TxId};
 
 /// Pushes waiting for durability, and the error that stopped the feed.
 #[derive(Debug, Default)]
 pub(super) struct Pushes {
-    waiting: VecDeque<PendingWrite>,
+    waiting: Waiting,
     /// Set when the log failed: status shows it as the replication error.
     stopped: Option<ReplicationError>,
 }
@@ -46,27 +43,17 @@ impl Pushes {
         if let Some(failure) = failed {
             return refuse(cx, write, PushRefusal::LogFailed(failure.clone()));
         }
-        let mut prev = cx.log.last();
-        let mut prev_epoch = cx.log.last_epoch();
-        for tx in &txs {
-            if let Err(error) = tx.verify_follows(&prev) {
-                return refuse(cx, write, error.into());
+        let (last, last_epoch) = match cx.log.check_extends(&txs) {
+            Ok(reached) => reached,
+            Err(NotExtending::Chain(error)) => return refuse(cx, write, error.into()),
+            Err(NotExtending::BadEpoch { tx_id, epoch, min }) => {
+                return refuse(cx, write, PushRefusal::BadEpoch { tx_id, epoch, min });
             }
-            if tx.epoch < prev_epoch {
-                let refusal = PushRefusal::BadEpoch {
-                    tx_id: tx.id,
-                    epoch: tx.epoch,
-                    min: prev_epoch,
-                };
-                return refuse(cx, write, refusal);
-            }
-            prev = tx.position();
-            prev_epoch = tx.epoch;
-        }
-        cx.log.raise_epoch(prev_epoch, cx.out);
-        self.waiting.push_back(PendingWrite {
+        };
+        cx.log.raise_epoch(last_epoch, cx.out);
+        self.waiting.push(PendingWrite {
             write,
-            position: prev,
+            position: last,
             deadline: None,
         });
         if txs.is_empty() {
@@ -78,23 +65,7 @@ impl Pushes {
 
     /// Answers every push up to `committed`.
     pub(super) fn answer_committed(&mut self, cx: &mut Ctx<'_>, committed: TxId) {
-        while self
-            .waiting
-            .front()
-            .is_some_and(|p| p.position.tx_id <= committed)
-        {
-            if let Some(push) = self.waiting.pop_front() {
-                let receipt = WriteReceipt {
-                    tx_id: push.position.tx_id,
-                    hash: push.position.hash,
-                    ack: AckKind::Async,
-                };
-                cx.out.push_back(Command::Reply {
-                    write: push.write,
-                    result: Ok(receipt),
-                });
-            }
-        }
+        self.waiting.answer_up_to(cx, committed, AckKind::Async);
     }
 }
 

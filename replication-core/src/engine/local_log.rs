@@ -9,7 +9,23 @@
 use std::collections::VecDeque;
 
 use super::{AppendToken, Command};
-use crate::types::{Epoch, LogPosition, LogState, Tx, TxId};
+use crate::types::{ChainError, Epoch, LogPosition, LogState, Tx, TxId};
+
+/// Why received or pushed transactions do not extend this log.
+#[derive(Debug)]
+pub(super) enum NotExtending {
+    /// The hash chain breaks.
+    Chain(ChainError),
+    /// An epoch decreases.
+    BadEpoch {
+        /// The transaction.
+        tx_id: TxId,
+        /// Its epoch.
+        epoch: Epoch,
+        /// The epoch before it.
+        min: Epoch,
+    },
+}
 
 /// The positions of this node's log, its epoch, and a cache of recent transactions.
 #[derive(Debug)]
@@ -97,6 +113,26 @@ impl LocalLog {
     /// The recent transactions, oldest first, ending with the last one appended.
     pub(super) fn recent_cache(&self) -> &VecDeque<Tx> {
         &self.recent
+    }
+
+    /// Checks that `txs` extend this log: each chains from the one before (the first from our
+    /// last) and epochs never decrease. Returns the last position and epoch they reach.
+    pub(super) fn check_extends(&self, txs: &[Tx]) -> Result<(LogPosition, Epoch), NotExtending> {
+        let mut prev = self.last;
+        let mut prev_epoch = self.last_epoch;
+        for tx in txs {
+            tx.verify_follows(&prev).map_err(NotExtending::Chain)?;
+            if tx.epoch < prev_epoch {
+                return Err(NotExtending::BadEpoch {
+                    tx_id: tx.id,
+                    epoch: tx.epoch,
+                    min: prev_epoch,
+                });
+            }
+            prev = tx.position();
+            prev_epoch = tx.epoch;
+        }
+        Ok((prev, prev_epoch))
     }
 
     /// Begins `epoch` (a primary at startup), which must be higher than the current one.

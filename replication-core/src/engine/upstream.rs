@@ -8,6 +8,7 @@
 
 use std::time::Duration;
 
+use super::local_log::NotExtending;
 use super::{Command, ConnId, Ctx, ReplicationError, Timestamp, UpstreamState};
 use crate::protocol::{Message, PROTOCOL_VERSION, Refusal};
 use crate::types::{Epoch, LogPosition, Tx, TxHash, TxId};
@@ -381,29 +382,22 @@ impl Upstream {
         };
         *last_heard = cx.now;
         *source_committed = (*source_committed).max(committed);
-        let mut prev = cx.log.last();
-        let mut prev_epoch = cx.log.last_epoch();
         // Verify the whole batch before storing any of it: tampering anywhere is refused.
-        for tx in &txs {
-            if let Err(error) = tx.verify_follows(&prev) {
+        let last_epoch = match cx.log.check_extends(&txs) {
+            Ok((_, last_epoch)) => last_epoch,
+            Err(NotExtending::Chain(error)) => {
                 self.stop(cx, error.into());
                 return None;
             }
-            if tx.epoch < prev_epoch {
-                let error = ReplicationError::BadEpoch {
-                    tx_id: tx.id,
-                    epoch: tx.epoch,
-                    min: prev_epoch,
-                };
+            Err(NotExtending::BadEpoch { tx_id, epoch, min }) => {
+                let error = ReplicationError::BadEpoch { tx_id, epoch, min };
                 self.stop(cx, error);
                 return None;
             }
-            prev = tx.position();
-            prev_epoch = tx.epoch;
-        }
+        };
         self.last_refusal = None;
         // A relay's epoch may lag the transactions it forwards; they carry the truth.
-        cx.log.raise_epoch(prev_epoch, cx.out);
+        cx.log.raise_epoch(last_epoch, cx.out);
         cx.log.append(txs, cx.out);
         self.source_commit_point()
     }

@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 use bytes::Bytes;
 
 use super::{AckKind, Command, Ctx, Timestamp, WriteError, WriteId, WriteReceipt};
-use crate::types::{Epoch, LogPosition, Tx};
+use crate::types::{Epoch, LogPosition, Tx, TxId};
 
 /// A write waiting for its commit.
 #[derive(Debug)]
@@ -18,12 +18,44 @@ pub(super) struct PendingWrite {
     pub(super) deadline: Option<Timestamp>,
 }
 
+/// Writes appended and waiting for the commit point, in log order.
+#[derive(Debug, Default)]
+pub(super) struct Waiting(VecDeque<PendingWrite>);
+
+impl Waiting {
+    /// Adds a write, which follows every write already waiting.
+    pub(super) fn push(&mut self, pending: PendingWrite) {
+        self.0.push_back(pending);
+    }
+
+    /// Answers every write up to `committed` as committed with `ack`.
+    pub(super) fn answer_up_to(&mut self, cx: &mut Ctx<'_>, committed: TxId, ack: AckKind) {
+        while self
+            .0
+            .front()
+            .is_some_and(|p| p.position.tx_id <= committed)
+        {
+            if let Some(pending) = self.0.pop_front() {
+                let receipt = WriteReceipt {
+                    tx_id: pending.position.tx_id,
+                    hash: pending.position.hash,
+                    ack,
+                };
+                cx.out.push_back(Command::Reply {
+                    write: pending.write,
+                    result: Ok(receipt),
+                });
+            }
+        }
+    }
+}
+
 /// The writes a primary has appended and not yet answered, and whether it is fenced.
 #[derive(Debug, Default)]
 pub(super) struct WritePath {
     /// In proposal order; deadlines are proposal time plus one fixed timeout, so the first
     /// deadline is the earliest.
-    pending: VecDeque<PendingWrite>,
+    pending: Waiting,
     fenced: Option<Epoch>,
 }
 
@@ -35,12 +67,12 @@ impl WritePath {
 
     /// How many writes wait for their commit.
     pub(super) fn waiting(&self) -> usize {
-        self.pending.len()
+        self.pending.0.len()
     }
 
     /// When the oldest waiting write times out.
     pub(super) fn next_deadline(&self) -> Option<Timestamp> {
-        self.pending.front().and_then(|pending| pending.deadline)
+        self.pending.0.front().and_then(|pending| pending.deadline)
     }
 
     /// Chains the accepted writes into transactions of this node's epoch and registers them
@@ -75,7 +107,7 @@ impl WritePath {
             let prev = txs.last().map(Tx::position).unwrap_or(cx.log.last());
             let tx = Tx::new(prev, epoch, payload);
             let deadline = cx.config.write_timeout.map(|timeout| cx.now.plus(timeout));
-            self.pending.push_back(PendingWrite {
+            self.pending.push(PendingWrite {
                 write,
                 position: tx.position(),
                 deadline,
@@ -88,33 +120,18 @@ impl WritePath {
     /// Answers every waiting write up to the commit point.
     pub(super) fn answer_committed(&mut self, cx: &mut Ctx<'_>, ack: AckKind) {
         let committed = cx.log.committed();
-        while self
-            .pending
-            .front()
-            .is_some_and(|p| p.position.tx_id <= committed)
-        {
-            if let Some(pending) = self.pending.pop_front() {
-                let receipt = WriteReceipt {
-                    tx_id: pending.position.tx_id,
-                    hash: pending.position.hash,
-                    ack,
-                };
-                cx.out.push_back(Command::Reply {
-                    write: pending.write,
-                    result: Ok(receipt),
-                });
-            }
-        }
+        self.pending.answer_up_to(cx, committed, ack);
     }
 
     /// Answers writes whose deadline has passed: their outcome is unknown.
     pub(super) fn expire(&mut self, cx: &mut Ctx<'_>) {
         while self
             .pending
+            .0
             .front()
             .is_some_and(|p| p.deadline.is_some_and(|d| d <= cx.now))
         {
-            if let Some(pending) = self.pending.pop_front() {
+            if let Some(pending) = self.pending.0.pop_front() {
                 let error = WriteError::Timeout {
                     tx_id: pending.position.tx_id,
                 };
@@ -140,7 +157,7 @@ impl WritePath {
 
     /// Answers every waiting write with `error`.
     pub(super) fn fail_all(&mut self, cx: &mut Ctx<'_>, error: WriteError) {
-        for pending in std::mem::take(&mut self.pending) {
+        for pending in std::mem::take(&mut self.pending.0) {
             cx.out.push_back(Command::Reply {
                 write: pending.write,
                 result: Err(error.clone()),
