@@ -126,10 +126,18 @@ pub(crate) fn valid_name(name: &str) -> bool {
 /// the slot then finds it gone).
 pub(crate) type Slot = Arc<RwLock<Option<Database>>>;
 
+/// A name in the catalog.
+struct Entry {
+    slot: Slot,
+    /// Reserved, its database not opened yet: listings and metrics leave it out rather than
+    /// wait for it.
+    opening: bool,
+}
+
 /// The databases of one server.
 pub(crate) struct Catalog {
     layout: Layout,
-    slots: Mutex<BTreeMap<String, Slot>>,
+    entries: Mutex<BTreeMap<String, Entry>>,
 }
 
 impl Catalog {
@@ -137,7 +145,7 @@ impl Catalog {
     pub(crate) fn new(layout: Layout) -> Catalog {
         Catalog {
             layout,
-            slots: Mutex::new(BTreeMap::new()),
+            entries: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -146,42 +154,51 @@ impl Catalog {
         &self.layout
     }
 
-    fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Slot>> {
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Entry>> {
         // The map stays consistent whatever panicked while holding it: every change is a
-        // single insert or remove.
-        self.slots
+        // single insert, remove or flag.
+        self.entries
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// The slot of a loaded (or opening) database.
+    /// The slot of a loaded database, or of one being opened (waiting on it waits for the
+    /// open).
     pub(crate) fn slot(&self, name: &str) -> Option<Slot> {
-        self.lock().get(name).cloned()
+        self.lock().get(name).map(|entry| entry.slot.clone())
     }
 
-    /// Every slot, in name order.
+    /// The slot of every loaded database, in name order; those being opened are left out.
     pub(crate) fn slots(&self) -> Vec<(String, Slot)> {
         self.lock()
             .iter()
-            .map(|(name, slot)| (name.clone(), slot.clone()))
+            .filter(|(_, entry)| !entry.opening)
+            .map(|(name, entry)| (name.clone(), entry.slot.clone()))
             .collect()
     }
 
-    /// Empties the catalog, returning every slot.
+    /// Empties the catalog, returning every slot, those being opened included.
     pub(crate) fn take_all(&self) -> Vec<Slot> {
-        std::mem::take(&mut *self.lock()).into_values().collect()
+        std::mem::take(&mut *self.lock())
+            .into_values()
+            .map(|entry| entry.slot)
+            .collect()
     }
 
     /// Reserves `name` for a database about to be opened, or `None` when the name is
     /// loaded or reserved already.
     pub(crate) fn reserve(&self, name: &str) -> Option<Reservation<'_>> {
-        let mut slots = self.lock();
-        if slots.contains_key(name) {
+        let mut entries = self.lock();
+        if entries.contains_key(name) {
             return None;
         }
         let slot: Slot = Arc::new(RwLock::new(None));
         let guard = slot.clone().try_write_owned().expect("a new lock is free");
-        slots.insert(name.to_string(), slot.clone());
+        let entry = Entry {
+            slot: slot.clone(),
+            opening: true,
+        };
+        entries.insert(name.to_string(), entry);
         Some(Reservation {
             catalog: self,
             name: name.to_string(),
@@ -193,12 +210,21 @@ impl Catalog {
     /// Removes `name` from the catalog if it still maps to `slot` (it may have been taken by
     /// a shutdown and reserved again since).
     pub(crate) fn release(&self, name: &str, slot: &Slot) {
-        let mut slots = self.lock();
-        if slots
+        let mut entries = self.lock();
+        if entries
             .get(name)
-            .is_some_and(|current| Arc::ptr_eq(current, slot))
+            .is_some_and(|entry| Arc::ptr_eq(&entry.slot, slot))
         {
-            slots.remove(name);
+            entries.remove(name);
+        }
+    }
+
+    /// Marks `name`'s database opened, if `name` still maps to `slot`.
+    fn opened(&self, name: &str, slot: &Slot) {
+        if let Some(entry) = self.lock().get_mut(name)
+            && Arc::ptr_eq(&entry.slot, slot)
+        {
+            entry.opening = false;
         }
     }
 
@@ -286,10 +312,11 @@ pub(crate) struct Reservation<'a> {
 }
 
 impl Reservation<'_> {
-    /// Puts the opened database in its slot.
+    /// Puts the opened database in its slot; the slot's lock is released on return.
     pub(crate) fn fill(mut self, database: Database) {
         if let Some(guard) = self.guard.as_mut() {
             **guard = Some(database);
+            self.catalog.opened(&self.name, &self.slot);
         }
     }
 }

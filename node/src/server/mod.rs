@@ -118,3 +118,6 @@ impl Server {
         self.transport.shutdown().await;
     }
 }
+
+#[cfg(test)]
+mod tests;
