@@ -191,3 +191,45 @@ where
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::ReplicaReport;
+
+    #[test]
+    fn a_snapshot_renders_its_gauges_histogram_and_replicas() {
+        let commit_latency = Arc::new(Histogram::default());
+        commit_latency.observe(Duration::from_micros(300));
+        let snapshot = Snapshot {
+            db: "app".into(),
+            commit_latency,
+            committed: 5,
+            precommitted: 6,
+            waiting_writes: 1,
+            applied: 5,
+            applied_bytes: 640,
+            replicas: vec![ReplicaReport {
+                id: "n2".into(),
+                address: "127.0.0.1:7441".into(),
+                acked_tx_id: 4,
+                lag_txs: 2,
+                lag_ms: 1500,
+                connected: true,
+            }],
+        };
+        let text = render(&[snapshot]);
+        for line in [
+            "repnode_commit_latency_seconds_bucket{db=\"app\",le=\"0.0002\"} 0",
+            "repnode_commit_latency_seconds_bucket{db=\"app\",le=\"0.0005\"} 1",
+            "repnode_commit_latency_seconds_count{db=\"app\"} 1",
+            "repnode_committed_tx{db=\"app\"} 5",
+            "repnode_precommitted_tx{db=\"app\"} 6",
+            "repnode_applied_bytes_total{db=\"app\"} 640",
+            "repnode_replica_lag_seconds{db=\"app\",replica=\"n2\"} 1.5",
+            "repnode_replica_connected{db=\"app\",replica=\"n2\"} 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
+    }
+}

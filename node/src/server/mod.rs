@@ -28,8 +28,9 @@ pub use catalog::{CatalogError, Layout};
 pub use database::{OpenError, SettingError, parse_replica_of, policy_of};
 pub use error::ServerError;
 
-use crate::metrics::Snapshot;
+use crate::wire::DbSettings;
 use catalog::Catalog;
+use database::Database;
 
 /// A running server.
 pub struct Server {
@@ -77,33 +78,16 @@ impl Server {
         self.transport.local_addr()
     }
 
-    /// What the metrics endpoint shows of each loaded database.
-    pub async fn metric_snapshots(&self) -> Vec<Snapshot> {
-        let mut snapshots = Vec::new();
-        for (db, slot) in self.catalog.slots() {
-            let Some((node, store, commit_latency)) = slot
-                .read()
-                .await
-                .as_ref()
-                .map(|d| (d.node.clone(), d.store.clone(), d.commit_latency.clone()))
-            else {
-                continue;
-            };
-            let Ok(status) = node.status().await else {
-                continue;
-            };
-            snapshots.push(Snapshot {
-                db,
-                commit_latency,
-                committed: status.committed.0,
-                precommitted: status.durable.tx_id.0,
-                waiting_writes: status.waiting_writes as u64,
-                applied: store.applied_tx().0,
-                applied_bytes: store.applied_bytes(),
-                replicas: ops::replica_reports(status.replicas),
-            });
-        }
-        snapshots
+    /// Builds database `name` from `settings`, with its log where the catalog keeps it.
+    async fn open(&self, name: &str, settings: DbSettings) -> Result<Database, OpenError> {
+        database::open(
+            &self.name,
+            name,
+            settings,
+            &self.catalog.layout().log(name),
+            self.transport.clone(),
+        )
+        .await
     }
 
     /// Stops every database: waiting writes are answered as of unknown outcome, logs closed.

@@ -12,6 +12,7 @@ use replication_core::engine::{EngineStatus, Role, UpstreamState, WriteReceipt};
 use replication_core::{Tx, TxId};
 
 use crate::kv::{KvOp, KvTx};
+use crate::metrics::Snapshot;
 use crate::wire::{DbSettings, Position, ReplicaReport, StatusReport};
 
 use super::catalog::valid_name;
@@ -29,22 +30,6 @@ impl Server {
         let slot = self.catalog.slot(db).ok_or_else(unknown)?;
         let database = slot.read().await;
         database.as_ref().map(read).ok_or_else(unknown)
-    }
-
-    /// Opens `name` with `settings` into its reserved slot's database.
-    pub(super) async fn open(
-        &self,
-        name: &str,
-        settings: DbSettings,
-    ) -> Result<Database, database::OpenError> {
-        database::open(
-            &self.name,
-            name,
-            settings,
-            &self.catalog.layout().log(name),
-            self.transport.clone(),
-        )
-        .await
     }
 
     /// Writes an atomic transaction to a primary and waits for its commit.
@@ -175,8 +160,8 @@ impl Server {
         self.catalog.persist(name, &settings)?;
         if restart {
             // Only this database's slot is held: requests for it wait, others go on. A
-            // reopen that fails leaves the stopped engine in place, which answers that it
-            // is shutting down, as before this split.
+            // reopen that fails leaves the stopped engine in place, answering that it is
+            // shutting down, until the database is unloaded and loaded again.
             database.node.shutdown().await;
             *database = self
                 .open(name, settings)
@@ -268,6 +253,35 @@ impl Server {
         Ok(())
     }
 
+    /// What the metrics endpoint shows of each loaded database.
+    pub async fn metric_snapshots(&self) -> Vec<Snapshot> {
+        let mut snapshots = Vec::new();
+        for (db, slot) in self.catalog.slots() {
+            let Some((node, store, commit_latency)) = slot
+                .read()
+                .await
+                .as_ref()
+                .map(|d| (d.node.clone(), d.store.clone(), d.commit_latency.clone()))
+            else {
+                continue;
+            };
+            let Ok(status) = node.status().await else {
+                continue;
+            };
+            snapshots.push(Snapshot {
+                db,
+                commit_latency,
+                committed: status.committed.0,
+                precommitted: status.durable.tx_id.0,
+                waiting_writes: status.waiting_writes as u64,
+                applied: store.applied_tx().0,
+                applied_bytes: store.applied_bytes(),
+                replicas: replica_reports(status.replicas),
+            });
+        }
+        snapshots
+    }
+
     /// Makes sure the database `name` exists with these replication settings, as immudb's
     /// startup `--replication-*` flags do for its default database: created if missing,
     /// updated (and persisted) if its role or quorum differs; an unloaded one is left as it is.
@@ -331,9 +345,7 @@ fn status_report(db: &str, status: EngineStatus) -> StatusReport {
 }
 
 /// The replicas of a status, as reports and metrics show them.
-pub(crate) fn replica_reports(
-    replicas: Vec<replication_core::engine::ReplicaStatus>,
-) -> Vec<ReplicaReport> {
+fn replica_reports(replicas: Vec<replication_core::engine::ReplicaStatus>) -> Vec<ReplicaReport> {
     replicas
         .into_iter()
         .map(|r| ReplicaReport {
