@@ -333,3 +333,71 @@ impl Drop for Reservation<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_persist_and_markers_decide_what_loads() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let catalog = Catalog::new(Layout::new(root.path()));
+        let settings = DbSettings {
+            quorum: Some("majority".into()),
+            ..DbSettings::default()
+        };
+        catalog.persist("b", &settings).expect("persist b");
+        catalog
+            .persist("a", &DbSettings::default())
+            .expect("persist a");
+        assert_eq!(catalog.read_settings("b").expect("read b"), settings);
+        assert_eq!(catalog.to_load().expect("list"), ["a", "b"]);
+        catalog.mark_unloaded("a").expect("mark");
+        assert_eq!(catalog.to_load().expect("list"), ["b"]);
+        assert_eq!(catalog.unloaded(), ["a"]);
+        catalog.clear_unloaded("a");
+        assert!(catalog.unloaded().is_empty());
+        assert_eq!(
+            catalog.layout().log("a"),
+            root.path().join("databases").join("a").join("log")
+        );
+    }
+
+    #[test]
+    fn a_settings_file_that_does_not_parse_names_its_database() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let catalog = Catalog::new(Layout::new(root.path()));
+        std::fs::create_dir_all(catalog.layout().database("app")).expect("dir");
+        std::fs::write(catalog.layout().settings("app"), "quorum = [").expect("write");
+        let error = catalog.read_settings("app").expect_err("does not parse");
+        assert!(
+            crate::server::error::chain(&error).starts_with("settings of database app: "),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn names_must_be_directory_names() {
+        assert!(valid_name("app-2_b"));
+        for bad in ["", "../x", "a/b", "a b", &"x".repeat(65)] {
+            assert!(!valid_name(bad), "{bad:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reservation_refuses_its_name_until_filled_or_dropped() {
+        let catalog = Catalog::new(Layout::new("unused"));
+        let reservation = catalog.reserve("app").expect("free");
+        assert!(catalog.reserve("app").is_none(), "reserved");
+        assert!(
+            catalog.slots().is_empty(),
+            "an opening database is not listed"
+        );
+        let slot = catalog.slot("app").expect("requests find the slot");
+        assert!(slot.try_read().is_err(), "and wait on it");
+        drop(reservation);
+        assert!(slot.read().await.is_none(), "a failed open leaves nothing");
+        assert!(catalog.slot("app").is_none(), "and gives the name back");
+        assert!(catalog.reserve("app").is_some());
+    }
+}

@@ -61,17 +61,16 @@ impl Server {
                 let peer = channel.peer.0.clone();
                 let found = match self.catalog.slot(&database) {
                     Some(slot) => slot.read().await.as_ref().map(|db| {
-                        (
-                            db.node.clone(),
-                            // Without an explicit list of replicators, only the cluster's
-                            // nodes may replicate; a client certificate must be named.
-                            db.settings.replicators.is_none() && subscriber_kind != PeerKind::Node,
-                        )
+                        // Without an explicit list of replicators, only the cluster's nodes
+                        // may replicate; a client certificate must be named.
+                        let allowed =
+                            db.settings.replicators.is_some() || subscriber_kind == PeerKind::Node;
+                        (db.node.clone(), allowed)
                     }),
                     None => None,
                 };
                 let refusal = match found {
-                    Some((node, false)) => {
+                    Some((node, true)) => {
                         let receiver = Box::new(Prepended {
                             first: Some(first),
                             rest: channel.receiver,
@@ -83,7 +82,7 @@ impl Server {
                         .await;
                         return;
                     }
-                    Some((_, true)) => Refusal::NotAllowed(peer),
+                    Some((_, false)) => Refusal::NotAllowed(peer),
                     None => Refusal::UnknownDatabase(database),
                 };
                 if let Ok(frame) = protocol::encode(&Message::Refused(refusal), MAX_FRAME_SIZE) {
