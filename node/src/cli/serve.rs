@@ -78,7 +78,8 @@ impl ServeFile {
 pub struct ServeSettings {
     pub name: String,
     pub dir: PathBuf,
-    /// Parsed only when binding, as before: a bad address is reported after a bad TLS dir.
+    /// Parsed when binding, after the TLS identity loads: a bad TLS directory is reported
+    /// before a bad address.
     pub listen: String,
     pub tls_dir: PathBuf,
     pub metrics_listen: Option<String>,
