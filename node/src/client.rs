@@ -3,12 +3,43 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow};
 use bytes::Bytes;
-use replication_core::transport::{Channel, Transport};
-use transport_quic::{QuicOptions, QuicTransport, TlsIdentity};
+use replication_core::transport::{Channel, Transport, TransportError};
+use transport_quic::{QuicError, QuicOptions, QuicTransport, TlsIdentity};
 
 use crate::wire::{CLIENT_HELLO, Request, Response};
+
+/// Why a request could not be made. Once a request is sent, failures are an
+/// [`Outcome::Unknown`] instead: the server may have acted on it.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// No local endpoint could be opened.
+    #[error(transparent)]
+    Bind(#[from] QuicError),
+    /// The server is unreachable or refused the certificate.
+    #[error("connecting to {server}")]
+    Connect {
+        /// The server.
+        server: String,
+        /// Why.
+        #[source]
+        error: TransportError,
+    },
+    /// The connection broke before the session began.
+    #[error("{server}: {error}")]
+    Hello {
+        /// The server.
+        server: String,
+        /// Why.
+        error: TransportError,
+    },
+    /// The request does not encode.
+    #[error(transparent)]
+    Encode(#[from] postcard::Error),
+    /// The request could not be sent (nothing reached the server).
+    #[error("sending the request: {0}")]
+    Send(TransportError),
+}
 
 /// A session with one server.
 pub struct Client {
@@ -31,18 +62,25 @@ impl Client {
     ///
     /// # Errors
     /// The server is unreachable or refused the certificate.
-    pub async fn connect(server: &str, identity: TlsIdentity) -> Result<Client> {
-        let any: SocketAddr = "0.0.0.0:0".parse()?;
+    pub async fn connect(server: &str, identity: TlsIdentity) -> Result<Client, ClientError> {
+        let any = SocketAddr::from(([0, 0, 0, 0], 0));
         let transport = QuicTransport::bind(any, identity, QuicOptions::default()).await?;
-        let mut channel = transport
-            .connect(server)
-            .await
-            .with_context(|| format!("connecting to {server}"))?;
+        let mut channel =
+            transport
+                .connect(server)
+                .await
+                .map_err(|error| ClientError::Connect {
+                    server: server.to_string(),
+                    error,
+                })?;
         channel
             .sender
             .send(Bytes::from_static(CLIENT_HELLO))
             .await
-            .map_err(|e| anyhow!("{server}: {e}"))?;
+            .map_err(|error| ClientError::Hello {
+                server: server.to_string(),
+                error,
+            })?;
         Ok(Client {
             _transport: transport,
             channel,
@@ -57,13 +95,13 @@ impl Client {
         &mut self,
         request: &Request,
         timeout: Option<Duration>,
-    ) -> Result<Outcome> {
+    ) -> Result<Outcome, ClientError> {
         let frame = postcard::to_allocvec(request)?;
         self.channel
             .sender
             .send(Bytes::from(frame))
             .await
-            .map_err(|e| anyhow!("sending the request: {e}"))?;
+            .map_err(ClientError::Send)?;
         let answer = async {
             match self.channel.receiver.recv().await {
                 Ok(Some(frame)) => postcard::from_bytes::<Response>(&frame)

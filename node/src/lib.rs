@@ -1,6 +1,11 @@
 //! The reference node `repnode`: a key-value store replicated with replication-core over QUIC,
 //! on store-file.
 //!
+//! This library is the node; the `repnode` binary (`main.rs`, with the command line in `cli/`)
+//! only parses flags, renders answers and runs it. [`kv`] is the state machine, [`server`]
+//! the multi-database server, [`wire`] and [`client`] the client protocol, [`metrics`] its
+//! Prometheus rendering and [`replicator`] the external replicator.
+//!
 //! ```
 //! use node::kv::{KvOp, KvStore, KvTx};
 //! use replication_core::{StateMachine, Tx, LogPosition, Epoch};
@@ -11,9 +16,7 @@
 //! assert_eq!(store.get("a").map(|(v, _)| v), Some("1".to_string()));
 //! ```
 
-pub mod bench;
 pub mod client;
-pub mod demo;
 pub mod kv;
 pub mod metrics;
 pub mod replicator;

@@ -1,6 +1,9 @@
 //! Prometheus metrics in the text exposition format, served over plain HTTP on
 //! `--metrics-listen`. Hand-rolled: a handful of gauges and one histogram do not justify a
 //! metrics framework and an HTTP stack.
+//!
+//! This module only renders the [`Snapshot`]s it is given; the server takes them
+//! (`Server::metric_snapshots`), so the server depends on the metrics and not the reverse.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -9,8 +12,6 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-
-use crate::server::Server;
 
 /// Upper bounds of the commit latency buckets, in seconds.
 const BUCKETS: [f64; 12] = [
@@ -58,12 +59,11 @@ impl Histogram {
     }
 }
 
-/// Renders every metric of the server.
-pub async fn render(server: &Server) -> String {
+/// Renders every metric of these databases.
+pub fn render(snapshots: &[Snapshot]) -> String {
     let mut out = String::new();
     out.push_str("# HELP repnode_commit_latency_seconds Time from a write's arrival to its commit.\n# TYPE repnode_commit_latency_seconds histogram\n");
-    let snapshots = server.metric_snapshots().await;
-    for snapshot in &snapshots {
+    for snapshot in snapshots {
         snapshot.commit_latency.render(
             &mut out,
             "repnode_commit_latency_seconds",
@@ -95,7 +95,7 @@ pub async fn render(server: &Server) -> String {
     ];
     for (index, (name, kind, help)) in gauges.iter().enumerate() {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for snapshot in &snapshots {
+        for snapshot in snapshots {
             let value = [
                 snapshot.committed,
                 snapshot.precommitted,
@@ -109,7 +109,7 @@ pub async fn render(server: &Server) -> String {
     out.push_str("# HELP repnode_replica_lag_transactions How many transactions a replica is behind.\n# TYPE repnode_replica_lag_transactions gauge\n");
     out.push_str("# HELP repnode_replica_lag_seconds How long a replica has been behind.\n# TYPE repnode_replica_lag_seconds gauge\n");
     out.push_str("# HELP repnode_replica_connected Whether a replica is connected.\n# TYPE repnode_replica_connected gauge\n");
-    for snapshot in &snapshots {
+    for snapshot in snapshots {
         for replica in &snapshot.replicas {
             let labels = format!("db=\"{}\",replica=\"{}\"", snapshot.db, replica.id);
             let _ = writeln!(
@@ -152,13 +152,19 @@ pub struct Snapshot {
     pub replicas: Vec<crate::wire::ReplicaReport>,
 }
 
-/// Serves `GET /metrics` (any path) until the listener fails.
-pub async fn serve(listener: TcpListener, server: Arc<Server>) {
+/// Serves `GET /metrics` (any path) until the listener fails, rendering what `snapshots`
+/// returns at each request.
+pub async fn serve<F, S>(listener: TcpListener, snapshots: F)
+where
+    F: Fn() -> S + Send + Sync + 'static,
+    S: Future<Output = Vec<Snapshot>> + Send + 'static,
+{
+    let snapshots = Arc::new(snapshots);
     loop {
         let Ok((mut stream, _)) = listener.accept().await else {
             return;
         };
-        let server = server.clone();
+        let snapshots = snapshots.clone();
         tokio::spawn(async move {
             // Read the request head (bounded), whatever it asks: there is one resource.
             let mut head = vec![0u8; 8192];
@@ -176,12 +182,54 @@ pub async fn serve(listener: TcpListener, server: Arc<Server>) {
                     }
                 }
             }
-            let body = render(&server).await;
+            let body = render(&snapshots().await);
             let response = format!(
                 "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                 body.len()
             );
             let _ = stream.write_all(response.as_bytes()).await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::ReplicaReport;
+
+    #[test]
+    fn a_snapshot_renders_its_gauges_histogram_and_replicas() {
+        let commit_latency = Arc::new(Histogram::default());
+        commit_latency.observe(Duration::from_micros(300));
+        let snapshot = Snapshot {
+            db: "app".into(),
+            commit_latency,
+            committed: 5,
+            precommitted: 6,
+            waiting_writes: 1,
+            applied: 5,
+            applied_bytes: 640,
+            replicas: vec![ReplicaReport {
+                id: "n2".into(),
+                address: "127.0.0.1:7441".into(),
+                acked_tx_id: 4,
+                lag_txs: 2,
+                lag_ms: 1500,
+                connected: true,
+            }],
+        };
+        let text = render(&[snapshot]);
+        for line in [
+            "repnode_commit_latency_seconds_bucket{db=\"app\",le=\"0.0002\"} 0",
+            "repnode_commit_latency_seconds_bucket{db=\"app\",le=\"0.0005\"} 1",
+            "repnode_commit_latency_seconds_count{db=\"app\"} 1",
+            "repnode_committed_tx{db=\"app\"} 5",
+            "repnode_precommitted_tx{db=\"app\"} 6",
+            "repnode_applied_bytes_total{db=\"app\"} 640",
+            "repnode_replica_lag_seconds{db=\"app\",replica=\"n2\"} 1.5",
+            "repnode_replica_connected{db=\"app\",replica=\"n2\"} 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
     }
 }

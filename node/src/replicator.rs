@@ -4,36 +4,84 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, bail};
-use replication_core::protocol::{self, MAX_FRAME_SIZE, Message, PROTOCOL_VERSION};
+use replication_core::protocol::{
+    self, FrameError, MAX_FRAME_SIZE, Message, PROTOCOL_VERSION, Refusal,
+};
 use replication_core::quorum::Tags;
-use replication_core::transport::Transport;
+use replication_core::transport::{Transport, TransportError};
 use replication_core::{Epoch, LogPosition, Tx, TxHash, TxId};
-use transport_quic::{QuicOptions, QuicTransport, TlsIdentity};
+use transport_quic::{QuicError, QuicOptions, QuicTransport, TlsIdentity};
 
-use crate::client::{Client, Outcome};
+use crate::client::{Client, ClientError, Outcome};
 use crate::wire::{Request, Response};
 
-fn parse_hash(hex: &str) -> Result<TxHash> {
+/// Why a copy stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicatorError {
+    /// The target could not be asked.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// The target refused a request (a forged or non-contiguous transaction, say).
+    #[error("{0}")]
+    Target(String),
+    /// The target's answer did not come.
+    #[error("outcome unknown: {0}")]
+    Unknown(String),
+    /// The target answered something else than asked.
+    #[error("unexpected answer to {0}")]
+    Unexpected(&'static str),
+    /// The target reported a hash that is not 64 hexadecimal digits.
+    #[error("bad hash {0:?}")]
+    BadHash(String),
+    /// No local endpoint could be opened.
+    #[error(transparent)]
+    Bind(#[from] QuicError),
+    /// The source is unreachable or refused the certificate.
+    #[error("connecting to {server}")]
+    Connect {
+        /// The source.
+        server: String,
+        /// Why.
+        #[source]
+        error: TransportError,
+    },
+    /// The replication channel failed.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// A replication frame that does not encode or decode.
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    /// The source closed the channel.
+    #[error("the source closed the channel")]
+    Closed,
+    /// The source refused the subscription.
+    #[error("the source refused: {0}")]
+    Refused(Refusal),
+    /// The target holds transactions the source does not.
+    #[error("the target's log diverges from the source's")]
+    Diverged,
+}
+
+fn parse_hash(hex: &str) -> Result<TxHash, ReplicatorError> {
+    let bad = || ReplicatorError::BadHash(hex.to_string());
     if hex.len() != 64 {
-        bail!("bad hash {hex:?}");
+        return Err(bad());
     }
     let mut bytes = [0u8; 32];
     for (i, byte) in bytes.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)
-            .map_err(|_| anyhow!("bad hash {hex:?}"))?;
+        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
     }
     Ok(TxHash(bytes))
 }
 
-async fn ask(client: &mut Client, request: Request) -> Result<Response> {
+async fn ask(client: &mut Client, request: Request) -> Result<Response, ReplicatorError> {
     match client
         .request(&request, Some(Duration::from_secs(30)))
         .await?
     {
-        Outcome::Answered(Response::Error { message, .. }) => bail!("{message}"),
+        Outcome::Answered(Response::Error { message, .. }) => Err(ReplicatorError::Target(message)),
         Outcome::Answered(response) => Ok(response),
-        Outcome::Unknown(why) => bail!("outcome unknown: {why}"),
+        Outcome::Unknown(why) => Err(ReplicatorError::Unknown(why)),
     }
 }
 
@@ -51,7 +99,7 @@ pub async fn copy(
     target_db: &str,
     identity: TlsIdentity,
     until: Option<TxId>,
-) -> Result<TxId> {
+) -> Result<TxId, ReplicatorError> {
     let mut target_client = Client::connect(target, identity.clone()).await?;
     let Response::Status(status) = ask(
         &mut target_client,
@@ -61,7 +109,7 @@ pub async fn copy(
     )
     .await?
     else {
-        bail!("unexpected answer to status");
+        return Err(ReplicatorError::Unexpected("status"));
     };
     let mut last = LogPosition {
         tx_id: TxId(status.precommitted.tx_id),
@@ -70,12 +118,16 @@ pub async fn copy(
     if last.tx_id == TxId::ZERO {
         last = LogPosition::START;
     }
-    let transport =
-        QuicTransport::bind("0.0.0.0:0".parse()?, identity, QuicOptions::default()).await?;
-    let mut channel = transport
-        .connect(source)
-        .await
-        .with_context(|| format!("connecting to {source}"))?;
+    let any = std::net::SocketAddr::from(([0, 0, 0, 0], 0));
+    let transport = QuicTransport::bind(any, identity, QuicOptions::default()).await?;
+    let mut channel =
+        transport
+            .connect(source)
+            .await
+            .map_err(|error| ReplicatorError::Connect {
+                server: source.to_string(),
+                error,
+            })?;
     let subscribe = Message::Subscribe {
         version: PROTOCOL_VERSION,
         database: source_db.into(),
@@ -96,7 +148,7 @@ pub async fn copy(
             .receiver
             .recv()
             .await?
-            .ok_or_else(|| anyhow!("the source closed the channel"))?;
+            .ok_or(ReplicatorError::Closed)?;
         match protocol::decode(&frame, MAX_FRAME_SIZE)? {
             Message::Accepted { committed: c, .. } | Message::Committed { committed: c, .. } => {
                 committed = committed.max(c)
@@ -105,8 +157,8 @@ pub async fn copy(
                 committed = committed.max(c);
                 received.extend(txs);
             }
-            Message::Refused(refusal) => bail!("the source refused: {refusal}"),
-            Message::Diverged { .. } => bail!("the target's log diverges from the source's"),
+            Message::Refused(refusal) => return Err(ReplicatorError::Refused(refusal)),
+            Message::Diverged { .. } => return Err(ReplicatorError::Diverged),
             other => tracing::debug!(message = ?other, "ignored"),
         }
         // Only committed transactions leave the source's history for good: push those.
@@ -124,7 +176,7 @@ pub async fn copy(
         )
         .await?
         else {
-            bail!("unexpected answer to replicate");
+            return Err(ReplicatorError::Unexpected("replicate"));
         };
         last = batch.last().map(Tx::position).unwrap_or(last);
         debug_assert_eq!(tx_id, last.tx_id.0);

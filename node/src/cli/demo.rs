@@ -7,14 +7,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
+use node::kv::{KvOp, KvStore, KvTx};
 use replication_core::TxId;
 use replication_core::driver::{Node, NodeOptions};
 use replication_core::engine::{EngineConfig, EngineStatus, Role};
 use replication_core::quorum::Quorum;
 use store_file::{FileLog, FileLogOptions};
 use transport_quic::{DevCa, QuicOptions, QuicTransport, TlsIdentity};
-
-use crate::kv::{KvOp, KvStore, KvTx};
 
 const DATABASE: &str = "demo";
 

@@ -2,18 +2,18 @@
 //! `etcd benchmark`: N clients, each on its own QUIC connection, writing single keys of a given
 //! size as fast as their commits come back; latencies go into an HDR histogram.
 
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 use hdrhistogram::Histogram;
+use node::client::{Client, Outcome};
+use node::kv::KvOp;
+use node::wire::{Request, Response};
 use serde::Serialize;
 use transport_quic::TlsIdentity;
-
-use crate::client::{Client, Outcome};
-use crate::kv::KvOp;
-use crate::wire::{Request, Response};
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -63,11 +63,37 @@ pub struct BenchReport {
     pub max_ms: f64,
 }
 
-/// Runs the load and returns the report.
+/// Runs the load and prints the report, one JSON object with `json`.
 ///
 /// # Errors
 /// A client that cannot connect, or a write that fails.
-pub async fn run(options: BenchOptions, identity: TlsIdentity) -> Result<BenchReport> {
+pub async fn run_and_print(
+    options: BenchOptions,
+    identity: TlsIdentity,
+    json: bool,
+) -> Result<ExitCode> {
+    let report = run(options, identity).await?;
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!(
+            "{} clients: {} writes in {:.1} s = {:.0} writes/s; latency ms p50 {:.3} p90 {:.3} p99 {:.3} p99.9 {:.3} max {:.3}",
+            report.clients,
+            report.writes,
+            report.seconds,
+            report.writes_per_second,
+            report.p50_ms,
+            report.p90_ms,
+            report.p99_ms,
+            report.p999_ms,
+            report.max_ms
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs the load and returns the report.
+async fn run(options: BenchOptions, identity: TlsIdentity) -> Result<BenchReport> {
     if options.duration.is_none() && options.count.is_none() {
         bail!("give --duration or --count");
     }

@@ -1,0 +1,431 @@
+//! The command line of `repnode`: clap's types, and what each command runs.
+//!
+//! - `serve`: `serve`'s flags and the pure resolution of its settings (flags, environment,
+//!   config file), then the server.
+//! - `output`: client commands: a request, its answer as text or `--json`, the exit code.
+//! - `log`: offline tools over a stopped server's data directory.
+//! - `demo` and `bench`: the narrated local cluster and the load generator.
+
+mod bench;
+mod demo;
+mod log;
+mod output;
+mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use clap::{Args, Parser, Subcommand};
+use node::kv::KvOp;
+use node::wire::{DbSettings, Request};
+use transport_quic::TlsIdentity;
+
+use log::LogCommand;
+use output::run_client;
+use serve::{ServeArgs, ServeFile, ServeSettings};
+
+#[derive(Parser)]
+#[command(
+    name = "repnode",
+    version,
+    about = "The reference node of the replication framework"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs a local four-node cluster over QUIC and narrates writes, a lost synchronous replica
+    /// and its return.
+    Demo {
+        /// Keep the nodes' data here instead of a temporary directory.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Runs a server.
+    Serve(ServeArgs),
+    /// Development certificates.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
+    /// Manages databases.
+    Db {
+        #[command(subcommand)]
+        command: DbCommand,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Sets a key.
+    Put {
+        #[arg(long)]
+        db: String,
+        key: String,
+        value: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Reads a key.
+    Get {
+        #[arg(long)]
+        db: String,
+        key: String,
+        /// Wait until this transaction is applied here first (read your writes on a replica).
+        #[arg(long)]
+        min_tx: Option<u64>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Deletes a key.
+    Del {
+        #[arg(long)]
+        db: String,
+        key: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Writes an atomic transaction: `tx --db D set K V del K ...`.
+    Tx {
+        #[arg(long)]
+        db: String,
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Operations: `set KEY VALUE` and `del KEY`, in order (after `--` if a value
+        /// begins with `-`).
+        #[arg(required = true, num_args = 1..)]
+        ops: Vec<String>,
+    },
+    /// Offline tools for a stopped server's data directory.
+    Log {
+        #[command(subcommand)]
+        command: LogCommand,
+    },
+    /// Loads a running server: N clients writing single keys; throughput and latency
+    /// percentiles (HDR histogram) at the end.
+    Bench {
+        #[arg(long)]
+        db: String,
+        /// Concurrent clients, each on its own connection.
+        #[arg(long, default_value_t = 16)]
+        clients: usize,
+        /// Run this many seconds...
+        #[arg(long)]
+        duration: Option<f64>,
+        /// ...or this many writes in all.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Bytes per value.
+        #[arg(long, default_value_t = 128)]
+        value_size: usize,
+        /// Distinct keys each client overwrites in turn (default: a new key per write).
+        #[arg(long)]
+        key_space: Option<u64>,
+        /// Print the progress line every second (to stderr) even with `--json`.
+        #[arg(long)]
+        progress: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Shows a database's replication status.
+    Status {
+        #[arg(long)]
+        db: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Args, Clone)]
+struct ClientArgs {
+    /// The server, HOST:PORT.
+    #[arg(
+        long,
+        env = "REPNODE_SERVER",
+        default_value = "127.0.0.1:7440",
+        global = true
+    )]
+    server: String,
+    /// Where ca.pem, client.pem and client.key are.
+    #[arg(long, env = "REPNODE_TLS_DIR", default_value = "certs", global = true)]
+    tls_dir: PathBuf,
+    /// Give up waiting after this many seconds (a write is then reported as of unknown outcome).
+    #[arg(long, env = "REPNODE_TIMEOUT", global = true)]
+    timeout: Option<f64>,
+    /// Print one JSON object.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// Writes a development CA (ca.pem), a certificate and key per node, and client.pem/.key.
+    Init {
+        /// Where to write them.
+        #[arg(long, env = "REPNODE_TLS_DIR")]
+        dir: PathBuf,
+        /// Node names, comma separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        nodes: Vec<String>,
+    },
+}
+
+#[derive(Args, Clone, Default)]
+struct SettingsArgs {
+    /// HOST:PORT/DB of the source; absent: a primary.
+    #[arg(long)]
+    replica_of: Option<String>,
+    /// Replica acknowledgements a commit needs (0: asynchronous).
+    #[arg(long)]
+    sync_acks: Option<u32>,
+    /// A quorum policy: `majority`, `any 2 (n2,n3,n4)`, `first 1 (n2,n3)`, `acks 2`, `async`.
+    #[arg(long)]
+    quorum: Option<String>,
+    /// Transactions the source may send ahead of this replica's acknowledgement.
+    #[arg(long)]
+    prefetch_buffer: Option<u32>,
+    /// Let this replica discard diverged uncommitted transactions (`--allow-tx-discarding`
+    /// or `--allow-tx-discarding=false`).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    allow_tx_discarding: Option<bool>,
+    /// Identities allowed to replicate from this database, comma separated.
+    #[arg(long, value_delimiter = ',')]
+    replicators: Option<Vec<String>>,
+    /// `file` (default) or `mem`.
+    #[arg(long)]
+    store: Option<String>,
+    /// A replica fed by an external replicator (see examples/external_replicator.rs) rather
+    /// than by a replicator of its own.
+    #[arg(long)]
+    external_replicator: bool,
+}
+
+impl From<SettingsArgs> for DbSettings {
+    fn from(args: SettingsArgs) -> DbSettings {
+        DbSettings {
+            replica_of: args.replica_of,
+            sync_acks: args.sync_acks,
+            quorum: args.quorum,
+            prefetch_buffer: args.prefetch_buffer,
+            allow_tx_discarding: args.allow_tx_discarding,
+            replicators: args.replicators,
+            store: args.store,
+            external_replicator: args.external_replicator,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum DbCommand {
+    /// Creates a database.
+    Create {
+        name: String,
+        #[command(flatten)]
+        settings: SettingsArgs,
+    },
+    /// Changes a database's settings; a new quorum applies at once, to waiting writes too.
+    Update {
+        name: String,
+        #[command(flatten)]
+        settings: SettingsArgs,
+    },
+    /// Lists databases and their settings.
+    List,
+    /// Starts serving an unloaded database.
+    Load { name: String },
+    /// Stops serving a database, keeping its data.
+    Unload { name: String },
+    /// Deletes an unloaded database and its data.
+    Delete { name: String },
+}
+
+/// A parsed command, with `serve`'s settings resolved: they must be known before the
+/// runtime is built, since they choose its worker threads.
+pub struct Prepared(Ready);
+
+enum Ready {
+    Serve(ServeSettings),
+    Other(Command),
+}
+
+/// Resolves `serve`'s settings (reading its config file); other commands pass through.
+pub fn prepare(cli: Cli) -> Result<Prepared> {
+    Ok(Prepared(match cli.command {
+        Command::Serve(args) => {
+            let file = ServeFile::load(&args)?;
+            Ready::Serve(serve::resolve(args, file)?)
+        }
+        other => Ready::Other(other),
+    }))
+}
+
+impl Prepared {
+    /// The runtime's worker threads: `serve --threads` (or its config file), else tokio's
+    /// default.
+    pub fn worker_threads(&self) -> Option<usize> {
+        match &self.0 {
+            Ready::Serve(settings) => settings.threads,
+            Ready::Other(_) => None,
+        }
+    }
+
+    /// Runs the command; returns its exit code.
+    pub async fn run(self) -> Result<ExitCode> {
+        match self.0 {
+            Ready::Serve(settings) => serve::serve(settings).await.map(|()| ExitCode::SUCCESS),
+            Ready::Other(command) => run(command).await,
+        }
+    }
+}
+
+fn parse_ops(words: &[String]) -> Result<Vec<KvOp>> {
+    let mut ops = Vec::new();
+    let mut rest = words;
+    while let Some((word, tail)) = rest.split_first() {
+        match (word.as_str(), tail) {
+            ("set", [key, value, more @ ..]) => {
+                ops.push(KvOp::Set {
+                    key: key.clone(),
+                    value: value.clone(),
+                });
+                rest = more;
+            }
+            ("del", [key, more @ ..]) => {
+                ops.push(KvOp::Delete { key: key.clone() });
+                rest = more;
+            }
+            _ => bail!("expected `set KEY VALUE` or `del KEY`, found {word:?}"),
+        }
+    }
+    Ok(ops)
+}
+
+async fn run(command: Command) -> Result<ExitCode> {
+    match command {
+        Command::Log { command } => log::run_log(command),
+        Command::Demo { dir } => demo::run(dir.as_deref()).await.map(|()| ExitCode::SUCCESS),
+        Command::Serve(_) => unreachable!("prepared as Ready::Serve"),
+        Command::Certs {
+            command: CertsCommand::Init { dir, nodes },
+        } => {
+            let names: Vec<&str> = nodes.iter().map(String::as_str).collect();
+            transport_quic::write_dev_pki(&dir, &names)?;
+            let files: Vec<String> = names.iter().map(|n| format!("{n}.pem/.key")).collect();
+            println!(
+                "wrote ca.pem, {} and client.pem/.key to {}",
+                files.join(", "),
+                dir.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Db { command, client } => {
+            let request = match command {
+                DbCommand::Create { name, settings } => Request::CreateDb {
+                    name,
+                    settings: settings.into(),
+                },
+                DbCommand::Update { name, settings } => Request::UpdateDb {
+                    name,
+                    settings: settings.into(),
+                },
+                DbCommand::List => Request::ListDbs,
+                DbCommand::Load { name } => Request::LoadDb { name },
+                DbCommand::Unload { name } => Request::UnloadDb { name },
+                DbCommand::Delete { name } => Request::DeleteDb { name },
+            };
+            run_client(&client, request, false).await
+        }
+        Command::Put {
+            db,
+            key,
+            value,
+            client,
+        } => {
+            let ops = vec![KvOp::Set { key, value }];
+            run_client(&client, Request::Write { db, ops }, true).await
+        }
+        Command::Del { db, key, client } => {
+            let ops = vec![KvOp::Delete { key }];
+            run_client(&client, Request::Write { db, ops }, true).await
+        }
+        Command::Tx { db, client, ops } => {
+            let ops = parse_ops(&ops)?;
+            run_client(&client, Request::Write { db, ops }, true).await
+        }
+        Command::Get {
+            db,
+            key,
+            min_tx,
+            client,
+        } => {
+            let wait_ms = client
+                .timeout
+                .map(|t| (t * 1000.0) as u64)
+                .unwrap_or(30_000);
+            let request = Request::Get {
+                db,
+                key,
+                min_tx,
+                wait_ms,
+            };
+            run_client(&client, request, false).await
+        }
+        Command::Bench {
+            db,
+            clients,
+            duration,
+            count,
+            value_size,
+            key_space,
+            progress,
+            client,
+        } => {
+            let options = bench::BenchOptions {
+                server: client.server.clone(),
+                db,
+                clients,
+                duration: duration.map(Duration::from_secs_f64),
+                count,
+                value_size,
+                key_space,
+                progress: progress || !client.json,
+            };
+            let identity = TlsIdentity::load(&client.tls_dir, "client")?;
+            bench::run_and_print(options, identity, client.json).await
+        }
+        Command::Status { db, client } => run_client(&client, Request::Status { db }, false).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(text: &str) -> Vec<String> {
+        text.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn tx_operations_parse_in_order() {
+        let ops = parse_ops(&words("set a 1 del b set c 3")).expect("parses");
+        assert_eq!(
+            ops,
+            vec![
+                KvOp::Set {
+                    key: "a".into(),
+                    value: "1".into()
+                },
+                KvOp::Delete { key: "b".into() },
+                KvOp::Set {
+                    key: "c".into(),
+                    value: "3".into()
+                },
+            ]
+        );
+        assert!(parse_ops(&words("set a")).is_err());
+        assert!(parse_ops(&words("put a 1")).is_err());
+    }
+}

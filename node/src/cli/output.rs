@@ -1,0 +1,219 @@
+//! Client commands: one request, its answer rendered as text or `--json`, and the exit code
+//! (3 for a write whose outcome is unknown).
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Result;
+use node::client::{Client, Outcome};
+use node::wire::{ErrorKind, Request, Response};
+use transport_quic::TlsIdentity;
+
+use super::ClientArgs;
+
+/// Exit code of a write whose outcome is unknown.
+pub const EXIT_UNKNOWN: u8 = 3;
+
+/// What a command prints, and how it exits.
+#[derive(Debug, PartialEq)]
+pub struct Rendered {
+    /// One line for stdout.
+    pub stdout: Option<String>,
+    /// One line for stderr.
+    pub stderr: Option<String>,
+    /// The exit code.
+    pub code: u8,
+}
+
+impl Rendered {
+    fn success(stdout: String) -> Rendered {
+        Rendered {
+            stdout: Some(stdout),
+            stderr: None,
+            code: 0,
+        }
+    }
+
+    fn print(self) -> ExitCode {
+        if let Some(line) = self.stdout {
+            println!("{line}");
+        }
+        if let Some(line) = self.stderr {
+            eprintln!("{line}");
+        }
+        ExitCode::from(self.code)
+    }
+}
+
+/// Runs one client request and prints its outcome; returns the exit code.
+pub async fn run_client(args: &ClientArgs, request: Request, is_write: bool) -> Result<ExitCode> {
+    let identity = TlsIdentity::load(&args.tls_dir, "client")?;
+    let mut client = Client::connect(&args.server, identity).await?;
+    let timeout = args.timeout.map(Duration::from_secs_f64);
+    let outcome = client.request(&request, timeout).await?;
+    Ok(render(outcome, is_write, args.json)?.print())
+}
+
+/// How an outcome is shown: `json` picks one JSON object on stdout over text.
+pub fn render(outcome: Outcome, is_write: bool, json: bool) -> Result<Rendered> {
+    let pick = |value: serde_json::Value, text: String| {
+        Rendered::success(if json { value.to_string() } else { text })
+    };
+    let unknown = |why: String, text: String| Rendered {
+        stdout: json.then(|| serde_json::json!({"outcome": "unknown", "error": why}).to_string()),
+        stderr: Some(text),
+        code: EXIT_UNKNOWN,
+    };
+    let failed = |why: String| Rendered {
+        stdout: None,
+        stderr: Some(format!("error: {why}")),
+        code: 1,
+    };
+    Ok(match outcome {
+        Outcome::Unknown(why) if is_write => {
+            let text = format!("outcome unknown: {why}; the write may or may not have committed");
+            unknown(why, text)
+        }
+        Outcome::Unknown(why) => failed(why),
+        Outcome::Answered(Response::Error { kind, message }) => {
+            if kind == ErrorKind::Unknown && is_write {
+                let text = format!("outcome unknown: {message}");
+                unknown(message, text)
+            } else {
+                failed(message)
+            }
+        }
+        Outcome::Answered(Response::Written { tx_id, hash, ack }) => pick(
+            serde_json::json!({"tx_id": tx_id, "hash": hash, "ack": ack}),
+            format!("tx {tx_id} committed ({ack}), hash {hash}"),
+        ),
+        Outcome::Answered(Response::Value { key, value, tx_id }) => {
+            let text = match &value {
+                Some(value) => format!("{key} = {value} (as of tx {tx_id})"),
+                None => format!("{key} not found (as of tx {tx_id})"),
+            };
+            pick(
+                serde_json::json!({"key": key, "value": value, "tx_id": tx_id}),
+                text,
+            )
+        }
+        Outcome::Answered(Response::Status(report)) => {
+            let mut text = format!(
+                "database: {}\nrole: {}\nepoch: {}\ntxID: {}\nhash: {}\nprecommittedTxID: {}\nprecommittedHash: {}\nwaiting writes: {}",
+                report.database,
+                report.role,
+                report.epoch,
+                report.committed.tx_id,
+                report.committed.hash,
+                report.precommitted.tx_id,
+                report.precommitted.hash,
+                report.waiting_writes
+            );
+            if let Some(upstream) = &report.upstream {
+                text.push_str(&format!("\nsource link: {upstream}"));
+            }
+            if let Some(error) = &report.last_error {
+                text.push_str(&format!("\nlast error: {error}"));
+            }
+            for r in &report.replicas {
+                text.push_str(&format!(
+                    "\nreplica {} at {}: acked tx {}, lag {} txs / {} ms, {}",
+                    r.id,
+                    r.address,
+                    r.acked_tx_id,
+                    r.lag_txs,
+                    r.lag_ms,
+                    if r.connected {
+                        "connected"
+                    } else {
+                        "disconnected"
+                    }
+                ));
+            }
+            pick(serde_json::to_value(&report)?, text)
+        }
+        Outcome::Answered(Response::Dbs(dbs)) => {
+            let text = dbs
+                .iter()
+                .map(|(name, loaded, s)| {
+                    let state = if *loaded { "loaded" } else { "unloaded" };
+                    let settings = toml::to_string(s).unwrap_or_default().replace('\n', " ");
+                    format!("{name}\t{state}\t{settings}")
+                })
+                .collect::<Vec<_>>()
+                .join("\n");
+            let value: Vec<serde_json::Value> = dbs
+                .iter()
+                .map(|(name, loaded, s)| serde_json::json!({"name": name, "loaded": loaded, "settings": s}))
+                .collect();
+            pick(serde_json::Value::Array(value), text)
+        }
+        Outcome::Answered(Response::Ok) => pick(serde_json::json!({"ok": true}), "ok".into()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn written() -> Outcome {
+        Outcome::Answered(Response::Written {
+            tx_id: 7,
+            hash: "ab".into(),
+            ack: "quorum".into(),
+        })
+    }
+
+    #[test]
+    fn a_write_renders_as_text_or_json() {
+        let text = render(written(), true, false).expect("renders");
+        assert_eq!(
+            text,
+            Rendered::success("tx 7 committed (quorum), hash ab".into())
+        );
+        let json = render(written(), true, true).expect("renders");
+        let value: serde_json::Value =
+            serde_json::from_str(json.stdout.as_deref().expect("stdout")).expect("json");
+        assert_eq!(value["tx_id"], 7);
+        assert_eq!(value["ack"], "quorum");
+        assert_eq!(json.code, 0);
+    }
+
+    #[test]
+    fn an_unknown_outcome_exits_3_for_a_write_only() {
+        let lost = || Outcome::Unknown("connection lost".into());
+        let write = render(lost(), true, true).expect("renders");
+        assert_eq!(write.code, EXIT_UNKNOWN);
+        assert!(
+            write
+                .stdout
+                .expect("json")
+                .contains("\"outcome\":\"unknown\"")
+        );
+        let read = render(lost(), false, true).expect("renders");
+        assert_eq!(
+            read,
+            Rendered {
+                stdout: None,
+                stderr: Some("error: connection lost".into()),
+                code: 1
+            }
+        );
+        let timed_out = Outcome::Answered(Response::Error {
+            kind: ErrorKind::Unknown,
+            message: "timeout".into(),
+        });
+        let write = render(timed_out, true, false).expect("renders");
+        assert_eq!((write.stdout, write.code), (None, EXIT_UNKNOWN));
+        assert_eq!(write.stderr.as_deref(), Some("outcome unknown: timeout"));
+    }
+
+    #[test]
+    fn a_refusal_exits_1() {
+        let refused = Outcome::Answered(Response::Error {
+            kind: ErrorKind::NotPrimary,
+            message: "a replica".into(),
+        });
+        assert_eq!(render(refused, true, true).expect("renders").code, 1);
+    }
+}

@@ -1,0 +1,170 @@
+//! Building one database from its settings: the quorum policy, the role, the log (a
+//! `FileLog` or a `MemLog`) and the engine, with a fresh [`KvStore`] rebuilt from the log.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use replication_core::NodeId;
+use replication_core::driver::{Node, NodeOptions, StartError};
+use replication_core::engine::{EngineConfig, Role};
+use replication_core::log::LogError;
+use replication_core::quorum::{ParseQuorumError, Quorum, QuorumPolicy};
+use store_file::{FileLog, FileLogOptions};
+use store_mem::MemLog;
+use transport_quic::QuicTransport;
+
+use crate::kv::KvStore;
+use crate::metrics::Histogram;
+use crate::wire::DbSettings;
+
+/// One open database.
+pub(crate) struct Database {
+    /// The settings it was opened with (and later changes of policy).
+    pub(crate) settings: DbSettings,
+    /// Its engine.
+    pub(crate) node: Node,
+    /// Its state machine, which reads are served from.
+    pub(crate) store: KvStore,
+    /// Its commit latency, for the metrics endpoint.
+    pub(crate) commit_latency: Arc<Histogram>,
+}
+
+/// A setting that does not parse.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingError {
+    /// A quorum policy text that does not parse.
+    #[error("{0}")]
+    Policy(ParseQuorumError),
+    /// A source that is not `HOST:PORT/DB`.
+    #[error("--replica-of {0:?}: expected HOST:PORT/DB")]
+    ReplicaOf(String),
+    /// A store other than `file` or `mem`.
+    #[error("--store {0:?}: expected file or mem")]
+    Store(String),
+}
+
+/// Why a database could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// Its settings do not parse.
+    #[error(transparent)]
+    Setting(#[from] SettingError),
+    /// Its log could not be opened.
+    #[error("opening the log of database {db}")]
+    Log {
+        /// The database.
+        db: String,
+        /// The log's error.
+        #[source]
+        error: LogError,
+    },
+    /// Its engine could not start.
+    #[error(transparent)]
+    Start(#[from] StartError),
+}
+
+/// Parses the policy a database's settings describe.
+///
+/// # Errors
+/// A `quorum` text that does not parse.
+pub fn policy_of(settings: &DbSettings) -> Result<Quorum, SettingError> {
+    if let Some(text) = &settings.quorum {
+        return text.parse::<Quorum>().map_err(SettingError::Policy);
+    }
+    Ok(match settings.sync_acks {
+        Some(n) if n > 0 => Quorum::AckCount {
+            n: n as usize,
+            among: None,
+        },
+        _ => Quorum::Async,
+    })
+}
+
+/// Splits `HOST:PORT/DB`.
+///
+/// # Errors
+/// A text without a port or without a database.
+pub fn parse_replica_of(text: &str) -> Result<(String, String), SettingError> {
+    let refused = || SettingError::ReplicaOf(text.to_string());
+    let (address, database) = text.rsplit_once('/').ok_or_else(refused)?;
+    if !address.contains(':') || database.is_empty() {
+        return Err(refused());
+    }
+    Ok((address.to_string(), database.to_string()))
+}
+
+/// Checks what can be checked of settings without opening anything.
+pub(crate) fn check(settings: &DbSettings) -> Result<(), SettingError> {
+    policy_of(settings)?;
+    if let Some(text) = &settings.replica_of {
+        parse_replica_of(text)?;
+    }
+    Ok(())
+}
+
+/// Opens database `db` of server `server_name` with its log in `log_dir`, replaying the
+/// log into a new store; replicas reach their source, and are reached, through `transport`.
+pub(crate) async fn open(
+    server_name: &str,
+    db: &str,
+    settings: DbSettings,
+    log_dir: &Path,
+    transport: Arc<QuicTransport>,
+) -> Result<Database, OpenError> {
+    let policy = policy_of(&settings)?;
+    let role = match &settings.replica_of {
+        _ if settings.external_replicator => Role::ExternalReplica,
+        Some(text) => Role::Replica {
+            address: parse_replica_of(text)?.0,
+        },
+        None => Role::Primary,
+    };
+    let mut config = EngineConfig::new(server_name, db, role);
+    if let Some(text) = &settings.replica_of {
+        config.source_database = Some(parse_replica_of(text)?.1);
+    }
+    if let Some(prefetch) = settings.prefetch_buffer {
+        config.prefetch_buffer = prefetch.max(1);
+    }
+    config.allow_tx_discarding = settings.allow_tx_discarding.unwrap_or(false);
+    config.allowed_replicators = settings
+        .replicators
+        .as_ref()
+        .map(|ids| ids.iter().map(|id| NodeId::new(id.as_str())).collect());
+    // The server routes every channel itself (see the router): the engine must not accept.
+    let options = NodeOptions {
+        accept_replicas: false,
+        ..NodeOptions::default()
+    };
+    let store = KvStore::default();
+    let policy: Arc<dyn QuorumPolicy> = Arc::new(policy);
+    let node = match settings.store.as_deref().unwrap_or("file") {
+        "file" => {
+            let log = FileLog::open(log_dir, FileLogOptions::default()).map_err(|error| {
+                OpenError::Log {
+                    db: db.to_string(),
+                    error,
+                }
+            })?;
+            Node::start(config, policy, log, transport, store.clone(), options).await?
+        }
+        "mem" => {
+            Node::start(
+                config,
+                policy,
+                MemLog::new(),
+                transport,
+                store.clone(),
+                options,
+            )
+            .await?
+        }
+        other => return Err(SettingError::Store(other.to_string()).into()),
+    };
+    Ok(Database {
+        settings,
+        node,
+        store,
+        commit_latency: Arc::default(),
+    })
+}

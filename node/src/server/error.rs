@@ -1,0 +1,129 @@
+//! The server's errors, and the one place they become [`Response::Error`]s.
+//!
+//! Every fallible operation of the server returns a [`ServerError`]; the client session
+//! converts it with `Response::from` and nothing else builds an error response, so the kind a
+//! client sees (and, for a write, whether its outcome is unknown) is decided here alone.
+
+use replication_core::engine::WriteError;
+
+use crate::wire::{ErrorKind, Response};
+
+use super::catalog::CatalogError;
+use super::database::OpenError;
+
+/// Why a server operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// No such database, or it is not loaded.
+    #[error("unknown database {0:?} (or not loaded)")]
+    UnknownDatabase(String),
+    /// A name that cannot be a database's directory.
+    #[error("database name {0:?}: use letters, digits, '-' and '_'")]
+    BadName(String),
+    /// Create of a database that exists (or is being opened or deleted).
+    #[error("database {0:?} exists")]
+    Exists(String),
+    /// Load of a database that is loaded (or being opened).
+    #[error("database {0:?} is already loaded")]
+    AlreadyLoaded(String),
+    /// Delete of a database that is loaded.
+    #[error("database {0:?} is loaded: unload it first")]
+    StillLoaded(String),
+    /// Settings refused before anything was kept: a bad policy or source, or a new
+    /// database that could not be opened with them.
+    #[error(transparent)]
+    BadSettings(OpenError),
+    /// A database with accepted settings that could not be opened (on start, load, or the
+    /// restart of an update).
+    #[error(transparent)]
+    OpenFailed(OpenError),
+    /// The data directory could not be read or written.
+    #[error(transparent)]
+    Catalog(CatalogError),
+    /// A write the engine refused, or whose outcome is unknown.
+    #[error(transparent)]
+    Write(WriteError),
+    /// Pushed transactions the engine refused.
+    #[error(transparent)]
+    Replicate(WriteError),
+    /// The engine did not report its status (it stopped).
+    #[error(transparent)]
+    Status(WriteError),
+    /// The engine did not take the new policy (it stopped).
+    #[error("database stopped")]
+    PolicyNotApplied,
+    /// A read's `min_tx` was not applied within its wait.
+    #[error(
+        "transaction {min_tx} not applied here within {} ms (applied: {applied})",
+        wait.as_millis()
+    )]
+    NotApplied {
+        /// The transaction waited for.
+        min_tx: replication_core::TxId,
+        /// How long the read waited.
+        wait: std::time::Duration,
+        /// The last transaction applied here.
+        applied: replication_core::TxId,
+    },
+    /// A request frame that does not decode.
+    #[error("malformed request")]
+    Malformed(#[source] postcard::Error),
+    /// A failure about one database, named (for errors reported outside a session).
+    #[error("database {name}")]
+    InDatabase {
+        /// The database.
+        name: String,
+        /// What failed.
+        #[source]
+        error: Box<ServerError>,
+    },
+}
+
+impl From<CatalogError> for ServerError {
+    fn from(error: CatalogError) -> ServerError {
+        ServerError::Catalog(error)
+    }
+}
+
+impl ServerError {
+    /// How a client should react: the kind its [`Response::Error`] carries.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            ServerError::UnknownDatabase(_) => ErrorKind::UnknownDatabase,
+            ServerError::BadName(_) | ServerError::BadSettings(_) => ErrorKind::BadSetting,
+            ServerError::Write(WriteError::NotPrimary { .. }) => ErrorKind::NotPrimary,
+            // Appended (or possibly appended) but not known to be committed.
+            ServerError::Write(
+                WriteError::Timeout { .. }
+                | WriteError::ShuttingDown
+                | WriteError::LogFailed(_)
+                | WriteError::Fenced { .. },
+            ) => ErrorKind::Unknown,
+            ServerError::InDatabase { error, .. } => error.kind(),
+            _ => ErrorKind::Failed,
+        }
+    }
+}
+
+impl From<ServerError> for Response {
+    /// The message is the error and its causes, as `anyhow` prints them with `{:#}`: clients
+    /// have only this text to go on.
+    fn from(error: ServerError) -> Response {
+        Response::Error {
+            kind: error.kind(),
+            message: chain(&error),
+        }
+    }
+}
+
+/// An error and its sources, joined by `": "`.
+pub(crate) fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -1,0 +1,360 @@
+//! The server's typed operations, one per client request. Each returns a [`ServerError`]
+//! rather than a response: the session converts, once, for every operation.
+//!
+//! A database's engine is cloned out of its slot before anything is awaited on it, so a
+//! write waiting for its quorum holds no lock; an update holds its own database's slot, and
+//! nothing else, while it restarts the engine.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use replication_core::engine::{EngineStatus, Role, UpstreamState, WriteReceipt};
+use replication_core::{Tx, TxId};
+
+use crate::kv::{KvOp, KvTx};
+use crate::metrics::Snapshot;
+use crate::wire::{DbSettings, Position, ReplicaReport, StatusReport};
+
+use super::catalog::valid_name;
+use super::database::{self, Database, policy_of};
+use super::{Server, ServerError};
+
+impl Server {
+    /// Reads from a loaded database's slot, waiting if it is being opened.
+    async fn with_database<T>(
+        &self,
+        db: &str,
+        read: impl FnOnce(&Database) -> T,
+    ) -> Result<T, ServerError> {
+        let unknown = || ServerError::UnknownDatabase(db.to_string());
+        let slot = self.catalog.slot(db).ok_or_else(unknown)?;
+        let database = slot.read().await;
+        database.as_ref().map(read).ok_or_else(unknown)
+    }
+
+    /// Writes an atomic transaction to a primary and waits for its commit.
+    ///
+    /// # Errors
+    /// [`ServerError::Write`], whose [`kind`](ServerError::kind) says whether the outcome is
+    /// unknown, or an unknown database.
+    pub async fn write(&self, db: &str, ops: Vec<KvOp>) -> Result<WriteReceipt, ServerError> {
+        let (node, latency) = self
+            .with_database(db, |d| (d.node.clone(), d.commit_latency.clone()))
+            .await?;
+        let started = Instant::now();
+        let receipt = node
+            .write(KvTx { ops }.encode())
+            .await
+            .map_err(ServerError::Write)?;
+        latency.observe(started.elapsed());
+        Ok(receipt)
+    }
+
+    /// Pushes transactions committed at their source into an external-replicator database.
+    ///
+    /// # Errors
+    /// [`ServerError::Replicate`] for transactions that do not extend its log.
+    pub async fn replicate(&self, db: &str, txs: Vec<Tx>) -> Result<WriteReceipt, ServerError> {
+        let node = self.with_database(db, |d| d.node.clone()).await?;
+        node.replicate(txs).await.map_err(ServerError::Replicate)
+    }
+
+    /// Reads `key`, once `min_tx` (if given) is applied here, waiting at most `wait` for it.
+    /// Returns the value and the last transaction applied, which the read reflects.
+    ///
+    /// # Errors
+    /// [`ServerError::NotApplied`] when `min_tx` is not applied in time.
+    pub async fn get(
+        &self,
+        db: &str,
+        key: &str,
+        min_tx: Option<TxId>,
+        wait: Duration,
+    ) -> Result<(Option<String>, TxId), ServerError> {
+        let (node, store) = self
+            .with_database(db, |d| (d.node.clone(), d.store.clone()))
+            .await?;
+        if let Some(min_tx) = min_tx {
+            // A stopped engine ends the wait too: the read then shows what was applied.
+            let waited = tokio::time::timeout(wait, node.wait_applied(min_tx)).await;
+            if waited.is_err() {
+                return Err(ServerError::NotApplied {
+                    min_tx,
+                    wait,
+                    applied: store.applied_tx(),
+                });
+            }
+        }
+        let applied = store.applied_tx();
+        Ok((store.get(key).map(|(value, _)| value), applied))
+    }
+
+    /// A database's replication status.
+    ///
+    /// # Errors
+    /// [`ServerError::Status`] when its engine stopped.
+    pub async fn status(&self, db: &str) -> Result<StatusReport, ServerError> {
+        let node = self.with_database(db, |d| d.node.clone()).await?;
+        let status = node.status().await.map_err(ServerError::Status)?;
+        Ok(status_report(db, status))
+    }
+
+    /// Creates a database and persists its settings.
+    ///
+    /// # Errors
+    /// A bad name or settings, a name in use, or a failure to open or persist.
+    pub async fn create(&self, name: &str, settings: DbSettings) -> Result<(), ServerError> {
+        if !valid_name(name) {
+            return Err(ServerError::BadName(name.to_string()));
+        }
+        let exists = || ServerError::Exists(name.to_string());
+        let reservation = self.catalog.reserve(name).ok_or_else(exists)?;
+        if self.catalog.exists_on_disk(name) {
+            return Err(exists());
+        }
+        database::check(&settings).map_err(|e| ServerError::BadSettings(e.into()))?;
+        let database = self
+            .open(name, settings.clone())
+            .await
+            .map_err(ServerError::BadSettings)?;
+        if let Err(error) = self.catalog.persist(name, &settings) {
+            database.node.shutdown().await;
+            return Err(error.into());
+        }
+        reservation.fill(database);
+        Ok(())
+    }
+
+    /// Applies new settings: a new policy takes effect at once, on waiting writes too; other
+    /// changes restart the database's engine. The settings are persisted first.
+    ///
+    /// # Errors
+    /// An unknown database, bad settings, or a failure to persist or reopen.
+    pub async fn update(&self, name: &str, changes: DbSettings) -> Result<(), ServerError> {
+        let unknown = || ServerError::UnknownDatabase(name.to_string());
+        let slot = self.catalog.slot(name).ok_or_else(unknown)?;
+        let mut guard = slot.write().await;
+        let database = guard.as_mut().ok_or_else(unknown)?;
+        let bad = |error: database::SettingError| ServerError::BadSettings(error.into());
+        let mut settings = database.settings.clone();
+        if changes.quorum.is_some() || changes.sync_acks.is_some() {
+            settings.quorum = changes.quorum.clone();
+            settings.sync_acks = changes.sync_acks;
+        }
+        let policy = policy_of(&settings).map_err(bad)?;
+        let restart = changes.replica_of.is_some() && changes.replica_of != settings.replica_of
+            || changes
+                .prefetch_buffer
+                .is_some_and(|p| Some(p) != settings.prefetch_buffer)
+            || changes.replicators.is_some() && changes.replicators != settings.replicators
+            || changes
+                .allow_tx_discarding
+                .is_some_and(|allow| Some(allow) != settings.allow_tx_discarding);
+        if let Some(replica_of) = changes.replica_of {
+            database::parse_replica_of(&replica_of).map_err(bad)?;
+            settings.replica_of = Some(replica_of);
+        }
+        settings.prefetch_buffer = changes.prefetch_buffer.or(settings.prefetch_buffer);
+        settings.replicators = changes.replicators.or(settings.replicators);
+        settings.allow_tx_discarding = changes.allow_tx_discarding.or(settings.allow_tx_discarding);
+        self.catalog.persist(name, &settings)?;
+        if restart {
+            // Only this database's slot is held: requests for it wait, others go on. A
+            // reopen that fails leaves the stopped engine in place, answering that it is
+            // shutting down, until the database is unloaded and loaded again.
+            database.node.shutdown().await;
+            *database = self
+                .open(name, settings)
+                .await
+                .map_err(ServerError::OpenFailed)?;
+        } else {
+            database
+                .node
+                .set_policy(Arc::new(policy))
+                .await
+                .map_err(|_| ServerError::PolicyNotApplied)?;
+            database.settings = settings;
+        }
+        Ok(())
+    }
+
+    /// Every database: its name, whether it is loaded, and its settings, in name order.
+    pub async fn list(&self) -> Vec<(String, bool, DbSettings)> {
+        let mut list = Vec::new();
+        for (name, slot) in self.catalog.slots() {
+            if let Some(database) = slot.read().await.as_ref() {
+                list.push((name, true, database.settings.clone()));
+            }
+        }
+        for name in self.catalog.unloaded() {
+            let settings = self.catalog.read_settings(&name).unwrap_or_default();
+            list.push((name, false, settings));
+        }
+        list.sort_by(|a, b| a.0.cmp(&b.0));
+        list
+    }
+
+    /// Starts serving an unloaded database again.
+    ///
+    /// # Errors
+    /// A database loaded already, not on disk, or that fails to open.
+    pub async fn load(&self, name: &str) -> Result<(), ServerError> {
+        let reservation = self
+            .catalog
+            .reserve(name)
+            .ok_or_else(|| ServerError::AlreadyLoaded(name.to_string()))?;
+        if !self.catalog.unloaded().iter().any(|n| n == name) {
+            return Err(ServerError::UnknownDatabase(name.to_string()));
+        }
+        let settings = self.catalog.read_settings(name)?;
+        let database = self
+            .open(name, settings)
+            .await
+            .map_err(ServerError::OpenFailed)?;
+        self.catalog.clear_unloaded(name);
+        reservation.fill(database);
+        Ok(())
+    }
+
+    /// Stops serving a database, keeping its data; it stays unloaded across restarts.
+    ///
+    /// # Errors
+    /// An unknown database, or a marker that could not be written (it is stopped, but loads
+    /// again on restart).
+    pub async fn unload(&self, name: &str) -> Result<(), ServerError> {
+        let unknown = || ServerError::UnknownDatabase(name.to_string());
+        let slot = self.catalog.slot(name).ok_or_else(unknown)?;
+        let database = {
+            let mut guard = slot.write().await;
+            let database = guard.take().ok_or_else(unknown)?;
+            self.catalog.release(name, &slot);
+            database
+        };
+        database.node.shutdown().await;
+        self.catalog.mark_unloaded(name)?;
+        Ok(())
+    }
+
+    /// Deletes an unloaded database and its data.
+    ///
+    /// # Errors
+    /// A loaded database, an unknown one, or a failure to remove its files.
+    pub async fn delete(&self, name: &str) -> Result<(), ServerError> {
+        // Reserved while the files go, so that a load or create of the name meanwhile is
+        // refused instead of opening a log being removed.
+        let _reservation = self
+            .catalog
+            .reserve(name)
+            .ok_or_else(|| ServerError::StillLoaded(name.to_string()))?;
+        if !valid_name(name) || !self.catalog.unloaded().iter().any(|n| n == name) {
+            return Err(ServerError::UnknownDatabase(name.to_string()));
+        }
+        self.catalog.remove(name)?;
+        Ok(())
+    }
+
+    /// What the metrics endpoint shows of each loaded database.
+    pub async fn metric_snapshots(&self) -> Vec<Snapshot> {
+        let mut snapshots = Vec::new();
+        for (db, slot) in self.catalog.slots() {
+            let Some((node, store, commit_latency)) = slot
+                .read()
+                .await
+                .as_ref()
+                .map(|d| (d.node.clone(), d.store.clone(), d.commit_latency.clone()))
+            else {
+                continue;
+            };
+            let Ok(status) = node.status().await else {
+                continue;
+            };
+            snapshots.push(Snapshot {
+                db,
+                commit_latency,
+                committed: status.committed.0,
+                precommitted: status.durable.tx_id.0,
+                waiting_writes: status.waiting_writes as u64,
+                applied: store.applied_tx().0,
+                applied_bytes: store.applied_bytes(),
+                replicas: replica_reports(status.replicas),
+            });
+        }
+        snapshots
+    }
+
+    /// Makes sure the database `name` exists with these replication settings, as immudb's
+    /// startup `--replication-*` flags do for its default database: created if missing,
+    /// updated (and persisted) if its role or quorum differs; an unloaded one is left as it is.
+    ///
+    /// # Errors
+    /// [`ServerError::InDatabase`]: invalid settings, or a database that cannot be opened.
+    pub async fn ensure_database(
+        &self,
+        name: &str,
+        settings: DbSettings,
+    ) -> Result<(), ServerError> {
+        let existing = match self.catalog.slot(name) {
+            Some(slot) => slot.read().await.as_ref().map(|db| db.settings.clone()),
+            None => None,
+        };
+        let done = match existing {
+            None if self.catalog.unloaded().iter().any(|n| n == name) => Ok(()),
+            None => self.create(name, settings).await,
+            Some(current)
+                if current.replica_of == settings.replica_of
+                    && current.quorum == settings.quorum
+                    && current.sync_acks == settings.sync_acks =>
+            {
+                Ok(())
+            }
+            Some(_) => self.update(name, settings).await,
+        };
+        done.map_err(|error| ServerError::InDatabase {
+            name: name.to_string(),
+            error: Box::new(error),
+        })
+    }
+}
+
+/// The status report of database `db`.
+fn status_report(db: &str, status: EngineStatus) -> StatusReport {
+    StatusReport {
+        database: db.to_string(),
+        role: match status.role {
+            Role::Primary => "primary".into(),
+            Role::Replica { .. } => "replica".into(),
+            Role::ExternalReplica => "replica (external replicator)".into(),
+        },
+        epoch: status.epoch.0,
+        committed: Position {
+            tx_id: status.committed.0,
+            hash: status.committed_position.hash.to_hex(),
+        },
+        precommitted: Position {
+            tx_id: status.durable.tx_id.0,
+            hash: status.durable.hash.to_hex(),
+        },
+        waiting_writes: status.waiting_writes,
+        upstream: status.upstream.map(|state| match state {
+            UpstreamState::Stopped(why) => format!("stopped: {why}"),
+            other => format!("{other:?}").to_lowercase(),
+        }),
+        last_error: status.last_error,
+        replicas: replica_reports(status.replicas),
+    }
+}
+
+/// The replicas of a status, as reports and metrics show them.
+fn replica_reports(replicas: Vec<replication_core::engine::ReplicaStatus>) -> Vec<ReplicaReport> {
+    replicas
+        .into_iter()
+        .map(|r| ReplicaReport {
+            id: r.id.0,
+            address: r.address,
+            acked_tx_id: r.acked.0,
+            lag_txs: r.lag_txs,
+            lag_ms: r.lag.as_millis() as u64,
+            connected: r.connected,
+        })
+        .collect()
+}

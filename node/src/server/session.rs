@@ -1,0 +1,100 @@
+//! A client session: each [`Request`] frame becomes a typed call of the server, and its
+//! result one [`Response`] frame. Errors become responses here only, through
+//! `Response::from(ServerError)`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use replication_core::TxId;
+use replication_core::engine::AckKind;
+use replication_core::transport::Channel;
+
+use crate::wire::{Request, Response};
+
+use super::{Server, ServerError};
+
+impl Server {
+    /// Answers requests on `channel`, one at a time, until it closes.
+    pub(super) async fn client_session(self: Arc<Server>, mut channel: Channel) {
+        loop {
+            let frame = match channel.receiver.recv().await {
+                Ok(Some(frame)) => frame,
+                _ => return,
+            };
+            let response = match postcard::from_bytes::<Request>(&frame) {
+                Ok(request) => self.handle(request).await,
+                Err(error) => Err(ServerError::Malformed(error)),
+            };
+            let response = response.unwrap_or_else(Response::from);
+            let Ok(bytes) = postcard::to_allocvec(&response) else {
+                return;
+            };
+            if channel.sender.send(Bytes::from(bytes)).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    async fn handle(&self, request: Request) -> Result<Response, ServerError> {
+        Ok(match request {
+            Request::Write { db, ops } => {
+                let receipt = self.write(&db, ops).await?;
+                Response::Written {
+                    tx_id: receipt.tx_id.0,
+                    hash: receipt.hash.to_hex(),
+                    ack: if receipt.ack == AckKind::Quorum {
+                        "quorum"
+                    } else {
+                        "async"
+                    }
+                    .into(),
+                }
+            }
+            Request::Replicate { db, txs } => {
+                let receipt = self.replicate(&db, txs).await?;
+                Response::Written {
+                    tx_id: receipt.tx_id.0,
+                    hash: receipt.hash.to_hex(),
+                    ack: "async".into(),
+                }
+            }
+            Request::Get {
+                db,
+                key,
+                min_tx,
+                wait_ms,
+            } => {
+                let wait = Duration::from_millis(wait_ms);
+                let (value, applied) = self.get(&db, &key, min_tx.map(TxId), wait).await?;
+                Response::Value {
+                    key,
+                    value,
+                    tx_id: applied.0,
+                }
+            }
+            Request::Status { db } => Response::Status(self.status(&db).await?),
+            Request::CreateDb { name, settings } => {
+                self.create(&name, settings).await?;
+                Response::Ok
+            }
+            Request::UpdateDb { name, settings } => {
+                self.update(&name, settings).await?;
+                Response::Ok
+            }
+            Request::ListDbs => Response::Dbs(self.list().await),
+            Request::LoadDb { name } => {
+                self.load(&name).await?;
+                Response::Ok
+            }
+            Request::UnloadDb { name } => {
+                self.unload(&name).await?;
+                Response::Ok
+            }
+            Request::DeleteDb { name } => {
+                self.delete(&name).await?;
+                Response::Ok
+            }
+        })
+    }
+}

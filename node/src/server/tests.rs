@@ -1,0 +1,161 @@
+//! The catalog's reservations, through a real server on loopback: a database being opened
+//! (a held reservation) stalls nothing else, its name is refused meanwhile, and a failed open
+//! gives the name back.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use transport_quic::{QuicOptions, QuicTransport, TlsIdentity, write_dev_pki};
+
+use super::{Server, ServerError};
+use crate::kv::KvOp;
+use crate::wire::{DbSettings, ErrorKind, Response};
+
+async fn server(root: &std::path::Path) -> Arc<Server> {
+    write_dev_pki(&root.join("certs"), &["n1"]).expect("pki");
+    let identity = TlsIdentity::load(&root.join("certs"), "n1").expect("identity");
+    let transport = QuicTransport::bind(
+        "127.0.0.1:0".parse().expect("addr"),
+        identity,
+        QuicOptions::default(),
+    )
+    .await
+    .expect("bind");
+    Server::start("n1", &root.join("n1"), transport)
+        .await
+        .expect("server")
+}
+
+fn set(key: &str) -> Vec<KvOp> {
+    vec![KvOp::Set {
+        key: key.into(),
+        value: "v".into(),
+    }]
+}
+
+/// Within a second: what must not wait for another database's open.
+async fn soon<T>(what: impl Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(1), what)
+        .await
+        .expect("not stalled by the database being opened")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_being_opened_stalls_no_other_and_its_name_is_refused() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let server = server(root.path()).await;
+    server
+        .create("app", DbSettings::default())
+        .await
+        .expect("create app");
+
+    // What a create or load holds while the log replays.
+    let opening = server.catalog.reserve("slow").expect("a free name");
+
+    soon(server.write("app", set("k"))).await.expect("write");
+    soon(server.create("other", DbSettings::default()))
+        .await
+        .expect("create another");
+    let names: Vec<String> = soon(server.list()).await.into_iter().map(|d| d.0).collect();
+    assert_eq!(
+        names,
+        ["app", "other"],
+        "the database opening is not listed yet"
+    );
+    assert!(matches!(
+        soon(server.create("slow", DbSettings::default())).await,
+        Err(ServerError::Exists(_))
+    ));
+    assert!(matches!(
+        soon(server.load("slow")).await,
+        Err(ServerError::AlreadyLoaded(_))
+    ));
+    assert!(matches!(
+        soon(server.delete("slow")).await,
+        Err(ServerError::StillLoaded(_))
+    ));
+
+    // A request for the name waits for the open, and finds nothing if it fails.
+    let waiting = tokio::spawn({
+        let server = server.clone();
+        async move { server.status("slow").await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!waiting.is_finished(), "waits while the database opens");
+    drop(opening);
+    assert!(matches!(
+        soon(waiting).await.expect("joined"),
+        Err(ServerError::UnknownDatabase(_))
+    ));
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_open_gives_the_name_back() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let server = server(root.path()).await;
+    let bogus = DbSettings {
+        store: Some("tape".into()),
+        ..DbSettings::default()
+    };
+    let refused = server
+        .create("app", bogus)
+        .await
+        .expect_err("no such store");
+    assert_eq!(refused.kind(), ErrorKind::BadSetting);
+    assert!(
+        server.catalog.slot("app").is_none(),
+        "the reservation is released"
+    );
+    server
+        .create("app", DbSettings::default())
+        .await
+        .expect("the name is free again");
+    server.write("app", set("k")).await.expect("write");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_creates_of_one_name_make_one_database() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let server = server(root.path()).await;
+    let creates: Vec<_> = (0..4)
+        .map(|_| {
+            let server = server.clone();
+            tokio::spawn(async move { server.create("app", DbSettings::default()).await })
+        })
+        .collect();
+    let mut created = 0;
+    for create in creates {
+        match create.await.expect("joined") {
+            Ok(()) => created += 1,
+            Err(error) => assert!(matches!(error, ServerError::Exists(_)), "{error}"),
+        }
+    }
+    assert_eq!(created, 1);
+    server.write("app", set("k")).await.expect("write");
+    server.shutdown().await;
+}
+
+#[test]
+fn errors_become_responses_with_their_kind_and_causes() {
+    let unknown = Response::from(ServerError::UnknownDatabase("app".into()));
+    assert!(matches!(
+        unknown,
+        Response::Error { kind: ErrorKind::UnknownDatabase, ref message }
+            if message == "unknown database \"app\" (or not loaded)"
+    ));
+    let named = ServerError::InDatabase {
+        name: "app".into(),
+        error: Box::new(ServerError::Exists("app".into())),
+    };
+    assert!(matches!(
+        Response::from(named),
+        Response::Error { kind: ErrorKind::Failed, ref message }
+            if message == "database app: database \"app\" exists"
+    ));
+    let timeout = ServerError::Write(replication_core::engine::WriteError::Timeout {
+        tx_id: replication_core::TxId(3),
+    });
+    assert_eq!(timeout.kind(), ErrorKind::Unknown);
+}
