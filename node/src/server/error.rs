@@ -4,6 +4,7 @@
 //! converts it with `Response::from` and nothing else builds an error response, so the kind a
 //! client sees (and, for a write, whether its outcome is unknown) is decided here alone.
 
+use replication_core::driver::NodeError;
 use replication_core::engine::WriteError;
 
 use crate::wire::{ErrorKind, Response};
@@ -48,7 +49,7 @@ pub enum ServerError {
     Replicate(WriteError),
     /// The engine did not report its status (it stopped).
     #[error(transparent)]
-    Status(WriteError),
+    Status(NodeError),
     /// The engine did not take the new policy (it stopped).
     #[error("database stopped")]
     PolicyNotApplied,
