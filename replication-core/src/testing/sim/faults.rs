@@ -9,7 +9,7 @@
 
 use super::oracle::Check;
 use super::rng::{Rng, Stream};
-use super::topology::{PRIMARY, Topology};
+use super::topology::Topology;
 use super::world::{SimEvent, World};
 use crate::quorum::{Quorum, ReplicaFilter};
 use crate::types::NodeId;
@@ -140,7 +140,7 @@ impl World {
         self.nodes[node].crash();
         let broken = self.network.crashed(node);
         self.notify_broken(broken);
-        if node == PRIMARY {
+        if node == self.primary() {
             self.workload.primary_lost();
         }
     }

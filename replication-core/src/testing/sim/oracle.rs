@@ -6,7 +6,7 @@
 //! primary's history, nothing acknowledged lost.
 
 use super::node::SimNode;
-use super::topology::{PRIMARY, Topology};
+use super::topology::Topology;
 use super::workload::{AckedWrite, Workload};
 use crate::engine::{Engine, WriteId, WriteReceipt};
 use crate::quorum::{Quorum, ReplicaFilter};
@@ -61,6 +61,19 @@ pub(super) fn truncation_spares_committed(node: &SimNode, after: TxId) -> Check 
     if after.0 < node.disk.committed() {
         Err(format!(
             "{}: truncate to {after} below committed {}",
+            node.name,
+            node.disk.committed()
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// A node's commit point never moves backwards (the engine only reports advances).
+pub(super) fn commit_never_regresses(node: &SimNode, up_to: TxId) -> Check {
+    if up_to.0 < node.disk.committed() {
+        Err(format!(
+            "{}: commits {up_to} after committing {}",
             node.name,
             node.disk.committed()
         ))
@@ -189,8 +202,8 @@ fn filter_admits(filter: &ReplicaFilter, node: &SimNode) -> bool {
 /// committed and applied the primary's last transaction, and holds nothing beyond it — a
 /// replica still holding uncommitted transactions a crashed primary lost has not converged
 /// until it dropped them, which it does once it subscribes to the restarted primary.
-pub(super) fn converged(nodes: &[SimNode], workload: &Workload) -> bool {
-    let Some(primary) = nodes[PRIMARY].engine.as_ref() else {
+pub(super) fn converged(nodes: &[SimNode], primary: usize, workload: &Workload) -> bool {
+    let Some(primary) = nodes[primary].engine.as_ref() else {
         return false;
     };
     let target = primary.last().tx_id.0;
@@ -221,8 +234,8 @@ pub(super) fn every_write_answered(workload: &Workload) -> Check {
 }
 
 /// Every node's log is exactly the primary's, transaction for transaction.
-pub(super) fn logs_equal_primary(nodes: &[SimNode]) -> Check {
-    let primary_log = nodes[PRIMARY].disk.hashes();
+pub(super) fn logs_equal_primary(nodes: &[SimNode], primary: usize) -> Check {
+    let primary_log = nodes[primary].disk.hashes();
     for node in nodes {
         let log = node.disk.hashes();
         if log != primary_log {
@@ -238,8 +251,8 @@ pub(super) fn logs_equal_primary(nodes: &[SimNode]) -> Check {
 }
 
 /// Every node's state machine applied exactly the primary's history.
-pub(super) fn applied_equal_primary(nodes: &[SimNode]) -> Check {
-    let primary_log = nodes[PRIMARY].disk.hashes();
+pub(super) fn applied_equal_primary(nodes: &[SimNode], primary: usize) -> Check {
+    let primary_log = nodes[primary].disk.hashes();
     for node in nodes {
         let applied: Vec<TxHash> = node.applied.iter().map(|p| p.hash).collect();
         if applied != primary_log {
@@ -268,10 +281,10 @@ pub(super) fn no_acknowledged_write_lost(nodes: &[SimNode], acked: &[AckedWrite]
 }
 
 /// Every check of a healed, converged cluster.
-pub(super) fn final_checks(nodes: &[SimNode], workload: &Workload) -> Check {
+pub(super) fn final_checks(nodes: &[SimNode], primary: usize, workload: &Workload) -> Check {
     replication_never_stopped(nodes)?;
     every_write_answered(workload)?;
-    logs_equal_primary(nodes)?;
-    applied_equal_primary(nodes)?;
+    logs_equal_primary(nodes, primary)?;
+    applied_equal_primary(nodes, primary)?;
     no_acknowledged_write_lost(nodes, workload.acked())
 }

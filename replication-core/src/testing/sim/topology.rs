@@ -147,18 +147,23 @@ impl Topology {
         }
     }
 
+    /// The primary's index (the builder puts it first; a promotion may move it).
+    pub fn primary_index(&self) -> usize {
+        self.nodes
+            .iter()
+            .position(|n| n.upstream.is_none())
+            .unwrap_or(0)
+    }
+
     /// The nodes that replicate straight from the primary: the only ones whose
     /// acknowledgements a quorum policy counts.
     pub fn direct_replicas(&self) -> impl Iterator<Item = &NodeSpec> {
-        let primary = &self.nodes[PRIMARY].name;
+        let primary = &self.nodes[self.primary_index()].name;
         self.nodes
             .iter()
             .filter(move |n| n.upstream.as_ref() == Some(primary))
     }
 }
-
-/// The primary's index: a topology always declares it first.
-pub(super) const PRIMARY: usize = 0;
 
 fn zone_of(index: usize) -> String {
     if index.is_multiple_of(2) { "a" } else { "b" }.to_string()

@@ -76,7 +76,8 @@ impl Workload {
     }
 
     /// The next batch of one to four writes, under `policy`. Writes meant for a primary that
-    /// is down count as not acknowledged.
+    /// is down count as not acknowledged. The draws do not depend on whether it is up, so the
+    /// clients' schedule and payloads are a function of the seed alone.
     pub(super) fn next_batch(&mut self, primary_up: bool, policy: &Quorum) -> Batch {
         if self.writes_left == 0 {
             return Batch::default();
@@ -84,6 +85,14 @@ impl Workload {
         let count = self.rng.range(1, 4).min(self.writes_left as u64) as usize;
         self.writes_left -= count;
         let next_in = Some(self.rng.range(500, 60_000));
+        let writes: Vec<(WriteId, Bytes)> = (0..count)
+            .map(|_| {
+                let write = WriteId(self.next_write);
+                self.next_write += 1;
+                let payload = Bytes::from(format!("write-{}-{}", write.0, self.rng.next()));
+                (write, payload)
+            })
+            .collect();
         if !primary_up {
             self.not_acked += count;
             return Batch {
@@ -91,15 +100,9 @@ impl Workload {
                 writes: Vec::new(),
             };
         }
-        let writes = (0..count)
-            .map(|_| {
-                let write = WriteId(self.next_write);
-                self.next_write += 1;
-                let payload = Bytes::from(format!("write-{}-{}", write.0, self.rng.next()));
-                self.outstanding.insert(write, policy.clone());
-                (write, payload)
-            })
-            .collect();
+        for (write, _) in &writes {
+            self.outstanding.insert(*write, policy.clone());
+        }
         Batch { next_in, writes }
     }
 

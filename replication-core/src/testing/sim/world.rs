@@ -16,11 +16,11 @@ use super::network::{Broken, Network, Transmission};
 use super::node::SimNode;
 use super::oracle::{self, Check, Oracle};
 use super::rng::{Rng, Stream};
-use super::topology::{PRIMARY, Topology};
+use super::topology::Topology;
 use super::workload::Workload;
 use super::{SimOptions, SimReport};
 use crate::engine::{
-    Command, ConnId, Direction, Event, Timestamp, WriteError, WriteId, WriteReceipt,
+    AckKind, Command, ConnId, Direction, Event, Timestamp, WriteError, WriteId, WriteReceipt,
 };
 use crate::protocol::Message;
 use crate::quorum::Quorum;
@@ -168,6 +168,11 @@ impl World {
             },
             crashes: 0,
         }
+    }
+
+    /// The node that takes writes now.
+    pub(super) fn primary(&self) -> usize {
+        self.topology.primary_index()
     }
 
     pub(super) fn log(&mut self, line: String) {
@@ -319,6 +324,7 @@ impl World {
     }
 
     fn commit(&mut self, node: usize, up_to: TxId) -> Check {
+        oracle::commit_never_regresses(&self.nodes[node], up_to)?;
         oracle::commit_within_durable(&self.nodes[node], up_to)?;
         self.nodes[node].disk.commit(up_to);
         while (self.nodes[node].applied.len() as u64) < up_to.0 {
@@ -342,10 +348,10 @@ impl World {
                 return Ok(());
             }
         };
-        let primary = &self.nodes[PRIMARY];
+        let primary = &self.nodes[self.primary()];
         oracle::ack_durable_on_primary(primary, &receipt)?;
         oracle::commit_before_reply(primary, &receipt)?;
-        if receipt.ack == crate::engine::AckKind::Quorum {
+        if receipt.ack == AckKind::Quorum {
             oracle::quorum_ack_held_by_replicas(
                 &self.nodes,
                 &self.topology,
@@ -399,7 +405,8 @@ impl World {
     }
 
     fn client_write(&mut self) -> Check {
-        let primary_up = self.nodes[PRIMARY].is_up();
+        let primary = self.primary();
+        let primary_up = self.nodes[primary].is_up();
         let batch = self.workload.next_batch(primary_up, &self.policy);
         if let Some(delay) = batch.next_in {
             self.schedule(delay, SimEvent::ClientWrite);
@@ -407,14 +414,14 @@ impl World {
         if batch.writes.is_empty() {
             return Ok(());
         }
-        self.deliver(PRIMARY, Event::Propose(batch.writes))
+        self.deliver(primary, Event::Propose(batch.writes))
     }
 
     /// The primary's policy becomes `policy`.
     pub(super) fn set_policy(&mut self, policy: Quorum) -> Check {
         self.log(format!("policy becomes `{policy}`"));
         self.policy = policy.clone();
-        self.deliver(PRIMARY, Event::SetPolicy(Arc::new(policy)))
+        self.deliver(self.primary(), Event::SetPolicy(Arc::new(policy)))
     }
 
     /// Runs the next event; `false` when none is left.
@@ -524,12 +531,12 @@ impl World {
         }
         self.heal_everything();
         let deadline = self.now + 120_000_000;
-        while !oracle::converged(&self.nodes, &self.workload) {
+        while !oracle::converged(&self.nodes, self.primary(), &self.workload) {
             if self.now > deadline || !self.step()? {
                 return Err(format!("no convergence after healing: {}", self.status()));
             }
         }
-        oracle::final_checks(&self.nodes, &self.workload)
+        oracle::final_checks(&self.nodes, self.primary(), &self.workload)
     }
 
     fn status(&self) -> String {
@@ -557,7 +564,7 @@ impl World {
             acked_async: self.workload.acked_async,
             not_acked: self.workload.not_acked,
             crashes: self.crashes,
-            committed: self.nodes[PRIMARY].disk.len(),
+            committed: self.nodes[self.primary()].disk.len(),
             trace: self.trace.dump(),
         }
     }
