@@ -3,7 +3,8 @@
 //!
 //! `SIM_SEEDS=N` runs N seeds (default 300) of the default topology, and a tenth as many (at
 //! least 100) of each other preset; `SIM_SEED=S` replays one seed, printing its trace, in the
-//! topology `SIM_TOPOLOGY` names (default `four`, see `Topology::PRESETS`).
+//! topology `SIM_TOPOLOGY` names (default `four`, see `Topology::PRESETS`); `SIM_TRACE_LINES=N`
+//! keeps the last N lines of trace instead of 400.
 
 use replication_core::testing::sim::{self, SimOptions, Topology};
 
@@ -13,9 +14,11 @@ fn env_u64(name: &str) -> Option<u64> {
 
 /// Acknowledgements under quorum, asynchronous ones, and crashes, summed over the seeds.
 fn run_seeds(topology: &Topology, seeds: impl Iterator<Item = u64>) -> (usize, usize, usize) {
+    let defaults = SimOptions::default();
     let options = SimOptions {
         topology: topology.clone(),
-        ..SimOptions::default()
+        trace_lines: env_u64("SIM_TRACE_LINES").map_or(defaults.trace_lines, |n| n as usize),
+        ..defaults
     };
     let name = topology.name();
     let (mut quorum, mut async_acks, mut crashes) = (0, 0, 0);

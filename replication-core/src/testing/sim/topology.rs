@@ -189,3 +189,43 @@ impl fmt::Display for Topology {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_have_their_shapes() {
+        for name in Topology::PRESETS {
+            let topology = Topology::preset(name).expect("a preset");
+            assert_eq!(topology.name(), name);
+            assert_eq!(topology.primary_index(), 0);
+            assert_eq!(topology.role(0), Role::Primary);
+        }
+        let five = Topology::five_cascade();
+        assert_eq!(five.to_string(), "p; r1<-p; r2<-p; r3<-r1; r4<-r3");
+        let direct: Vec<&str> = five.direct_replicas().map(|n| n.name.as_str()).collect();
+        assert_eq!(direct, ["r1", "r2"]);
+        assert_eq!(
+            five.role(4),
+            Role::Replica {
+                address: "r3".into()
+            }
+        );
+        let zones: Vec<&str> = five.nodes().iter().map(|n| n.zone.as_str()).collect();
+        assert_eq!(zones, ["a", "b", "a", "b", "a"]);
+        assert_eq!(Topology::primary("x").replica("y", "x").name(), "x; y<-x");
+    }
+
+    #[test]
+    #[should_panic(expected = "not declared before")]
+    fn an_upstream_must_come_first() {
+        let _ = Topology::primary("p").replica("r2", "r1");
+    }
+
+    #[test]
+    #[should_panic(expected = "declared twice")]
+    fn names_are_unique() {
+        let _ = Topology::primary("p").replica("p", "p");
+    }
+}
