@@ -4,7 +4,7 @@
 //! Appends are readable at once but become durable only when their completion, scheduled a
 //! random time later, is applied; completions happen in the order the appends were issued, as
 //! with one fsync queue. A crash keeps exactly the durable prefix (and a commit point no
-//! beyond it); a truncation discards the tail and makes the completions of earlier appends
+//! further); a truncation discards the tail and makes the completions of earlier appends
 //! cover nothing past it.
 
 use super::rng::Rng;

@@ -26,43 +26,45 @@ use crate::protocol::Message;
 use crate::quorum::Quorum;
 use crate::types::{NodeId, TxId};
 
-/// Something that happens at a point in simulated time.
+/// Something that happens at a point in simulated time. Events for a node carry the
+/// incarnation they were meant for: a node that crashed since never sees them.
 #[derive(Debug)]
 pub(super) enum SimEvent {
+    /// A message arrives, unless its link broke while it was in flight.
     Deliver {
         link: usize,
         to_end: usize,
         message: Message,
     },
+    /// A ready-made engine event (a read's result, a channel's break).
     Engine {
         node: usize,
         incarnation: u64,
         event: Event,
     },
-    Tick {
-        node: usize,
-        incarnation: u64,
-    },
+    /// The engine's timer; only the latest scheduled one fires.
+    Tick { node: usize, incarnation: u64 },
+    /// An append became durable.
     DurableDone {
         node: usize,
         incarnation: u64,
         token: u64,
         pending: Pending,
     },
+    /// A dial resolves, to a channel or a refusal.
     Connect {
         node: usize,
         incarnation: u64,
         address: String,
     },
+    /// The clients propose their next batch.
     ClientWrite,
+    /// The next fault strikes.
     Fault,
-    Restart {
-        node: usize,
-    },
-    Heal {
-        a: usize,
-        b: usize,
-    },
+    /// A crashed node comes back.
+    Restart { node: usize },
+    /// A partition ends.
+    Heal { a: usize, b: usize },
 }
 
 /// An event and when it happens; events due at the same time happen in scheduling order.
@@ -119,10 +121,14 @@ impl Trace {
     }
 }
 
+/// The simulated cluster and its surroundings, one field per subsystem, and the clock.
 pub(super) struct World {
+    /// Simulated microseconds since the start.
     pub(super) now: u64,
+    /// Breaks ties between events due at the same time: first scheduled, first run.
     seq: u64,
     queue: BinaryHeap<Reverse<Scheduled>>,
+    /// The cluster's shape now (a promotion would change it).
     pub(super) topology: Topology,
     pub(super) nodes: Vec<SimNode>,
     pub(super) network: Network,
