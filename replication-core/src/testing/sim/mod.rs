@@ -18,7 +18,8 @@
 //!   commit and acknowledgement (appends are contiguous, truncations spare committed data,
 //!   commits never move back, are durable, applied in order and agree across nodes, a reply
 //!   answers an outstanding write, an acknowledged write is committed and durable on the
-//!   primary and, under a synchronous policy, on the replicas the policy demands), and at the
+//!   primary, labelled by the policy in force and, under a synchronous policy, durable on the
+//!   replicas the policy demands), and at the
 //!   end (every write answered, every node holding and having applied exactly the primary's
 //!   history, no acknowledged write lost, no replication stopped);
 //! - `topology`, `rng`: the cluster's shape; the per-subsystem random streams.

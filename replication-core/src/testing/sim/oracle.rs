@@ -8,8 +8,8 @@
 use super::node::SimNode;
 use super::topology::Topology;
 use super::workload::{AckedWrite, Workload};
-use crate::engine::{Engine, WriteId, WriteReceipt};
-use crate::quorum::{Quorum, ReplicaFilter};
+use crate::engine::{AckKind, Engine, WriteId, WriteReceipt};
+use crate::quorum::{Quorum, QuorumPolicy, ReplicaFilter};
 use crate::types::{NodeId, Tx, TxHash, TxId};
 
 /// `Err` names the broken invariant.
@@ -137,6 +137,25 @@ pub(super) fn commit_before_reply(primary: &SimNode, receipt: &WriteReceipt) -> 
             receipt.tx_id,
             primary.disk.committed(),
             primary.applied.len()
+        ))
+    }
+}
+
+/// An acknowledgement says how the write was committed: as `Quorum` exactly when the policy
+/// in force is synchronous. Otherwise a synchronous commit labelled `Async` would escape
+/// [`quorum_ack_held_by_replicas`].
+pub(super) fn ack_kind_matches_policy(receipt: &WriteReceipt, current: &Quorum) -> Check {
+    let expected = if current.is_synchronous() {
+        AckKind::Quorum
+    } else {
+        AckKind::Async
+    };
+    if receipt.ack == expected {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} acknowledged as {:?} under `{current}`",
+            receipt.tx_id, receipt.ack
         ))
     }
 }

@@ -357,6 +357,7 @@ impl World {
         let primary = &self.nodes[self.primary()];
         oracle::ack_durable_on_primary(primary, &receipt)?;
         oracle::commit_before_reply(primary, &receipt)?;
+        oracle::ack_kind_matches_policy(&receipt, &self.policy)?;
         if receipt.ack == AckKind::Quorum {
             oracle::quorum_ack_held_by_replicas(
                 &self.nodes,
