@@ -1,21 +1,26 @@
 //! Deterministic simulation of a cluster under faults: crashes that lose undurable data,
 //! partitions, cut channels, delayed messages and policy changes, over many seeds.
 //!
-//! `SIM_SEEDS=N` runs N seeds (default 300); `SIM_SEED=S` replays one seed, printing its trace.
+//! `SIM_SEEDS=N` runs N seeds (default 300) of the default topology, and a tenth as many (at
+//! least 100) of each other preset; `SIM_SEED=S` replays one seed, printing its trace, in the
+//! topology `SIM_TOPOLOGY` names (default `four`, see `Topology::PRESETS`); `SIM_TRACE_LINES=N`
+//! keeps the last N lines of trace instead of 400.
 
-use replication_core::testing::sim::{self, SimOptions};
+use replication_core::testing::sim::{self, SimOptions, Topology};
 
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())
 }
 
-#[test]
-fn cluster_survives_faults_across_seeds() {
-    let options = SimOptions::default();
-    let seeds: Vec<u64> = match env_u64("SIM_SEED") {
-        Some(seed) => vec![seed],
-        None => (0..env_u64("SIM_SEEDS").unwrap_or(300)).collect(),
+/// Acknowledgements under quorum, asynchronous ones, and crashes, summed over the seeds.
+fn run_seeds(topology: &Topology, seeds: impl Iterator<Item = u64>) -> (usize, usize, usize) {
+    let defaults = SimOptions::default();
+    let options = SimOptions {
+        topology: topology.clone(),
+        trace_lines: env_u64("SIM_TRACE_LINES").map_or(defaults.trace_lines, |n| n as usize),
+        ..defaults
     };
+    let name = topology.name();
     let (mut quorum, mut async_acks, mut crashes) = (0, 0, 0);
     for seed in seeds {
         match sim::run(seed, &options) {
@@ -23,12 +28,33 @@ fn cluster_survives_faults_across_seeds() {
                 quorum += report.acked_quorum;
                 async_acks += report.acked_async;
                 crashes += report.crashes;
+                if std::env::var("SIM_SEED").is_ok() {
+                    println!(
+                        "--- seed {seed} (topology {name}): last events ---\n{}",
+                        report.trace
+                    );
+                }
             }
             Err(failure) => panic!(
-                "{failure}\nreplay with: SIM_SEED={seed} cargo test --release -p replication-core --test simulation"
+                "{failure}\nreplay with: SIM_SEED={seed} SIM_TOPOLOGY={name} cargo test --release -p replication-core --test simulation"
             ),
         }
     }
+    (quorum, async_acks, crashes)
+}
+
+#[test]
+fn cluster_survives_faults_across_seeds() {
+    let topology = match std::env::var("SIM_TOPOLOGY") {
+        Ok(name) => Topology::preset(&name)
+            .unwrap_or_else(|| panic!("SIM_TOPOLOGY={name}: not one of {:?}", Topology::PRESETS)),
+        Err(_) => Topology::default(),
+    };
+    let seeds: Vec<u64> = match env_u64("SIM_SEED") {
+        Some(seed) => vec![seed],
+        None => (0..env_u64("SIM_SEEDS").unwrap_or(300)).collect(),
+    };
+    let (quorum, async_acks, crashes) = run_seeds(&topology, seeds.into_iter());
     // The runs must actually have exercised both kinds of commit and crashes.
     assert!(
         quorum > 0 && async_acks > 0 && crashes > 0,
@@ -38,46 +64,73 @@ fn cluster_survives_faults_across_seeds() {
 }
 
 #[test]
+fn other_topologies_survive_faults() {
+    if env_u64("SIM_SEED").is_some() {
+        return; // A replay runs in `cluster_survives_faults_across_seeds`.
+    }
+    let seeds = (env_u64("SIM_SEEDS").unwrap_or(300) / 10).max(100);
+    for name in &Topology::PRESETS[1..] {
+        let topology = Topology::preset(name).expect("a preset");
+        let (quorum, async_acks, crashes) = run_seeds(&topology, 0..seeds);
+        assert!(
+            quorum > 0 && async_acks > 0 && crashes > 0,
+            "{name}: {quorum} {async_acks} {crashes}"
+        );
+        println!(
+            "{name}: acknowledged {quorum} under quorum, {async_acks} async; {crashes} crashes"
+        );
+    }
+}
+
+#[test]
 fn same_seed_replays_the_same_history() {
-    let options = SimOptions {
-        writes: 60,
-        ..SimOptions::default()
-    };
-    let a = sim::run(7, &options).expect("seed 7");
-    let b = sim::run(7, &options).expect("seed 7");
-    assert_eq!(
-        (
-            a.acked_quorum,
-            a.acked_async,
-            a.not_acked,
-            a.crashes,
-            a.committed
-        ),
-        (
-            b.acked_quorum,
-            b.acked_async,
-            b.not_acked,
-            b.crashes,
-            b.committed
-        )
-    );
+    for topology in Topology::PRESETS.map(|name| Topology::preset(name).expect("a preset")) {
+        let options = SimOptions {
+            writes: 60,
+            topology,
+            ..SimOptions::default()
+        };
+        let a = sim::run(7, &options).expect("seed 7");
+        let b = sim::run(7, &options).expect("seed 7");
+        assert_eq!(
+            (
+                a.acked_quorum,
+                a.acked_async,
+                a.not_acked,
+                a.crashes,
+                a.committed
+            ),
+            (
+                b.acked_quorum,
+                b.acked_async,
+                b.not_acked,
+                b.crashes,
+                b.committed
+            )
+        );
+        assert_eq!(a.trace, b.trace, "the same seed, event for event");
+        assert!(!a.trace.is_empty());
+    }
 }
 
 #[test]
 fn without_faults_every_write_is_acknowledged() {
-    for seed in 0..20 {
-        let options = SimOptions {
-            faults: false,
-            ..SimOptions::default()
-        };
-        let report = sim::run(seed, &options).unwrap_or_else(|f| panic!("{f}"));
-        assert_eq!(
-            report.not_acked, 0,
-            "seed {seed}: a healthy cluster refuses nothing"
-        );
-        assert_eq!(
-            report.committed as usize,
-            report.acked_async + report.acked_quorum
-        );
+    for topology in Topology::PRESETS.map(|name| Topology::preset(name).expect("a preset")) {
+        for seed in 0..20 {
+            let options = SimOptions {
+                faults: false,
+                topology: topology.clone(),
+                ..SimOptions::default()
+            };
+            let report = sim::run(seed, &options).unwrap_or_else(|f| panic!("{f}"));
+            assert_eq!(
+                report.not_acked, 0,
+                "seed {seed}: a healthy cluster refuses nothing"
+            );
+            assert_eq!(
+                report.committed as usize,
+                report.acked_async + report.acked_quorum
+            );
+        }
     }
 }

@@ -1,0 +1,167 @@
+//! A node's simulated log: what was appended, how much of it is durable, and what survives a
+//! crash.
+//!
+//! Appends are readable at once but become durable only when their completion, scheduled a
+//! random time later, is applied; completions happen in the order the appends were issued, as
+//! with one fsync queue. A crash keeps exactly the durable prefix (and a commit point no
+//! further); a truncation discards the tail and makes the completions of earlier appends
+//! cover nothing past it.
+
+use super::rng::Rng;
+use crate::types::{Epoch, LogPosition, LogState, Tx, TxHash, TxId};
+
+/// An append's durability, to be completed at `at` by [`Disk::complete`].
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Pending {
+    pub(super) at: u64,
+    pub(super) up_to: u64,
+    pub(super) truncations: u64,
+}
+
+#[derive(Debug)]
+pub(super) struct Disk {
+    txs: Vec<Tx>,
+    durable: u64,
+    committed: u64,
+    epoch: Epoch,
+    /// Bumped by every truncation; a durability completion from before it covers nothing
+    /// appended after it.
+    truncations: u64,
+    /// Earliest time the next durability completion may happen (they complete in order).
+    busy_until: u64,
+    rng: Rng,
+}
+
+impl Disk {
+    pub(super) fn new(rng: Rng) -> Disk {
+        Disk {
+            txs: Vec::new(),
+            durable: 0,
+            committed: 0,
+            epoch: Epoch::default(),
+            truncations: 0,
+            busy_until: 0,
+            rng,
+        }
+    }
+
+    /// Everything appended and not truncated or lost, durable or not.
+    pub(super) fn txs(&self) -> &[Tx] {
+        &self.txs
+    }
+
+    pub(super) fn len(&self) -> u64 {
+        self.txs.len() as u64
+    }
+
+    pub(super) fn durable(&self) -> u64 {
+        self.durable
+    }
+
+    pub(super) fn committed(&self) -> u64 {
+        self.committed
+    }
+
+    pub(super) fn hashes(&self) -> Vec<TxHash> {
+        self.txs.iter().map(|tx| tx.hash).collect()
+    }
+
+    fn position(&self, id: u64) -> LogPosition {
+        if id == 0 {
+            LogPosition::START
+        } else {
+            self.txs[id as usize - 1].position()
+        }
+    }
+
+    /// What a node reads from its log when it starts.
+    pub(super) fn state(&self) -> LogState {
+        LogState {
+            epoch: self.epoch,
+            last: self.position(self.len()),
+            durable: self.position(self.durable),
+            committed: self.position(self.committed),
+        }
+    }
+
+    pub(super) fn last_epoch(&self) -> Epoch {
+        self.txs.last().map(|tx| tx.epoch).unwrap_or(Epoch(0))
+    }
+
+    /// Appends `txs` (the caller has checked they follow the last) and schedules their
+    /// durability after every earlier append's.
+    pub(super) fn append(&mut self, txs: Vec<Tx>, now: u64) -> Pending {
+        let up_to = txs.last().map(|tx| tx.id.0).unwrap_or(0);
+        self.txs.extend(txs);
+        let at = (now + self.rng.range(20, 3000)).max(self.busy_until);
+        self.busy_until = at;
+        Pending {
+            at,
+            up_to,
+            truncations: self.truncations,
+        }
+    }
+
+    /// Applies a completed durability, unless a truncation since made it stale.
+    pub(super) fn complete(&mut self, pending: Pending) {
+        if self.truncations == pending.truncations {
+            self.durable = self.durable.max(pending.up_to.min(self.len()));
+        }
+    }
+
+    pub(super) fn truncate(&mut self, after: TxId) {
+        self.txs.truncate(after.0 as usize);
+        self.durable = self.durable.min(after.0);
+        self.truncations += 1;
+    }
+
+    pub(super) fn save_epoch(&mut self, epoch: Epoch) {
+        self.epoch = self.epoch.max(epoch);
+    }
+
+    /// Records the commit point (the caller has checked it is durable).
+    pub(super) fn commit(&mut self, up_to: TxId) {
+        self.committed = self.committed.max(up_to.0);
+    }
+
+    /// Up to `max_count` transactions from `from` within `max_bytes` (at least one, if any),
+    /// and how long the read takes.
+    pub(super) fn read(
+        &mut self,
+        from: TxId,
+        max_count: usize,
+        max_bytes: usize,
+    ) -> (u64, Vec<Tx>) {
+        let mut bytes = 0;
+        let txs = self
+            .txs
+            .iter()
+            .skip(from.0.max(1) as usize - 1)
+            .take(max_count)
+            .take_while(|tx| {
+                let fits = bytes == 0 || bytes + tx.payload.len() <= max_bytes;
+                bytes += tx.payload.len();
+                fits
+            })
+            .cloned()
+            .collect();
+        (self.rng.range(10, 500), txs)
+    }
+
+    /// Loses everything not durable. Pending completions still arrive but are addressed to
+    /// the node's previous incarnation and dropped.
+    pub(super) fn crash(&mut self) {
+        self.txs.truncate(self.durable as usize);
+        self.committed = self.committed.min(self.durable);
+    }
+
+    /// Whether transaction `id` with `hash` is on this disk and durable.
+    pub(super) fn holds_durably(&self, id: TxId, hash: TxHash) -> bool {
+        id.0 >= 1
+            && id.0 <= self.durable
+            && self
+                .txs
+                .get(id.0 as usize - 1)
+                .is_some_and(|tx| tx.hash == hash)
+    }
+}

@@ -1,0 +1,119 @@
+//! A deterministic simulation of a replicated cluster: the real [`Engine`](crate::engine::Engine) on
+//! every node, a simulated disk per node that loses what was not durable when the node
+//! crashes, and a seeded network that delays messages, cuts channels, partitions nodes and
+//! refuses connections.
+//!
+//! Everything — time, message order, faults — derives from one seed, so [`run`] with the same
+//! seed replays the same history exactly. Each subsystem draws from its own stream of that
+//! seed, so a change to one subsystem's draws leaves the others' as they were. After the fault
+//! phase the simulator heals the cluster and checks that the replicas converge.
+//!
+//! The cluster's shape is a [`Topology`] (by default a primary `p`, replicas `r1` and `r2` of
+//! `p`, and `r3`, a replica of `r1`). The modules:
+//! - `world`: the event queue and the step loop that runs the engines' commands;
+//! - `node`, `disk`, `network`: a node's engine and state machine, its log, the channels;
+//! - `faults`: crashes, partitions, cut channels and policy changes;
+//! - `workload`: the clients' writes and what became of them;
+//! - `oracle`: the invariants, one function each — checked after every append, truncation,
+//!   commit and acknowledgement (appends are contiguous, truncations spare committed data,
+//!   commits never move back, are durable, applied in order and agree across nodes, a reply
+//!   answers an outstanding write, an acknowledged write is committed and durable on the
+//!   primary, labelled by the policy in force and, under a synchronous policy, durable on the
+//!   replicas the policy demands), and at the
+//!   end (every write answered, every node holding and having applied exactly the primary's
+//!   history, no acknowledged write lost, no replication stopped);
+//! - `topology`, `rng`: the cluster's shape; the per-subsystem random streams.
+
+mod disk;
+mod faults;
+mod network;
+mod node;
+mod oracle;
+mod rng;
+mod topology;
+mod workload;
+mod world;
+
+pub use topology::{NodeSpec, Topology};
+
+use world::World;
+
+/// How a simulation runs.
+#[derive(Clone, Debug)]
+pub struct SimOptions {
+    /// Client writes proposed during the fault phase.
+    pub writes: usize,
+    /// Whether to inject faults (crashes, partitions, cut channels, lost messages, policy
+    /// changes).
+    pub faults: bool,
+    /// Lines of trace kept for a failure report (and [`SimReport::trace`]).
+    pub trace_lines: usize,
+    /// The cluster's nodes and who replicates from whom.
+    pub topology: Topology,
+}
+
+impl Default for SimOptions {
+    fn default() -> SimOptions {
+        SimOptions {
+            writes: 200,
+            faults: true,
+            trace_lines: 400,
+            topology: Topology::default(),
+        }
+    }
+}
+
+/// What a successful run observed.
+#[derive(Clone, Debug, Default)]
+pub struct SimReport {
+    /// Writes acknowledged under a synchronous policy.
+    pub acked_quorum: usize,
+    /// Writes acknowledged asynchronously.
+    pub acked_async: usize,
+    /// Writes answered with an error (refused, timed out, lost in a crash).
+    pub not_acked: usize,
+    /// Node crashes injected.
+    pub crashes: usize,
+    /// The final commit point.
+    pub committed: u64,
+    /// The last events of the run, one per line: the same seed gives the same trace.
+    pub trace: String,
+}
+
+/// A failed run: the seed and topology that replay it, what broke, and the last events before
+/// it.
+#[derive(Debug)]
+pub struct SimFailure {
+    /// The seed.
+    pub seed: u64,
+    /// The topology's name ([`Topology::name`]).
+    pub topology: String,
+    /// The broken invariant.
+    pub message: String,
+    /// The last events, one per line.
+    pub trace: String,
+}
+
+impl std::fmt::Display for SimFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "simulation seed {} (topology {}) failed: {}\n--- last events ---\n{}",
+            self.seed, self.topology, self.message, self.trace
+        )
+    }
+}
+
+/// Runs one simulation. Errors name the seed and the broken invariant, with a trace.
+pub fn run(seed: u64, options: &SimOptions) -> Result<SimReport, SimFailure> {
+    let mut world = World::new(seed, options);
+    match world.simulate() {
+        Ok(()) => Ok(world.report()),
+        Err(message) => Err(SimFailure {
+            seed,
+            topology: options.topology.name(),
+            message,
+            trace: world.trace.dump(),
+        }),
+    }
+}

@@ -1,0 +1,97 @@
+//! A simulated node: the real [`Engine`] (absent while the node is down), its disk and the
+//! state machine's applied history, and the node's engine configuration.
+//!
+//! The configuration is drawn from the node's own stream, afresh at every boot, so a node
+//! comes back from a crash with the settings (and engine jitter seed) it had before.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::disk::Disk;
+use super::rng::{Rng, Stream};
+use super::topology::NodeSpec;
+use crate::engine::{Engine, EngineConfig, Role, Timestamp};
+use crate::quorum::Quorum;
+use crate::types::{LogPosition, Tx};
+
+#[derive(Debug)]
+pub(super) struct SimNode {
+    pub(super) name: String,
+    pub(super) role: Role,
+    pub(super) zone: String,
+    pub(super) engine: Option<Engine>,
+    pub(super) disk: Disk,
+    /// What the state machine applied, in order.
+    pub(super) applied: Vec<LogPosition>,
+    /// Bumped on every crash: events addressed to an earlier incarnation are dropped.
+    pub(super) incarnation: u64,
+    /// When the node's next tick is scheduled, so that only one is pending at a time.
+    pub(super) tick_at: Option<u64>,
+    config_rng: Rng,
+}
+
+impl SimNode {
+    pub(super) fn new(seed: u64, index: usize, spec: &NodeSpec, role: Role) -> SimNode {
+        SimNode {
+            name: spec.name.clone(),
+            role,
+            zone: spec.zone.clone(),
+            engine: None,
+            disk: Disk::new(Rng::stream(seed, Stream::Disk(index))),
+            applied: Vec::new(),
+            incarnation: 0,
+            tick_at: None,
+            config_rng: Rng::stream(seed, Stream::Config(index)),
+        }
+    }
+
+    pub(super) fn is_up(&self) -> bool {
+        self.engine.is_some()
+    }
+
+    fn config(&self) -> EngineConfig {
+        let mut rng = self.config_rng.clone();
+        let mut config = EngineConfig::new(self.name.as_str(), "db", self.role.clone());
+        config.heartbeat_interval = Duration::from_millis(50);
+        config.peer_timeout = Duration::from_millis(300);
+        config.reconnect_min = Duration::from_millis(10);
+        config.reconnect_max = Duration::from_millis(200);
+        config.prefetch_buffer = rng.range(2, 64) as u32;
+        config.recent_cache_txs = rng.range(1, 64) as usize;
+        config.max_batch_txs = rng.range(1, 16) as usize;
+        config.max_uncommitted = rng.range(8, 128);
+        config.write_timeout = rng
+            .chance(50)
+            .then(|| Duration::from_millis(rng.range(200, 3000)));
+        config.tags.insert("zone".into(), self.zone.clone());
+        config.seed = rng.next();
+        config
+    }
+
+    /// Starts the engine from what the disk holds, under `policy`; returns the last position.
+    pub(super) fn boot(&mut self, policy: &Quorum, now: u64) -> LogPosition {
+        let state = self.disk.state();
+        // The state machine is rebuilt from the committed log, as a real node does.
+        let committed = self.disk.committed() as usize;
+        self.applied = self.disk.txs()[..committed]
+            .iter()
+            .map(Tx::position)
+            .collect();
+        self.engine = Some(Engine::new(
+            self.config(),
+            Arc::new(policy.clone()),
+            state,
+            self.disk.last_epoch(),
+            Timestamp(now),
+        ));
+        self.tick_at = None;
+        state.last
+    }
+
+    /// Loses the engine and whatever the disk had not made durable.
+    pub(super) fn crash(&mut self) {
+        self.engine = None;
+        self.incarnation += 1;
+        self.disk.crash();
+    }
+}

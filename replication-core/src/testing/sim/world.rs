@@ -1,0 +1,600 @@
+//! The world: the event queue, the step loop that feeds each event to its node's engine, and
+//! the execution of the commands the engines emit against the disks, the network and the
+//! clients, with the oracle checking every step.
+//!
+//! This is the one place that speaks the engine's [`Event`] and [`Command`] vocabulary; the
+//! subsystems it drives know nothing of it.
+
+use std::cmp::{Ordering, Reverse};
+use std::collections::{BinaryHeap, VecDeque};
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use super::disk::Pending;
+use super::faults::Faults;
+use super::network::{Broken, Network, Transmission};
+use super::node::SimNode;
+use super::oracle::{self, Check, Oracle};
+use super::rng::{Rng, Stream};
+use super::topology::Topology;
+use super::workload::Workload;
+use super::{SimOptions, SimReport};
+use crate::engine::{
+    AckKind, AppendToken, Command, ConnId, Direction, Event, Timestamp, WriteError, WriteId,
+    WriteReceipt,
+};
+use crate::protocol::Message;
+use crate::quorum::Quorum;
+use crate::types::{NodeId, TxId};
+
+/// Something that happens at a point in simulated time. Events for a node carry the
+/// incarnation they were meant for: a node that crashed since never sees them.
+#[derive(Debug)]
+pub(super) enum SimEvent {
+    /// A message arrives, unless its link broke while it was in flight.
+    Deliver {
+        link: usize,
+        to_end: usize,
+        message: Message,
+    },
+    /// A ready-made engine event (a read's result, a channel's break).
+    Engine {
+        node: usize,
+        incarnation: u64,
+        event: Event,
+    },
+    /// The engine's timer; only the latest scheduled one fires.
+    Tick { node: usize, incarnation: u64 },
+    /// An append became durable.
+    DurableDone {
+        node: usize,
+        incarnation: u64,
+        token: AppendToken,
+        pending: Pending,
+    },
+    /// A dial resolves, to a channel or a refusal.
+    Connect {
+        node: usize,
+        incarnation: u64,
+        address: String,
+    },
+    /// The clients propose their next batch.
+    ClientWrite,
+    /// The next fault strikes.
+    Fault,
+    /// A crashed node comes back.
+    Restart { node: usize },
+    /// A partition ends.
+    Heal { a: usize, b: usize },
+}
+
+/// An event and when it happens; events due at the same time happen in scheduling order.
+#[derive(Debug)]
+struct Scheduled {
+    at: u64,
+    seq: u64,
+    event: SimEvent,
+}
+
+impl PartialEq for Scheduled {
+    fn eq(&self, other: &Scheduled) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+
+impl Eq for Scheduled {}
+
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, other: &Scheduled) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Scheduled {
+    fn cmp(&self, other: &Scheduled) -> Ordering {
+        (self.at, self.seq).cmp(&(other.at, other.seq))
+    }
+}
+
+/// The last lines of what happened, for a failure report.
+#[derive(Debug)]
+pub(super) struct Trace {
+    lines: VecDeque<String>,
+    capacity: usize,
+}
+
+impl Trace {
+    fn record(&mut self, now: u64, line: String) {
+        if self.lines.len() == self.capacity {
+            self.lines.pop_front();
+        }
+        if self.capacity > 0 {
+            self.lines.push_back(format!("{now:>10}us {line}"));
+        }
+    }
+
+    pub(super) fn dump(&self) -> String {
+        let mut out = String::new();
+        for line in &self.lines {
+            let _ = writeln!(out, "{line}");
+        }
+        out
+    }
+}
+
+/// The simulated cluster and its surroundings, one field per subsystem, and the clock.
+pub(super) struct World {
+    /// Simulated microseconds since the start.
+    pub(super) now: u64,
+    /// Breaks ties between events due at the same time: first scheduled, first run.
+    seq: u64,
+    queue: BinaryHeap<Reverse<Scheduled>>,
+    /// The cluster's shape now (a promotion would change it).
+    pub(super) topology: Topology,
+    pub(super) nodes: Vec<SimNode>,
+    pub(super) network: Network,
+    pub(super) faults: Faults,
+    pub(super) workload: Workload,
+    oracle: Oracle,
+    /// The quorum policy in force on the primary.
+    pub(super) policy: Quorum,
+    pub(super) trace: Trace,
+    pub(super) crashes: usize,
+}
+
+impl World {
+    pub(super) fn new(seed: u64, options: &SimOptions) -> World {
+        let topology = options.topology.clone();
+        let nodes = topology
+            .nodes()
+            .iter()
+            .enumerate()
+            .map(|(index, spec)| SimNode::new(seed, index, spec, topology.role(index)))
+            .collect::<Vec<_>>();
+        let mut faults = Faults::new(seed, options.faults);
+        let policy = faults.initial_policy(&topology);
+        World {
+            now: 0,
+            seq: 0,
+            queue: BinaryHeap::new(),
+            network: Network::new(
+                nodes.len(),
+                Rng::stream(seed, Stream::Network),
+                Rng::stream(seed, Stream::MessageLoss),
+                options.faults,
+            ),
+            nodes,
+            topology,
+            faults,
+            workload: Workload::new(Rng::stream(seed, Stream::Workload), options.writes),
+            oracle: Oracle::default(),
+            policy,
+            trace: Trace {
+                lines: VecDeque::new(),
+                capacity: options.trace_lines,
+            },
+            crashes: 0,
+        }
+    }
+
+    /// The node that takes writes now.
+    pub(super) fn primary(&self) -> usize {
+        self.topology.primary_index()
+    }
+
+    pub(super) fn log(&mut self, line: String) {
+        self.trace.record(self.now, line);
+    }
+
+    pub(super) fn schedule(&mut self, delay: u64, event: SimEvent) {
+        self.seq += 1;
+        self.queue.push(Reverse(Scheduled {
+            at: self.now + delay,
+            seq: self.seq,
+            event,
+        }));
+    }
+
+    pub(super) fn boot(&mut self, node: usize) {
+        let last = self.nodes[node].boot(&self.policy, self.now);
+        let name = self.nodes[node].name.clone();
+        self.log(format!("{name} boots at {last:?}"));
+        self.schedule_tick(node, self.now);
+    }
+
+    fn schedule_tick(&mut self, node: usize, at: u64) {
+        let at = at.max(self.now + 1);
+        if self.nodes[node]
+            .tick_at
+            .is_some_and(|pending| pending <= at)
+        {
+            return;
+        }
+        self.nodes[node].tick_at = Some(at);
+        let incarnation = self.nodes[node].incarnation;
+        self.schedule(at - self.now, SimEvent::Tick { node, incarnation });
+    }
+
+    /// Tells the nodes on the broken ends of channels, each after its delay.
+    pub(super) fn notify_broken(&mut self, broken: Vec<Broken>) {
+        for Broken { end, delay } in broken {
+            let event = Event::Disconnected { conn: end.conn };
+            self.schedule(
+                delay,
+                SimEvent::Engine {
+                    node: end.node,
+                    incarnation: end.incarnation,
+                    event,
+                },
+            );
+        }
+    }
+
+    /// Feeds `event` to `node`'s engine, if it runs, and executes what it commands.
+    pub(super) fn deliver(&mut self, node: usize, event: Event) -> Check {
+        let Some(engine) = self.nodes[node].engine.as_mut() else {
+            return Ok(());
+        };
+        engine.handle(Timestamp(self.now), event);
+        loop {
+            let Some(engine) = self.nodes[node].engine.as_mut() else {
+                return Ok(());
+            };
+            let Some(command) = engine.poll_command() else {
+                break;
+            };
+            self.execute(node, command)?;
+        }
+        if let Some(at) = self.nodes[node].engine.as_ref().map(|e| e.poll_timeout().0) {
+            self.schedule_tick(node, at);
+        }
+        Ok(())
+    }
+
+    fn execute(&mut self, node: usize, command: Command) -> Check {
+        let incarnation = self.nodes[node].incarnation;
+        match command {
+            Command::Append { txs, token } => {
+                oracle::append_follows_log(&self.nodes[node], &txs)?;
+                let pending = self.nodes[node].disk.append(txs, self.now);
+                let event = SimEvent::DurableDone {
+                    node,
+                    incarnation,
+                    token,
+                    pending,
+                };
+                self.schedule(pending.at - self.now, event);
+            }
+            Command::Truncate { after } => {
+                oracle::truncation_spares_committed(&self.nodes[node], after)?;
+                self.nodes[node].disk.truncate(after);
+                let name = self.nodes[node].name.clone();
+                self.log(format!("{name} truncates after {after}"));
+            }
+            Command::SaveEpoch(epoch) => self.nodes[node].disk.save_epoch(epoch),
+            Command::Commit { up_to } => self.commit(node, up_to)?,
+            Command::Read {
+                conn,
+                from,
+                max_count,
+                max_bytes,
+            } => {
+                let (delay, txs) = self.nodes[node].disk.read(from, max_count, max_bytes);
+                let event = Event::ReadDone { conn, txs };
+                let event = SimEvent::Engine {
+                    node,
+                    incarnation,
+                    event,
+                };
+                self.schedule(delay, event);
+            }
+            Command::Send { conn, message } => self.send(node, conn, message),
+            Command::Connect { address } => {
+                let delay = self.network.dial_time();
+                let event = SimEvent::Connect {
+                    node,
+                    incarnation,
+                    address,
+                };
+                self.schedule(delay, event);
+            }
+            Command::Close { conn } => {
+                let broken = self.network.close(node, conn);
+                self.notify_broken(broken);
+            }
+            Command::Reply { write, result } => self.reply(write, result)?,
+        }
+        Ok(())
+    }
+
+    fn send(&mut self, node: usize, conn: ConnId, message: Message) {
+        match self.network.send(node, conn, self.now) {
+            Transmission::Dropped => {}
+            Transmission::Lost(broken) => {
+                let name = self.nodes[node].name.clone();
+                self.log(format!("{name} conn {conn:?}: message lost, channel cut"));
+                self.notify_broken(broken);
+            }
+            Transmission::InFlight {
+                link,
+                to_end,
+                delay,
+            } => self.schedule(
+                delay,
+                SimEvent::Deliver {
+                    link,
+                    to_end,
+                    message,
+                },
+            ),
+        }
+    }
+
+    fn commit(&mut self, node: usize, up_to: TxId) -> Check {
+        oracle::commit_never_regresses(&self.nodes[node], up_to)?;
+        oracle::commit_within_durable(&self.nodes[node], up_to)?;
+        self.nodes[node].disk.commit(up_to);
+        while (self.nodes[node].applied.len() as u64) < up_to.0 {
+            let n = &self.nodes[node];
+            let tx = &n.disk.txs()[n.applied.len()];
+            oracle::applies_in_order(n, tx)?;
+            self.oracle.committed_history_agrees(n, tx)?;
+            let position = tx.position();
+            self.nodes[node].applied.push(position);
+        }
+        Ok(())
+    }
+
+    fn reply(&mut self, write: WriteId, result: Result<WriteReceipt, WriteError>) -> Check {
+        let proposed = oracle::reply_is_for_outstanding(write, self.workload.answer(write))?;
+        let receipt = match result {
+            Ok(receipt) => receipt,
+            Err(error) => {
+                self.log(format!("write {write:?} not acknowledged: {error}"));
+                self.workload.refused();
+                return Ok(());
+            }
+        };
+        let primary = &self.nodes[self.primary()];
+        oracle::ack_durable_on_primary(primary, &receipt)?;
+        oracle::commit_before_reply(primary, &receipt)?;
+        oracle::ack_kind_matches_policy(&receipt, &self.policy)?;
+        if receipt.ack == AckKind::Quorum {
+            oracle::quorum_ack_held_by_replicas(
+                &self.nodes,
+                &self.topology,
+                &receipt,
+                &proposed,
+                &self.policy,
+            )?;
+        }
+        self.log(format!(
+            "write {write:?} acknowledged as {} ({:?})",
+            receipt.tx_id, receipt.ack
+        ));
+        self.workload.acknowledged(&receipt);
+        Ok(())
+    }
+
+    fn connect(&mut self, node: usize, address: &str) -> Check {
+        let reachable = self
+            .topology
+            .index(address)
+            .filter(|&t| self.nodes[t].is_up() && !self.network.partitioned(node, t));
+        let Some(target) = reachable else {
+            let event = Event::ConnectFailed {
+                reason: "unreachable".into(),
+            };
+            return self.deliver(node, event);
+        };
+        let (local, remote) = self.network.open(node, target);
+        let (node_name, target_name) = (
+            self.nodes[node].name.clone(),
+            self.nodes[target].name.clone(),
+        );
+        self.deliver(
+            target,
+            Event::Connected {
+                conn: remote,
+                peer: NodeId::new(node_name.clone()),
+                address: node_name,
+                direction: Direction::Downstream,
+            },
+        )?;
+        self.deliver(
+            node,
+            Event::Connected {
+                conn: local,
+                peer: NodeId::new(target_name.clone()),
+                address: target_name,
+                direction: Direction::Upstream,
+            },
+        )
+    }
+
+    fn client_write(&mut self) -> Check {
+        let primary = self.primary();
+        let primary_up = self.nodes[primary].is_up();
+        let batch = self.workload.next_batch(primary_up, &self.policy);
+        if let Some(delay) = batch.next_in {
+            self.schedule(delay, SimEvent::ClientWrite);
+        }
+        if batch.writes.is_empty() {
+            return Ok(());
+        }
+        self.deliver(primary, Event::Propose(batch.writes))
+    }
+
+    /// The primary's policy becomes `policy`.
+    pub(super) fn set_policy(&mut self, policy: Quorum) -> Check {
+        self.log(format!("policy becomes `{policy}`"));
+        self.policy = policy.clone();
+        self.deliver(self.primary(), Event::SetPolicy(Arc::new(policy)))
+    }
+
+    /// Runs the next event; `false` when none is left.
+    pub(super) fn step(&mut self) -> Result<bool, String> {
+        let Some(Reverse(Scheduled { at, event, .. })) = self.queue.pop() else {
+            return Ok(false);
+        };
+        self.now = at;
+        let current = |world: &World, node: usize, incarnation: u64| {
+            world.nodes[node].incarnation == incarnation
+        };
+        match event {
+            SimEvent::Deliver {
+                link,
+                to_end,
+                message,
+            } => {
+                if let Some(end) = self.network.arrival(link, to_end)
+                    && current(self, end.node, end.incarnation)
+                {
+                    let name = &self.nodes[end.node].name;
+                    let line = format!("{name} <- {}", describe(&message));
+                    self.log(line);
+                    let event = Event::Received {
+                        conn: end.conn,
+                        message,
+                    };
+                    self.deliver(end.node, event)?;
+                }
+            }
+            SimEvent::Engine {
+                node,
+                incarnation,
+                event,
+            } => {
+                if current(self, node, incarnation) {
+                    self.deliver(node, event)?;
+                }
+            }
+            SimEvent::Tick { node, incarnation } => {
+                if current(self, node, incarnation) && self.nodes[node].tick_at == Some(self.now) {
+                    self.nodes[node].tick_at = None;
+                    self.deliver(node, Event::Tick)?;
+                }
+            }
+            SimEvent::DurableDone {
+                node,
+                incarnation,
+                token,
+                pending,
+            } => {
+                if current(self, node, incarnation) {
+                    self.nodes[node].disk.complete(pending);
+                    let up_to = TxId(pending.up_to);
+                    self.deliver(node, Event::Durable { token, up_to })?;
+                }
+            }
+            SimEvent::Connect {
+                node,
+                incarnation,
+                address,
+            } => {
+                if current(self, node, incarnation) {
+                    self.connect(node, &address)?;
+                }
+            }
+            SimEvent::ClientWrite => self.client_write()?,
+            SimEvent::Fault => self.fault()?,
+            SimEvent::Restart { node } => {
+                if !self.nodes[node].is_up() {
+                    self.boot(node);
+                }
+            }
+            SimEvent::Heal { a, b } => self.network.heal(a, b),
+        }
+        Ok(true)
+    }
+
+    /// Ends the fault phase: no more faults, no partitions, every node up.
+    fn heal_everything(&mut self) {
+        self.faults.stop();
+        self.network.heal_all();
+        for node in 0..self.nodes.len() {
+            if !self.nodes[node].is_up() {
+                self.boot(node);
+            }
+        }
+    }
+
+    /// The whole run: a safety phase of writes and faults with every step checked, then a
+    /// liveness phase that heals the cluster and waits for it to converge.
+    pub(super) fn simulate(&mut self) -> Check {
+        for node in 0..self.nodes.len() {
+            self.boot(node);
+        }
+        self.schedule(1_000, SimEvent::ClientWrite);
+        self.schedule(20_000, SimEvent::Fault);
+        let mut steps = 0u64;
+        while !self.workload.proposed_all() {
+            if !self.step()? {
+                break;
+            }
+            steps += 1;
+            if steps > 5_000_000 {
+                return Err("fault phase did not finish".into());
+            }
+        }
+        self.heal_everything();
+        let deadline = self.now + 120_000_000;
+        while !oracle::converged(&self.nodes, self.primary(), &self.workload) {
+            if self.now > deadline || !self.step()? {
+                return Err(format!("no convergence after healing: {}", self.status()));
+            }
+        }
+        oracle::final_checks(&self.nodes, self.primary(), &self.workload)
+    }
+
+    fn status(&self) -> String {
+        let now = Timestamp(self.now);
+        let nodes: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| {
+                format!(
+                    "{} last {} committed {} applied {} upstream {:?}",
+                    n.name,
+                    n.disk.len(),
+                    n.engine.as_ref().map(|e| e.committed().0).unwrap_or(0),
+                    n.applied.len(),
+                    n.engine.as_ref().and_then(|e| e.status(now).upstream)
+                )
+            })
+            .collect();
+        nodes.join("; ")
+    }
+
+    pub(super) fn report(&self) -> SimReport {
+        SimReport {
+            acked_quorum: self.workload.acked_quorum,
+            acked_async: self.workload.acked_async,
+            not_acked: self.workload.not_acked,
+            crashes: self.crashes,
+            committed: self.nodes[self.primary()].disk.len(),
+            trace: self.trace.dump(),
+        }
+    }
+}
+
+fn describe(message: &Message) -> String {
+    match message {
+        Message::Txs { txs, committed } => format!(
+            "Txs {}..={} committed {committed}",
+            txs.first().map(|t| t.id.0).unwrap_or(0),
+            txs.last().map(|t| t.id.0).unwrap_or(0)
+        ),
+        Message::Diverged {
+            epoch,
+            source_hashes,
+            source_last,
+        } => {
+            format!(
+                "Diverged epoch {epoch} hashes {} source_last {source_last}",
+                source_hashes.len()
+            )
+        }
+        other => format!("{other:?}"),
+    }
+}
