@@ -155,8 +155,15 @@ pub struct LogFailure {
 }
 
 impl LogFailure {
-    /// Describes `error`, returned by `operation`.
+    /// Describes `error`, returned by `operation` (or, for [`LogError::Failed`], by the
+    /// operation that failed first).
     pub fn new(operation: LogOperation, error: &LogError) -> LogFailure {
+        // A log that refuses to go on names the operation that failed first: that is the
+        // failure, the later call only met it.
+        let operation = match error {
+            LogError::Failed { during, .. } => *during,
+            _ => operation,
+        };
         let kind = if error.is_disk_full() {
             LogFailureKind::DiskFull
         } else {

@@ -179,7 +179,8 @@ impl Engine {
         self.timers.earliest().unwrap_or(self.now)
     }
 
-    /// Handles one event at time `now`.
+    /// Handles one event at time `now`. Time never goes back for the engine: an event with an
+    /// earlier `now` than one before it is handled at the latest time seen.
     pub fn handle(&mut self, now: Timestamp, event: Event) {
         self.now = self.now.max(now);
         match event {

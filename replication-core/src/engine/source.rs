@@ -200,7 +200,7 @@ impl Source {
     }
 
     /// With no notification delay, tells replicas the commit point once a burst of commands
-    /// has been drained; returns whether it queued anything to do so.
+    /// has been drained.
     pub(super) fn flush_commit_point(&mut self, cx: &mut Ctx<'_>) {
         if std::mem::take(&mut self.commit_point_dirty) {
             self.send_commit_points(cx);
