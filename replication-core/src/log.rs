@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
-use crate::types::{Epoch, LogState, Tx, TxId};
+use crate::types::{Epoch, LogState, ReplicaId, Tx, TxId};
 
 /// Resolves once the transactions of one [`TxLog::append`] call are durable, with the id of the
 /// last of them. Dropping it does not cancel durability.
@@ -211,7 +211,9 @@ impl LogFailure {
 ///    the given id, durably, before it returns, and refuses to remove a committed transaction.
 /// 6. **Epoch.** [`save_epoch`](TxLog::save_epoch) is durable on return, and `state().epoch`
 ///    never decreases.
-/// 7. **Crash.** After a crash and reopen, the log holds a prefix of what was appended that
+/// 7. **Membership.** [`save_members`](TxLog::save_members) is durable on return, and
+///    [`members`](TxLog::members) returns the last membership saved, across crashes.
+/// 8. **Crash.** After a crash and reopen, the log holds a prefix of what was appended that
 ///    includes every transaction whose durability was reported, and nothing corrupt.
 ///
 /// [`testing::txlog_conformance`](crate::testing::txlog_conformance) checks these rules,
@@ -281,4 +283,13 @@ pub trait TxLog: Send + Sync + 'static {
 
     /// Durably records the epoch this node has begun or seen.
     async fn save_epoch(&self, epoch: Epoch) -> Result<(), LogError>;
+
+    /// The membership last saved with [`save_members`](TxLog::save_members) (empty for a new
+    /// log).
+    async fn members(&self) -> Result<Vec<ReplicaId>, LogError>;
+
+    /// Durably replaces the membership: the replicas that count toward this database's quorum
+    /// policy when this node is its primary. Durable on return, like the epoch: after a crash
+    /// the log returns the last membership saved.
+    async fn save_members(&self, members: Vec<ReplicaId>) -> Result<(), LogError>;
 }

@@ -83,6 +83,53 @@ impl From<&str> for NodeId {
     }
 }
 
+/// A replica as its source knows it: the replica's node and the name of its database there.
+/// Two replica databases of one source on the same server are two replicas. Text form:
+/// `node/database`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ReplicaId {
+    /// The replica's node, as the transport authenticated it.
+    pub node: NodeId,
+    /// The replica's database on that node.
+    pub database: String,
+}
+
+impl ReplicaId {
+    /// The replica `database` on `node`.
+    pub fn new(node: impl Into<NodeId>, database: impl Into<String>) -> ReplicaId {
+        ReplicaId {
+            node: node.into(),
+            database: database.into(),
+        }
+    }
+}
+
+impl fmt::Display for ReplicaId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.node, self.database)
+    }
+}
+
+/// A replica identity that is not `node/database`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("invalid replica {0:?}: expected NODE/DATABASE")]
+pub struct ParseReplicaIdError(String);
+
+impl std::str::FromStr for ReplicaId {
+    type Err = ParseReplicaIdError;
+
+    fn from_str(text: &str) -> Result<ReplicaId, ParseReplicaIdError> {
+        match text.split_once('/') {
+            Some((node, database))
+                if !node.is_empty() && !database.is_empty() && !database.contains('/') =>
+            {
+                Ok(ReplicaId::new(node, database))
+            }
+            _ => Err(ParseReplicaIdError(text.to_string())),
+        }
+    }
+}
+
 /// A 32-byte BLAKE3 hash that chains a transaction to all transactions before it.
 #[derive(Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct TxHash(pub [u8; 32]);

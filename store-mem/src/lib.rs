@@ -25,7 +25,9 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
-use replication_core::{Durability, Epoch, LogError, LogPosition, LogState, Tx, TxId, TxLog};
+use replication_core::{
+    Durability, Epoch, LogError, LogPosition, LogState, ReplicaId, Tx, TxId, TxLog,
+};
 use tokio::sync::watch;
 
 /// Transactions per chunk of [`Chunks`].
@@ -106,6 +108,8 @@ struct Inner {
     manual_sync: bool,
     /// Committed transactions kept before the commit point; `None` keeps everything.
     retention: Option<u64>,
+    /// Saved durably at once, like the epoch.
+    members: Vec<ReplicaId>,
 }
 
 impl Inner {
@@ -152,6 +156,7 @@ impl MemLog {
             committed: TxId::ZERO,
             manual_sync: false,
             retention: None,
+            members: Vec::new(),
         })
     }
 
@@ -334,6 +339,15 @@ impl TxLog for MemLog {
     async fn save_epoch(&self, epoch: Epoch) -> Result<(), LogError> {
         let mut inner = self.lock();
         inner.epoch = inner.epoch.max(epoch);
+        Ok(())
+    }
+
+    async fn members(&self) -> Result<Vec<ReplicaId>, LogError> {
+        Ok(self.lock().members.clone())
+    }
+
+    async fn save_members(&self, members: Vec<ReplicaId>) -> Result<(), LogError> {
+        self.lock().members = members;
         Ok(())
     }
 }
