@@ -105,6 +105,8 @@ pub enum LogOperation {
     Truncate,
     /// [`TxLog::save_epoch`].
     SaveEpoch,
+    /// [`TxLog::members`] or [`TxLog::save_members`].
+    SaveMembers,
 }
 
 impl std::fmt::Display for LogOperation {
@@ -118,6 +120,7 @@ impl std::fmt::Display for LogOperation {
             LogOperation::Commit => "commit",
             LogOperation::Truncate => "truncate",
             LogOperation::SaveEpoch => "save epoch",
+            LogOperation::SaveMembers => "save members",
         })
     }
 }

@@ -15,7 +15,7 @@ use crate::types::{Epoch, LogPosition, Tx, TxHash, TxId};
 
 /// The version of this protocol. A peer speaking another version is refused with
 /// [`Refusal::ProtocolVersion`].
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// The default largest frame, in bytes. Larger frames are refused without being read whole.
 pub const MAX_FRAME_SIZE: usize = 16 * 1024 * 1024;
@@ -44,6 +44,9 @@ pub enum Message {
         window: u32,
         /// Labels for quorum policies, such as a zone.
         tags: Tags,
+        /// The replica's own database: with its node, the replica's identity at the source
+        /// (two replica databases of one source on one server are two replicas).
+        replica_database: String,
     },
     /// Source → replica: subscription accepted; transactions follow.
     Accepted {

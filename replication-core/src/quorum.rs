@@ -29,7 +29,9 @@ use crate::types::{NodeId, TxId};
 /// Free-form labels a replica announces about itself, such as `zone=eu-west-1a`.
 pub type Tags = BTreeMap<String, String>;
 
-/// What a policy sees of one replica.
+/// What a policy sees of one replica. The engine passes every member of the database's
+/// durable membership, and only members: one not heard from since the primary started is there
+/// with nothing acknowledged and `connected: false`.
 #[derive(Clone, Copy, Debug)]
 pub struct ReplicaProgress<'a> {
     /// The replica's authenticated identity.
@@ -112,9 +114,11 @@ pub enum Quorum {
         /// Which replicas count (all when `None`).
         among: Option<ReplicaFilter>,
     },
-    /// Commit once the primary and the acknowledging replicas form a majority of the primary
-    /// plus every replica it has seen since it started, and at least one replica acknowledged
-    /// (so a primary that has not yet seen its replicas does not commit alone).
+    /// Commit once the primary and the acknowledging members form a majority of the primary
+    /// plus every member of the durable membership, connected or not: with `m` members,
+    /// `⌈m/2⌉` of them must acknowledge (a strict majority of the `m + 1` nodes), and at least
+    /// one (so a database no replica has joined yet does not commit on the primary alone).
+    /// A member that has not reconnected since the primary restarted has acknowledged nothing.
     /// Text: `majority`.
     ///
     /// ```
@@ -122,6 +126,15 @@ pub enum Quorum {
     /// assert_eq!("majority".parse::<Quorum>().unwrap(), Quorum::Majority);
     /// ```
     Majority,
+    /// A majority of the named replicas, whatever the membership holds: with `k` names,
+    /// `⌈k/2⌉` of them (at least one) must acknowledge. Text: `majority (n2,n3,n4)`.
+    ///
+    /// ```
+    /// # use replication_core::quorum::Quorum;
+    /// let q: Quorum = "majority (n2,n3,n4)".parse().unwrap();
+    /// assert_eq!(q.to_string(), "majority (n2,n3,n4)");
+    /// ```
+    MajorityOf(Vec<NodeId>),
     /// PostgreSQL's `ANY n (names)`: any `n` of the listed replicas. Text: `any 2 (n2,n3,n4)`.
     ///
     /// ```
@@ -188,6 +201,10 @@ impl QuorumPolicy for Quorum {
                 let needed = replicas.len().div_ceil(2).max(1);
                 nth_highest(replicas.iter(), needed)
             }
+            Quorum::MajorityOf(names) => {
+                let needed = names.len().div_ceil(2).max(1);
+                nth_highest(replicas.iter().filter(|r| names.contains(r.id)), needed)
+            }
             Quorum::Any { n, names } => {
                 nth_highest(replicas.iter().filter(|r| names.contains(r.id)), *n)
             }
@@ -219,7 +236,7 @@ impl QuorumPolicy for Quorum {
         match self {
             Quorum::Async => false,
             Quorum::AckCount { n, .. } | Quorum::Any { n, .. } | Quorum::First { n, .. } => *n > 0,
-            Quorum::Majority => true,
+            Quorum::Majority | Quorum::MajorityOf(_) => true,
             Quorum::AllOf(parts) => parts.iter().any(Quorum::is_synchronous),
         }
     }
@@ -229,7 +246,8 @@ impl QuorumPolicy for Quorum {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
     "invalid quorum policy {text:?}: {reason} (expected e.g. `async`, `acks 2`, `majority`, \
-     `any 2 (n2,n3,n4)`, `first 1 (n2,n3)`, `acks 2 and acks 1 where zone!=eu`)"
+     `majority (n2,n3,n4)`, `any 2 (n2,n3,n4)`, `first 1 (n2,n3)`, \
+     `acks 2 and acks 1 where zone!=eu`)"
 )]
 pub struct ParseQuorumError {
     text: String,
@@ -254,6 +272,9 @@ fn parse_one(text: &str) -> Result<Quorum, &'static str> {
     match word.to_ascii_lowercase().as_str() {
         "async" if rest.is_empty() => Ok(Quorum::Async),
         "majority" if rest.is_empty() => Ok(Quorum::Majority),
+        "majority" => parse_names(rest)
+            .map(Quorum::MajorityOf)
+            .ok_or("bad `(names)` list after `majority`"),
         "acks" => {
             let (count, filter) = match rest.split_once(" where ") {
                 Some((count, filter)) => (count.trim(), Some(filter.trim())),
@@ -350,6 +371,7 @@ impl fmt::Display for Quorum {
                 write!(f, "any {n} ({})", join_names(names))
             }
             Quorum::Majority => f.write_str("majority"),
+            Quorum::MajorityOf(names) => write!(f, "majority ({})", join_names(names)),
             Quorum::Any { n, names } => write!(f, "any {n} ({})", join_names(names)),
             Quorum::First { n, names } => write!(f, "first {n} ({})", join_names(names)),
             Quorum::AllOf(parts) => {

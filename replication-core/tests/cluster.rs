@@ -140,7 +140,7 @@ async fn async_primary_streams_to_replicas_and_a_cascade() {
         1,
         "the cascaded replica is not the primary's replica"
     );
-    assert_eq!(status.replicas[0].id.0, "r1");
+    assert_eq!(status.replicas[0].id.node.0, "r1");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,7 +12,7 @@ use replication_core::engine::{
 use replication_core::protocol::{DIVERGENCE_WINDOW, Message, PROTOCOL_VERSION, Refusal};
 use replication_core::quorum::{Quorum, Tags};
 use replication_core::types::ChainError;
-use replication_core::{Epoch, LogPosition, LogState, NodeId, Tx, TxId};
+use replication_core::{Epoch, LogPosition, LogState, NodeId, ReplicaId, Tx, TxId};
 
 const T0: Timestamp = Timestamp(0);
 const REPLICA: ConnId = ConnId(1);
@@ -34,7 +34,14 @@ fn eager_primary(policy: Quorum) -> Engine {
 }
 
 fn primary_with(policy: Quorum, config: EngineConfig) -> Engine {
-    let mut engine = Engine::new(config, Arc::new(policy), LogState::default(), Epoch(0), T0);
+    let mut engine = Engine::new(
+        config,
+        Arc::new(policy),
+        LogState::default(),
+        Epoch(0),
+        vec![],
+        T0,
+    );
     assert_eq!(
         drain(&mut engine),
         vec![Command::SaveEpoch(Epoch(1))],
@@ -52,6 +59,7 @@ fn subscribe(last: LogPosition, epoch: Epoch) -> Message {
         known_common: LogPosition::START,
         window: 100,
         tags: Tags::new(),
+        replica_database: "db".into(),
     }
 }
 
@@ -149,13 +157,25 @@ fn attach_replica(engine: &mut Engine, conn: ConnId, name: &str) {
         },
     );
     assert_eq!(drain(engine), vec![handshake_read(conn, TxId(0))]);
+    let replica = ReplicaId::new(name, "db");
+    let mut members = engine.status(T0).members;
+    let joins = !engine.is_member(&replica);
     engine.handle(T0, Event::ReadDone { conn, txs: vec![] });
     let accepted = Message::Accepted {
         epoch: engine.epoch(),
         committed: engine.committed(),
         primary: None,
     };
-    assert_eq!(drain(engine), vec![send(conn, accepted)]);
+    let mut expected = vec![];
+    if joins {
+        // A new replica joins the membership, durably, before anything can count it.
+        members.push(replica.clone());
+        members.sort();
+        expected.push(Command::SaveMembers(members));
+    }
+    expected.push(send(conn, accepted));
+    assert_eq!(drain(engine), expected);
+    assert!(engine.is_member(&replica));
 }
 
 fn write(engine: &mut Engine, id: u64, payload: &'static str) -> Vec<Command> {
@@ -425,7 +445,7 @@ fn uncommitted_backlog_is_bounded() {
         ..EngineConfig::new("p", "db", Role::Primary)
     };
     let policy = Arc::new(Quorum::AckCount { n: 1, among: None });
-    let mut engine = Engine::new(config, policy, LogState::default(), Epoch(0), T0);
+    let mut engine = Engine::new(config, policy, LogState::default(), Epoch(0), vec![], T0);
     drain(&mut engine);
     write(&mut engine, 1, "a");
     write(&mut engine, 2, "b");
@@ -479,6 +499,7 @@ fn unknown_database_and_unauthorised_identity_are_refused() {
         Arc::new(Quorum::Async),
         LogState::default(),
         Epoch(0),
+        vec![],
         T0,
     );
     drain(&mut engine);
@@ -554,7 +575,14 @@ fn replica_with(log: &[Tx], allow_tx_discarding: bool) -> Engine {
         committed: LogPosition::START,
     };
     let last_epoch = log.last().map(|tx| tx.epoch).unwrap_or(Epoch(0));
-    let mut engine = Engine::new(config, Arc::new(Quorum::Async), state, last_epoch, T0);
+    let mut engine = Engine::new(
+        config,
+        Arc::new(Quorum::Async),
+        state,
+        last_epoch,
+        vec![],
+        T0,
+    );
     engine.handle(T0, Event::Tick);
     assert_eq!(
         drain(&mut engine),
@@ -591,6 +619,7 @@ fn subscribe_to_source(last: LogPosition, known_common: LogPosition) -> Command 
             known_common,
             window: EngineConfig::new("r1", "db", Role::Primary).prefetch_buffer,
             tags: Tags::new(),
+            replica_database: "db".into(),
         },
     )
 }
@@ -758,6 +787,7 @@ fn an_external_replica_checks_pushed_transactions_and_answers_once_durable() {
         Arc::new(Quorum::Async),
         LogState::default(),
         Epoch(0),
+        vec![],
         T0,
     );
     engine.handle(T0, Event::Tick);
@@ -811,5 +841,186 @@ fn an_external_replica_checks_pushed_transactions_and_answers_once_durable() {
     assert_eq!(
         write(&mut engine, 3, "direct"),
         vec![reply_err(3, not_primary)]
+    );
+}
+
+/// A primary of epoch 1 under `policy` whose log saved `members` before it restarted.
+fn restarted_primary(policy: Quorum, members: &[&str]) -> Engine {
+    let members = members.iter().map(|m| ReplicaId::new(*m, "db")).collect();
+    let config = EngineConfig::new("p", "db", Role::Primary);
+    let mut engine = Engine::new(
+        config,
+        Arc::new(policy),
+        LogState::default(),
+        Epoch(0),
+        members,
+        T0,
+    );
+    assert_eq!(drain(&mut engine), vec![Command::SaveEpoch(Epoch(1))]);
+    engine
+}
+
+/// The replica at `conn` acknowledges everything up to `tx_id` as durable.
+fn ack_on(engine: &mut Engine, conn: ConnId, tx_id: u64) {
+    let durable = LogPosition {
+        tx_id: TxId(tx_id),
+        hash: replication_core::TxHash::GENESIS,
+    };
+    engine.handle(
+        T0,
+        Event::Received {
+            conn,
+            message: Message::Ack { durable },
+        },
+    );
+}
+
+#[test]
+fn majority_counts_members_that_have_not_reconnected_since_a_restart() {
+    // Three members were saved; after the restart only r1 is back: one acknowledgement of one
+    // replica seen is not a majority of four nodes.
+    let mut engine = restarted_primary(Quorum::Majority, &["r1", "r2", "r3"]);
+    attach_replica(&mut engine, ConnId(1), "r1");
+    let a = primary_txs(&["a"]);
+    assert_eq!(
+        write(&mut engine, 1, "a"),
+        vec![append(&a, 0), txs_to(ConnId(1), &a, 0)]
+    );
+    engine.handle(T0, durable(0, 1));
+    ack_on(&mut engine, ConnId(1), 1);
+    assert_eq!(drain(&mut engine), vec![], "1 of 3 members is not enough");
+    let status = engine.status(T0);
+    assert_eq!(status.members.len(), 3);
+    assert_eq!(
+        status
+            .replicas
+            .iter()
+            .filter(|r| r.member && !r.connected)
+            .count(),
+        2,
+        "the members not back yet are listed: {:?}",
+        status.replicas
+    );
+    // A second member returns (it is a member already: nothing to save), catches up and
+    // acknowledges: 3 of 4 nodes hold it.
+    connect_downstream(&mut engine, ConnId(2), "r2");
+    engine.handle(
+        T0,
+        Event::Received {
+            conn: ConnId(2),
+            message: subscribe(LogPosition::START, Epoch(0)),
+        },
+    );
+    assert_eq!(drain(&mut engine), vec![handshake_read(ConnId(2), TxId(0))]);
+    engine.handle(
+        T0,
+        Event::ReadDone {
+            conn: ConnId(2),
+            txs: vec![],
+        },
+    );
+    assert_eq!(
+        drain(&mut engine),
+        vec![send(ConnId(2), accepted(1, 0)), txs_to(ConnId(2), &a, 0)]
+    );
+    ack_on(&mut engine, ConnId(2), 1);
+    let commands = drain(&mut engine);
+    assert_eq!(
+        commands,
+        vec![commit(1), reply_ok(1, &a[0], AckKind::Quorum)]
+    );
+}
+
+#[test]
+fn a_removed_member_stops_counting_and_waiting_writes_commit_at_once() {
+    let mut engine = restarted_primary(Quorum::AckCount { n: 2, among: None }, &["r1", "r2"]);
+    attach_replica(&mut engine, ConnId(1), "r1");
+    let a = primary_txs(&["a"]);
+    write(&mut engine, 1, "a");
+    engine.handle(T0, durable(0, 1));
+    ack_on(&mut engine, ConnId(1), 1);
+    assert_eq!(drain(&mut engine), vec![], "r2 has not acknowledged");
+    // r2 is gone for good: the operator removes it, and `acks 2` can no longer be met...
+    engine.handle(T0, Event::RemoveMember(ReplicaId::new("r2", "db")));
+    assert_eq!(
+        drain(&mut engine),
+        vec![Command::SaveMembers(vec![ReplicaId::new("r1", "db")])]
+    );
+    // ...until the policy is changed, which applies to the waiting write at once.
+    let one = Arc::new(Quorum::AckCount { n: 1, among: None });
+    engine.handle(T0, Event::SetPolicy(one));
+    assert_eq!(
+        drain(&mut engine),
+        vec![commit(1), reply_ok(1, &a[0], AckKind::Quorum)]
+    );
+    // Removing what is not a member changes nothing.
+    engine.handle(T0, Event::RemoveMember(ReplicaId::new("r9", "db")));
+    assert_eq!(drain(&mut engine), vec![]);
+}
+
+#[test]
+fn removing_a_member_that_blocked_a_majority_commits_waiting_writes() {
+    let mut engine = restarted_primary(Quorum::Majority, &["r1", "r2", "r3", "r4"]);
+    attach_replica(&mut engine, ConnId(1), "r1");
+    let a = primary_txs(&["a"]);
+    write(&mut engine, 1, "a");
+    engine.handle(T0, durable(0, 1));
+    ack_on(&mut engine, ConnId(1), 1);
+    assert_eq!(drain(&mut engine), vec![], "1 of 4 members");
+    engine.handle(T0, Event::RemoveMember(ReplicaId::new("r4", "db")));
+    assert_eq!(drain(&mut engine).len(), 1, "only the saved membership");
+    // 3 members left: 2 must acknowledge. Removing another leaves 2 members: 1 suffices.
+    engine.handle(T0, Event::RemoveMember(ReplicaId::new("r3", "db")));
+    let remaining = vec![ReplicaId::new("r1", "db"), ReplicaId::new("r2", "db")];
+    assert_eq!(
+        drain(&mut engine),
+        vec![
+            Command::SaveMembers(remaining),
+            commit(1),
+            reply_ok(1, &a[0], AckKind::Quorum)
+        ]
+    );
+}
+
+#[test]
+fn two_replica_databases_on_one_server_are_two_members() {
+    let mut engine = primary(Quorum::AckCount { n: 2, among: None });
+    attach_replica(&mut engine, ConnId(1), "r1");
+    connect_downstream(&mut engine, ConnId(2), "r1");
+    let mut other = subscribe(LogPosition::START, Epoch(0));
+    if let Message::Subscribe {
+        replica_database, ..
+    } = &mut other
+    {
+        *replica_database = "db-copy".into();
+    }
+    engine.handle(
+        T0,
+        Event::Received {
+            conn: ConnId(2),
+            message: other,
+        },
+    );
+    drain(&mut engine);
+    engine.handle(
+        T0,
+        Event::ReadDone {
+            conn: ConnId(2),
+            txs: vec![],
+        },
+    );
+    let both = vec![ReplicaId::new("r1", "db"), ReplicaId::new("r1", "db-copy")];
+    assert_eq!(drain(&mut engine)[0], Command::SaveMembers(both.clone()));
+    assert_eq!(engine.status(T0).members, both);
+    // Each counts once: both must acknowledge under `acks 2`.
+    let a = primary_txs(&["a"]);
+    write(&mut engine, 1, "a");
+    engine.handle(T0, durable(0, 1));
+    ack_on(&mut engine, ConnId(1), 1);
+    assert_eq!(drain(&mut engine), vec![]);
+    ack_on(&mut engine, ConnId(2), 1);
+    assert_eq!(
+        drain(&mut engine),
+        vec![commit(1), reply_ok(1, &a[0], AckKind::Quorum)]
     );
 }

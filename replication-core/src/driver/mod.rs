@@ -24,7 +24,7 @@ use crate::protocol::{self, MAX_FRAME_SIZE, Message};
 use crate::quorum::QuorumPolicy;
 use crate::state_machine::StateMachine;
 use crate::transport::{Channel, Transport};
-use crate::types::{Epoch, Tx, TxId};
+use crate::types::{Epoch, ReplicaId, Tx, TxId};
 
 pub use clock::Clock;
 
@@ -67,6 +67,7 @@ enum Request {
     },
     Status(oneshot::Sender<EngineStatus>),
     SetPolicy(Arc<dyn QuorumPolicy>, oneshot::Sender<()>),
+    RemoveMember(ReplicaId, oneshot::Sender<bool>),
     Attach(Channel),
     Shutdown(oneshot::Sender<()>),
 }
@@ -132,9 +133,10 @@ impl Node {
             Some(tx) if state.last.tx_id > TxId::ZERO => tx.epoch,
             _ => Epoch(0),
         };
+        let members = log.members().await?;
         apply_committed(&*log, &mut state_machine, None, state.committed.tx_id).await?;
         let clock = Clock::start();
-        let engine = Engine::new(config, policy, state, last_epoch, clock.now());
+        let engine = Engine::new(config, policy, state, last_epoch, members, clock.now());
         let (requests_tx, requests_rx) = mpsc::channel(options.write_queue);
         let (internal_tx, internal_rx) = mpsc::channel(4096);
         let (applied_tx, applied_rx) = watch::channel(state_machine.applied());
@@ -155,6 +157,7 @@ impl Node {
             internal_tx,
             applied_tx,
             last_batch_frame: None,
+            after_commands: Vec::new(),
         };
         let task = tokio::spawn(driver.run(requests_rx, internal_rx));
         Ok(Node {
@@ -218,6 +221,21 @@ impl Node {
         let (reply, answer) = oneshot::channel();
         self.requests
             .send(Request::SetPolicy(policy, reply))
+            .await
+            .map_err(|_| NodeError::ShuttingDown)?;
+        answer.await.map_err(|_| NodeError::ShuttingDown)
+    }
+
+    /// Retires a member for good: it no longer counts toward the quorum policy, which applies
+    /// to waiting writes at once. Answers once the new membership is durable, with whether
+    /// `replica` was a member. A replica that subscribes again joins again.
+    ///
+    /// # Errors
+    /// [`NodeError::ShuttingDown`] once the node stopped.
+    pub async fn remove_member(&self, replica: ReplicaId) -> Result<bool, NodeError> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(Request::RemoveMember(replica, reply))
             .await
             .map_err(|_| NodeError::ShuttingDown)?;
         answer.await.map_err(|_| NodeError::ShuttingDown)
@@ -340,6 +358,8 @@ struct Driver<L, T, S> {
     /// The last `Txs` frame encoded, by (first id, last id, last hash, commit point): the same
     /// batch streamed to several replicas is encoded once.
     last_batch_frame: Option<(BatchKey, Bytes)>,
+    /// Answers to send once the commands queued with them have run.
+    after_commands: Vec<(oneshot::Sender<bool>, bool)>,
 }
 
 type BatchKey = (TxId, TxId, crate::types::TxHash, TxId);
@@ -438,6 +458,12 @@ impl<L: TxLog, T: Transport, S: StateMachine> Driver<L, T, S> {
             Request::SetPolicy(policy, reply) => {
                 self.engine.handle(now, Event::SetPolicy(policy));
                 let _ = reply.send(());
+            }
+            Request::RemoveMember(replica, reply) => {
+                let was_member = self.engine.is_member(&replica);
+                self.engine.handle(now, Event::RemoveMember(replica));
+                // Answered once the commands that save the new membership have run.
+                self.after_commands.push((reply, was_member));
             }
             Request::Attach(channel) => self.open_channel(channel, Direction::Downstream),
             Request::Shutdown(done) => return Some(done),
@@ -546,6 +572,9 @@ impl<L: TxLog, T: Transport, S: StateMachine> Driver<L, T, S> {
                 self.engine.handle(now, Event::LogFailed(error));
             }
         }
+        for (reply, answer) in self.after_commands.drain(..) {
+            let _ = reply.send(answer);
+        }
     }
 
     /// Executes one command; a log error is returned with the operation that failed.
@@ -581,6 +610,11 @@ impl<L: TxLog, T: Transport, S: StateMachine> Driver<L, T, S> {
                 .save_epoch(epoch)
                 .await
                 .map_err(failed(LogOperation::SaveEpoch))?,
+            Command::SaveMembers(members) => self
+                .log
+                .save_members(members)
+                .await
+                .map_err(failed(LogOperation::SaveMembers))?,
             Command::Commit { up_to } => {
                 self.log
                     .commit(up_to)

@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{AppendToken, ConnId, WriteError, WriteId};
 use crate::protocol::Message;
-use crate::types::{Epoch, Tx, TxHash, TxId};
+use crate::types::{Epoch, ReplicaId, Tx, TxHash, TxId};
 
 /// Something the driver must do, drained from [`Engine::poll_command`](super::Engine::poll_command).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -23,6 +23,9 @@ pub enum Command {
     },
     /// Durably record the epoch.
     SaveEpoch(Epoch),
+    /// Durably record the membership (the replicas that count toward the policy), replacing
+    /// the one saved before; it must be durable before what follows.
+    SaveMembers(Vec<ReplicaId>),
     /// Record the commit point and apply every transaction up to it to the state machine.
     Commit {
         /// The new commit point.

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use crate::log::LogFailure;
 use crate::protocol::Message;
 use crate::quorum::QuorumPolicy;
-use crate::types::{NodeId, Tx, TxId};
+use crate::types::{NodeId, ReplicaId, Tx, TxId};
 
 /// Identifies a channel between this node and a peer, chosen by the driver.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -88,6 +88,8 @@ pub enum Event {
     },
     /// The quorum policy changed.
     SetPolicy(Arc<dyn QuorumPolicy>),
+    /// An operator retires a member for good; the policy stops counting it at once.
+    RemoveMember(ReplicaId),
     /// The log failed; the engine stops accepting writes.
     LogFailed(LogFailure),
     /// Time passed.
@@ -131,6 +133,7 @@ impl PartialEq for Event {
             (ReadDone { conn: a, txs: x }, ReadDone { conn: b, txs: y }) => a == b && x == y,
             (Replicate { write: a, txs: x }, Replicate { write: b, txs: y }) => a == b && x == y,
             (SetPolicy(a), SetPolicy(b)) => format!("{a:?}") == format!("{b:?}"),
+            (RemoveMember(a), RemoveMember(b)) => a == b,
             (LogFailed(a), LogFailed(b)) => a == b,
             (Tick, Tick) => true,
             _ => false,

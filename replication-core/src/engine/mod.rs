@@ -66,7 +66,7 @@ pub use timers::Timestamp;
 
 use crate::log::LogFailure;
 use crate::quorum::QuorumPolicy;
-use crate::types::{Epoch, LogPosition, LogState, Tx, TxId};
+use crate::types::{Epoch, LogPosition, LogState, ReplicaId, Tx, TxId};
 use external::Pushes;
 use local_log::LocalLog;
 use source::Source;
@@ -119,12 +119,14 @@ impl Engine {
     /// Builds the engine from the log's state at startup. A primary begins a new epoch (the
     /// first command saves it); a replica schedules its first connection.
     ///
-    /// `last_epoch` is the epoch of the log's last transaction (`Epoch(0)` for an empty log).
+    /// `last_epoch` is the epoch of the log's last transaction (`Epoch(0)` for an empty log);
+    /// `members` the membership the log last saved ([`TxLog::members`](crate::TxLog::members)).
     pub fn new(
         config: EngineConfig,
         policy: Arc<dyn QuorumPolicy>,
         state: LogState,
         last_epoch: Epoch,
+        members: Vec<ReplicaId>,
         now: Timestamp,
     ) -> Engine {
         let log = LocalLog::new(
@@ -145,7 +147,7 @@ impl Engine {
         let is_primary = writes.is_some();
         let mut engine = Engine {
             log,
-            source: Source::new(policy, writes),
+            source: Source::new(policy, writes, members),
             upstream,
             pushes,
             failed: None,
@@ -235,6 +237,9 @@ impl Engine {
                 None => external::refuse(cx!(self), write, PushRefusal::NotExternalReplica),
             },
             Event::SetPolicy(policy) => self.source.set_policy(cx!(self), policy),
+            Event::RemoveMember(replica) => {
+                self.source.remove_member(cx!(self), &replica);
+            }
             Event::LogFailed(failure) => self.on_log_failed(failure),
             Event::Tick => {
                 self.source.on_tick(cx!(self));
@@ -347,7 +352,13 @@ impl Engine {
                 (None, None) => None,
             },
             replicas: self.source.replica_statuses(now, self.log.last().tx_id),
+            members: self.source.members().cloned().collect(),
         }
+    }
+
+    /// Whether `replica` is a member: it counts toward the quorum policy.
+    pub fn is_member(&self, replica: &ReplicaId) -> bool {
+        self.source.is_member(replica)
     }
 
     /// The committed transactions `from..=up_to` if all of them are still in the recent

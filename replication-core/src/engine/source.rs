@@ -5,7 +5,7 @@
 //! is committed. The source owns its channels from replicas, what it remembers of each replica
 //! identity, the quorum policy and, on a primary, the [`WritePath`].
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,10 +16,13 @@ use super::writes::WritePath;
 use super::{AckKind, Command, ConnId, Ctx, ReplicaStatus, Timestamp, WriteError, WriteId};
 use crate::protocol::{DIVERGENCE_WINDOW, Message, PROTOCOL_VERSION, Refusal};
 use crate::quorum::{QuorumPolicy, ReplicaProgress, Tags};
-use crate::types::{LogPosition, NodeId, Tx, TxId};
+use crate::types::{LogPosition, NodeId, ReplicaId, Tx, TxId};
 
 /// Most replica identities remembered; the longest-disconnected is forgotten first.
 const MAX_REPLICA_RECORDS: usize = 1024;
+
+/// The tags of a member not heard from since this node started.
+static NO_TAGS: Tags = BTreeMap::new();
 
 /// A replica's subscription, between `Subscribe` and the handshake read.
 #[derive(Debug, Clone)]
@@ -42,6 +45,9 @@ enum DownstreamPhase {
 #[derive(Debug)]
 struct Downstream {
     peer: NodeId,
+    address: String,
+    /// The replica's identity, known once it subscribed.
+    replica: Option<ReplicaId>,
     phase: DownstreamPhase,
     next_send: TxId,
     /// The highest position the replica acknowledged as durable on this channel.
@@ -81,22 +87,60 @@ pub(super) struct Source {
     /// The write path: present exactly while this node is a primary.
     writes: Option<WritePath>,
     downstreams: BTreeMap<ConnId, Downstream>,
-    replicas: BTreeMap<NodeId, ReplicaRecord>,
+    replicas: BTreeMap<ReplicaId, ReplicaRecord>,
+    /// The durable membership: the replicas that count toward the policy. A replica becomes a
+    /// member when its first subscription is accepted, and the membership is saved (a
+    /// `SaveMembers` command queued before anything that counts it) before its
+    /// acknowledgements can commit anything. Only an operator removes one.
+    members: BTreeSet<ReplicaId>,
     /// The commit point moved and, with no notification delay, replicas are told once the
     /// current burst of commands has been drained.
     commit_point_dirty: bool,
 }
 
 impl Source {
-    /// A source under `policy`; `writes` makes it a primary's.
-    pub(super) fn new(policy: Arc<dyn QuorumPolicy>, writes: Option<WritePath>) -> Source {
+    /// A source under `policy` with the durable membership `members`; `writes` makes it a
+    /// primary's.
+    pub(super) fn new(
+        policy: Arc<dyn QuorumPolicy>,
+        writes: Option<WritePath>,
+        members: Vec<ReplicaId>,
+    ) -> Source {
         Source {
             policy,
             writes,
             downstreams: BTreeMap::new(),
             replicas: BTreeMap::new(),
+            members: members.into_iter().collect(),
             commit_point_dirty: false,
         }
+    }
+
+    /// The durable membership.
+    pub(super) fn members(&self) -> impl Iterator<Item = &ReplicaId> {
+        self.members.iter()
+    }
+
+    /// Whether `replica` is a member.
+    pub(super) fn is_member(&self, replica: &ReplicaId) -> bool {
+        self.members.contains(replica)
+    }
+
+    fn save_members(&self, cx: &mut Ctx<'_>) {
+        let members = self.members.iter().cloned().collect();
+        cx.out.push_back(Command::SaveMembers(members));
+    }
+
+    /// An operator retires `replica` for good: it no longer counts toward the policy, which
+    /// applies to waiting writes at once. Returns whether it was a member.
+    pub(super) fn remove_member(&mut self, cx: &mut Ctx<'_>, replica: &ReplicaId) -> bool {
+        if !self.members.remove(replica) {
+            return false;
+        }
+        tracing::warn!(%replica, "replica removed from the membership");
+        self.save_members(cx);
+        self.advance_commit(cx);
+        true
     }
 
     /// The write path, on a primary.
@@ -163,14 +207,24 @@ impl Source {
         if self.writes.is_none() {
             return;
         }
+        // Only members count, and every member counts: one not heard from since this node
+        // started has acknowledged nothing yet, which is what a majority must assume.
         let progress: Vec<ReplicaProgress<'_>> = self
-            .replicas
+            .members
             .iter()
-            .map(|(id, record)| ReplicaProgress {
-                id,
-                tags: &record.tags,
-                durable: record.durable,
-                connected: record.connected,
+            .map(|id| match self.replicas.get(id) {
+                Some(record) => ReplicaProgress {
+                    id: &id.node,
+                    tags: &record.tags,
+                    durable: record.durable,
+                    connected: record.connected,
+                },
+                None => ReplicaProgress {
+                    id: &id.node,
+                    tags: &NO_TAGS,
+                    durable: TxId::ZERO,
+                    connected: false,
+                },
             })
             .collect();
         let satisfied = self.policy.satisfied(&progress);
@@ -237,19 +291,12 @@ impl Source {
         address: String,
     ) {
         let now = cx.now;
-        let record = self.replicas.entry(peer.clone()).or_insert(ReplicaRecord {
-            address: address.clone(),
-            tags: Tags::new(),
-            durable: TxId::ZERO,
-            connected: false,
-            last_seen: now,
-            caught_up_at: now,
-        });
-        record.address = address;
         self.downstreams.insert(
             conn,
             Downstream {
                 peer,
+                address,
+                replica: None,
                 phase: DownstreamPhase::Opened,
                 next_send: TxId(1),
                 acked: TxId::ZERO,
@@ -261,7 +308,6 @@ impl Source {
                 committed_sent: TxId::ZERO,
             },
         );
-        self.forget_old_replicas();
     }
 
     fn forget_old_replicas(&mut self) {
@@ -282,12 +328,14 @@ impl Source {
     /// A replica's channel closed.
     pub(super) fn on_disconnected(&mut self, cx: &mut Ctx<'_>, conn: ConnId) {
         if let Some(downstream) = self.downstreams.remove(&conn) {
-            let still_connected = self
-                .downstreams
-                .values()
-                .any(|d| d.peer == downstream.peer && d.is_streaming());
-            if let Some(record) = self.replicas.get_mut(&downstream.peer) {
-                record.connected = still_connected;
+            if let Some(replica) = &downstream.replica {
+                let still_connected = self
+                    .downstreams
+                    .values()
+                    .any(|d| d.replica.as_ref() == Some(replica) && d.is_streaming());
+                if let Some(record) = self.replicas.get_mut(replica) {
+                    record.connected = still_connected;
+                }
             }
             // `First` picks among connected standbys: losing one may let the next take over.
             self.advance_commit(cx);
@@ -338,6 +386,7 @@ impl Source {
             known_common,
             window,
             tags,
+            replica_database,
         } = subscribe
         else {
             return;
@@ -372,12 +421,25 @@ impl Source {
             };
             return self.refuse(cx, conn, refusal);
         }
-        if let Some(record) = self.replicas.get_mut(&peer) {
-            record.tags = tags;
-        }
         let Some(downstream) = self.downstreams.get_mut(&conn) else {
             return;
         };
+        let replica = ReplicaId::new(peer, replica_database);
+        let now = cx.now;
+        let record = self
+            .replicas
+            .entry(replica.clone())
+            .or_insert_with(|| ReplicaRecord {
+                address: String::new(),
+                tags: Tags::new(),
+                durable: TxId::ZERO,
+                connected: false,
+                last_seen: now,
+                caught_up_at: now,
+            });
+        record.address = downstream.address.clone();
+        record.tags = tags;
+        downstream.replica = Some(replica);
         downstream.window = u64::from(window.max(1));
         downstream.read_in_flight = true;
         let known = subscription.known_common.tx_id.0;
@@ -388,6 +450,7 @@ impl Source {
             .0
             .min(known + DIVERGENCE_WINDOW as u64);
         downstream.phase = DownstreamPhase::Handshake(subscription);
+        self.forget_old_replicas();
         cx.out.push_back(Command::Read {
             conn,
             from: TxId(from),
@@ -416,7 +479,11 @@ impl Source {
         {
             downstream.batches_in_flight.pop_front();
         }
-        if let Some(record) = self.replicas.get_mut(&downstream.peer) {
+        if let Some(record) = downstream
+            .replica
+            .as_ref()
+            .and_then(|replica| self.replicas.get_mut(replica))
+        {
             record.last_seen = cx.now;
             record.durable = record.durable.max(acked);
             if acked >= cx.log.last().tx_id {
@@ -515,8 +582,16 @@ impl Source {
         downstream.phase = DownstreamPhase::Streaming;
         downstream.next_send = last.tx_id.next();
         downstream.committed_sent = committed;
-        if let Some(record) = self.replicas.get_mut(&downstream.peer) {
-            record.connected = true;
+        let replica = downstream.replica.clone();
+        if let Some(replica) = replica {
+            if let Some(record) = self.replicas.get_mut(&replica) {
+                record.connected = true;
+            }
+            if self.members.insert(replica.clone()) {
+                tracing::info!(%replica, "replica joins the membership");
+                // Queued before anything its acknowledgements can commit.
+                self.save_members(cx);
+            }
         }
         cx.out.push_back(Command::Send {
             conn,
@@ -669,9 +744,24 @@ impl Source {
         }
     }
 
-    /// What this node knows of its replicas; `last` is its own last transaction.
+    /// What this node knows of its replicas and members; `last` is its own last transaction.
     pub(super) fn replica_statuses(&self, now: Timestamp, last: TxId) -> Vec<ReplicaStatus> {
-        self.replicas
+        let unseen_members = self
+            .members
+            .iter()
+            .filter(|id| !self.replicas.contains_key(*id))
+            .map(|id| ReplicaStatus {
+                id: id.clone(),
+                address: String::new(),
+                tags: Tags::new(),
+                acked: TxId::ZERO,
+                lag_txs: last.0,
+                lag: Duration::ZERO,
+                connected: false,
+                member: true,
+            });
+        let mut statuses: Vec<ReplicaStatus> = self
+            .replicas
             .iter()
             .map(|(id, record)| {
                 let lag_txs = last.0.saturating_sub(record.durable.0);
@@ -687,8 +777,12 @@ impl Source {
                         now.since(record.caught_up_at)
                     },
                     connected: record.connected,
+                    member: self.members.contains(id),
                 }
             })
-            .collect()
+            .chain(unseen_members)
+            .collect();
+        statuses.sort_by(|a, b| a.id.cmp(&b.id));
+        statuses
     }
 }

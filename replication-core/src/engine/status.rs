@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use super::Role;
 use crate::quorum::Tags;
-use crate::types::{Epoch, LogPosition, NodeId, TxId};
+use crate::types::{Epoch, LogPosition, ReplicaId, TxId};
 
 /// The state of a replica's link to its source, as status shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -26,8 +26,8 @@ pub enum UpstreamState {
 /// What a primary knows of one replica.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReplicaStatus {
-    /// The replica's identity.
-    pub id: NodeId,
+    /// The replica's identity: its node and its database there.
+    pub id: ReplicaId,
     /// Its address.
     pub address: String,
     /// The tags it announced.
@@ -40,6 +40,8 @@ pub struct ReplicaStatus {
     pub lag: Duration,
     /// Whether its channel is open.
     pub connected: bool,
+    /// Whether it is a member: it counts toward the quorum policy, connected or not.
+    pub member: bool,
 }
 
 /// A snapshot of the engine's state, as `status` shows it.
@@ -68,6 +70,8 @@ pub struct EngineStatus {
     pub upstream: Option<UpstreamState>,
     /// The last error replication met (replica only), cleared once streaming resumes.
     pub last_error: Option<String>,
-    /// This node's replicas.
+    /// This node's replicas: those heard from since it started, and every member.
     pub replicas: Vec<ReplicaStatus>,
+    /// The durable membership: the replicas that count toward the quorum policy.
+    pub members: Vec<ReplicaId>,
 }

@@ -220,6 +220,7 @@ impl Upstream {
             known_common,
             window: cx.config.prefetch_buffer,
             tags: cx.config.tags.clone(),
+            replica_database: cx.config.database.clone(),
         };
         self.link = Link::Subscribing {
             conn,

@@ -8,7 +8,7 @@
 //! cover nothing past it.
 
 use super::rng::Rng;
-use crate::types::{Epoch, LogPosition, LogState, Tx, TxHash, TxId};
+use crate::types::{Epoch, LogPosition, LogState, ReplicaId, Tx, TxHash, TxId};
 
 /// An append's durability, to be completed at `at` by [`Disk::complete`].
 #[derive(Clone, Copy, Debug)]
@@ -24,6 +24,8 @@ pub(super) struct Disk {
     durable: u64,
     committed: u64,
     epoch: Epoch,
+    /// The membership, durable as soon as it is saved (as the epoch).
+    members: Vec<ReplicaId>,
     /// Bumped by every truncation; a durability completion from before it covers nothing
     /// appended after it.
     truncations: u64,
@@ -39,6 +41,7 @@ impl Disk {
             durable: 0,
             committed: 0,
             epoch: Epoch::default(),
+            members: Vec::new(),
             truncations: 0,
             busy_until: 0,
             rng,
@@ -117,6 +120,16 @@ impl Disk {
 
     pub(super) fn save_epoch(&mut self, epoch: Epoch) {
         self.epoch = self.epoch.max(epoch);
+    }
+
+    /// Saves the membership, replacing the one before.
+    pub(super) fn save_members(&mut self, members: Vec<ReplicaId>) {
+        self.members = members;
+    }
+
+    /// The membership last saved.
+    pub(super) fn members(&self) -> &[ReplicaId] {
+        &self.members
     }
 
     /// Records the commit point (the caller has checked it is durable).

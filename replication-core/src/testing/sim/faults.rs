@@ -155,7 +155,7 @@ fn random_policy(rng: &mut Rng, topology: &Topology) -> Quorum {
         .collect();
     let all = names.len().max(1);
     let other_zone = topology.direct_replicas().any(|n| n.zone != "a");
-    match rng.below(8) {
+    match rng.below(9) {
         0 => Quorum::Async,
         1 => Quorum::AckCount { n: 1, among: None },
         2 => Quorum::AckCount {
@@ -176,6 +176,7 @@ fn random_policy(rng: &mut Rng, topology: &Topology) -> Quorum {
             },
         ]),
         6 => Quorum::AckCount { n: 1, among: None },
+        7 => Quorum::MajorityOf(names),
         _ => Quorum::Any { n: all, names },
     }
 }

@@ -82,6 +82,7 @@ impl SimNode {
             Arc::new(policy.clone()),
             state,
             self.disk.last_epoch(),
+            self.disk.members().to_vec(),
             Timestamp(now),
         ));
         self.tick_at = None;

@@ -10,7 +10,7 @@ use super::topology::Topology;
 use super::workload::{AckedWrite, Workload};
 use crate::engine::{AckKind, Engine, WriteId, WriteReceipt};
 use crate::quorum::{Quorum, QuorumPolicy, ReplicaFilter};
-use crate::types::{NodeId, Tx, TxHash, TxId};
+use crate::types::{NodeId, ReplicaId, Tx, TxHash, TxId};
 
 /// `Err` names the broken invariant.
 pub(super) type Check = Result<(), String>;
@@ -163,9 +163,12 @@ pub(super) fn ack_kind_matches_policy(receipt: &WriteReceipt, current: &Quorum) 
 /// A write acknowledged under a synchronous policy is held durably by the primary's direct
 /// replicas that policy demands — the one in force when it was proposed or the one in force
 /// when it was answered, whichever it satisfies, since the policy may change in between.
+/// `members` is the primary's durable membership when it answered: `majority` needs a true
+/// majority of it, whichever members are connected or known to the primary since its restart.
 pub(super) fn quorum_ack_held_by_replicas(
     nodes: &[SimNode],
     topology: &Topology,
+    members: &[ReplicaId],
     receipt: &WriteReceipt,
     proposed: &Quorum,
     current: &Quorum,
@@ -176,7 +179,7 @@ pub(super) fn quorum_ack_held_by_replicas(
         .map(|index| &nodes[index])
         .filter(|node| node.disk.holds_durably(receipt.tx_id, receipt.hash))
         .collect();
-    if holders_satisfy(proposed, &holders) || holders_satisfy(current, &holders) {
+    if holders_satisfy(proposed, &holders, members) || holders_satisfy(current, &holders, members) {
         Ok(())
     } else {
         let names: Vec<&str> = holders.iter().map(|n| n.name.as_str()).collect();
@@ -188,22 +191,29 @@ pub(super) fn quorum_ack_held_by_replicas(
     }
 }
 
-/// Whether replicas `holders` holding a write could have satisfied `policy`: a necessary
-/// condition, since what the primary saw of its replicas (which were connected, how many it
-/// has met since it started) is not visible from here. Hence `majority` asks for one holder
-/// (the least any primary needs) and `first n` for `n` of the listed, not the first `n`.
-fn holders_satisfy(policy: &Quorum, holders: &[&SimNode]) -> bool {
+/// Whether replicas `holders` holding a write could have satisfied `policy`, given the
+/// primary's durable `members`. Exact for counts and majorities; for `first n` a necessary
+/// condition (`n` of the listed, not the first `n` connected, which is not visible from here).
+fn holders_satisfy(policy: &Quorum, holders: &[&SimNode], members: &[ReplicaId]) -> bool {
     let count = |admits: &dyn Fn(&SimNode) -> bool| holders.iter().filter(|n| admits(n)).count();
+    let is_member = |node: &SimNode| members.iter().any(|m| m.node.as_str() == node.name);
+    let named = |names: &[NodeId], node: &SimNode| names.contains(&NodeId::new(node.name.as_str()));
     match policy {
         Quorum::Async => true,
         Quorum::AckCount { n, among } => {
-            count(&|node| among.as_ref().is_none_or(|f| filter_admits(f, node))) >= *n
+            count(&|node| is_member(node) && among.as_ref().is_none_or(|f| filter_admits(f, node)))
+                >= *n
         }
-        Quorum::Majority => !holders.is_empty(),
+        Quorum::Majority => count(&is_member) >= members.len().div_ceil(2).max(1),
+        Quorum::MajorityOf(names) => {
+            count(&|node| named(names, node) && is_member(node)) >= names.len().div_ceil(2).max(1)
+        }
         Quorum::Any { n, names } | Quorum::First { n, names } => {
-            count(&|node| names.contains(&NodeId::new(node.name.as_str()))) >= *n
+            count(&|node| named(names, node) && is_member(node)) >= *n
         }
-        Quorum::AllOf(parts) => parts.iter().all(|part| holders_satisfy(part, holders)),
+        Quorum::AllOf(parts) => parts
+            .iter()
+            .all(|part| holders_satisfy(part, holders, members)),
     }
 }
 

@@ -272,6 +272,7 @@ impl World {
                 self.log(format!("{name} truncates after {after}"));
             }
             Command::SaveEpoch(epoch) => self.nodes[node].disk.save_epoch(epoch),
+            Command::SaveMembers(members) => self.nodes[node].disk.save_members(members),
             Command::Commit { up_to } => self.commit(node, up_to)?,
             Command::Read {
                 conn,
@@ -363,6 +364,7 @@ impl World {
             oracle::quorum_ack_held_by_replicas(
                 &self.nodes,
                 &self.topology,
+                primary.disk.members(),
                 &receipt,
                 &proposed,
                 &self.policy,
