@@ -9,6 +9,9 @@
 //!   The active segment's offsets are kept in memory and rebuilt on open by scanning that one
 //!   segment.
 //! - `meta`: the epoch and the commit point, in two alternating checksummed slots.
+//! - `members`: the membership last saved ([`TxLog::save_members`]), checksummed, replaced
+//!   whole through `members.tmp` (written, synced, renamed over it, then the directory
+//!   synced), so a crash leaves the old list or the new one. No file is an empty membership.
 //! - `LOCK`: held with an exclusive lock while the log is open: a second process gets a clear
 //!   error, never two writers.
 //!
@@ -49,8 +52,10 @@
 //! ```
 //!
 //! [`TxLog`]: replication_core::TxLog
+//! [`TxLog::save_members`]: replication_core::TxLog::save_members
 //! [`Durability`]: replication_core::Durability
 
+mod members;
 mod meta;
 mod options;
 mod prepare;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use replication_core::{LogError, LogPosition, TxId};
 
+use crate::members;
 use crate::meta::{Meta, MetaFile};
 use crate::options::FileLogOptions;
 use crate::record;
@@ -38,6 +39,10 @@ pub(crate) fn recover(dir: &Path, options: &FileLogOptions) -> Result<State, Log
             ),
             other => other,
         })?;
+    // Before any segment is touched: a damaged membership fails the open as a damaged
+    // meta file does, and never reads as empty (the node would forget its quorum).
+    let members = members::load(dir)?;
+    members::remove_unfinished(dir)?;
     if firsts.is_empty() {
         let path = segment_path(dir, TxId(1));
         let file = OpenOptions::new()
@@ -91,6 +96,7 @@ pub(crate) fn recover(dir: &Path, options: &FileLogOptions) -> Result<State, Log
                 durable: last,
                 meta,
                 meta_file,
+                members,
                 generation: 0,
                 failed: None,
             });

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex, MutexGuard};
 
 use replication_core::log::LogOperation;
-use replication_core::{LogError, LogPosition, TxId};
+use replication_core::{LogError, LogPosition, ReplicaId, TxId};
 use tokio::sync::watch;
 
 use crate::meta::{Meta, MetaFile};
@@ -25,6 +25,9 @@ pub(crate) struct State {
     pub(crate) durable: LogPosition,
     pub(crate) meta: Meta,
     pub(crate) meta_file: MetaFile,
+    /// What the `members` file holds: read and checked on open, so that `members` needs no
+    /// disk read and a damaged file stops the open rather than a later call.
+    pub(crate) members: Vec<ReplicaId>,
     /// Bumped by every truncation: a sync that began before it covers nothing after it.
     pub(crate) generation: u64,
     /// Set when a write or sync failed: the log refuses further work (as PostgreSQL does

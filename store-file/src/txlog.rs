@@ -1,5 +1,5 @@
 //! The [`TxLog`] implementation: appends (and sealing a full segment), commits, truncation
-//! and the epoch.
+//! the epoch and the membership.
 
 use std::fs::{self, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -7,9 +7,10 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use replication_core::log::LogOperation;
-use replication_core::{Durability, Epoch, LogError, LogState, Tx, TxId, TxLog};
+use replication_core::{Durability, Epoch, LogError, LogState, ReplicaId, Tx, TxId, TxLog};
 
 use crate::FileLog;
+use crate::members;
 use crate::meta::Meta;
 use crate::options::SyncMode;
 use crate::prepare::PREPARE_AHEAD;
@@ -277,5 +278,27 @@ impl TxLog for FileLog {
         state.meta_file.write(meta, true)?;
         state.meta = meta;
         Ok(())
+    }
+
+    async fn members(&self) -> Result<Vec<ReplicaId>, LogError> {
+        let state = self.shared.lock();
+        state.check()?;
+        Ok(state.members.clone())
+    }
+
+    async fn save_members(&self, members: Vec<ReplicaId>) -> Result<(), LogError> {
+        // Under the state lock while it syncs, as `save_epoch`: saves are rare (a membership
+        // change), and the lock also keeps two saves from sharing the temporary file.
+        let mut state = self.shared.lock();
+        state.check()?;
+        let (replaced, saved) = members::save(&self.shared.dir, &members);
+        // Once renamed, the file holds the new list even if the directory sync failed: the
+        // cache follows the file, and the caller, told of the failure, cannot count on either
+        // list surviving a crash until a save succeeds. Nothing else is at stake (the old file
+        // is replaced whole, never patched), so the log need not refuse to go on.
+        if replaced {
+            state.members = members;
+        }
+        saved
     }
 }

@@ -1,12 +1,13 @@
 //! Offline inspection of a log directory that no process has open: every checksum, every
-//! index and the whole hash chain, without modifying anything (as `pg_waldump` and `etcdutl`
-//! do for their logs).
+//! index, the whole hash chain and the saved membership, without modifying anything (as
+//! `pg_waldump` and `etcdutl` do for their logs).
 
 use std::fs::File;
 use std::path::Path;
 
-use replication_core::{LogError, LogPosition, Tx, TxId};
+use replication_core::{LogError, LogPosition, ReplicaId, Tx, TxId};
 
+use crate::members;
 use crate::record;
 use crate::segment::{self, index_path, segment_path};
 
@@ -24,12 +25,15 @@ pub struct VerifyReport {
     /// A torn record at the end of the last segment (left by a crash mid-write; opening the log
     /// cuts it off), named by file and offset.
     pub torn_tail: Option<String>,
+    /// The membership last saved (empty if none was: the `members` file is absent).
+    pub members: Vec<ReplicaId>,
 }
 
 /// Checks the log in `dir` and calls `visit` for every transaction, in order.
 ///
 /// # Errors
-/// [`LogError::Corrupt`] naming the file, offset and reason of the first problem.
+/// [`LogError::Corrupt`] naming the file, offset and reason of the first problem (for the
+/// `members` file, the file and the reason).
 pub fn verify(dir: &Path, mut visit: impl FnMut(&Tx)) -> Result<VerifyReport, LogError> {
     // Read a log only while nobody writes it.
     let _lock = match File::options().write(true).open(dir.join("LOCK")) {
@@ -64,12 +68,15 @@ pub fn verify(dir: &Path, mut visit: impl FnMut(&Tx)) -> Result<VerifyReport, Lo
             dir.join("meta").display()
         )));
     }
+    // Checked like the open checks it: a damaged membership is as fatal as a damaged segment.
+    let members = members::load(dir)?;
     let mut report = VerifyReport {
         transactions: 0,
         segments: firsts.len(),
         first: firsts.first().copied().unwrap_or(TxId(1)),
         last: LogPosition::START,
         torn_tail: None,
+        members,
     };
     let mut prev: Option<LogPosition> = (report.first == TxId(1)).then_some(LogPosition::START);
     for (i, &first) in firsts.iter().enumerate() {

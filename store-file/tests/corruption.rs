@@ -1,13 +1,13 @@
 //! Bad input from disk: bit flips and truncations at every offset of a small multi-segment
-//! log, missing segments, broken indexes, a second process. Never a panic; each case ends in a
-//! correct log or a clear error naming the file.
+//! log (its `members` file included), missing segments, broken indexes, a second process.
+//! Never a panic; each case ends in a correct log or a clear error naming the file.
 
 use std::fs;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use replication_core::{Epoch, LogError, LogPosition, Tx, TxId, TxLog};
+use replication_core::{Epoch, LogError, LogPosition, ReplicaId, Tx, TxId, TxLog};
 use store_file::{FileLog, FileLogOptions};
 
 mod common;
@@ -23,7 +23,16 @@ fn options() -> FileLogOptions {
     }
 }
 
-/// Builds a log of `TXS` transactions in about four segments, and returns them.
+/// The membership every built log saves, so that the sweeps cover the `members` file too.
+fn saved_members() -> Vec<ReplicaId> {
+    vec![
+        ReplicaId::new("node-a", "orders"),
+        ReplicaId::new("node-b", "orders"),
+    ]
+}
+
+/// Builds a log of `TXS` transactions in about four segments, with [`saved_members`], and
+/// returns the transactions.
 fn build(dir: &Path) -> Vec<Tx> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
@@ -44,6 +53,7 @@ fn build(dir: &Path) -> Vec<Tx> {
         }
         log.commit(TxId(4)).await.expect("commit");
         log.save_epoch(Epoch(1)).await.expect("epoch");
+        log.save_members(saved_members()).await.expect("members");
         // The sweeps below also cover the zeros prepared after the last record: wait for
         // them while the log is open (closing stops the zero-fill thread where it is).
         let last = last_segment(dir).expect("segment");
@@ -82,7 +92,8 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-/// Opens and reads everything. `Ok` only for a log that is a prefix of `original`.
+/// Opens and reads everything. `Ok` only for a log that is a prefix of `original` and holds
+/// the saved membership.
 fn open_and_read(dir: &Path, original: &[Tx]) -> Result<usize, LogError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
@@ -96,6 +107,11 @@ fn open_and_read(dir: &Path, original: &[Tx]) -> Result<usize, LogError> {
             &txs[..],
             &original[..txs.len()],
             "what is read is a prefix of what was written"
+        );
+        assert_eq!(
+            log.members().await?,
+            saved_members(),
+            "a membership that opens is the one saved"
         );
         Ok(txs.len())
     })
@@ -146,7 +162,8 @@ fn every_bit_flip_is_detected_or_harmless() {
                     assert!(
                         message.contains(".seg")
                             || message.contains(".idx")
-                            || message.contains("meta"),
+                            || message.contains("meta")
+                            || message.contains("members"),
                         "error names no file: {message}"
                     );
                 }
@@ -297,6 +314,22 @@ fn offline_verify_reports_a_sound_log_and_names_damage() {
     assert_eq!(seen, original);
     assert_eq!(report.transactions, TXS);
     assert!(report.torn_tail.is_none());
+    assert_eq!(report.members, saved_members());
+
+    // A flipped bit in the members file: named by file, like a damaged segment.
+    let members = dir.path().join("members");
+    let mut bytes = fs::read(&members).expect("read");
+    let sound = bytes.clone();
+    bytes[30] ^= 0x01;
+    fs::write(&members, &bytes).expect("write");
+    let error = store_file::verify(dir.path(), |_| {})
+        .expect_err("damaged members")
+        .to_string();
+    assert!(
+        error.contains(&members.display().to_string()) && error.contains("checksum"),
+        "{error}"
+    );
+    fs::write(&members, &sound).expect("restore");
 
     // A flipped bit in the middle of the first segment: named by file and offset.
     let first = segments(dir.path()).remove(0);

@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::log::{LogError, TxLog};
-use crate::types::{Epoch, LogPosition, Tx, TxId};
+use crate::types::{Epoch, LogPosition, ReplicaId, Tx, TxId};
 
 /// Makes logs for the conformance suite.
 #[async_trait]
@@ -74,6 +74,7 @@ pub async fn txlog_conformance<F: LogFactory>(factory: &F) {
     commit_point(factory).await;
     truncation(factory).await;
     epoch(factory).await;
+    membership(factory).await;
 }
 
 async fn empty_log<F: LogFactory>(factory: &F) {
@@ -274,5 +275,43 @@ async fn epoch<F: LogFactory>(factory: &F) {
         log.state().await.expect("state").epoch,
         Epoch(3),
         "the epoch is durable"
+    );
+}
+
+async fn membership<F: LogFactory>(factory: &F) {
+    let log = factory.create().await;
+    assert_eq!(
+        log.members().await.expect("members"),
+        Vec::<ReplicaId>::new(),
+        "a new log has no members"
+    );
+    let two = vec![ReplicaId::new("a", "db"), ReplicaId::new("b", "db")];
+    log.save_members(two.clone()).await.expect("save");
+    assert_eq!(
+        log.members().await.expect("members"),
+        two,
+        "members returns what was saved"
+    );
+    // Another replica in, one out, in another order: the list replaces, it is not merged.
+    let other = vec![ReplicaId::new("c", "other"), ReplicaId::new("a", "db")];
+    log.save_members(other.clone()).await.expect("save");
+    assert_eq!(
+        log.members().await.expect("members"),
+        other,
+        "a save replaces the membership"
+    );
+    let log = factory.crash_and_reopen(log).await;
+    assert_eq!(
+        log.members().await.expect("members"),
+        other,
+        "the last membership saved is durable"
+    );
+    // An empty membership is a membership too: saved, it replaces the last one.
+    log.save_members(Vec::new()).await.expect("save");
+    let log = factory.crash_and_reopen(log).await;
+    assert_eq!(
+        log.members().await.expect("members"),
+        Vec::<ReplicaId>::new(),
+        "an empty membership saved is durable"
     );
 }
