@@ -211,6 +211,8 @@ mod tests {
             applied_bytes: 640,
             replicas: vec![ReplicaReport {
                 id: "n2".into(),
+                database: "app".into(),
+                member: true,
                 address: "127.0.0.1:7441".into(),
                 acked_tx_id: 4,
                 lag_txs: 2,

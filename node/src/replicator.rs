@@ -136,6 +136,8 @@ pub async fn copy(
         known_common: last,
         window: 4096,
         tags: Tags::new(),
+        // The replicator stands for the target database: the source counts it as that replica.
+        replica_database: target_db.into(),
     };
     channel
         .sender

@@ -98,6 +98,14 @@ pub enum Request {
         /// Its name.
         name: String,
     },
+    /// Lists a database's durable membership (the replicas its quorum policy counts), after
+    /// retiring `remove` (`node/database`) from it if given.
+    Members {
+        /// The database.
+        db: String,
+        /// A member to retire for good.
+        remove: Option<String>,
+    },
 }
 
 /// The status of one database, as `repnode status` shows it.
@@ -119,8 +127,10 @@ pub struct StatusReport {
     pub upstream: Option<String>,
     /// The last replication error.
     pub last_error: Option<String>,
-    /// The replicas of this database.
+    /// The replicas of this database: those heard from since it started, and every member.
     pub replicas: Vec<ReplicaReport>,
+    /// The durable membership (`node/database`): the replicas its quorum policy counts.
+    pub members: Vec<String>,
 }
 
 /// A transaction id and its hash.
@@ -135,8 +145,12 @@ pub struct Position {
 /// One replica in a status report.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ReplicaReport {
-    /// Its identity.
+    /// Its node's identity.
     pub id: String,
+    /// Its database on that node.
+    pub database: String,
+    /// Whether it is a member: its quorum policy counts it, connected or not.
+    pub member: bool,
     /// Its address.
     pub address: String,
     /// The last transaction it acknowledged.
@@ -174,6 +188,15 @@ pub enum Response {
     Status(StatusReport),
     /// Database names, whether each is loaded, and their settings.
     Dbs(Vec<(String, bool, DbSettings)>),
+    /// A database's membership, after `removed` was retired from it.
+    Members {
+        /// The database.
+        db: String,
+        /// The members (`node/database`).
+        members: Vec<String>,
+        /// The member retired by this request.
+        removed: Option<String>,
+    },
     /// Done.
     Ok,
     /// Refused or failed.

@@ -709,3 +709,90 @@ fn repnode_bench_reports_throughput_and_latency() {
         "every bench write committed under the quorum"
     );
 }
+
+#[test]
+fn majority_counts_every_member_across_a_primary_restart_until_one_is_removed() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let root = root.path();
+    init_certs(root, "certs", "n1,n2,n3,n4");
+    let p1 = free_port();
+    let mut n1 = Server::start("n1", p1, root);
+    let a1 = n1.address();
+    until_ok(root, &a1, &["db", "create", "app", "--quorum", "majority"]);
+    let mut replicas = Vec::new();
+    for name in ["n2", "n3", "n4"] {
+        let server = Server::start(name, free_port(), root);
+        let source = format!("{a1}/app");
+        until_ok(
+            root,
+            &server.address(),
+            &["db", "create", "app", "--replica-of", &source],
+        );
+        replicas.push(server);
+    }
+    let put = |key: &str| {
+        cli(
+            root,
+            &a1,
+            &["put", "--db", "app", key, "v", "--timeout", "3"],
+        )
+    };
+    let members = |args: &[&str]| {
+        let mut all = vec!["db", "members", "app"];
+        all.extend_from_slice(args);
+        cli(root, &a1, &all)
+    };
+    // Every replica that subscribed is a member, durably.
+    for _ in 0..100 {
+        if json(&members(&[]))["members"].as_array().map(Vec::len) == Some(3) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        json(&members(&[]))["members"],
+        serde_json::json!(["n2/app", "n3/app", "n4/app"])
+    );
+    let first = put("k0");
+    assert!(first.status.success(), "{first:?}");
+    assert_eq!(json(&first)["ack"], "quorum");
+
+    // n3 and n4 are lost; the primary restarts and only n2 comes back: one acknowledgement
+    // of three members is not a majority of four nodes, however many replicas are connected.
+    replicas[1].kill_9();
+    replicas[2].kill_9();
+    n1.kill_9();
+    let _n1 = Server::start("n1", p1, root);
+    until_status(root, &a1, "app", |s| {
+        s["replicas"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(|r| r["id"] == "n2" && r["connected"] == true))
+    });
+    assert_eq!(
+        json(&members(&[]))["members"].as_array().map(Vec::len),
+        Some(3)
+    );
+    let waiting = put("k1");
+    assert_eq!(
+        waiting.status.code(),
+        Some(3),
+        "outcome unknown: {waiting:?}"
+    );
+    assert_eq!(json(&waiting)["outcome"], "unknown");
+
+    // The operator retires n3 for good: two members left, n2's acknowledgement is a majority,
+    // and the waiting write commits at once.
+    let removed = members(&["--remove", "n3/app"]);
+    assert!(removed.status.success(), "{removed:?}");
+    assert_eq!(json(&removed)["removed"], "n3/app");
+    assert_eq!(
+        json(&removed)["members"],
+        serde_json::json!(["n2/app", "n4/app"])
+    );
+    let read = until_ok(root, &a1, &["get", "--db", "app", "k1", "--min-tx", "2"]);
+    assert_eq!(json(&read)["value"], "v");
+    // Removing what is not a member is refused, naming it.
+    let again = members(&["--remove", "n3/app"]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("n3/app is not a member"));
+}

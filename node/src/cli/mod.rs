@@ -240,6 +240,15 @@ enum DbCommand {
     Unload { name: String },
     /// Deletes an unloaded database and its data.
     Delete { name: String },
+    /// Lists the durable membership: the replicas the quorum policy counts, connected or not
+    /// (`majority` is a majority of them). A replica joins when it first subscribes.
+    Members {
+        name: String,
+        /// Retires a member that is gone for good (`NODE/DATABASE`); the policy stops counting
+        /// it at once, waiting writes included.
+        #[arg(long, value_name = "NODE/DATABASE")]
+        remove: Option<String>,
+    },
 }
 
 /// A parsed command, with `serve`'s settings resolved: they must be known before the
@@ -335,6 +344,7 @@ async fn run(command: Command) -> Result<ExitCode> {
                 DbCommand::Load { name } => Request::LoadDb { name },
                 DbCommand::Unload { name } => Request::UnloadDb { name },
                 DbCommand::Delete { name } => Request::DeleteDb { name },
+                DbCommand::Members { name, remove } => Request::Members { db: name, remove },
             };
             run_client(&client, request, false).await
         }

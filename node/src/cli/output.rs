@@ -117,8 +117,10 @@ pub fn render(outcome: Outcome, is_write: bool, json: bool) -> Result<Rendered> 
             }
             for r in &report.replicas {
                 text.push_str(&format!(
-                    "\nreplica {} at {}: acked tx {}, lag {} txs / {} ms, {}",
+                    "\nreplica {}/{}{} at {}: acked tx {}, lag {} txs / {} ms, {}",
                     r.id,
+                    r.database,
+                    if r.member { " (member)" } else { "" },
                     r.address,
                     r.acked_tx_id,
                     r.lag_txs,
@@ -131,6 +133,24 @@ pub fn render(outcome: Outcome, is_write: bool, json: bool) -> Result<Rendered> 
                 ));
             }
             pick(serde_json::to_value(&report)?, text)
+        }
+        Outcome::Answered(Response::Members {
+            db,
+            members,
+            removed,
+        }) => {
+            let mut text = match &removed {
+                Some(removed) => format!("removed {removed} from {db}\n"),
+                None => String::new(),
+            };
+            text.push_str(&match members.len() {
+                0 => format!("{db} has no members"),
+                count => format!("{db}: {count} members: {}", members.join(", ")),
+            });
+            pick(
+                serde_json::json!({"db": db, "members": members, "removed": removed}),
+                text,
+            )
         }
         Outcome::Answered(Response::Dbs(dbs)) => {
             let text = dbs

@@ -47,6 +47,9 @@ pub enum ServerError {
     /// Pushed transactions the engine refused.
     #[error(transparent)]
     Replicate(WriteError),
+    /// A member to remove that is not `node/database` or not a member.
+    #[error("{0}")]
+    BadMember(String),
     /// The engine did not report its status (it stopped).
     #[error(transparent)]
     Status(NodeError),
@@ -91,7 +94,9 @@ impl ServerError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             ServerError::UnknownDatabase(_) => ErrorKind::UnknownDatabase,
-            ServerError::BadName(_) | ServerError::BadSettings(_) => ErrorKind::BadSetting,
+            ServerError::BadName(_) | ServerError::BadSettings(_) | ServerError::BadMember(_) => {
+                ErrorKind::BadSetting
+            }
             ServerError::Write(WriteError::NotPrimary { .. }) => ErrorKind::NotPrimary,
             // Appended (or possibly appended) but not known to be committed.
             ServerError::Write(

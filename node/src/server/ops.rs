@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use replication_core::engine::{EngineStatus, Role, UpstreamState, WriteReceipt};
-use replication_core::{Tx, TxId};
+use replication_core::types::ParseReplicaIdError;
+use replication_core::{ReplicaId, Tx, TxId};
 
 use crate::kv::{KvOp, KvTx};
 use crate::metrics::Snapshot;
@@ -97,6 +98,42 @@ impl Server {
         let node = self.with_database(db, |d| d.node.clone()).await?;
         let status = node.status().await.map_err(ServerError::Status)?;
         Ok(status_report(db, status))
+    }
+
+    /// The durable membership of `db`, after retiring `remove` from it: an operator's action
+    /// for a replica that is gone for good (it is logged; the policy stops counting it at
+    /// once, and a replica that subscribes again joins again).
+    ///
+    /// # Errors
+    /// An unknown database, a `remove` that is not `node/database` or not a member, or a
+    /// stopped database.
+    pub async fn members(
+        &self,
+        db: &str,
+        remove: Option<&str>,
+    ) -> Result<(Vec<ReplicaId>, Option<ReplicaId>), ServerError> {
+        let node = self.with_database(db, |d| d.node.clone()).await?;
+        let removed = match remove {
+            None => None,
+            Some(text) => {
+                let replica: ReplicaId = text
+                    .parse()
+                    .map_err(|e: ParseReplicaIdError| ServerError::BadMember(e.to_string()))?;
+                if !node
+                    .remove_member(replica.clone())
+                    .await
+                    .map_err(ServerError::Status)?
+                {
+                    return Err(ServerError::BadMember(format!(
+                        "{replica} is not a member of {db}"
+                    )));
+                }
+                tracing::warn!(database = db, %replica, "member removed by an operator");
+                Some(replica)
+            }
+        };
+        let status = node.status().await.map_err(ServerError::Status)?;
+        Ok((status.members, removed))
     }
 
     /// Creates a database and persists its settings.
@@ -341,6 +378,7 @@ fn status_report(db: &str, status: EngineStatus) -> StatusReport {
         }),
         last_error: status.last_error,
         replicas: replica_reports(status.replicas),
+        members: status.members.iter().map(ToString::to_string).collect(),
     }
 }
 
@@ -349,7 +387,9 @@ fn replica_reports(replicas: Vec<replication_core::engine::ReplicaStatus>) -> Ve
     replicas
         .into_iter()
         .map(|r| ReplicaReport {
-            id: r.id.0,
+            id: r.id.node.0,
+            database: r.id.database,
+            member: r.member,
             address: r.address,
             acked_tx_id: r.acked.0,
             lag_txs: r.lag_txs,

@@ -74,6 +74,14 @@ impl Server {
                 }
             }
             Request::Status { db } => Response::Status(self.status(&db).await?),
+            Request::Members { db, remove } => {
+                let (members, removed) = self.members(&db, remove.as_deref()).await?;
+                Response::Members {
+                    db,
+                    members: members.iter().map(ToString::to_string).collect(),
+                    removed: removed.map(|r| r.to_string()),
+                }
+            }
             Request::CreateDb { name, settings } => {
                 self.create(&name, settings).await?;
                 Response::Ok
