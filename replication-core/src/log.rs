@@ -241,10 +241,10 @@ impl LogFailure {
 /// - store-file writes an append's records (`pwrite`) and reads (`pread`) on the calling
 ///   thread, under its state lock; its sync thread runs every `fdatasync` of appended data and
 ///   completes the `Durability` futures. Sealing a full segment (syncing it, its index and the
-///   directory) runs on a `spawn_blocking` thread inside `append`. `truncate_after` and
-///   `save_epoch`, durable on return by contract, sync on the calling thread: they are rare
-///   (a failover, a new epoch) and hold the log's lock while they sync, so another thread
-///   would free the runtime's thread but not the log. `commit` writes the commit point
+///   directory) runs on a `spawn_blocking` thread inside `append`. `truncate_after`,
+///   `save_epoch` and `save_members`, durable on return by contract, sync on the calling
+///   thread: they are rare (a failover, a new epoch, a replica joining) and hold the log's
+///   lock while they sync, so another thread would free the runtime's thread but not the log. `commit` writes the commit point
 ///   without syncing it.
 #[async_trait]
 pub trait TxLog: Send + Sync + 'static {

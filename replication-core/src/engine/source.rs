@@ -21,6 +21,9 @@ use crate::types::{LogPosition, NodeId, ReplicaId, Tx, TxId};
 /// Most replica identities remembered; the longest-disconnected is forgotten first.
 const MAX_REPLICA_RECORDS: usize = 1024;
 
+/// Most members of one database's membership; an operator removes members that are gone.
+const MAX_MEMBERS: usize = 256;
+
 /// The tags of a member not heard from since this node started.
 static NO_TAGS: Tags = BTreeMap::new();
 
@@ -425,6 +428,12 @@ impl Source {
             return;
         };
         let replica = ReplicaId::new(peer, replica_database);
+        if !self.members.contains(&replica) && self.members.len() >= MAX_MEMBERS {
+            // Bounded like everything else: an authenticated peer naming ever new databases
+            // must not grow the membership (and what a majority needs) without limit.
+            tracing::warn!(%replica, limit = MAX_MEMBERS, "membership full; refusing a new replica");
+            return self.refuse(cx, conn, Refusal::NotAllowed(replica.to_string()));
+        }
         let now = cx.now;
         let record = self
             .replicas

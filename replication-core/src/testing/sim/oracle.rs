@@ -244,6 +244,27 @@ pub(super) fn converged(nodes: &[SimNode], primary: usize, workload: &Workload) 
         })
 }
 
+/// A node's membership holds only replicas that subscribe to it directly: a replica of a
+/// replica is never a member of the primary.
+pub(super) fn members_replicate_from_it(
+    topology: &Topology,
+    node: usize,
+    members: &[ReplicaId],
+) -> Check {
+    let name = &topology.nodes()[node].name;
+    for member in members {
+        let upstream = topology
+            .index(member.node.as_str())
+            .and_then(|index| topology.nodes()[index].upstream.as_ref());
+        if upstream != Some(name) {
+            return Err(format!(
+                "{name} counts {member} as a member, but it replicates from {upstream:?}"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// No node's replication stopped for good (a refusal or a broken hash chain).
 pub(super) fn replication_never_stopped(nodes: &[SimNode]) -> Check {
     for node in nodes {

@@ -272,7 +272,12 @@ impl World {
                 self.log(format!("{name} truncates after {after}"));
             }
             Command::SaveEpoch(epoch) => self.nodes[node].disk.save_epoch(epoch),
-            Command::SaveMembers(members) => self.nodes[node].disk.save_members(members),
+            Command::SaveMembers(members) => {
+                oracle::members_replicate_from_it(&self.topology, node, &members)?;
+                let name = self.nodes[node].name.clone();
+                self.log(format!("{name} saves members {members:?}"));
+                self.nodes[node].disk.save_members(members);
+            }
             Command::Commit { up_to } => self.commit(node, up_to)?,
             Command::Read {
                 conn,
