@@ -117,6 +117,9 @@ pub struct StatusReport {
     pub role: String,
     /// The node's epoch.
     pub epoch: u64,
+    /// The epoch of the last transaction in the log: compare logs by it first, then by
+    /// position (a longer log of an older epoch may hold only superseded transactions).
+    pub last_epoch: u64,
     /// The commit point.
     pub committed: Position,
     /// The durable (precommitted) position.

@@ -363,6 +363,7 @@ fn status_report(db: &str, status: EngineStatus) -> StatusReport {
             Role::ExternalReplica => "replica (external replicator)".into(),
         },
         epoch: status.epoch.0,
+        last_epoch: status.last_epoch.0,
         committed: Position {
             tx_id: status.committed.0,
             hash: status.committed_position.hash.to_hex(),

@@ -339,6 +339,7 @@ impl Engine {
             role: self.config.role.clone(),
             epoch: self.log.epoch(),
             last: self.log.last(),
+            last_epoch: self.log.last_epoch(),
             durable: self.log.durable(),
             committed: self.log.committed(),
             committed_position: self.log.committed_position(),

@@ -53,6 +53,11 @@ pub struct EngineStatus {
     pub epoch: Epoch,
     /// The last transaction appended.
     pub last: LogPosition,
+    /// The epoch of the last transaction appended: with `durable`, how advanced this log is.
+    /// Compare logs by this epoch first, then by position, as Raft compares last terms: a log
+    /// whose last transaction comes from a later epoch holds the later primary's history, and
+    /// a longer log of an older epoch may hold only transactions that primary superseded.
+    pub last_epoch: Epoch,
     /// The last durable transaction (immudb's precommitted position).
     pub durable: LogPosition,
     /// The commit point.
