@@ -12,8 +12,20 @@ fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())
 }
 
-/// Acknowledgements under quorum, asynchronous ones, and crashes, summed over the seeds.
-fn run_seeds(topology: &Topology, seeds: impl Iterator<Item = u64>) -> (usize, usize, usize) {
+/// What the seeds exercised, summed.
+#[derive(Default)]
+struct Totals {
+    failovers: usize,
+    reseeds: usize,
+}
+
+/// Acknowledgements under quorum, asynchronous ones, and crashes, summed over the seeds; the
+/// failovers and re-seeds in `totals`.
+fn run_seeds(
+    topology: &Topology,
+    seeds: impl Iterator<Item = u64>,
+    totals: &mut Totals,
+) -> (usize, usize, usize) {
     let defaults = SimOptions::default();
     let options = SimOptions {
         topology: topology.clone(),
@@ -28,6 +40,8 @@ fn run_seeds(topology: &Topology, seeds: impl Iterator<Item = u64>) -> (usize, u
                 quorum += report.acked_quorum;
                 async_acks += report.acked_async;
                 crashes += report.crashes;
+                totals.failovers += report.failovers;
+                totals.reseeds += report.reseeds;
                 if std::env::var("SIM_SEED").is_ok() {
                     println!(
                         "--- seed {seed} (topology {name}): last events ---\n{}",
@@ -54,13 +68,22 @@ fn cluster_survives_faults_across_seeds() {
         Some(seed) => vec![seed],
         None => (0..env_u64("SIM_SEEDS").unwrap_or(300)).collect(),
     };
-    let (quorum, async_acks, crashes) = run_seeds(&topology, seeds.into_iter());
+    let replay = seeds.len() == 1;
+    let mut totals = Totals::default();
+    let (quorum, async_acks, crashes) = run_seeds(&topology, seeds.into_iter(), &mut totals);
     // The runs must actually have exercised both kinds of commit and crashes.
     assert!(
         quorum > 0 && async_acks > 0 && crashes > 0,
         "{quorum} {async_acks} {crashes}"
     );
-    println!("acknowledged {quorum} under quorum, {async_acks} async; {crashes} crashes");
+    // ... and failovers: a primary lost for good, the safe candidate promoted, the old primary
+    // rejoining.
+    assert!(replay || totals.failovers > 0, "no failover in any seed");
+    println!(
+        "acknowledged {quorum} under quorum, {async_acks} async; {crashes} crashes; {} failovers \
+         ({} old primaries re-seeded)",
+        totals.failovers, totals.reseeds
+    );
 }
 
 #[test]
@@ -71,13 +94,17 @@ fn other_topologies_survive_faults() {
     let seeds = (env_u64("SIM_SEEDS").unwrap_or(300) / 10).max(100);
     for name in &Topology::PRESETS[1..] {
         let topology = Topology::preset(name).expect("a preset");
-        let (quorum, async_acks, crashes) = run_seeds(&topology, 0..seeds);
+        let mut totals = Totals::default();
+        let (quorum, async_acks, crashes) = run_seeds(&topology, 0..seeds, &mut totals);
         assert!(
             quorum > 0 && async_acks > 0 && crashes > 0,
             "{name}: {quorum} {async_acks} {crashes}"
         );
+        assert!(totals.failovers > 0, "{name}: no failover in any seed");
         println!(
-            "{name}: acknowledged {quorum} under quorum, {async_acks} async; {crashes} crashes"
+            "{name}: acknowledged {quorum} under quorum, {async_acks} async; {crashes} crashes; \
+             {} failovers ({} re-seeded)",
+            totals.failovers, totals.reseeds
         );
     }
 }

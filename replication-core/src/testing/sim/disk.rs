@@ -122,6 +122,15 @@ impl Disk {
         self.epoch = self.epoch.max(epoch);
     }
 
+    /// The epoch of the last durable transaction (`Epoch(0)` for none).
+    pub(super) fn durable_epoch(&self) -> Epoch {
+        (self.durable as usize)
+            .checked_sub(1)
+            .and_then(|index| self.txs.get(index))
+            .map(|tx| tx.epoch)
+            .unwrap_or(Epoch(0))
+    }
+
     /// Saves the membership, replacing the one before.
     pub(super) fn save_members(&mut self, members: Vec<ReplicaId>) {
         self.members = members;

@@ -34,6 +34,8 @@ enum Fault {
     },
     /// The primary's policy changes.
     Policy(Quorum),
+    /// The primary is lost for good: a failover follows.
+    LosePrimary,
     Nothing,
 }
 
@@ -56,6 +58,16 @@ impl Faults {
     /// The policy the cluster starts under.
     pub(super) fn initial_policy(&mut self, topology: &Topology) -> Quorum {
         random_policy(&mut self.policy_rng, topology)
+    }
+
+    /// The policy a promoted primary is given.
+    pub(super) fn policy_for(&mut self, topology: &Topology) -> Quorum {
+        random_policy(&mut self.policy_rng, topology)
+    }
+
+    /// How long after a promotion the old primary is revived.
+    pub(super) fn revive_delay(&mut self) -> u64 {
+        self.rng.range(50_000, 1_500_000)
     }
 
     /// No more faults: the cluster is being healed.
@@ -85,6 +97,7 @@ impl Faults {
                 node: self.rng.below(nodes) as usize,
             },
             5 | 6 => Fault::Policy(random_policy(&mut self.policy_rng, topology)),
+            7 => Fault::LosePrimary,
             _ => Fault::Nothing,
         };
         (delay, fault)
@@ -121,13 +134,14 @@ impl World {
                 self.notify_broken(broken);
             }
             Fault::Policy(policy) => self.set_policy(policy)?,
+            Fault::LosePrimary => self.lose_primary(),
             Fault::Nothing => {}
         }
         Ok(())
     }
 
     /// `node` loses its engine, its undurable data and its channels.
-    fn crash(&mut self, node: usize) {
+    pub(super) fn crash(&mut self, node: usize) {
         let n = &self.nodes[node];
         let line = format!(
             "{} CRASHES (durable {} of {})",

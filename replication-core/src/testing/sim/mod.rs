@@ -12,7 +12,9 @@
 //! `p`, and `r3`, a replica of `r1`). The modules:
 //! - `world`: the event queue and the step loop that runs the engines' commands;
 //! - `node`, `disk`, `network`: a node's engine and state machine, its log, the channels;
-//! - `faults`: crashes, partitions, cut channels and policy changes;
+//! - `faults`: crashes, partitions, cut channels, policy changes, and the loss of the primary
+//!   for good, after which `failover` promotes the plan's safe candidate, repoints the other
+//!   replicas and has the old primary rejoin;
 //! - `workload`: the clients' writes and what became of them;
 //! - `oracle`: the invariants, one function each — checked after every append, truncation,
 //!   commit and acknowledgement (appends are contiguous, truncations spare committed data,
@@ -25,6 +27,7 @@
 //! - `topology`, `rng`: the cluster's shape; the per-subsystem random streams.
 
 mod disk;
+mod failover;
 mod faults;
 mod network;
 mod node;
@@ -74,6 +77,10 @@ pub struct SimReport {
     pub not_acked: usize,
     /// Node crashes injected.
     pub crashes: usize,
+    /// Failovers completed: the primary lost for good and a replica promoted.
+    pub failovers: usize,
+    /// Old primaries the operator had to re-seed to rejoin after a failover.
+    pub reseeds: usize,
     /// The final commit point.
     pub committed: u64,
     /// The last events of the run, one per line: the same seed gives the same trace.

@@ -27,6 +27,8 @@ pub(super) struct SimNode {
     pub(super) incarnation: u64,
     /// When the node's next tick is scheduled, so that only one is pending at a time.
     pub(super) tick_at: Option<u64>,
+    /// Set by the operator on an old primary that rejoins after a failover.
+    pub(super) allow_tx_discarding: bool,
     config_rng: Rng,
 }
 
@@ -41,6 +43,7 @@ impl SimNode {
             applied: Vec::new(),
             incarnation: 0,
             tick_at: None,
+            allow_tx_discarding: false,
             config_rng: Rng::stream(seed, Stream::Config(index)),
         }
     }
@@ -64,6 +67,7 @@ impl SimNode {
             .chance(50)
             .then(|| Duration::from_millis(rng.range(200, 3000)));
         config.tags.insert("zone".into(), self.zone.clone());
+        config.allow_tx_discarding = self.allow_tx_discarding;
         config.seed = rng.next();
         config
     }

@@ -155,6 +155,22 @@ impl Topology {
             .unwrap_or(0)
     }
 
+    /// Promotes `new` in place of `old`: `new` becomes the primary, the nodes that replicated
+    /// from `old` now replicate from `new` (returned), and `old` will replicate from `new`.
+    pub(super) fn promote(&mut self, new: usize, old: usize) -> Vec<usize> {
+        let (old_name, new_name) = (self.nodes[old].name.clone(), self.nodes[new].name.clone());
+        let mut repointed = Vec::new();
+        for (index, node) in self.nodes.iter_mut().enumerate() {
+            if index != new && node.upstream.as_ref() == Some(&old_name) {
+                node.upstream = Some(new_name.clone());
+                repointed.push(index);
+            }
+        }
+        self.nodes[new].upstream = None;
+        self.nodes[old].upstream = Some(new_name);
+        repointed
+    }
+
     /// The nodes that replicate straight from the primary: the only ones whose
     /// acknowledgements a quorum policy counts.
     pub fn direct_replicas(&self) -> impl Iterator<Item = &NodeSpec> {

@@ -11,6 +11,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 
 use super::disk::Pending;
+use super::failover::{Failover, guaranteed_copies};
 use super::faults::Faults;
 use super::network::{Broken, Network, Transmission};
 use super::node::SimNode;
@@ -64,6 +65,8 @@ pub(super) enum SimEvent {
     Fault,
     /// A crashed node comes back.
     Restart { node: usize },
+    /// The operator tries to promote the plan's candidate after the primary was lost.
+    Promote,
     /// A partition ends.
     Heal { a: usize, b: usize },
 }
@@ -140,6 +143,10 @@ pub(super) struct World {
     pub(super) policy: Quorum,
     pub(super) trace: Trace,
     pub(super) crashes: usize,
+    pub(super) seed: u64,
+    pub(super) failover: Failover,
+    /// The fewest replicas a commit so far is on: the least `k` of every policy in force.
+    pub(super) fewest_copies: usize,
 }
 
 impl World {
@@ -153,6 +160,7 @@ impl World {
             .collect::<Vec<_>>();
         let mut faults = Faults::new(seed, options.faults);
         let policy = faults.initial_policy(&topology);
+        let fewest_copies = guaranteed_copies(&policy);
         World {
             now: 0,
             seq: 0,
@@ -174,6 +182,9 @@ impl World {
                 capacity: options.trace_lines,
             },
             crashes: 0,
+            seed,
+            failover: Failover::None,
+            fewest_copies,
         }
     }
 
@@ -435,6 +446,7 @@ impl World {
     /// The primary's policy becomes `policy`.
     pub(super) fn set_policy(&mut self, policy: Quorum) -> Check {
         self.log(format!("policy becomes `{policy}`"));
+        self.fewest_copies = self.fewest_copies.min(guaranteed_copies(&policy));
         self.policy = policy.clone();
         self.deliver(self.primary(), Event::SetPolicy(Arc::new(policy)))
     }
@@ -506,24 +518,37 @@ impl World {
             SimEvent::ClientWrite => self.client_write()?,
             SimEvent::Fault => self.fault()?,
             SimEvent::Restart { node } => {
-                if !self.nodes[node].is_up() {
-                    self.boot(node);
+                if !self.nodes[node].is_up() && !self.is_lost(node) {
+                    self.boot_or_rejoin(node);
                 }
             }
+            SimEvent::Promote => self.promote()?,
             SimEvent::Heal { a, b } => self.network.heal(a, b),
         }
         Ok(true)
     }
 
     /// Ends the fault phase: no more faults, no partitions, every node up.
-    fn heal_everything(&mut self) {
+    fn heal_everything(&mut self) -> Check {
         self.faults.stop();
         self.network.heal_all();
         for node in 0..self.nodes.len() {
-            if !self.nodes[node].is_up() {
-                self.boot(node);
+            if !self.nodes[node].is_up() && !self.is_lost(node) {
+                self.boot_or_rejoin(node);
             }
         }
+        // Every member answers now: a pending failover completes, unless no replica ever
+        // joined the lost primary, which then comes back.
+        self.promote()?;
+        if let Failover::Pending { .. } = self.failover {
+            self.failover = Failover::None;
+        }
+        for node in 0..self.nodes.len() {
+            if !self.nodes[node].is_up() {
+                self.boot_or_rejoin(node);
+            }
+        }
+        Ok(())
     }
 
     /// The whole run: a safety phase of writes and faults with every step checked, then a
@@ -544,7 +569,7 @@ impl World {
                 return Err("fault phase did not finish".into());
             }
         }
-        self.heal_everything();
+        self.heal_everything()?;
         let deadline = self.now + 120_000_000;
         while !oracle::converged(&self.nodes, self.primary(), &self.workload) {
             if self.now > deadline || !self.step()? {
@@ -579,6 +604,11 @@ impl World {
             acked_async: self.workload.acked_async,
             not_acked: self.workload.not_acked,
             crashes: self.crashes,
+            failovers: usize::from(matches!(self.failover, Failover::Done { .. })),
+            reseeds: usize::from(matches!(
+                self.failover,
+                Failover::Done { reseeded: true, .. }
+            )),
             committed: self.nodes[self.primary()].disk.len(),
             trace: self.trace.dump(),
         }

@@ -1,0 +1,206 @@
+//! Failover by hand, as an operator runs it with `failover plan`, `db promote` and
+//! `db update --replica-of`: the primary is lost for good; once the plan has a provably safe
+//! candidate, that replica is promoted in an epoch above every epoch the answering members
+//! have seen, the primary's other replicas are repointed to it, and the old primary, revived
+//! later, rejoins as its replica.
+//!
+//! The plan's rule: under policies that put every commit on at least `k` members, a candidate
+//! is safe once `n - k + 1` of the `n` members answer, and it is the one whose durable log is
+//! the most advanced, comparing the epoch of its last durable transaction first and its
+//! position second (a longer log of an older epoch may hold only transactions a restarted
+//! primary superseded). The simulation asks every member to answer, which satisfies the rule
+//! for any `k >= 1`; it fails over only if no policy in force so far was asynchronous, since
+//! an asynchronous commit is on the primary alone and a failover may lose it by design.
+//!
+//! Rejoining, the old primary runs with `allow_tx_discarding`, as the operator sets it: what it
+//! holds beyond the new history was never committed under a synchronous policy. If it saw an
+//! epoch the new primary did not (it restarted alone before it was lost), its subscription
+//! would fence the new primary (a higher epoch is how a stale primary learns it is stale), so
+//! the operator re-seeds it first (empty data directory), as immudb's documentation has an
+//! operator re-seed a replica that cannot follow.
+
+use super::disk::Disk;
+use super::oracle::Check;
+use super::rng::{Rng, Stream};
+use super::world::{SimEvent, World};
+use crate::engine::Role;
+use crate::quorum::Quorum;
+use crate::types::Epoch;
+
+/// Where the run is in its (at most one) failover.
+#[derive(Debug, Default)]
+pub(super) enum Failover {
+    /// No failover (yet).
+    #[default]
+    None,
+    /// `old`, the primary, is lost; a promotion is waited for.
+    Pending {
+        /// The lost primary.
+        old: usize,
+    },
+    /// A replica was promoted; `old` rejoins as its replica.
+    Done {
+        /// The old primary.
+        old: usize,
+        /// Whether it has rejoined (booted since the promotion).
+        rejoined: bool,
+        /// Whether the operator re-seeded it to rejoin.
+        reseeded: bool,
+    },
+}
+
+/// The fewest members a commit under `policy` is on, whatever the membership was when it
+/// committed (`majority` counts only its minimum of one, since the membership may have been
+/// smaller then).
+pub(super) fn guaranteed_copies(policy: &Quorum) -> usize {
+    match policy {
+        Quorum::Async => 0,
+        Quorum::AckCount { n, .. } | Quorum::Any { n, .. } | Quorum::First { n, .. } => *n,
+        Quorum::Majority => 1,
+        Quorum::MajorityOf(names) => names.len().div_ceil(2).max(1),
+        Quorum::AllOf(parts) => parts.iter().map(guaranteed_copies).max().unwrap_or(0),
+    }
+}
+
+impl World {
+    /// Whether `node` is the lost primary, which only the failover brings back.
+    pub(super) fn is_lost(&self, node: usize) -> bool {
+        matches!(self.failover, Failover::Pending { old } if old == node)
+    }
+
+    /// The primary is lost for good, if the run may fail over: no failover yet, a replica has
+    /// joined it, and every commit so far was on at least one replica.
+    pub(super) fn lose_primary(&mut self) {
+        let primary = self.primary();
+        if !matches!(self.failover, Failover::None)
+            || self.fewest_copies == 0
+            || !self.nodes[primary].is_up()
+            || self.nodes[primary].disk.members().is_empty()
+        {
+            return;
+        }
+        let name = self.nodes[primary].name.clone();
+        self.log(format!(
+            "{name} is LOST for good; waiting for a safe candidate"
+        ));
+        self.crash(primary);
+        self.failover = Failover::Pending { old: primary };
+        self.schedule(50_000, SimEvent::Promote);
+    }
+
+    /// The operator's plan and promotion: waits until every member of the lost primary
+    /// answers, then promotes the most advanced.
+    pub(super) fn promote(&mut self) -> Check {
+        let Failover::Pending { old } = self.failover else {
+            return Ok(());
+        };
+        if self.nodes[old].is_up() {
+            // It came back before anyone could be promoted (the cluster was healed): no
+            // failover, the primary goes on.
+            self.failover = Failover::None;
+            return Ok(());
+        }
+        let members: Vec<usize> = self.nodes[old]
+            .disk
+            .members()
+            .iter()
+            .filter_map(|m| self.topology.index(m.node.as_str()))
+            .collect();
+        if members.is_empty() || members.iter().any(|&m| !self.nodes[m].is_up()) {
+            self.schedule(100_000, SimEvent::Promote);
+            return Ok(());
+        }
+        let advanced = |disk: &Disk| (disk.durable_epoch(), disk.durable());
+        let Some(&candidate) = members
+            .iter()
+            .max_by_key(|&&m| (advanced(&self.nodes[m].disk), std::cmp::Reverse(m)))
+        else {
+            return Ok(());
+        };
+        // Above every epoch an answering node has seen, so that no replica refuses the new
+        // primary as older.
+        let seen = (0..self.nodes.len())
+            .filter(|&n| self.nodes[n].is_up())
+            .map(|n| self.nodes[n].disk.state().epoch)
+            .max()
+            .unwrap_or(Epoch(0));
+        self.nodes[candidate].disk.save_epoch(seen);
+        let repointed = self.topology.promote(candidate, old);
+        let policy = self.faults.policy_for(&self.topology);
+        self.log(format!(
+            "PROMOTE {} (durable {:?}) above epoch {seen}; repoint {:?}; policy `{policy}`",
+            self.nodes[candidate].name,
+            advanced(&self.nodes[candidate].disk),
+            repointed
+                .iter()
+                .map(|&n| self.nodes[n].name.as_str())
+                .collect::<Vec<_>>()
+        ));
+        self.policy = policy;
+        self.restart_as(candidate, Role::Primary);
+        let address = self.nodes[candidate].name.clone();
+        for node in repointed {
+            let role = Role::Replica {
+                address: address.clone(),
+            };
+            self.restart_as(node, role);
+        }
+        // The old primary rejoins as a replica of the new one, discarding what it holds that
+        // was never committed.
+        self.nodes[old].role = Role::Replica { address };
+        self.nodes[old].allow_tx_discarding = true;
+        self.failover = Failover::Done {
+            old,
+            rejoined: false,
+            reseeded: false,
+        };
+        let revive_in = self.faults.revive_delay();
+        self.schedule(revive_in, SimEvent::Restart { node: old });
+        Ok(())
+    }
+
+    /// Restarts `node` (if it runs) with `role`, keeping what its disk made durable.
+    fn restart_as(&mut self, node: usize, role: Role) {
+        self.nodes[node].role = role;
+        if self.nodes[node].is_up() {
+            self.nodes[node].crash();
+            let broken = self.network.crashed(node);
+            self.notify_broken(broken);
+            self.boot(node);
+        }
+    }
+
+    /// Boots `node`; if it is the old primary coming back after a failover, as its new
+    /// primary's replica, first re-seeded when it has seen an epoch the new primary has not
+    /// (it restarted alone before it was lost). Rejoining with such an epoch, its subscription
+    /// would fence the new primary; `failover plan` shows the operator every member's epoch.
+    pub(super) fn boot_or_rejoin(&mut self, node: usize) {
+        if let Failover::Done {
+            old,
+            rejoined: false,
+            ..
+        } = self.failover
+            && old == node
+        {
+            let new = self.primary();
+            let (ours, theirs) = (
+                self.nodes[old].disk.state().epoch,
+                self.nodes[new].disk.state().epoch,
+            );
+            let reseeded = ours >= theirs;
+            if reseeded {
+                let name = self.nodes[old].name.clone();
+                self.log(format!(
+                    "{name} saw epoch {ours}, not below the new primary's {theirs}: RE-SEED it"
+                ));
+                self.nodes[old].disk = Disk::new(Rng::stream(self.seed, Stream::Disk(old)));
+            }
+            self.failover = Failover::Done {
+                old,
+                rejoined: true,
+                reseeded,
+            };
+        }
+        self.boot(node);
+    }
+}
