@@ -931,14 +931,21 @@ fn majority_counts_members_that_have_not_reconnected_since_a_restart() {
     );
 }
 
+/// Attaches r1, writes "a" as write 1, makes it durable on the primary and has r1 alone
+/// acknowledge it; returns its transaction.
+fn write_acknowledged_by_r1_only(engine: &mut Engine) -> Vec<Tx> {
+    attach_replica(engine, ConnId(1), "r1");
+    let a = primary_txs(&["a"]);
+    write(engine, 1, "a");
+    engine.handle(T0, durable(0, 1));
+    ack_on(engine, ConnId(1), 1);
+    a
+}
+
 #[test]
 fn a_removed_member_stops_counting_and_waiting_writes_commit_at_once() {
     let mut engine = restarted_primary(Quorum::AckCount { n: 2, among: None }, &["r1", "r2"]);
-    attach_replica(&mut engine, ConnId(1), "r1");
-    let a = primary_txs(&["a"]);
-    write(&mut engine, 1, "a");
-    engine.handle(T0, durable(0, 1));
-    ack_on(&mut engine, ConnId(1), 1);
+    let a = write_acknowledged_by_r1_only(&mut engine);
     assert_eq!(drain(&mut engine), vec![], "r2 has not acknowledged");
     // r2 is gone for good: the operator removes it, and `acks 2` can no longer be met...
     engine.handle(T0, Event::RemoveMember(ReplicaId::new("r2", "db")));
@@ -961,11 +968,7 @@ fn a_removed_member_stops_counting_and_waiting_writes_commit_at_once() {
 #[test]
 fn removing_a_member_that_blocked_a_majority_commits_waiting_writes() {
     let mut engine = restarted_primary(Quorum::Majority, &["r1", "r2", "r3", "r4"]);
-    attach_replica(&mut engine, ConnId(1), "r1");
-    let a = primary_txs(&["a"]);
-    write(&mut engine, 1, "a");
-    engine.handle(T0, durable(0, 1));
-    ack_on(&mut engine, ConnId(1), 1);
+    let a = write_acknowledged_by_r1_only(&mut engine);
     assert_eq!(drain(&mut engine), vec![], "1 of 4 members");
     engine.handle(T0, Event::RemoveMember(ReplicaId::new("r4", "db")));
     assert_eq!(drain(&mut engine).len(), 1, "only the saved membership");
