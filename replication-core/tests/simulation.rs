@@ -17,6 +17,7 @@ fn env_u64(name: &str) -> Option<u64> {
 struct Totals {
     failovers: usize,
     reseeds: usize,
+    majority_acks_with_members_away: usize,
 }
 
 /// Acknowledgements under quorum, asynchronous ones, and crashes, summed over the seeds; the
@@ -42,6 +43,7 @@ fn run_seeds(
                 crashes += report.crashes;
                 totals.failovers += report.failovers;
                 totals.reseeds += report.reseeds;
+                totals.majority_acks_with_members_away += report.majority_acks_with_members_away;
                 if std::env::var("SIM_SEED").is_ok() {
                     println!(
                         "--- seed {seed} (topology {name}): last events ---\n{}",
@@ -79,10 +81,15 @@ fn cluster_survives_faults_across_seeds() {
     // ... and failovers: a primary lost for good, the safe candidate promoted, the old primary
     // rejoining.
     assert!(replay || totals.failovers > 0, "no failover in any seed");
+    // ... and `majority` with members away (a restarted primary, a partition).
+    assert!(
+        replay || totals.majority_acks_with_members_away > 0,
+        "no majority acknowledgement with a member away"
+    );
     println!(
         "acknowledged {quorum} under quorum, {async_acks} async; {crashes} crashes; {} failovers \
-         ({} old primaries re-seeded)",
-        totals.failovers, totals.reseeds
+         ({} old primaries re-seeded); {} majority acknowledgements with a member away",
+        totals.failovers, totals.reseeds, totals.majority_acks_with_members_away
     );
 }
 

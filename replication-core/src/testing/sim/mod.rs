@@ -81,6 +81,10 @@ pub struct SimReport {
     pub failovers: usize,
     /// Old primaries the operator had to re-seed to rejoin after a failover.
     pub reseeds: usize,
+    /// Writes acknowledged under `majority` while a member was away (not connected to the
+    /// primary, as after a restart before it reconnects): each was checked against a majority
+    /// of all members, not of those connected.
+    pub majority_acks_with_members_away: usize,
     /// The final commit point.
     pub committed: u64,
     /// The last events of the run, one per line: the same seed gives the same trace.

@@ -144,6 +144,7 @@ pub(super) struct World {
     pub(super) trace: Trace,
     pub(super) crashes: usize,
     pub(super) seed: u64,
+    pub(super) majority_acks_with_members_away: usize,
     pub(super) failover: Failover,
     /// The fewest replicas a commit so far is on: the least `k` of every policy in force.
     pub(super) fewest_copies: usize,
@@ -183,6 +184,7 @@ impl World {
             },
             crashes: 0,
             seed,
+            majority_acks_with_members_away: 0,
             failover: Failover::None,
             fewest_copies,
         }
@@ -376,6 +378,14 @@ impl World {
         oracle::ack_durable_on_primary(primary, &receipt)?;
         oracle::commit_before_reply(primary, &receipt)?;
         oracle::ack_kind_matches_policy(&receipt, &self.policy)?;
+        if receipt.ack == AckKind::Quorum && matches!(self.policy, Quorum::Majority) {
+            let away = primary.engine.as_ref().is_some_and(|engine| {
+                let status = engine.status(Timestamp(self.now));
+                status.replicas.iter().any(|r| r.member && !r.connected)
+            });
+            self.majority_acks_with_members_away += usize::from(away);
+        }
+        let primary = &self.nodes[self.primary()];
         if receipt.ack == AckKind::Quorum {
             oracle::quorum_ack_held_by_replicas(
                 &self.nodes,
@@ -604,6 +614,7 @@ impl World {
             acked_async: self.workload.acked_async,
             not_acked: self.workload.not_acked,
             crashes: self.crashes,
+            majority_acks_with_members_away: self.majority_acks_with_members_away,
             failovers: usize::from(matches!(self.failover, Failover::Done { .. })),
             reseeds: usize::from(matches!(
                 self.failover,
