@@ -39,6 +39,36 @@ pub enum ClientError {
     /// The request could not be sent (nothing reached the server).
     #[error("sending the request: {0}")]
     Send(TransportError),
+    /// The server did not complete the connection in time.
+    #[error("connecting to {server}: no answer within {} ms", limit.as_millis())]
+    ConnectTimeout {
+        /// The server.
+        server: String,
+        /// How long the attempt took.
+        limit: Duration,
+    },
+    /// None of several servers could be reached; each one's error, in order.
+    #[error("no server reachable: {}", describe(.0))]
+    NoneReachable(Vec<(String, ClientError)>),
+}
+
+impl ClientError {
+    /// The error of a list of servers that all failed: the one server's own error, else all.
+    pub(crate) fn none_reachable(mut failures: Vec<(String, ClientError)>) -> ClientError {
+        match failures.len() {
+            1 => failures.remove(0).1,
+            _ => ClientError::NoneReachable(failures),
+        }
+    }
+}
+
+/// Each server and its error with causes, for [`ClientError::NoneReachable`].
+fn describe(failures: &[(String, ClientError)]) -> String {
+    failures
+        .iter()
+        .map(|(server, error)| format!("{server}: {}", crate::server::error_chain(error)))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// A session with one server.
@@ -85,6 +115,25 @@ impl Client {
             _transport: transport,
             channel,
         })
+    }
+
+    /// Connects as [`connect`](Client::connect) does, giving up after `limit`.
+    ///
+    /// # Errors
+    /// The server is unreachable, refused the certificate, or did not answer in time.
+    pub async fn connect_within(
+        server: &str,
+        identity: TlsIdentity,
+        limit: Duration,
+    ) -> Result<Client, ClientError> {
+        tokio::time::timeout(limit, Client::connect(server, identity))
+            .await
+            .unwrap_or_else(|_| {
+                Err(ClientError::ConnectTimeout {
+                    server: server.to_string(),
+                    limit,
+                })
+            })
     }
 
     /// Sends a request and waits for the answer, at most `timeout` if given.

@@ -3,8 +3,10 @@
 //!
 //! This library is the node; the `repnode` binary (`main.rs`, with the command line in `cli/`)
 //! only parses flags, renders answers and runs it. [`kv`] is the state machine, [`server`]
-//! the multi-database server, [`wire`] and [`client`] the client protocol, [`metrics`] its
-//! Prometheus rendering and [`replicator`] the external replicator.
+//! the multi-database server, [`wire`] and [`client`] the client protocol, [`routing`] how a
+//! client finds the primary among several servers, [`promotion`] the checks before a
+//! replica is promoted, [`metrics`] its Prometheus rendering and [`replicator`] the external
+//! replicator.
 //!
 //! ```
 //! use node::kv::{KvOp, KvStore, KvTx};
@@ -19,6 +21,8 @@
 pub mod client;
 pub mod kv;
 pub mod metrics;
+pub mod promotion;
 pub mod replicator;
+pub mod routing;
 pub mod server;
 pub mod wire;

@@ -53,6 +53,9 @@ pub enum Request {
         min_tx: Option<u64>,
         /// How long to wait for `min_tx`.
         wait_ms: u64,
+        /// Only the primary may answer: a replica refuses with [`ErrorKind::NotPrimary`],
+        /// naming its source, so that the client can follow it as writes do.
+        primary: bool,
     },
     /// Pushes transactions committed at their source into a database created with
     /// `external_replicator`; their hash chain is checked first.
@@ -98,6 +101,18 @@ pub enum Request {
         /// Its name.
         name: String,
     },
+    /// Promotes a replica database to a primary in a new epoch: it stops following its source,
+    /// keeps its whole log, and commits what it holds beyond its commit point once its new
+    /// quorum holds it. Refused ([`ErrorKind::Refused`]) on a primary. The policy is kept
+    /// unless `quorum` or `sync_acks` is given.
+    Promote {
+        /// The database.
+        db: String,
+        /// The new primary's quorum policy.
+        quorum: Option<String>,
+        /// Or its acknowledgement count (immudb's `--replication-sync-acks`).
+        sync_acks: Option<u32>,
+    },
     /// Lists a database's durable membership (the replicas its quorum policy counts), after
     /// retiring `remove` (`node/database`) from it if given.
     Members {
@@ -126,6 +141,8 @@ pub struct StatusReport {
     pub precommitted: Position,
     /// Writes waiting for their quorum.
     pub waiting_writes: usize,
+    /// A primary fenced by a higher epoch: the epoch it saw (it accepts no writes).
+    pub fenced: Option<u64>,
     /// The replica's link to its source, when a replica.
     pub upstream: Option<String>,
     /// The last replication error.
@@ -200,6 +217,17 @@ pub enum Response {
         /// The member retired by this request.
         removed: Option<String>,
     },
+    /// A replica promoted: its status right after its restart as a primary.
+    Promoted {
+        /// The database.
+        db: String,
+        /// Its new epoch.
+        epoch: u64,
+        /// The commit point.
+        committed: Position,
+        /// The durable (precommitted) position.
+        precommitted: Position,
+    },
     /// Done.
     Ok,
     /// Refused or failed.
@@ -208,6 +236,9 @@ pub enum Response {
         kind: ErrorKind,
         /// A message for people.
         message: String,
+        /// With [`ErrorKind::NotPrimary`]: the primary's address (`HOST:PORT`) as the server
+        /// knows it, for a client to follow; `None` when it knows none.
+        primary: Option<String>,
     },
 }
 
@@ -222,6 +253,8 @@ pub enum ErrorKind {
     BadSetting,
     /// The outcome of a write is unknown (it may still commit).
     Unknown,
+    /// Refused in the database's present state (promoting a primary); nothing changed.
+    Refused,
     /// Anything else; nothing was written.
     Failed,
 }

@@ -123,6 +123,7 @@ async fn the_external_replicator_copies_committed_transactions_and_forgeries_are
             key: "k19".into(),
             min_tx: Some(20),
             wait_ms: 5000,
+            primary: false,
         },
     )
     .await
@@ -204,6 +205,7 @@ async fn the_external_replicator_copies_committed_transactions_and_forgeries_are
             key: "k0".into(),
             min_tx: Some(21),
             wait_ms: 5000,
+            primary: false,
         },
     )
     .await

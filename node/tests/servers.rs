@@ -1,7 +1,8 @@
 //! Real `repnode serve` processes on loopback, driven by the real CLI: a synchronous cluster,
 //! a killed synchronous replica (writes wait or report an unknown outcome, reads go on), its
-//! return, writes refused by a replica, an unknown database, and a quorum update that releases
-//! a blocked primary.
+//! return, writes refused by a replica, an unknown database, a quorum update that releases
+//! a blocked primary, and a manual failover (promotion, its refusals, repointing, clients
+//! given every member).
 
 use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
@@ -364,6 +365,257 @@ fn late_joiner_foreign_certificate_and_primary_kill_9_mid_load() {
         "{stderr}"
     );
     drop((n1, n2));
+}
+
+/// `cli` with a comma-separated server list, and nothing else added.
+fn cli_to(root: &Path, servers: &[&str], args: &[&str]) -> Output {
+    cli(root, &servers.join(","), args)
+}
+
+/// Three servers: n1 the primary of `app` under `any 1 (n2,n3)`, n2 and n3 its replicas, with
+/// both members before anything is written.
+fn three_node_cluster(root: &Path) -> [Server; 3] {
+    init_certs(root, "certs", "n1,n2,n3");
+    let servers = ["n1", "n2", "n3"].map(|name| Server::start(name, free_port(), root));
+    let a1 = servers[0].address();
+    until_ok(
+        root,
+        &a1,
+        &["db", "create", "app", "--quorum", "any 1 (n2,n3)"],
+    );
+    for replica in &servers[1..] {
+        until_ok(
+            root,
+            &replica.address(),
+            &["db", "create", "app", "--replica-of", &format!("{a1}/app")],
+        );
+    }
+    until_status(root, &a1, "app", |s| {
+        s["members"].as_array().map(Vec::len) == Some(2)
+    });
+    servers
+}
+
+/// Writes `key` = `key`-value through `servers`; returns its transaction.
+fn put_through(root: &Path, servers: &[&str], key: &str) -> u64 {
+    let value = format!("{key}-value");
+    let output = cli_to(
+        root,
+        servers,
+        &["put", "--db", "app", key, &value, "--timeout", "10"],
+    );
+    assert!(output.status.success(), "{output:?}");
+    json(&output)["tx_id"].as_u64().expect("tx_id")
+}
+
+/// Every key in `written` reads back at `server` once `last` is applied there.
+fn assert_all_readable(root: &Path, server: &str, written: &[(String, u64)]) {
+    let last = written.iter().map(|(_, tx)| *tx).max().unwrap_or(0);
+    for (key, _) in written {
+        let read = json(&until_ok(
+            root,
+            server,
+            &["get", "--db", "app", key, "--min-tx", &last.to_string()],
+        ));
+        assert_eq!(
+            read["value"],
+            format!("{key}-value"),
+            "acknowledged write {key} is readable at {server}"
+        );
+    }
+}
+
+#[test]
+fn a_replica_is_promoted_after_kill_9_of_the_primary_and_the_old_primary_rejoins() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let root = root.path();
+    let [mut n1, n2, n3] = three_node_cluster(root);
+    let (a1, a2, a3) = (n1.address(), n2.address(), n3.address());
+    let all = [a1.as_str(), a2.as_str(), a3.as_str()];
+
+    // Clients given every member write to the primary.
+    let mut written = Vec::new();
+    for i in 0..5 {
+        let key = format!("before{i}");
+        let tx = put_through(root, &all, &key);
+        written.push((key, tx));
+    }
+    let last = written.last().map(|(_, tx)| *tx).expect("written");
+    for replica in [&a2, &a3] {
+        until_status(root, replica, "app", |s| s["precommitted"]["tx_id"] == last);
+    }
+    let old_epoch = json(&cli(root, &a2, &["status", "--db", "app"]))["epoch"]
+        .as_u64()
+        .expect("epoch");
+
+    // The primary is lost. n2 is promoted; n3 (equal) and n1 (unreachable) do not stop it.
+    n1.kill_9();
+    let promoted = cli_to(
+        root,
+        &[&a2, &a3],
+        &["db", "promote", "app", "--quorum", "any 1 (n1,n3)"],
+    );
+    assert!(promoted.status.success(), "{promoted:?}");
+    let promoted = json(&promoted);
+    assert_eq!(promoted["db"], "app");
+    assert_eq!(promoted["role"], "primary");
+    let epoch = promoted["epoch"].as_u64().expect("epoch");
+    assert!(epoch > old_epoch, "a new epoch: {promoted}");
+    assert_eq!(promoted["precommitted"]["tx_id"].as_u64(), Some(last));
+    assert!(promoted["committed"]["hash"].is_string(), "{promoted}");
+    let status = json(&cli(root, &a2, &["status", "--db", "app"]));
+    assert_eq!(status["role"], "primary");
+    let listed = json(&cli(root, &a2, &["db", "list"]));
+    assert_eq!(
+        listed[0]["settings"]["replica_of"],
+        serde_json::Value::Null,
+        "persisted: {listed}"
+    );
+    assert_eq!(listed[0]["settings"]["quorum"], "any 1 (n1,n3)");
+
+    // n3 is repointed to n2 by an update; its policy is kept.
+    let repointed = cli(
+        root,
+        &a3,
+        &["db", "update", "app", "--replica-of", &format!("{a2}/app")],
+    );
+    assert!(repointed.status.success(), "{repointed:?}");
+    until_status(root, &a3, "app", |s| {
+        s["upstream"] == "streaming" && s["epoch"].as_u64() == Some(epoch)
+    });
+    assert_eq!(
+        json(&cli(root, &a3, &["db", "list"]))[0]["settings"]["replica_of"],
+        format!("{a2}/app")
+    );
+
+    // Writes through every member: n1 is unreachable and passed over...
+    for i in 0..3 {
+        let key = format!("after{i}");
+        let tx = put_through(root, &all, &key);
+        assert!(tx > last, "{key} is transaction {tx}");
+        written.push((key, tx));
+    }
+    // ...and n3, a replica, names n2, which is followed even unlisted.
+    let tx = put_through(root, &[&a1, &a3], "redirected");
+    written.push(("redirected".into(), tx));
+    // A read asking for the primary is redirected the same way; others take the first.
+    let read = cli_to(
+        root,
+        &[&a3, &a2],
+        &["get", "--db", "app", "after0", "--primary"],
+    );
+    assert_eq!(json(&read)["value"], "after0-value", "{read:?}");
+    let read = cli_to(root, &[&a1, &a3], &["get", "--db", "app", "after0"]);
+    assert_eq!(json(&read)["value"], "after0-value", "{read:?}");
+    // A single replica named alone still answers for itself, naming the primary.
+    let refused = cli(root, &a3, &["put", "--db", "app", "k", "v"]);
+    assert!(!refused.status.success(), "{refused:?}");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains(&format!("primary at {a2}")),
+        "{refused:?}"
+    );
+    for server in [&a2, &a3] {
+        assert_all_readable(root, server, &written);
+    }
+    assert_eq!(
+        json(&cli(root, &a2, &["status", "--db", "app"]))["epoch"].as_u64(),
+        Some(epoch)
+    );
+
+    // The old primary comes back and is repointed: it becomes a replica of n2, in its epoch,
+    // and catches up with nothing acknowledged lost.
+    let n1 = Server::start("n1", n1.port, root);
+    let repointed = until_ok(
+        root,
+        &a1,
+        &["db", "update", "app", "--replica-of", &format!("{a2}/app")],
+    );
+    assert!(repointed.status.success(), "{repointed:?}");
+    until_status(root, &a1, "app", |s| {
+        s["role"] == "replica" && s["upstream"] == "streaming" && s["epoch"].as_u64() == Some(epoch)
+    });
+    let listed = json(&cli(root, &a1, &["db", "list"]));
+    assert_eq!(
+        listed[0]["settings"]["quorum"], "any 1 (n2,n3)",
+        "the policy is kept: {listed}"
+    );
+    let tx = put_through(root, &all, "rejoined");
+    written.push(("rejoined".into(), tx));
+    for server in [&a1, &a2, &a3] {
+        assert_all_readable(root, server, &written);
+    }
+    drop((n1, n2, n3));
+}
+
+#[test]
+fn promotion_is_refused_on_a_primary_while_the_primary_lives_and_when_behind() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let root = root.path();
+    let [mut n1, mut n2, n3] = three_node_cluster(root);
+    let (a1, a2, a3) = (n1.address(), n2.address(), n3.address());
+    let first = put_through(root, &[&a1], "first");
+    until_status(root, &a2, "app", |s| s["precommitted"]["tx_id"] == first);
+
+    // A primary has nothing to promote, forced or not.
+    for extra in [&[][..], &["--force"][..]] {
+        let mut args = vec!["db", "promote", "app"];
+        args.extend_from_slice(extra);
+        let refused = cli(root, &a1, &args);
+        assert_eq!(refused.status.code(), Some(4), "{refused:?}");
+        assert!(
+            String::from_utf8_lossy(&refused.stderr).contains("nothing to promote"),
+            "{refused:?}"
+        );
+    }
+    // The source primary answers: it is alive, and named.
+    let refused = cli(root, &a2, &["db", "promote", "app"]);
+    assert_eq!(refused.status.code(), Some(4), "{refused:?}");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains(&format!("primary of app at {a1} is alive"))
+            && stderr.contains("switch over"),
+        "{stderr}"
+    );
+    assert_eq!(
+        json(&cli(root, &a2, &["status", "--db", "app"]))["role"],
+        "replica",
+        "nothing changed"
+    );
+
+    // n2 stops; n3 alone acknowledges more; then the primary is lost and n2 returns behind.
+    n2.kill_9();
+    let mut ahead = first;
+    for i in 0..3 {
+        ahead = put_through(root, &[&a1], &format!("only-n3-{i}"));
+    }
+    until_status(root, &a3, "app", |s| s["precommitted"]["tx_id"] == ahead);
+    n1.kill_9();
+    let n2 = Server::start("n2", n2.port, root);
+    until_ok(root, &a2, &["status", "--db", "app"]);
+    let refused = cli_to(root, &[&a2, &a3], &["db", "promote", "app"]);
+    assert_eq!(refused.status.code(), Some(4), "{refused:?}");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains(&format!("{a3} holds app up to transaction {ahead}")),
+        "{stderr}"
+    );
+    assert_eq!(
+        json(&cli(root, &a2, &["status", "--db", "app"]))["role"],
+        "replica"
+    );
+    // The operator insists.
+    let forced = cli_to(root, &[&a2, &a3], &["db", "promote", "app", "--force"]);
+    assert!(forced.status.success(), "{forced:?}");
+    let forced = json(&forced);
+    assert_eq!(forced["role"], "primary");
+    assert!(forced["epoch"].as_u64() > Some(1), "{forced}");
+    assert_eq!(forced["precommitted"]["tx_id"].as_u64(), Some(first));
+    let put = cli(root, &a2, &["put", "--db", "app", "k", "v"]);
+    assert!(
+        put.status.success(),
+        "the forced primary takes writes: {put:?}"
+    );
+    drop((n2, n3));
 }
 
 #[test]

@@ -18,7 +18,7 @@ use transport_quic::TlsIdentity;
 /// What to run.
 #[derive(Clone, Debug)]
 pub struct BenchOptions {
-    /// The server, HOST:PORT.
+    /// The server, HOST:PORT (or a list: the first reachable is loaded).
     pub server: String,
     /// The database (a primary).
     pub db: String,
@@ -103,7 +103,8 @@ async fn run(options: BenchOptions, identity: TlsIdentity) -> Result<BenchReport
     let value = "x".repeat(options.value_size);
     let mut tasks = Vec::new();
     for client_number in 0..options.clients {
-        let mut client = Client::connect(&options.server, identity.clone()).await?;
+        let servers = node::routing::split_servers(&options.server);
+        let (mut client, _) = Client::connect_any(&servers, identity.clone()).await?;
         let (done, db, value, count, key_space) = (
             done.clone(),
             options.db.clone(),

@@ -3,6 +3,7 @@
 //! - `serve`: `serve`'s flags and the pure resolution of its settings (flags, environment,
 //!   config file), then the server.
 //! - `output`: client commands: a request, its answer as text or `--json`, the exit code.
+//! - `promote`: `db promote`, a replica made primary by hand after its checks.
 //! - `log`: offline tools over a stopped server's data directory.
 //! - `demo` and `bench`: the narrated local cluster and the load generator.
 
@@ -10,6 +11,7 @@ mod bench;
 mod demo;
 mod log;
 mod output;
+mod promote;
 mod serve;
 
 use std::path::PathBuf;
@@ -23,7 +25,7 @@ use node::wire::{DbSettings, Request};
 use transport_quic::TlsIdentity;
 
 use log::LogCommand;
-use output::run_client;
+use output::{Target, run_client, run_client_to};
 use serve::{ServeArgs, ServeFile, ServeSettings};
 
 #[derive(Parser)]
@@ -77,6 +79,10 @@ enum Command {
         /// Wait until this transaction is applied here first (read your writes on a replica).
         #[arg(long)]
         min_tx: Option<u64>,
+        /// Read from the primary, found among `--server` as writes find it, rather than from
+        /// the first reachable server.
+        #[arg(long)]
+        primary: bool,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -141,7 +147,9 @@ enum Command {
 
 #[derive(Args, Clone)]
 struct ClientArgs {
-    /// The server, HOST:PORT.
+    /// The server, HOST:PORT, or several, comma separated: writes (and `get --primary`) find
+    /// the primary among them, following a replica's answer naming it; reads use the first
+    /// reachable; changes to databases go to the first. One server is asked alone.
     #[arg(
         long,
         env = "REPNODE_SERVER",
@@ -158,6 +166,13 @@ struct ClientArgs {
     /// Print one JSON object.
     #[arg(long, global = true)]
     json: bool,
+}
+
+impl ClientArgs {
+    /// The `--server` list.
+    fn servers(&self) -> Vec<String> {
+        node::routing::split_servers(&self.server)
+    }
 }
 
 #[derive(Subcommand)]
@@ -240,6 +255,21 @@ enum DbCommand {
     Unload { name: String },
     /// Deletes an unloaded database and its data.
     Delete { name: String },
+    /// Makes the replica NAME on the first `--server` a primary in a new epoch, keeping its
+    /// log: it stops following its source. Refused if the other servers listed, or its source,
+    /// answer as more advanced or as a live primary, unless `--force`.
+    Promote {
+        name: String,
+        /// The new primary's quorum policy (kept if neither this nor `--sync-acks` is given).
+        #[arg(long, conflicts_with = "sync_acks")]
+        quorum: Option<String>,
+        /// Or the replica acknowledgements a commit needs.
+        #[arg(long)]
+        sync_acks: Option<u32>,
+        /// Promote without comparing with the other servers or the source.
+        #[arg(long)]
+        force: bool,
+    },
     /// Lists the durable membership: the replicas the quorum policy counts, connected or not
     /// (`majority` is a majority of them). A replica joins when it first subscribes.
     Members {
@@ -330,7 +360,22 @@ async fn run(command: Command) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Db {
+            command:
+                DbCommand::Promote {
+                    name,
+                    quorum,
+                    sync_acks,
+                    force,
+                },
+            client,
+        } => promote::run(&client, &name, (quorum, sync_acks), force).await,
         Command::Db { command, client } => {
+            // A change goes to the first server only: another would change the wrong one.
+            let target = match &command {
+                DbCommand::List | DbCommand::Members { remove: None, .. } => Target::AnyReachable,
+                _ => Target::First,
+            };
             let request = match command {
                 DbCommand::Create { name, settings } => Request::CreateDb {
                     name,
@@ -345,8 +390,9 @@ async fn run(command: Command) -> Result<ExitCode> {
                 DbCommand::Unload { name } => Request::UnloadDb { name },
                 DbCommand::Delete { name } => Request::DeleteDb { name },
                 DbCommand::Members { name, remove } => Request::Members { db: name, remove },
+                DbCommand::Promote { .. } => unreachable!("matched above"),
             };
-            run_client(&client, request, false).await
+            run_client_to(&client, request, false, target).await
         }
         Command::Put {
             db,
@@ -369,6 +415,7 @@ async fn run(command: Command) -> Result<ExitCode> {
             db,
             key,
             min_tx,
+            primary,
             client,
         } => {
             let wait_ms = client
@@ -380,8 +427,14 @@ async fn run(command: Command) -> Result<ExitCode> {
                 key,
                 min_tx,
                 wait_ms,
+                primary,
             };
-            run_client(&client, request, false).await
+            let target = if primary {
+                Target::Primary
+            } else {
+                Target::AnyReachable
+            };
+            run_client_to(&client, request, false, target).await
         }
         Command::Bench {
             db,

@@ -1,11 +1,16 @@
 //! Client commands: one request, its answer rendered as text or `--json`, and the exit code
-//! (3 for a write whose outcome is unknown).
+//! (3 for a write whose outcome is unknown, 4 for a refusal in the database's state).
+//!
+//! Where a request goes among the `--server` list is [`Target`]'s choice: writes find the
+//! primary, reads the first reachable server, and changes to a server's databases go to
+//! exactly the first one listed (another would change the wrong server).
 
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Result;
 use node::client::{Client, Outcome};
+use node::routing;
 use node::wire::{ErrorKind, Request, Response};
 use transport_quic::TlsIdentity;
 
@@ -13,6 +18,21 @@ use super::ClientArgs;
 
 /// Exit code of a write whose outcome is unknown.
 pub const EXIT_UNKNOWN: u8 = 3;
+
+/// Exit code of a request refused in the database's present state (a promotion of a primary,
+/// or one its checks refuse): nothing changed.
+pub const EXIT_REFUSED: u8 = 4;
+
+/// Which of the `--server` list a request goes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// The primary: `NotPrimary` refusals naming it are followed, unreachable servers passed.
+    Primary,
+    /// The first reachable server.
+    AnyReachable,
+    /// The first server listed, and no other.
+    First,
+}
 
 /// What a command prints, and how it exits.
 #[derive(Debug, PartialEq)]
@@ -34,7 +54,17 @@ impl Rendered {
         }
     }
 
-    fn print(self) -> ExitCode {
+    /// A failure line on stderr, with its exit code.
+    pub fn failure(message: String, code: u8) -> Rendered {
+        Rendered {
+            stdout: None,
+            stderr: Some(format!("error: {message}")),
+            code,
+        }
+    }
+
+    /// Prints the lines; returns the exit code.
+    pub fn print(self) -> ExitCode {
         if let Some(line) = self.stdout {
             println!("{line}");
         }
@@ -45,12 +75,51 @@ impl Rendered {
     }
 }
 
-/// Runs one client request and prints its outcome; returns the exit code.
+/// Runs one client request and prints its outcome; returns the exit code. Writes go to the
+/// primary, anything else to the first reachable server.
 pub async fn run_client(args: &ClientArgs, request: Request, is_write: bool) -> Result<ExitCode> {
+    let target = if is_write {
+        Target::Primary
+    } else {
+        Target::AnyReachable
+    };
+    run_client_to(args, request, is_write, target).await
+}
+
+/// Runs one client request on `target` of the server list and prints its outcome.
+pub async fn run_client_to(
+    args: &ClientArgs,
+    request: Request,
+    is_write: bool,
+    target: Target,
+) -> Result<ExitCode> {
     let identity = TlsIdentity::load(&args.tls_dir, "client")?;
-    let mut client = Client::connect(&args.server, identity).await?;
     let timeout = args.timeout.map(Duration::from_secs_f64);
-    let outcome = client.request(&request, timeout).await?;
+    let servers = args.servers();
+    // One server is asked alone, as it was named: its answer (a replica's refusal naming the
+    // primary included) is shown as it is. A list is what lets a request look further.
+    let target = if servers.len() == 1 {
+        Target::First
+    } else {
+        target
+    };
+    let outcome = match target {
+        Target::Primary => {
+            routing::request_primary(&servers, &identity, &request, timeout)
+                .await?
+                .outcome
+        }
+        Target::AnyReachable => {
+            routing::request_any(&servers, &identity, &request, timeout)
+                .await?
+                .outcome
+        }
+        Target::First => {
+            let first = servers.first().map(String::as_str).unwrap_or_default();
+            let mut client = Client::connect(first, identity).await?;
+            client.request(&request, timeout).await?
+        }
+    };
     Ok(render(outcome, is_write, args.json)?.print())
 }
 
@@ -75,14 +144,34 @@ pub fn render(outcome: Outcome, is_write: bool, json: bool) -> Result<Rendered> 
             unknown(why, text)
         }
         Outcome::Unknown(why) => failed(why),
-        Outcome::Answered(Response::Error { kind, message }) => {
+        Outcome::Answered(Response::Error { kind, message, .. }) => {
             if kind == ErrorKind::Unknown && is_write {
                 let text = format!("outcome unknown: {message}");
                 unknown(message, text)
+            } else if kind == ErrorKind::Refused {
+                Rendered::failure(message, EXIT_REFUSED)
             } else {
                 failed(message)
             }
         }
+        Outcome::Answered(Response::Promoted {
+            db,
+            epoch,
+            committed,
+            precommitted,
+        }) => pick(
+            serde_json::json!({
+                "db": db,
+                "role": "primary",
+                "epoch": epoch,
+                "committed": committed,
+                "precommitted": precommitted,
+            }),
+            format!(
+                "{db} promoted: primary in epoch {epoch}\ntxID: {}\nhash: {}\nprecommittedTxID: {}\nprecommittedHash: {}",
+                committed.tx_id, committed.hash, precommitted.tx_id, precommitted.hash
+            ),
+        ),
         Outcome::Answered(Response::Written { tx_id, hash, ack }) => pick(
             serde_json::json!({"tx_id": tx_id, "hash": hash, "ack": ack}),
             format!("tx {tx_id} committed ({ack}), hash {hash}"),
@@ -109,6 +198,9 @@ pub fn render(outcome: Outcome, is_write: bool, json: bool) -> Result<Rendered> 
                 report.precommitted.hash,
                 report.waiting_writes
             );
+            if let Some(seen) = report.fenced {
+                text.push_str(&format!("\nfenced: epoch {seen} was seen; no writes taken"));
+            }
             if let Some(upstream) = &report.upstream {
                 text.push_str(&format!("\nsource link: {upstream}"));
             }
@@ -222,6 +314,7 @@ mod tests {
         let timed_out = Outcome::Answered(Response::Error {
             kind: ErrorKind::Unknown,
             message: "timeout".into(),
+            primary: None,
         });
         let write = render(timed_out, true, false).expect("renders");
         assert_eq!((write.stdout, write.code), (None, EXIT_UNKNOWN));
@@ -233,7 +326,42 @@ mod tests {
         let refused = Outcome::Answered(Response::Error {
             kind: ErrorKind::NotPrimary,
             message: "a replica".into(),
+            primary: Some("h:1".into()),
         });
         assert_eq!(render(refused, true, true).expect("renders").code, 1);
+        let refused = Outcome::Answered(Response::Error {
+            kind: ErrorKind::Refused,
+            message: "a primary: nothing to promote".into(),
+            primary: None,
+        });
+        assert_eq!(
+            render(refused, false, true).expect("renders"),
+            Rendered::failure("a primary: nothing to promote".into(), EXIT_REFUSED)
+        );
+    }
+
+    #[test]
+    fn a_promotion_renders_one_object() {
+        let position = |tx_id| node::wire::Position {
+            tx_id,
+            hash: "ab".into(),
+        };
+        let promoted = Outcome::Answered(Response::Promoted {
+            db: "app".into(),
+            epoch: 2,
+            committed: position(4),
+            precommitted: position(5),
+        });
+        let json = render(promoted, false, true).expect("renders");
+        let value: serde_json::Value =
+            serde_json::from_str(json.stdout.as_deref().expect("stdout")).expect("json");
+        assert_eq!(
+            value,
+            serde_json::json!({
+                "db": "app", "role": "primary", "epoch": 2,
+                "committed": {"tx_id": 4, "hash": "ab"},
+                "precommitted": {"tx_id": 5, "hash": "ab"},
+            })
+        );
     }
 }

@@ -47,6 +47,18 @@ pub enum ServerError {
     /// Pushed transactions the engine refused.
     #[error(transparent)]
     Replicate(WriteError),
+    /// A read that asked for the primary, sent to a replica.
+    #[error("this database is a replica; read from the primary, or its source at {}", via.as_deref().unwrap_or("(none known)"))]
+    NotPrimary {
+        /// The replica's source (`HOST:PORT`): the next hop towards the primary (the source
+        /// of a replica of a replica is a replica, which names its own source in turn).
+        via: Option<String>,
+    },
+    /// A promotion of a database that is not a replica with a source of its own.
+    #[error(
+        "database {0:?} is not a replica with a source (a primary, or fed by an external replicator): nothing to promote"
+    )]
+    NotAReplica(String),
     /// A member to remove that is not `node/database` or not a member.
     #[error("{0}")]
     BadMember(String),
@@ -97,7 +109,10 @@ impl ServerError {
             ServerError::BadName(_) | ServerError::BadSettings(_) | ServerError::BadMember(_) => {
                 ErrorKind::BadSetting
             }
-            ServerError::Write(WriteError::NotPrimary { .. }) => ErrorKind::NotPrimary,
+            ServerError::Write(WriteError::NotPrimary { .. }) | ServerError::NotPrimary { .. } => {
+                ErrorKind::NotPrimary
+            }
+            ServerError::NotAReplica(_) => ErrorKind::Refused,
             // Appended (or possibly appended) but not known to be committed.
             ServerError::Write(
                 WriteError::Timeout { .. }
@@ -109,6 +124,21 @@ impl ServerError {
             _ => ErrorKind::Failed,
         }
     }
+
+    /// Where the primary is, for a refusal of [`ErrorKind::NotPrimary`]: the address clients
+    /// follow. An engine that knows no address names something else in its text (an
+    /// external replica names "its external replicator's source"), so only a `HOST:PORT`
+    /// is passed on.
+    pub fn primary(&self) -> Option<String> {
+        let address = match self {
+            ServerError::Write(WriteError::NotPrimary { source_address }) => Some(source_address),
+            ServerError::NotPrimary { via } => via.as_ref(),
+            ServerError::InDatabase { error, .. } => return error.primary(),
+            _ => None,
+        }?;
+        let plausible = address.contains(':') && !address.contains(char::is_whitespace);
+        plausible.then(|| address.clone())
+    }
 }
 
 impl From<ServerError> for Response {
@@ -118,6 +148,7 @@ impl From<ServerError> for Response {
         Response::Error {
             kind: error.kind(),
             message: chain(&error),
+            primary: error.primary(),
         }
     }
 }

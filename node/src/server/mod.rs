@@ -27,6 +27,7 @@ use transport_quic::QuicTransport;
 pub use catalog::{CatalogError, Layout};
 pub use database::{OpenError, SettingError, parse_replica_of, policy_of};
 pub use error::ServerError;
+pub(crate) use error::chain as error_chain;
 
 use crate::wire::DbSettings;
 use catalog::Catalog;

@@ -196,14 +196,7 @@ impl Server {
         settings.allow_tx_discarding = changes.allow_tx_discarding.or(settings.allow_tx_discarding);
         self.catalog.persist(name, &settings)?;
         if restart {
-            // Only this database's slot is held: requests for it wait, others go on. A
-            // reopen that fails leaves the stopped engine in place, answering that it is
-            // shutting down, until the database is unloaded and loaded again.
-            database.node.shutdown().await;
-            *database = self
-                .open(name, settings)
-                .await
-                .map_err(ServerError::OpenFailed)?;
+            self.restart(name, database, settings).await?;
         } else {
             database
                 .node
@@ -213,6 +206,88 @@ impl Server {
             database.settings = settings;
         }
         Ok(())
+    }
+
+    /// Restarts `database` with `settings`, which are persisted already.
+    async fn restart(
+        &self,
+        name: &str,
+        database: &mut Database,
+        settings: DbSettings,
+    ) -> Result<(), ServerError> {
+        // Only this database's slot is held: requests for it wait, others go on. A reopen
+        // that fails leaves the stopped engine in place, answering that it is shutting down,
+        // until the database is unloaded and loaded again.
+        database.node.shutdown().await;
+        *database = self
+            .open(name, settings)
+            .await
+            .map_err(ServerError::OpenFailed)?;
+        Ok(())
+    }
+
+    /// Promotes the replica database `name` to a primary: its source is cleared from its
+    /// settings (persisted first, as [`update`](Server::update) does) and its engine restarted
+    /// as a primary over the same log, which is the engine's promotion: a new epoch, saved
+    /// before any write is taken, the whole durable log kept, and what it holds beyond its
+    /// commit point committed once its new quorum holds it. The policy is kept unless
+    /// `quorum` or `sync_acks` is given. Returns the status after the restart.
+    ///
+    /// Whether another member is more advanced, or the old primary alive, is the caller's
+    /// to check (`repnode db promote` does, from the servers it is given): this server sees
+    /// only itself.
+    ///
+    /// # Errors
+    /// [`ServerError::NotAReplica`] for a primary or an external replica; an unknown database,
+    /// a bad policy, or a failure to persist or reopen.
+    pub async fn promote(
+        &self,
+        name: &str,
+        quorum: Option<String>,
+        sync_acks: Option<u32>,
+    ) -> Result<StatusReport, ServerError> {
+        let unknown = || ServerError::UnknownDatabase(name.to_string());
+        let slot = self.catalog.slot(name).ok_or_else(unknown)?;
+        let node = {
+            let mut guard = slot.write().await;
+            let database = guard.as_mut().ok_or_else(unknown)?;
+            if database.settings.replica_of.is_none() || database.settings.external_replicator {
+                return Err(ServerError::NotAReplica(name.to_string()));
+            }
+            let mut settings = database.settings.clone();
+            settings.replica_of = None;
+            if quorum.is_some() || sync_acks.is_some() {
+                settings.quorum = quorum;
+                settings.sync_acks = sync_acks;
+            }
+            policy_of(&settings).map_err(|e| ServerError::BadSettings(e.into()))?;
+            self.catalog.persist(name, &settings)?;
+            self.restart(name, database, settings).await?;
+            tracing::warn!(database = name, "promoted to primary by an operator");
+            database.node.clone()
+        };
+        let status = node.status().await.map_err(ServerError::Status)?;
+        Ok(status_report(name, status))
+    }
+
+    /// Refuses, naming its source, when `db` is not a primary: for reads that ask for the
+    /// primary's view, which the client then looks for as it does for writes.
+    ///
+    /// # Errors
+    /// [`ServerError::NotPrimary`] on a replica; an unknown database.
+    pub async fn require_primary(&self, db: &str) -> Result<(), ServerError> {
+        let settings = self.with_database(db, |d| d.settings.clone()).await?;
+        if settings.external_replicator {
+            return Err(ServerError::NotPrimary { via: None });
+        }
+        match settings.replica_of {
+            None => Ok(()),
+            Some(text) => Err(ServerError::NotPrimary {
+                via: database::parse_replica_of(&text)
+                    .ok()
+                    .map(|(address, _)| address),
+            }),
+        }
     }
 
     /// Every database: its name, whether it is loaded, and its settings, in name order.
@@ -373,6 +448,7 @@ fn status_report(db: &str, status: EngineStatus) -> StatusReport {
             hash: status.durable.hash.to_hex(),
         },
         waiting_writes: status.waiting_writes,
+        fenced: status.fenced.map(|epoch| epoch.0),
         upstream: status.upstream.map(|state| match state {
             UpstreamState::Stopped(why) => format!("stopped: {why}"),
             other => format!("{other:?}").to_lowercase(),

@@ -64,7 +64,11 @@ impl Server {
                 key,
                 min_tx,
                 wait_ms,
+                primary,
             } => {
+                if primary {
+                    self.require_primary(&db).await?;
+                }
                 let wait = Duration::from_millis(wait_ms);
                 let (value, applied) = self.get(&db, &key, min_tx.map(TxId), wait).await?;
                 Response::Value {
@@ -74,6 +78,19 @@ impl Server {
                 }
             }
             Request::Status { db } => Response::Status(self.status(&db).await?),
+            Request::Promote {
+                db,
+                quorum,
+                sync_acks,
+            } => {
+                let report = self.promote(&db, quorum, sync_acks).await?;
+                Response::Promoted {
+                    db,
+                    epoch: report.epoch,
+                    committed: report.committed,
+                    precommitted: report.precommitted,
+                }
+            }
             Request::Members { db, remove } => {
                 let (members, removed) = self.members(&db, remove.as_deref()).await?;
                 Response::Members {

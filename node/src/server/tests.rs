@@ -142,7 +142,7 @@ fn errors_become_responses_with_their_kind_and_causes() {
     let unknown = Response::from(ServerError::UnknownDatabase("app".into()));
     assert!(matches!(
         unknown,
-        Response::Error { kind: ErrorKind::UnknownDatabase, ref message }
+        Response::Error { kind: ErrorKind::UnknownDatabase, ref message, primary: None }
             if message == "unknown database \"app\" (or not loaded)"
     ));
     let named = ServerError::InDatabase {
@@ -151,11 +151,38 @@ fn errors_become_responses_with_their_kind_and_causes() {
     };
     assert!(matches!(
         Response::from(named),
-        Response::Error { kind: ErrorKind::Failed, ref message }
+        Response::Error { kind: ErrorKind::Failed, ref message, primary: None }
             if message == "database app: database \"app\" exists"
     ));
     let timeout = ServerError::Write(replication_core::engine::WriteError::Timeout {
         tx_id: replication_core::TxId(3),
     });
     assert_eq!(timeout.kind(), ErrorKind::Unknown);
+}
+
+#[test]
+fn a_not_primary_refusal_names_the_primary_for_clients_to_follow() {
+    use replication_core::engine::WriteError;
+    let refusal = ServerError::Write(WriteError::NotPrimary {
+        source_address: "127.0.0.1:7440".into(),
+    });
+    assert!(matches!(
+        Response::from(refusal),
+        Response::Error { kind: ErrorKind::NotPrimary, ref message, primary: Some(ref primary) }
+            if primary == "127.0.0.1:7440" && message.contains("primary at 127.0.0.1:7440")
+    ));
+    // An external replica names no address: nothing to follow.
+    let external = ServerError::Write(WriteError::NotPrimary {
+        source_address: "its external replicator's source".into(),
+    });
+    assert_eq!(external.kind(), ErrorKind::NotPrimary);
+    assert_eq!(external.primary(), None);
+    let read = ServerError::NotPrimary {
+        via: Some("h:1".into()),
+    };
+    assert_eq!(read.primary().as_deref(), Some("h:1"));
+    assert_eq!(
+        ServerError::NotAReplica("app".into()).kind(),
+        ErrorKind::Refused
+    );
 }

@@ -1,0 +1,42 @@
+//! `repnode db promote`: the checks and the promotion are the library's
+//! ([`node::promotion`]); this prints the outcome and chooses the exit code (4 for a refusal).
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Result;
+use node::client::Outcome;
+use node::promotion::{self, PromoteError};
+use transport_quic::TlsIdentity;
+
+use super::ClientArgs;
+use super::output::{EXIT_REFUSED, EXIT_UNKNOWN, Rendered, render};
+
+/// Promotes `name` on the first `--server`, comparing with the others unless `force`.
+pub async fn run(
+    args: &ClientArgs,
+    name: &str,
+    policy: (Option<String>, Option<u32>),
+    force: bool,
+) -> Result<ExitCode> {
+    let identity = TlsIdentity::load(&args.tls_dir, "client")?;
+    let timeout = args.timeout.map(Duration::from_secs_f64);
+    let servers = args.servers();
+    match promotion::promote(&servers, name, policy, force, &identity, timeout).await {
+        Ok(done) => {
+            for (server, why) in &done.skipped {
+                eprintln!("warning: {server} did not answer ({why}); not compared");
+            }
+            let outcome = Outcome::Answered(done.response);
+            Ok(render(outcome, false, args.json)?.print())
+        }
+        Err(error) => {
+            let code = match &error {
+                _ if error.is_refusal() => EXIT_REFUSED,
+                PromoteError::Unknown { .. } => EXIT_UNKNOWN,
+                _ => 1,
+            };
+            Ok(Rendered::failure(error.to_string(), code).print())
+        }
+    }
+}

@@ -1,0 +1,404 @@
+//! Promoting a replica by hand (`repnode db promote`), and the checks that come first.
+//!
+//! A server sees only itself, so the checks are the client's: it asks the other servers it
+//! was given, and the candidate's own source, for their status of the database. Promotion is
+//! refused when one of them that answers is more advanced (a higher durable position: the
+//! candidate would lose what only that one holds) or is a primary that is not fenced (the
+//! primary is alive: promoting would make a second one). Those that do not answer are
+//! skipped: a failover is for when members are gone. `force` skips the checks, not the
+//! server's own refusal to promote a primary.
+//!
+//! [`check`] is the pure decision; [`promote`] gathers the statuses and sends the request.
+
+use std::time::Duration;
+
+use transport_quic::TlsIdentity;
+
+use crate::client::{Client, ClientError, Outcome};
+use crate::server::parse_replica_of;
+use crate::wire::{ErrorKind, Request, Response, StatusReport};
+
+/// How long a peer (or the source) may take to connect and answer before it is skipped as
+/// unreachable: a failover should not wait for the dead.
+pub const PEER_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A server that answered with its status of the database.
+#[derive(Clone, Debug)]
+pub struct Peer {
+    /// Its address.
+    pub server: String,
+    /// Its status.
+    pub status: StatusReport,
+}
+
+/// Why a promotion was refused before anything changed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// The candidate is not a replica with a source.
+    #[error("{db} on {server} is a {role}, not a replica with a source: nothing to promote")]
+    NotAReplica {
+        /// The database.
+        db: String,
+        /// The candidate's server.
+        server: String,
+        /// Its role.
+        role: String,
+    },
+    /// Another member holds more.
+    #[error(
+        "{peer} holds {db} up to transaction {peer_tx}, beyond {server}'s {own_tx}: promote the \
+         most advanced member, or give --force to lose what only it holds"
+    )]
+    Behind {
+        /// The database.
+        db: String,
+        /// The candidate's server.
+        server: String,
+        /// Its durable position.
+        own_tx: u64,
+        /// The more advanced server.
+        peer: String,
+        /// Its durable position.
+        peer_tx: u64,
+    },
+    /// A primary that is not fenced answered: it is alive.
+    #[error(
+        "the primary of {db} at {peer} is alive (epoch {epoch}, not fenced): a promotion now \
+         would make a second primary; switch over instead (stop writes to it, let {server} \
+         catch up, promote it, then repoint the old primary with `repnode db update {db} \
+         --replica-of {server}/{db}`), or give --force"
+    )]
+    PrimaryAlive {
+        /// The database.
+        db: String,
+        /// The candidate's server.
+        server: String,
+        /// The live primary.
+        peer: String,
+        /// Its epoch.
+        epoch: u64,
+    },
+}
+
+/// Decides whether `candidate` (its status at `server`) may be promoted, given the statuses
+/// of the other servers that answered (its source included).
+///
+/// # Errors
+/// The first [`Refusal`] that applies.
+pub fn check(server: &str, candidate: &StatusReport, peers: &[Peer]) -> Result<(), Refusal> {
+    let db = &candidate.database;
+    if candidate.role != "replica" {
+        return Err(Refusal::NotAReplica {
+            db: db.clone(),
+            server: server.to_string(),
+            role: candidate.role.clone(),
+        });
+    }
+    if let Some(live) = peers
+        .iter()
+        .find(|p| p.status.role == "primary" && p.status.fenced.is_none())
+    {
+        return Err(Refusal::PrimaryAlive {
+            db: db.clone(),
+            server: server.to_string(),
+            peer: live.server.clone(),
+            epoch: live.status.epoch,
+        });
+    }
+    let own_tx = candidate.precommitted.tx_id;
+    if let Some(ahead) = peers
+        .iter()
+        .filter(|p| p.status.precommitted.tx_id > own_tx)
+        .max_by_key(|p| p.status.precommitted.tx_id)
+    {
+        return Err(Refusal::Behind {
+            db: db.clone(),
+            server: server.to_string(),
+            own_tx,
+            peer: ahead.server.clone(),
+            peer_tx: ahead.status.precommitted.tx_id,
+        });
+    }
+    Ok(())
+}
+
+/// Why [`promote`] did not promote.
+#[derive(Debug, thiserror::Error)]
+pub enum PromoteError {
+    /// The candidate could not be asked.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// Refused by the checks; nothing changed.
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    /// The candidate's server answered with an error (for [`ErrorKind::Refused`], nothing
+    /// changed).
+    #[error("{server}: {message}")]
+    Answer {
+        /// The server.
+        server: String,
+        /// What kind of error.
+        kind: ErrorKind,
+        /// Its message.
+        message: String,
+    },
+    /// The promotion was sent and its answer did not come: it may have happened.
+    #[error("{server}: outcome unknown: {why}; see `repnode status`")]
+    Unknown {
+        /// The server.
+        server: String,
+        /// Why.
+        why: String,
+    },
+}
+
+impl PromoteError {
+    /// Whether this is a refusal: nothing changed because of the database's state.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            PromoteError::Refused(_)
+                | PromoteError::Answer {
+                    kind: ErrorKind::Refused,
+                    ..
+                }
+        )
+    }
+}
+
+/// What [`promote`] did.
+#[derive(Debug)]
+pub struct Promotion {
+    /// The server's answer: [`Response::Promoted`].
+    pub response: Response,
+    /// The servers compared with, which answered.
+    pub compared: Vec<String>,
+    /// The servers skipped as unreachable, and why.
+    pub skipped: Vec<(String, String)>,
+}
+
+/// Promotes `db` on `servers[0]`, unless (without `force`) another of `servers` or the
+/// database's own source answers as more advanced or as a live primary. `policy` is the new
+/// quorum policy text or acknowledgement count, if any.
+///
+/// # Errors
+/// A refusal, or the candidate unreachable or answering an error.
+pub async fn promote(
+    servers: &[String],
+    db: &str,
+    policy: (Option<String>, Option<u32>),
+    force: bool,
+    identity: &TlsIdentity,
+    timeout: Option<Duration>,
+) -> Result<Promotion, PromoteError> {
+    let server = servers.first().cloned().unwrap_or_default();
+    let mut client =
+        Client::connect_within(&server, identity.clone(), crate::routing::CONNECT_TIMEOUT).await?;
+    let status = ask(
+        &mut client,
+        &server,
+        &Request::Status { db: db.into() },
+        timeout,
+    )
+    .await?;
+    let Response::Status(candidate) = status else {
+        return Err(unexpected(&server, &status));
+    };
+    let (mut compared, mut skipped, mut peers) = (Vec::new(), Vec::new(), Vec::new());
+    if !force {
+        let mut others: Vec<(String, String)> = servers[1..]
+            .iter()
+            .map(|s| (s.clone(), db.to_string()))
+            .collect();
+        if let Some(source) = source_of(&mut client, &server, db, timeout).await? {
+            others.push(source);
+        }
+        for (other, other_db) in others {
+            match peer_status(&other, &other_db, identity).await {
+                Ok(status) => {
+                    compared.push(other.clone());
+                    peers.push(Peer {
+                        server: other,
+                        status,
+                    });
+                }
+                Err(why) => skipped.push((other, why)),
+            }
+        }
+    }
+    check(&server, &candidate, &peers)?;
+    let request = Request::Promote {
+        db: db.to_string(),
+        quorum: policy.0,
+        sync_acks: policy.1,
+    };
+    let response = ask(&mut client, &server, &request, timeout).await?;
+    match response {
+        Response::Promoted { .. } => Ok(Promotion {
+            response,
+            compared,
+            skipped,
+        }),
+        other => Err(unexpected(&server, &other)),
+    }
+}
+
+/// The candidate's source, `(address, database)`, from its settings.
+async fn source_of(
+    client: &mut Client,
+    server: &str,
+    db: &str,
+    timeout: Option<Duration>,
+) -> Result<Option<(String, String)>, PromoteError> {
+    let listed = ask(client, server, &Request::ListDbs, timeout).await?;
+    let Response::Dbs(dbs) = listed else {
+        return Err(unexpected(server, &listed));
+    };
+    Ok(dbs
+        .into_iter()
+        .find(|(name, _, _)| name == db)
+        .and_then(|(_, _, settings)| settings.replica_of)
+        .and_then(|text| parse_replica_of(&text).ok()))
+}
+
+/// A peer's status of `db`, within [`PEER_TIMEOUT`]; why not, as text, when it does not
+/// answer with one.
+async fn peer_status(
+    server: &str,
+    db: &str,
+    identity: &TlsIdentity,
+) -> Result<StatusReport, String> {
+    let asked = async {
+        let mut client = Client::connect(server, identity.clone())
+            .await
+            .map_err(|e| crate::server::error_chain(&e))?;
+        match client
+            .request(&Request::Status { db: db.into() }, Some(PEER_TIMEOUT))
+            .await
+        {
+            Ok(Outcome::Answered(Response::Status(status))) => Ok(status),
+            Ok(Outcome::Answered(Response::Error { message, .. })) => Err(message),
+            Ok(Outcome::Answered(other)) => Err(format!("unexpected answer {other:?}")),
+            Ok(Outcome::Unknown(why)) => Err(why),
+            Err(error) => Err(crate::server::error_chain(&error)),
+        }
+    };
+    tokio::time::timeout(PEER_TIMEOUT, asked)
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {} ms", PEER_TIMEOUT.as_millis())))
+}
+
+/// One request to the candidate: its answer, with errors as [`PromoteError`]s.
+async fn ask(
+    client: &mut Client,
+    server: &str,
+    request: &Request,
+    timeout: Option<Duration>,
+) -> Result<Response, PromoteError> {
+    match client.request(request, timeout).await? {
+        Outcome::Answered(Response::Error { kind, message, .. }) => Err(PromoteError::Answer {
+            server: server.to_string(),
+            kind,
+            message,
+        }),
+        Outcome::Answered(response) => Ok(response),
+        Outcome::Unknown(why) => Err(PromoteError::Unknown {
+            server: server.to_string(),
+            why,
+        }),
+    }
+}
+
+fn unexpected(server: &str, response: &Response) -> PromoteError {
+    PromoteError::Answer {
+        server: server.to_string(),
+        kind: ErrorKind::Failed,
+        message: format!("unexpected answer {response:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::Position;
+
+    fn status(role: &str, durable: u64, fenced: Option<u64>) -> StatusReport {
+        let position = |tx_id| Position {
+            tx_id,
+            hash: String::new(),
+        };
+        StatusReport {
+            database: "app".into(),
+            role: role.into(),
+            epoch: 1,
+            committed: position(durable.saturating_sub(1)),
+            precommitted: position(durable),
+            waiting_writes: 0,
+            fenced,
+            upstream: None,
+            last_error: None,
+            replicas: Vec::new(),
+            members: Vec::new(),
+        }
+    }
+
+    fn peer(server: &str, status: StatusReport) -> Peer {
+        Peer {
+            server: server.into(),
+            status,
+        }
+    }
+
+    #[test]
+    fn the_most_advanced_replica_may_be_promoted() {
+        let candidate = status("replica", 10, None);
+        assert_eq!(check("a2", &candidate, &[]), Ok(()));
+        let equal = [peer("a3", status("replica", 10, None))];
+        assert_eq!(check("a2", &candidate, &equal), Ok(()));
+        let behind = [peer("a3", status("replica", 7, None))];
+        assert_eq!(check("a2", &candidate, &behind), Ok(()));
+        // A fenced old primary is not alive as a primary; it holds no more than us here.
+        let fenced = [peer("a1", status("primary", 10, Some(2)))];
+        assert_eq!(check("a2", &candidate, &fenced), Ok(()));
+    }
+
+    #[test]
+    fn a_more_advanced_member_refuses_naming_it() {
+        let candidate = status("replica", 10, None);
+        let peers = [
+            peer("a3", status("replica", 11, None)),
+            peer("a4", status("replica", 12, None)),
+        ];
+        let refusal = check("a2", &candidate, &peers).expect_err("refused");
+        assert_eq!(
+            refusal,
+            Refusal::Behind {
+                db: "app".into(),
+                server: "a2".into(),
+                own_tx: 10,
+                peer: "a4".into(),
+                peer_tx: 12
+            }
+        );
+        assert!(refusal.to_string().contains("--force"));
+    }
+
+    #[test]
+    fn a_live_primary_or_a_primary_candidate_refuses() {
+        let candidate = status("replica", 10, None);
+        let live = [peer("a1", status("primary", 10, None))];
+        let refusal = check("a2", &candidate, &live).expect_err("refused");
+        assert!(matches!(refusal, Refusal::PrimaryAlive { ref peer, .. } if peer == "a1"));
+        assert!(refusal.to_string().contains("switch over"), "{refusal}");
+        let primary = status("primary", 10, None);
+        assert!(matches!(
+            check("a1", &primary, &[]),
+            Err(Refusal::NotAReplica { .. })
+        ));
+        let external = status("replica (external replicator)", 10, None);
+        assert!(matches!(
+            check("a1", &external, &[]),
+            Err(Refusal::NotAReplica { .. })
+        ));
+    }
+}
