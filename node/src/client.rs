@@ -79,6 +79,7 @@ pub struct Client {
 
 /// How a request ended, from the client's point of view.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // One per request, returned at once: never stored in bulk.
 pub enum Outcome {
     /// The server answered.
     Answered(Response),

@@ -619,6 +619,63 @@ fn promotion_is_refused_on_a_primary_while_the_primary_lives_and_when_behind() {
 }
 
 #[test]
+fn a_live_primary_is_repointed_after_a_forced_promotion_and_clients_follow() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let root = root.path();
+    let [n1, n2, n3] = three_node_cluster(root);
+    let (a1, a2, a3) = (n1.address(), n2.address(), n3.address());
+    let all = [a1.as_str(), a2.as_str(), a3.as_str()];
+    let mut written = vec![("k0".to_string(), put_through(root, &all, "k0"))];
+    until_status(root, &a2, "app", |s| {
+        s["precommitted"]["tx_id"] == written[0].1
+    });
+
+    // A switchover: n1 is alive, so the promotion must be forced; n1 is then repointed while
+    // it runs, and becomes a replica of n2.
+    let promoted = cli_to(
+        root,
+        &[&a2, &a3],
+        &[
+            "db",
+            "promote",
+            "app",
+            "--force",
+            "--quorum",
+            "any 1 (n1,n3)",
+        ],
+    );
+    assert!(promoted.status.success(), "{promoted:?}");
+    let epoch = json(&promoted)["epoch"].as_u64().expect("epoch");
+    assert!(epoch > 1);
+    let target = format!("{a2}/app");
+    for server in [&a1, &a3] {
+        let repointed = cli(
+            root,
+            server,
+            &["db", "update", "app", "--replica-of", &target],
+        );
+        assert!(repointed.status.success(), "{repointed:?}");
+    }
+    for server in [&a1, &a3] {
+        until_status(root, server, "app", |s| {
+            s["role"] == "replica"
+                && s["upstream"] == "streaming"
+                && s["epoch"].as_u64() == Some(epoch)
+        });
+    }
+    // n1, listed first, is a replica now: it names n2, and the write follows.
+    for i in 1..4 {
+        let key = format!("k{i}");
+        let tx = put_through(root, &all, &key);
+        written.push((key, tx));
+    }
+    for server in [&a1, &a2, &a3] {
+        assert_all_readable(root, server, &written);
+    }
+    drop((n1, n2, n3));
+}
+
+#[test]
 fn offline_log_dump_and_verify() {
     let root = tempfile::tempdir().expect("tempdir");
     let root = root.path();
