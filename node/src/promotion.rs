@@ -4,8 +4,9 @@
 //! was given, and the candidate's own source, for their status of the database. Promotion is
 //! refused when one of them that answers is more advanced (a higher durable position: the
 //! candidate would lose what only that one holds) or is a primary that is not fenced (the
-//! primary is alive: promoting would make a second one). Those that do not answer are
-//! skipped: a failover is for when members are gone. `force` skips the checks, not the
+//! primary is alive: promoting would make a second one), and when the candidate still
+//! streams from its source (alive as the candidate sees it, whatever this client sees).
+//! Those that do not answer are skipped: a failover is for when members are gone. `force` skips the checks, not the
 //! server's own refusal to promote a primary.
 //!
 //! [`check`] is the pure decision; [`promote`] gathers the statuses and sends the request.
@@ -61,6 +62,18 @@ pub enum Refusal {
         /// Its durable position.
         peer_tx: u64,
     },
+    /// The candidate still streams from its source: the source is alive as the candidate
+    /// sees it, even if this client cannot reach it.
+    #[error(
+        "{db} on {server} is still streaming from its source, which is alive as {server} sees \
+         it: wait for the link to drop (`repnode status`), or give --force"
+    )]
+    StillStreaming {
+        /// The database.
+        db: String,
+        /// The candidate's server.
+        server: String,
+    },
     /// A primary that is not fenced answered: it is alive.
     #[error(
         "the primary of {db} at {peer} is alive (epoch {epoch}, not fenced): a promotion now \
@@ -86,14 +99,8 @@ pub enum Refusal {
 /// # Errors
 /// The first [`Refusal`] that applies.
 pub fn check(server: &str, candidate: &StatusReport, peers: &[Peer]) -> Result<(), Refusal> {
+    check_role(server, candidate)?;
     let db = &candidate.database;
-    if candidate.role != "replica" {
-        return Err(Refusal::NotAReplica {
-            db: db.clone(),
-            server: server.to_string(),
-            role: candidate.role.clone(),
-        });
-    }
     if let Some(live) = peers
         .iter()
         .find(|p| p.status.role == "primary" && p.status.fenced.is_none())
@@ -103,6 +110,12 @@ pub fn check(server: &str, candidate: &StatusReport, peers: &[Peer]) -> Result<(
             server: server.to_string(),
             peer: live.server.clone(),
             epoch: live.status.epoch,
+        });
+    }
+    if candidate.upstream.as_deref() == Some("streaming") {
+        return Err(Refusal::StillStreaming {
+            db: db.clone(),
+            server: server.to_string(),
         });
     }
     let own_tx = candidate.precommitted.tx_id;
@@ -120,6 +133,21 @@ pub fn check(server: &str, candidate: &StatusReport, peers: &[Peer]) -> Result<(
         });
     }
     Ok(())
+}
+
+/// The one check `--force` does not skip: only a replica with a source can be promoted.
+///
+/// # Errors
+/// [`Refusal::NotAReplica`].
+pub fn check_role(server: &str, candidate: &StatusReport) -> Result<(), Refusal> {
+    if candidate.role == "replica" {
+        return Ok(());
+    }
+    Err(Refusal::NotAReplica {
+        db: candidate.database.clone(),
+        server: server.to_string(),
+        role: candidate.role.clone(),
+    })
 }
 
 /// Why [`promote`] did not promote.
@@ -226,7 +254,11 @@ pub async fn promote(
             }
         }
     }
-    check(&server, &candidate, &peers)?;
+    if force {
+        check_role(&server, &candidate)?;
+    } else {
+        check(&server, &candidate, &peers)?;
+    }
     let request = Request::Promote {
         db: db.to_string(),
         quorum: policy.0,
@@ -400,5 +432,14 @@ mod tests {
             check("a1", &external, &[]),
             Err(Refusal::NotAReplica { .. })
         ));
+        // The source unreachable from here, but not from the candidate.
+        let mut streaming = status("replica", 10, None);
+        streaming.upstream = Some("streaming".into());
+        assert!(matches!(
+            check("a2", &streaming, &[]),
+            Err(Refusal::StillStreaming { .. })
+        ));
+        streaming.upstream = Some("connecting".into());
+        assert_eq!(check("a2", &streaming, &[]), Ok(()));
     }
 }

@@ -448,8 +448,10 @@ fn a_replica_is_promoted_after_kill_9_of_the_primary_and_the_old_primary_rejoins
         .as_u64()
         .expect("epoch");
 
-    // The primary is lost. n2 is promoted; n3 (equal) and n1 (unreachable) do not stop it.
+    // The primary is lost. n2 is promoted once its link is down (until then it is refused as
+    // still streaming); n3 (equal) and n1 (unreachable) do not stop it.
     n1.kill_9();
+    until_status(root, &a2, "app", |s| s["upstream"] != "streaming");
     let promoted = cli_to(
         root,
         &[&a2, &a3],

@@ -256,8 +256,9 @@ enum DbCommand {
     /// Deletes an unloaded database and its data.
     Delete { name: String },
     /// Makes the replica NAME on the first `--server` a primary in a new epoch, keeping its
-    /// log: it stops following its source. Refused if the other servers listed, or its source,
-    /// answer as more advanced or as a live primary, unless `--force`.
+    /// log: it stops following its source. Refused (exit code 4) on a primary, and, unless
+    /// `--force`, if the other servers listed or its source answer as more advanced or as a
+    /// live primary, or while it still streams from its source.
     Promote {
         name: String,
         /// The new primary's quorum policy (kept if neither this nor `--sync-acks` is given).

@@ -1,5 +1,7 @@
 //! `repnode db promote`: the checks and the promotion are the library's
-//! ([`node::promotion`]); this prints the outcome and chooses the exit code (4 for a refusal).
+//! ([`node::promotion`]); this prints the outcome and chooses the exit code: 4 for a refusal
+//! (nothing changed), 3 when the request was sent and its answer did not come (it may have
+//! happened: `repnode status` tells).
 
 use std::process::ExitCode;
 use std::time::Duration;
