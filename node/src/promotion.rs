@@ -2,7 +2,8 @@
 //!
 //! A server sees only itself, so the checks are the client's: it asks the other servers it
 //! was given, and the candidate's own source, for their status of the database. Promotion is
-//! refused when one of them that answers is more advanced (a higher durable position: the
+//! refused when one of them that answers is more advanced (a log that ends in a higher epoch,
+//! or in the same epoch at a higher durable position, as Raft compares last terms: the
 //! candidate would lose what only that one holds) or is a primary that is not fenced (the
 //! primary is alive: promoting would make a second one), and when the candidate still
 //! streams from its source (alive as the candidate sees it, whatever this client sees).
@@ -47,8 +48,9 @@ pub enum Refusal {
     },
     /// Another member holds more.
     #[error(
-        "{peer} holds {db} up to transaction {peer_tx}, beyond {server}'s {own_tx}: promote the \
-         most advanced member, or give --force to lose what only it holds"
+        "{peer} holds {db} up to transaction {peer_tx} of epoch {peer_epoch}, beyond {server}'s \
+         {own_tx} of epoch {own_epoch}: promote the most advanced member, or give --force to \
+         lose what only it holds"
     )]
     Behind {
         /// The database.
@@ -57,10 +59,14 @@ pub enum Refusal {
         server: String,
         /// Its durable position.
         own_tx: u64,
+        /// The epoch of its last transaction.
+        own_epoch: u64,
         /// The more advanced server.
         peer: String,
         /// Its durable position.
         peer_tx: u64,
+        /// The epoch of its last transaction.
+        peer_epoch: u64,
     },
     /// The candidate still streams from its source: the source is alive as the candidate
     /// sees it, even if this client cannot reach it.
@@ -118,18 +124,23 @@ pub fn check(server: &str, candidate: &StatusReport, peers: &[Peer]) -> Result<(
             server: server.to_string(),
         });
     }
-    let own_tx = candidate.precommitted.tx_id;
+    // A longer log of an older epoch may hold only transactions a newer primary superseded:
+    // logs compare by their last epoch first.
+    let advance = |s: &StatusReport| (s.last_epoch, s.precommitted.tx_id);
+    let own = advance(candidate);
     if let Some(ahead) = peers
         .iter()
-        .filter(|p| p.status.precommitted.tx_id > own_tx)
-        .max_by_key(|p| p.status.precommitted.tx_id)
+        .filter(|p| advance(&p.status) > own)
+        .max_by_key(|p| advance(&p.status))
     {
         return Err(Refusal::Behind {
             db: db.clone(),
             server: server.to_string(),
-            own_tx,
+            own_tx: own.1,
+            own_epoch: own.0,
             peer: ahead.server.clone(),
             peer_tx: ahead.status.precommitted.tx_id,
+            peer_epoch: ahead.status.last_epoch,
         });
     }
     Ok(())
@@ -363,6 +374,7 @@ mod tests {
             database: "app".into(),
             role: role.into(),
             epoch: 1,
+            last_epoch: 1,
             committed: position(durable.saturating_sub(1)),
             precommitted: position(durable),
             waiting_writes: 0,
@@ -408,11 +420,24 @@ mod tests {
                 db: "app".into(),
                 server: "a2".into(),
                 own_tx: 10,
+                own_epoch: 1,
                 peer: "a4".into(),
-                peer_tx: 12
+                peer_tx: 12,
+                peer_epoch: 1,
             }
         );
         assert!(refusal.to_string().contains("--force"));
+        // A newer epoch wins over a longer log of an older one, and loses to a newer one.
+        let mut newer = status("replica", 8, None);
+        newer.last_epoch = 2;
+        assert_eq!(check("a2", &newer, &peers), Ok(()));
+        let mut newest = status("replica", 3, None);
+        newest.last_epoch = 3;
+        let refusal = check("a2", &newer, &[peer("a5", newest)]).expect_err("refused");
+        assert!(
+            matches!(refusal, Refusal::Behind { peer_epoch: 3, .. }),
+            "{refusal}"
+        );
     }
 
     #[test]

@@ -598,7 +598,9 @@ fn promotion_is_refused_on_a_primary_while_the_primary_lives_and_when_behind() {
     assert_eq!(refused.status.code(), Some(4), "{refused:?}");
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(
-        stderr.contains(&format!("{a3} holds app up to transaction {ahead}")),
+        stderr.contains(&format!(
+            "{a3} holds app up to transaction {ahead} of epoch 1"
+        )),
         "{stderr}"
     );
     assert_eq!(
