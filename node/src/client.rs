@@ -47,6 +47,14 @@ pub enum ClientError {
         /// How long the attempt took.
         limit: Duration,
     },
+    /// No server listed leads to a primary of the database.
+    #[error("no primary of {db} found: {why}")]
+    NoPrimary {
+        /// The database.
+        db: String,
+        /// The last answer.
+        why: String,
+    },
     /// None of several servers could be reached; each one's error, in order.
     #[error("no server reachable: {}", describe(.0))]
     NoneReachable(Vec<(String, ClientError)>),

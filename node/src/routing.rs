@@ -175,6 +175,41 @@ pub async fn request_primary(
     .await
 }
 
+/// Finds the primary of `db` among `servers` (as [`request_primary`] does, with a read that
+/// only a primary answers); returns a session with it and its address.
+///
+/// # Errors
+/// No server is reachable, or none leads to a primary ([`ClientError::NoPrimary`]).
+pub async fn find_primary(
+    servers: &[String],
+    identity: &TlsIdentity,
+    db: &str,
+) -> Result<(Client, String), ClientError> {
+    let probe = Request::Get {
+        db: db.to_string(),
+        key: String::new(),
+        min_tx: None,
+        wait_ms: 0,
+        primary: true,
+    };
+    let routed = request_primary(servers, identity, &probe, Some(CONNECT_TIMEOUT)).await?;
+    match routed.outcome {
+        Outcome::Answered(Response::Value { .. }) => Ok((routed.client, routed.server)),
+        Outcome::Answered(Response::Error { message, .. }) => Err(ClientError::NoPrimary {
+            db: db.to_string(),
+            why: message,
+        }),
+        Outcome::Answered(other) => Err(ClientError::NoPrimary {
+            db: db.to_string(),
+            why: format!("unexpected answer {other:?}"),
+        }),
+        Outcome::Unknown(why) => Err(ClientError::NoPrimary {
+            db: db.to_string(),
+            why,
+        }),
+    }
+}
+
 async fn route(
     mut route: Route,
     identity: &TlsIdentity,

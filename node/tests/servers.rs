@@ -673,6 +673,14 @@ fn a_live_primary_is_repointed_after_a_forced_promotion_and_clients_follow() {
         let tx = put_through(root, &all, &key);
         written.push((key, tx));
     }
+    // The load generator finds the primary too.
+    let bench = cli_to(
+        root,
+        &all,
+        &["bench", "--db", "app", "--clients", "2", "--count", "20"],
+    );
+    assert!(bench.status.success(), "{bench:?}");
+    assert_eq!(json(&bench)["writes"], 20);
     for server in [&a1, &a2, &a3] {
         assert_all_readable(root, server, &written);
     }

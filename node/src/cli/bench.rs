@@ -18,7 +18,7 @@ use transport_quic::TlsIdentity;
 /// What to run.
 #[derive(Clone, Debug)]
 pub struct BenchOptions {
-    /// The server, HOST:PORT (or a list: the first reachable is loaded).
+    /// The server, HOST:PORT, or a list to find the primary among.
     pub server: String,
     /// The database (a primary).
     pub db: String,
@@ -101,10 +101,20 @@ async fn run(options: BenchOptions, identity: TlsIdentity) -> Result<BenchReport
     let started = Instant::now();
     let deadline = options.duration.map(|d| started + d);
     let value = "x".repeat(options.value_size);
+    // Writes go to the primary: found once among the servers given, then every client
+    // connects to it.
+    let servers = node::routing::split_servers(&options.server);
+    let server = match servers.as_slice() {
+        [one] => one.clone(),
+        _ => {
+            node::routing::find_primary(&servers, &identity, &options.db)
+                .await?
+                .1
+        }
+    };
     let mut tasks = Vec::new();
     for client_number in 0..options.clients {
-        let servers = node::routing::split_servers(&options.server);
-        let (mut client, _) = Client::connect_any(&servers, identity.clone()).await?;
+        let mut client = Client::connect(&server, identity.clone()).await?;
         let (done, db, value, count, key_space) = (
             done.clone(),
             options.db.clone(),
