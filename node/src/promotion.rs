@@ -245,7 +245,9 @@ pub async fn promote(
     };
     let (mut compared, mut skipped, mut peers) = (Vec::new(), Vec::new(), Vec::new());
     if !force {
-        let mut others: Vec<(String, String)> = servers[1..]
+        let mut others: Vec<(String, String)> = servers
+            .get(1..)
+            .unwrap_or_default()
             .iter()
             .map(|s| (s.clone(), db.to_string()))
             .collect();

@@ -673,6 +673,15 @@ fn a_live_primary_is_repointed_after_a_forced_promotion_and_clients_follow() {
         let tx = put_through(root, &all, &key);
         written.push((key, tx));
     }
+    // The list may come from the environment.
+    let put = Command::new(env!("CARGO_BIN_EXE_repnode"))
+        .args(["put", "--db", "app", "from-env", "from-env-value", "--json"])
+        .env("REPNODE_SERVER", all.join(","))
+        .env("REPNODE_TLS_DIR", root.join("certs"))
+        .output()
+        .expect("run repnode");
+    assert!(put.status.success(), "{put:?}");
+    written.push(("from-env".into(), json(&put)["tx_id"].as_u64().expect("tx")));
     // The load generator finds the primary too.
     let bench = cli_to(
         root,
@@ -681,6 +690,71 @@ fn a_live_primary_is_repointed_after_a_forced_promotion_and_clients_follow() {
     );
     assert!(bench.status.success(), "{bench:?}");
     assert_eq!(json(&bench)["writes"], 20);
+    for server in [&a1, &a2, &a3] {
+        assert_all_readable(root, server, &written);
+    }
+    drop((n1, n2, n3));
+}
+
+#[test]
+fn a_fenced_old_primary_is_repointed_and_catches_up() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let root = root.path();
+    let [n1, n2, n3] = three_node_cluster(root);
+    let (a1, a2, a3) = (n1.address(), n2.address(), n3.address());
+    let all = [a1.as_str(), a2.as_str(), a3.as_str()];
+    let mut written = vec![("k0".to_string(), put_through(root, &all, "k0"))];
+    until_status(root, &a2, "app", |s| {
+        s["precommitted"]["tx_id"] == written[0].1
+    });
+    let promoted = cli_to(
+        root,
+        &[&a2],
+        &[
+            "db",
+            "promote",
+            "app",
+            "--force",
+            "--quorum",
+            "any 1 (n1,n3)",
+        ],
+    );
+    assert!(promoted.status.success(), "{promoted:?}");
+    let epoch = json(&promoted)["epoch"].as_u64().expect("epoch");
+    let repoint = |server: &str, source: &str| {
+        let source = format!("{source}/app");
+        let output = cli(
+            root,
+            server,
+            &["db", "update", "app", "--replica-of", &source],
+        );
+        assert!(output.status.success(), "{output:?}");
+    };
+    repoint(&a3, &a2);
+    written.push(("k1".into(), put_through(root, &[&a2], "k1")));
+
+    // n3, which has seen the new epoch, subscribes to the old primary: n1 is fenced.
+    repoint(&a3, &a1);
+    until_status(root, &a1, "app", |s| s["fenced"].as_u64() == Some(epoch));
+    let refused = cli(root, &a1, &["put", "--db", "app", "k", "v"]);
+    assert!(!refused.status.success(), "{refused:?}");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("fenced"),
+        "{refused:?}"
+    );
+
+    // Repointed, the fenced old primary becomes a replica of n2 and catches up.
+    repoint(&a1, &a2);
+    repoint(&a3, &a2);
+    for server in [&a1, &a3] {
+        until_status(root, server, "app", |s| {
+            s["role"] == "replica"
+                && s["upstream"] == "streaming"
+                && s["epoch"].as_u64() == Some(epoch)
+                && s["fenced"].is_null()
+        });
+    }
+    written.push(("k2".into(), put_through(root, &all, "k2")));
     for server in [&a1, &a2, &a3] {
         assert_all_readable(root, server, &written);
     }
