@@ -251,7 +251,9 @@ pub async fn promote(
             .iter()
             .map(|s| (s.clone(), db.to_string()))
             .collect();
-        if let Some(source) = source_of(&mut client, &server, db, timeout).await? {
+        if let Some(source) = source_of(&mut client, &server, db, timeout).await?
+            && !others.contains(&source)
+        {
             others.push(source);
         }
         for (other, other_db) in others {
