@@ -87,6 +87,12 @@ impl Client {
         })
     }
 
+    /// The server's identity, as its certificate states it (the name quorum policies and
+    /// memberships use for it).
+    pub fn server_identity(&self) -> &str {
+        self.channel.peer.as_str()
+    }
+
     /// Sends a request and waits for the answer, at most `timeout` if given.
     ///
     /// # Errors

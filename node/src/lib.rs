@@ -4,7 +4,8 @@
 //! This library is the node; the `repnode` binary (`main.rs`, with the command line in `cli/`)
 //! only parses flags, renders answers and runs it. [`kv`] is the state machine, [`server`]
 //! the multi-database server, [`wire`] and [`client`] the client protocol, [`metrics`] its
-//! Prometheus rendering and [`replicator`] the external replicator.
+//! Prometheus rendering, [`replicator`] the external replicator and [`plan`] the reasoning of
+//! `failover plan`.
 //!
 //! ```
 //! use node::kv::{KvOp, KvStore, KvTx};
@@ -19,6 +20,7 @@
 pub mod client;
 pub mod kv;
 pub mod metrics;
+pub mod plan;
 pub mod replicator;
 pub mod server;
 pub mod wire;

@@ -134,10 +134,13 @@ pub struct StatusReport {
     pub replicas: Vec<ReplicaReport>,
     /// The durable membership (`node/database`): the replicas its quorum policy counts.
     pub members: Vec<String>,
+    /// The quorum policy in its text form (`acks 1`, `majority`, ...), on a primary: what
+    /// `failover plan` needs to know how many acknowledgements a write had.
+    pub policy: Option<String>,
 }
 
 /// A transaction id and its hash.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Position {
     /// The id.
     pub tx_id: u64,
