@@ -44,7 +44,7 @@ pub enum Heard {
         /// The server's identity, as its certificate states it.
         node: String,
         /// Its report.
-        report: StatusReport,
+        report: Box<StatusReport>,
     },
     /// It answered without a status: no such database, not loaded, or stopped.
     NoStatus(String),
@@ -525,8 +525,16 @@ pub fn plan(db: &str, listed: &[Listed], quorum: Option<&Quorum>) -> Plan {
                 c.server,
                 r.map_or(String::new(), |r| format!(
                     " ({} of the {} voters answered; any {} include one of the k = {} that \
-                     acknowledged each write)",
-                    r.answered, r.n, r.needed, r.k
+                     acknowledged each write){}",
+                    r.answered,
+                    r.n,
+                    r.needed,
+                    r.k,
+                    if r.basis == Basis::Assumed {
+                        ", if the listed servers are all the members"
+                    } else {
+                        ""
+                    }
                 ))
             )
         }
@@ -535,12 +543,24 @@ pub fn plan(db: &str, listed: &[Listed], quorum: Option<&Quorum>) -> Plan {
              be lost; {} is the most advanced",
             c.server
         ),
-        (Some(_), Some(_)) if !guaranteed => match more_needed {
-            Some(more) => {
-                format!("no candidate is provably safe: {more} more of the voters must answer")
+        (Some(_), Some(_)) if !guaranteed => {
+            let closest = rule
+                .iter()
+                .filter(|r| r.k > 0)
+                .min_by_key(|r| r.needed.saturating_sub(r.answered));
+            match closest {
+                Some(r) => format!(
+                    "no candidate is provably safe: {} more of {} must answer",
+                    r.needed.saturating_sub(r.answered),
+                    if r.not_heard_from.is_empty() {
+                        "the voters".to_string()
+                    } else {
+                        r.not_heard_from.join(", ")
+                    }
+                ),
+                None => "no candidate is provably safe".into(),
             }
-            None => "no candidate is provably safe".into(),
-        },
+        }
         (Some(_), Some(_)) => {
             "no candidate is provably safe: the most advanced logs disagree".into()
         }

@@ -190,8 +190,8 @@ pub enum Response {
         /// The transaction the read reflects.
         tx_id: u64,
     },
-    /// A status report.
-    Status(StatusReport),
+    /// A status report (boxed: it is much larger than the other answers).
+    Status(Box<StatusReport>),
     /// Database names, whether each is loaded, and their settings.
     Dbs(Vec<(String, bool, DbSettings)>),
     /// A database's membership, after `removed` was retired from it.

@@ -35,7 +35,7 @@ fn primary(node: &str, durable: u64, policy: &str, members: &[&str]) -> Listed {
         server: format!("a-{node}"),
         heard: Heard::Status {
             node: node.into(),
-            report,
+            report: Box::new(report),
         },
     }
 }
@@ -49,7 +49,7 @@ fn replica_at(node: &str, epoch: u64, committed: u64, durable: u64, hash: &str) 
         server: format!("a-{node}"),
         heard: Heard::Status {
             node: node.into(),
-            report: report("replica", epoch, committed, durable, hash),
+            report: Box::new(report("replica", epoch, committed, durable, hash)),
         },
     }
 }
@@ -465,4 +465,41 @@ fn the_json_has_the_documented_fields() {
     assert_eq!(value["candidates"][0]["safe"], true);
     assert_eq!(value["rule"][0]["basis"], "assumed");
     assert_eq!(value["not_heard_from"][0], "a-n1");
+}
+
+#[test]
+fn the_verdict_says_who_must_answer_or_why_nothing_is_safe() {
+    let verdict = |listed: Vec<Listed>, quorum: Option<&str>| {
+        let quorum = quorum.map(|q| q.parse::<Quorum>().expect("policy"));
+        plan("app", &listed, quorum.as_ref()).verdict
+    };
+    assert_eq!(
+        verdict(vec![down("n1"), replica("n2", 5, 7)], Some("any 1 (n2,n3)")),
+        "no candidate is provably safe: 1 more of n3 must answer"
+    );
+    let assumed = verdict(
+        vec![down("n1"), replica("n2", 5, 7), replica("n3", 5, 6)],
+        Some("acks 1"),
+    );
+    assert!(
+        assumed.starts_with("a-n2 holds every acknowledged write")
+            && assumed.ends_with(", if the listed servers are all the members"),
+        "{assumed}"
+    );
+    assert!(
+        verdict(vec![down("n1"), replica("n2", 5, 7)], Some("async"))
+            .contains("acknowledged writes may be lost; a-n2 is the most advanced")
+    );
+    assert!(verdict(vec![replica("n2", 5, 7)], None).contains("pass --quorum"));
+    assert!(verdict(vec![down("n1")], Some("acks 1")).contains("no replica answered"));
+    assert!(
+        verdict(
+            vec![
+                replica_at("n2", 1, 5, 7, "h7"),
+                replica_at("n3", 1, 5, 7, "x7")
+            ],
+            Some("acks 1")
+        )
+        .contains("disagree")
+    );
 }

@@ -73,7 +73,7 @@ impl Server {
                     tx_id: applied.0,
                 }
             }
-            Request::Status { db } => Response::Status(self.status(&db).await?),
+            Request::Status { db } => Response::Status(Box::new(self.status(&db).await?)),
             Request::Members { db, remove } => {
                 let (members, removed) = self.members(&db, remove.as_deref()).await?;
                 Response::Members {
