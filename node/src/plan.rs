@@ -10,21 +10,22 @@
 //! (precommitted) position holds every acknowledged write: this is immudb's advice for
 //! choosing a new primary, made exact. With fewer answers no replica is provably safe.
 //!
-//! - `n` and `k` per policy: `acks N` needs `N` of the durable membership; `majority` needs
-//!   `⌈m/2⌉` (at least one) of the `m` members; `majority (names)`, `any N (names)` and
-//!   `first N (names)` count among the names (`first` is taken as `any`: which standbys were
-//!   the synchronous ones depends on who was connected, which is not known afterwards);
-//!   `async` and a count of 0 guarantee nothing beyond the primary.
+//! - `n` and `k` per policy: `acks N` needs `N` of the durable membership; `majority (names)`,
+//!   `any N (names)` and `first N (names)` count among the names (`first` is taken as `any`:
+//!   which standbys were the synchronous ones depends on who was connected, which is not known
+//!   afterwards); `async` and a count of 0 guarantee nothing beyond the primary. `majority`
+//!   needs `⌈m/2⌉` of the `m` members today, but a write may have committed while the
+//!   membership was smaller (one member: one copy), so `k = 1` and every member must answer.
 //! - `A and B`: an acknowledged write satisfied every part, so one part whose rule holds
 //!   proves it is on an answering replica.
 //! - The membership is the one the primary reports. Without a primary, the listed servers are
 //!   taken for the old primary and its members, and every one of them but the primary must
 //!   answer (said so in [`Plan::assumptions`]).
-//! - Durable positions compare by transaction id, which says which log holds more only if the
-//!   logs are of one history: candidates tied at the highest position must agree on its hash,
-//!   and one of them must be at the highest epoch any candidate has (a replica that missed a
-//!   primary's restart may hold transactions the restarted primary lost, under ids the new
-//!   epoch reused). Otherwise nothing is provably safe.
+//! - Durable positions compare as Raft compares logs: the epoch of the last transaction first,
+//!   then its id. A log that ends in a later epoch holds that epoch's primary's history, every
+//!   earlier commit included; a longer log of an older epoch may hold transactions a restarted
+//!   primary superseded. Candidates tied at the highest position must agree on its hash, or
+//!   their logs diverged and nothing is provably safe.
 //!
 //! Limits: a member the operator removed, or a policy changed since, may have counted for
 //! writes acknowledged before; the plan reasons about the membership and policy in force.
@@ -110,6 +111,8 @@ pub struct MemberView {
     pub role: Option<String>,
     /// Its epoch.
     pub epoch: Option<u64>,
+    /// The epoch of its last transaction, which ranks logs before their position does.
+    pub last_epoch: Option<u64>,
     /// Its commit point.
     pub committed: Option<Position>,
     /// Its durable (precommitted) position.
@@ -238,9 +241,11 @@ fn parts(policy: &Quorum, out: &mut Vec<Part>) {
             need: Need::Count(*n),
             voters: Voters::Members,
         },
+        // `⌈m/2⌉` of the members today, but a write may have committed while the membership
+        // was smaller (a member joins when it first subscribes): only one copy is certain.
         Quorum::Majority => Part {
             text,
-            need: Need::Majority,
+            need: Need::Count(1),
             voters: Voters::Members,
         },
         Quorum::MajorityOf(list) => Part {
@@ -413,44 +418,40 @@ pub fn plan(db: &str, listed: &[Listed], quorum: Option<&Quorum>) -> Plan {
     let guaranteed = rule.iter().any(|r| r.holds);
     let asynchronous = !rule.is_empty() && rule.iter().all(|r| r.k == 0);
 
-    // Rank: durable position, then commit point, then the order given.
+    // Rank: durable position (the epoch of the last transaction, then its id), then commit
+    // point, then the order given.
     let mut ranked = replicas.clone();
     ranked.sort_by(|a, b| {
-        b.report
-            .precommitted
-            .tx_id
-            .cmp(&a.report.precommitted.tx_id)
+        durable_key(b.report)
+            .cmp(&durable_key(a.report))
             .then(b.report.committed.tx_id.cmp(&a.report.committed.tx_id))
             .then(a.index.cmp(&b.index))
     });
+    // What promoting a candidate could lose counts from the most advanced answer, the
+    // primary's included when it is up.
     let most_advanced = answers
         .iter()
-        .map(|a| a.report.precommitted.tx_id)
-        .max()
-        .unwrap_or(0);
-    let top = ranked.first().map(|a| &a.report.precommitted);
-    let ties = |a: &Answer<'_>| top.is_some_and(|t| *t == a.report.precommitted);
+        .map(|a| a.report)
+        .max_by_key(|r| durable_key(r));
+    let top = ranked.first().map(|a| a.report);
+    let ties = |a: &Answer<'_>| {
+        top.is_some_and(|t| {
+            t.last_epoch == a.report.last_epoch && t.precommitted == a.report.precommitted
+        })
+    };
+    // Two logs that end at the same transaction of the same epoch with different hashes are
+    // not of one history: which holds the acknowledged writes cannot be told from here.
     let diverged = top.is_some_and(|t| {
-        ranked
-            .iter()
-            .any(|a| a.report.precommitted.tx_id == t.tx_id && a.report.precommitted.hash != t.hash)
+        ranked.iter().any(|a| {
+            durable_key(a.report) == durable_key(t)
+                && a.report.precommitted.hash != t.precommitted.hash
+        })
     });
-    let highest_epoch = ranked.iter().map(|a| a.report.epoch).max().unwrap_or(0);
-    let stale = top.is_some()
-        && !ranked
-            .iter()
-            .any(|a| ties(a) && a.report.epoch == highest_epoch);
     if diverged && let Some(t) = top {
         notes.push(format!(
             "the most advanced replicas disagree on the hash of tx {}: their logs diverged; \
              compare them (`repnode log dump`) before choosing",
-            t.tx_id
-        ));
-    }
-    if stale {
-        notes.push(format!(
-            "the most advanced replica is at a lower epoch than another (epoch {highest_epoch}): \
-             it may hold transactions a restarted primary lost; compare their logs before choosing"
+            t.precommitted.tx_id
         ));
     }
     if asynchronous {
@@ -463,7 +464,7 @@ pub fn plan(db: &str, listed: &[Listed], quorum: Option<&Quorum>) -> Plan {
     if primary.is_some() {
         notes.push("the primary is up: this is a snapshot, and writes may commit meanwhile".into());
     }
-    let proven = guaranteed && !diverged && !stale;
+    let proven = guaranteed && !diverged;
     let more_needed = (!guaranteed && !asynchronous && !rule.is_empty()).then(|| {
         rule.iter()
             .filter(|r| r.k > 0)
@@ -475,7 +476,7 @@ pub fn plan(db: &str, listed: &[Listed], quorum: Option<&Quorum>) -> Plan {
     let candidates: Vec<Candidate> = ranked
         .iter()
         .map(|a| {
-            let missing = most_advanced.saturating_sub(a.report.precommitted.tx_id);
+            let missing = most_advanced.map_or(0, |m| missing_txs(a.report, m));
             let safe = proven && ties(a);
             let why = if safe {
                 None
@@ -483,13 +484,13 @@ pub fn plan(db: &str, listed: &[Listed], quorum: Option<&Quorum>) -> Plan {
                 Some("the policy is unknown".to_string())
             } else if asynchronous {
                 Some("asynchronous policy: nothing is guaranteed beyond the primary".into())
-            } else if diverged || stale {
-                Some("the most advanced logs disagree (hash or epoch)".into())
+            } else if diverged {
+                Some("the most advanced logs diverged".into())
             } else if !guaranteed {
                 let more = more_needed.unwrap_or(0);
                 Some(format!("not provably safe: {more} more must answer"))
             } else {
-                let behind = top.map_or(0, |t| t.tx_id.saturating_sub(a.report.precommitted.tx_id));
+                let behind = top.map_or(0, |t| missing_txs(a.report, t));
                 Some(format!(
                     "behind the most advanced durable position by {behind} txs"
                 ))
@@ -510,7 +511,7 @@ pub fn plan(db: &str, listed: &[Listed], quorum: Option<&Quorum>) -> Plan {
     let recommended = match best {
         Some(c) if c.safe => Some(c.server.clone()),
         // Nothing can be proven under an asynchronous policy: the most advanced loses least.
-        Some(c) if asynchronous && !diverged && !stale => Some(c.server.clone()),
+        Some(c) if asynchronous && !diverged => Some(c.server.clone()),
         _ => None,
     };
     let verdict = match (best, &policy) {
@@ -562,7 +563,7 @@ pub fn plan(db: &str, listed: &[Listed], quorum: Option<&Quorum>) -> Plan {
             }
         }
         (Some(_), Some(_)) => {
-            "no candidate is provably safe: the most advanced logs disagree".into()
+            "no candidate is provably safe: the most advanced logs diverged".into()
         }
     };
     let members = listed.iter().map(view).collect();
@@ -581,6 +582,25 @@ pub fn plan(db: &str, listed: &[Listed], quorum: Option<&Quorum>) -> Plan {
         notes,
         not_heard_from,
     }
+}
+
+/// How advanced a durable log is, as Raft compares last terms: the epoch of its last
+/// transaction first (a log that ends in a later epoch holds that epoch's primary's history,
+/// which includes every earlier commit), then its position.
+fn durable_key(report: &StatusReport) -> (u64, u64) {
+    (report.last_epoch, report.precommitted.tx_id)
+}
+
+/// The transactions `log` could be missing that `most` holds: the difference of positions
+/// when both end in one epoch; otherwise what `log` holds beyond its commit point may be
+/// superseded, so everything `most` holds past that point.
+fn missing_txs(log: &StatusReport, most: &StatusReport) -> u64 {
+    let from = if log.last_epoch == most.last_epoch {
+        log.precommitted.tx_id
+    } else {
+        log.committed.tx_id.min(log.precommitted.tx_id)
+    };
+    most.precommitted.tx_id.saturating_sub(from)
 }
 
 /// The policy to reason with: the primary's, else `--quorum`.
@@ -620,6 +640,7 @@ fn view(listed: &Listed) -> MemberView {
         node: None,
         role: None,
         epoch: None,
+        last_epoch: None,
         committed: None,
         precommitted: None,
         error: Some(error.to_string()),
@@ -631,6 +652,7 @@ fn view(listed: &Listed) -> MemberView {
             node: Some(node.clone()),
             role: Some(report.role.clone()),
             epoch: Some(report.epoch),
+            last_epoch: Some(report.last_epoch),
             committed: Some(report.committed.clone()),
             precommitted: Some(report.precommitted.clone()),
             error: None,

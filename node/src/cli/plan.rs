@@ -183,10 +183,11 @@ fn text(plan: &Plan) -> String {
             (Some(role), _) => {
                 let _ = writeln!(
                     out,
-                    "  {} {}: {role}, epoch {}, committed {}, precommitted {}",
+                    "  {} {}: {role}, epoch {} (last tx's {}), committed {}, precommitted {}",
                     m.server,
                     m.node.as_deref().unwrap_or("?"),
                     m.epoch.unwrap_or(0),
+                    m.last_epoch.unwrap_or(0),
                     position(&m.committed),
                     position(&m.precommitted),
                 );

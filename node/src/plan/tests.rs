@@ -10,6 +10,7 @@ fn report(role: &str, epoch: u64, committed: u64, durable: u64, hash: &str) -> S
         database: "app".into(),
         role: role.into(),
         epoch,
+        last_epoch: epoch,
         committed: Position {
             tx_id: committed,
             hash: format!("h{committed}"),
@@ -160,7 +161,7 @@ fn cases() -> Vec<Case> {
             rule: &[(2, 3, 2)],
         },
         Case {
-            name: "primary up, majority of three members: two answers suffice",
+            name: "majority: k = 1, since the membership may have been smaller: all must answer",
             listed: vec![
                 primary("n1", 9, "majority", &["n2", "n3", "n4"]),
                 replica("n2", 8, 8),
@@ -168,23 +169,24 @@ fn cases() -> Vec<Case> {
                 down("n4"),
             ],
             quorum: None,
-            safe: &["n3"],
-            recommended: Some("n3"),
-            more_needed: None,
-            rule: &[(2, 3, 2)],
-        },
-        Case {
-            name: "primary up, majority of four members: three must answer",
-            listed: vec![
-                primary("n1", 9, "majority", &["n2", "n3", "n4", "n5"]),
-                replica("n2", 8, 8),
-                replica("n3", 8, 9),
-            ],
-            quorum: None,
             safe: &[],
             recommended: None,
             more_needed: Some(1),
-            rule: &[(2, 4, 3)],
+            rule: &[(1, 3, 3)],
+        },
+        Case {
+            name: "majority: every member answered",
+            listed: vec![
+                primary("n1", 9, "majority", &["n2", "n3", "n4"]),
+                replica("n2", 8, 8),
+                replica("n3", 8, 9),
+                replica("n4", 7, 7),
+            ],
+            quorum: None,
+            safe: &["n3"],
+            recommended: Some("n3"),
+            more_needed: None,
+            rule: &[(1, 3, 3)],
         },
         Case {
             name: "the primary's policy wins over --quorum",
@@ -263,15 +265,15 @@ fn cases() -> Vec<Case> {
             rule: &[(1, 2, 2)],
         },
         Case {
-            name: "the most advanced at a lower epoch: nothing safe",
+            name: "a log ending in a later epoch ranks above a longer one of an older epoch",
             listed: vec![
                 down("n1"),
                 replica_at("n2", 1, 5, 9, "h9"),
                 replica_at("n3", 2, 5, 6, "h6"),
             ],
             quorum: Some("acks 1"),
-            safe: &[],
-            recommended: None,
+            safe: &["n3"],
+            recommended: Some("n3"),
             more_needed: None,
             rule: &[(1, 2, 2)],
         },
@@ -500,6 +502,23 @@ fn the_verdict_says_who_must_answer_or_why_nothing_is_safe() {
             ],
             Some("acks 1")
         )
-        .contains("disagree")
+        .contains("diverged")
     );
+}
+
+#[test]
+fn a_log_of_an_older_epoch_could_miss_everything_past_its_commit_point() {
+    let listed = vec![
+        down("n1"),
+        replica_at("n2", 1, 5, 9, "h9"),
+        replica_at("n3", 2, 5, 7, "h7"),
+    ];
+    let result = plan("app", &listed, Some(&"acks 1".parse().expect("policy")));
+    let missing: Vec<(&str, u64, bool)> = result
+        .candidates
+        .iter()
+        .map(|c| (c.node.as_str(), c.missing_txs, c.safe))
+        .collect();
+    // n2's transactions 6 to 9 are of epoch 1, which n3's primary superseded after tx 5.
+    assert_eq!(missing, [("n3", 0, true), ("n2", 2, false)]);
 }
