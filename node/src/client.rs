@@ -87,7 +87,6 @@ pub struct Client {
 
 /// How a request ended, from the client's point of view.
 #[derive(Debug)]
-#[allow(clippy::large_enum_variant)] // One per request, returned at once: never stored in bulk.
 pub enum Outcome {
     /// The server answered.
     Answered(Response),
@@ -124,6 +123,12 @@ impl Client {
             _transport: transport,
             channel,
         })
+    }
+
+    /// The server's identity, as its certificate states it (the name quorum policies and
+    /// memberships use for it).
+    pub fn server_identity(&self) -> &str {
+        self.channel.peer.as_str()
     }
 
     /// Connects as [`connect`](Client::connect) does, giving up after `limit`.

@@ -5,8 +5,8 @@
 //! only parses flags, renders answers and runs it. [`kv`] is the state machine, [`server`]
 //! the multi-database server, [`wire`] and [`client`] the client protocol, [`routing`] how a
 //! client finds the primary among several servers, [`promotion`] the checks before a
-//! replica is promoted, [`metrics`] its Prometheus rendering and [`replicator`] the external
-//! replicator.
+//! replica is promoted, [`metrics`] its Prometheus rendering, [`replicator`] the external
+//! replicator and [`plan`] the reasoning of `failover plan`.
 //!
 //! ```
 //! use node::kv::{KvOp, KvStore, KvTx};
@@ -21,6 +21,7 @@
 pub mod client;
 pub mod kv;
 pub mod metrics;
+pub mod plan;
 pub mod promotion;
 pub mod replicator;
 pub mod routing;

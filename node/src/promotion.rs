@@ -323,7 +323,7 @@ async fn peer_status(
             .request(&Request::Status { db: db.into() }, Some(PEER_TIMEOUT))
             .await
         {
-            Ok(Outcome::Answered(Response::Status(status))) => Ok(status),
+            Ok(Outcome::Answered(Response::Status(status))) => Ok(*status),
             Ok(Outcome::Answered(Response::Error { message, .. })) => Err(message),
             Ok(Outcome::Answered(other)) => Err(format!("unexpected answer {other:?}")),
             Ok(Outcome::Unknown(why)) => Err(why),
@@ -387,6 +387,7 @@ mod tests {
             last_error: None,
             replicas: Vec::new(),
             members: Vec::new(),
+            policy: None,
         }
     }
 

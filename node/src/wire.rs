@@ -151,10 +151,13 @@ pub struct StatusReport {
     pub replicas: Vec<ReplicaReport>,
     /// The durable membership (`node/database`): the replicas its quorum policy counts.
     pub members: Vec<String>,
+    /// The quorum policy in its text form (`acks 1`, `majority`, ...), on a primary: what
+    /// `failover plan` needs to know how many acknowledgements a write had.
+    pub policy: Option<String>,
 }
 
 /// A transaction id and its hash.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Position {
     /// The id.
     pub tx_id: u64,
@@ -204,8 +207,8 @@ pub enum Response {
         /// The transaction the read reflects.
         tx_id: u64,
     },
-    /// A status report.
-    Status(StatusReport),
+    /// A status report (boxed: it is much larger than the other answers).
+    Status(Box<StatusReport>),
     /// Database names, whether each is loaded, and their settings.
     Dbs(Vec<(String, bool, DbSettings)>),
     /// A database's membership, after `removed` was retired from it.

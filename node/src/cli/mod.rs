@@ -11,6 +11,7 @@ mod bench;
 mod demo;
 mod log;
 mod output;
+mod plan;
 mod promote;
 mod serve;
 
@@ -109,6 +110,11 @@ enum Command {
     Log {
         #[command(subcommand)]
         command: LogCommand,
+    },
+    /// Failover tools: `failover plan` tells which replica can become the primary safely.
+    Failover {
+        #[command(subcommand)]
+        command: plan::FailoverCommand,
     },
     /// Loads a running server: N clients writing single keys; throughput and latency
     /// percentiles (HDR histogram) at the end.
@@ -346,6 +352,7 @@ fn parse_ops(words: &[String]) -> Result<Vec<KvOp>> {
 async fn run(command: Command) -> Result<ExitCode> {
     match command {
         Command::Log { command } => log::run_log(command),
+        Command::Failover { command } => plan::run(command).await,
         Command::Demo { dir } => demo::run(dir.as_deref()).await.map(|()| ExitCode::SUCCESS),
         Command::Serve(_) => unreachable!("prepared as Ready::Serve"),
         Command::Certs {

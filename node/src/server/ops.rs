@@ -95,9 +95,20 @@ impl Server {
     /// # Errors
     /// [`ServerError::Status`] when its engine stopped.
     pub async fn status(&self, db: &str) -> Result<StatusReport, ServerError> {
-        let node = self.with_database(db, |d| d.node.clone()).await?;
+        let (node, settings) = self
+            .with_database(db, |d| (d.node.clone(), d.settings.clone()))
+            .await?;
         let status = node.status().await.map_err(ServerError::Status)?;
-        Ok(status_report(db, status))
+        // The settings' text form, not the engine's Debug one: a client parses it back. The
+        // settings hold every policy change (`update` stores them), so it is the one in force.
+        let policy = match status.role {
+            Role::Primary => policy_of(&settings).ok().map(|q| q.to_string()),
+            _ => None,
+        };
+        Ok(StatusReport {
+            policy,
+            ..status_report(db, status)
+        })
     }
 
     /// The durable membership of `db`, after retiring `remove` from it: an operator's action
@@ -456,6 +467,7 @@ fn status_report(db: &str, status: EngineStatus) -> StatusReport {
         last_error: status.last_error,
         replicas: replica_reports(status.replicas),
         members: status.members.iter().map(ToString::to_string).collect(),
+        policy: None,
     }
 }
 

@@ -77,7 +77,7 @@ impl Server {
                     tx_id: applied.0,
                 }
             }
-            Request::Status { db } => Response::Status(self.status(&db).await?),
+            Request::Status { db } => Response::Status(Box::new(self.status(&db).await?)),
             Request::Promote {
                 db,
                 quorum,
