@@ -278,6 +278,9 @@ pub async fn promote(
         db: db.to_string(),
         quorum: policy.0,
         sync_acks: policy.1,
+        // Above every epoch the others have seen, so that none refuses the new primary as
+        // older or fences it by subscribing with an epoch it never saw.
+        above_epoch: peers.iter().map(|peer| peer.status.epoch).max(),
     };
     let response = ask(&mut client, &server, &request, timeout).await?;
     match response {

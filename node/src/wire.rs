@@ -31,6 +31,11 @@ pub struct DbSettings {
     /// [`Request::Replicate`] (immudb's `ReplicateTx`).
     #[serde(default)]
     pub external_replicator: bool,
+    /// As a primary, begin epochs above this one too: `db promote` records the highest
+    /// epoch the other members reported. (No `skip_serializing_if`: the wire is postcard,
+    /// which has no field names to skip by; TOML leaves `None` out by itself.)
+    #[serde(default)]
+    pub min_epoch: Option<u64>,
 }
 
 /// A client request.
@@ -112,6 +117,8 @@ pub enum Request {
         quorum: Option<String>,
         /// Or its acknowledgement count (immudb's `--replication-sync-acks`).
         sync_acks: Option<u32>,
+        /// The highest epoch the other members reported: the new primary begins above it.
+        above_epoch: Option<u64>,
     },
     /// Lists a database's durable membership (the replicas its quorum policy counts), after
     /// retiring `remove` (`node/database`) from it if given.

@@ -1027,3 +1027,23 @@ fn two_replica_databases_on_one_server_are_two_members() {
         vec![commit(1), reply_ok(1, &a[0], AckKind::Quorum)]
     );
 }
+
+#[test]
+fn a_promoted_primary_begins_above_the_epochs_other_members_saw() {
+    // The replica saw epoch 2; another member reported epoch 7 (the old primary restarted
+    // where this one could not see it): the new primary begins at 8, so that member neither
+    // refuses it as older nor fences it.
+    let mut config = EngineConfig::new("r1", "db", Role::Primary);
+    config.min_epoch = Epoch(7);
+    let state = LogState {
+        epoch: Epoch(2),
+        ..LogState::default()
+    };
+    let mut engine = Engine::new(config, Arc::new(Quorum::Async), state, Epoch(1), vec![], T0);
+    assert_eq!(drain(&mut engine), vec![Command::SaveEpoch(Epoch(8))]);
+    // Below what the log saw, the floor changes nothing.
+    let mut config = EngineConfig::new("r1", "db", Role::Primary);
+    config.min_epoch = Epoch(1);
+    let mut engine = Engine::new(config, Arc::new(Quorum::Async), state, Epoch(1), vec![], T0);
+    assert_eq!(drain(&mut engine), vec![Command::SaveEpoch(Epoch(3))]);
+}

@@ -235,6 +235,7 @@ impl From<SettingsArgs> for DbSettings {
             replicators: args.replicators,
             store: args.store,
             external_replicator: args.external_replicator,
+            min_epoch: None,
         }
     }
 }

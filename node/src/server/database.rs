@@ -4,11 +4,11 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use replication_core::NodeId;
 use replication_core::driver::{Node, NodeOptions, StartError};
 use replication_core::engine::{EngineConfig, Role};
 use replication_core::log::LogError;
 use replication_core::quorum::{ParseQuorumError, Quorum, QuorumPolicy};
+use replication_core::{Epoch, NodeId};
 use store_file::{FileLog, FileLogOptions};
 use store_mem::MemLog;
 use transport_quic::QuicTransport;
@@ -127,6 +127,7 @@ pub(crate) async fn open(
         config.prefetch_buffer = prefetch.max(1);
     }
     config.allow_tx_discarding = settings.allow_tx_discarding.unwrap_or(false);
+    config.min_epoch = Epoch(settings.min_epoch.unwrap_or(0));
     config.allowed_replicators = settings
         .replicators
         .as_ref()

@@ -256,6 +256,7 @@ impl Server {
         name: &str,
         quorum: Option<String>,
         sync_acks: Option<u32>,
+        above_epoch: Option<u64>,
     ) -> Result<StatusReport, ServerError> {
         let unknown = || ServerError::UnknownDatabase(name.to_string());
         let slot = self.catalog.slot(name).ok_or_else(unknown)?;
@@ -267,6 +268,7 @@ impl Server {
             }
             let mut settings = database.settings.clone();
             settings.replica_of = None;
+            settings.min_epoch = settings.min_epoch.max(above_epoch);
             if quorum.is_some() || sync_acks.is_some() {
                 settings.quorum = quorum;
                 settings.sync_acks = sync_acks;

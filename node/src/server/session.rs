@@ -82,8 +82,9 @@ impl Server {
                 db,
                 quorum,
                 sync_acks,
+                above_epoch,
             } => {
-                let report = self.promote(&db, quorum, sync_acks).await?;
+                let report = self.promote(&db, quorum, sync_acks, above_epoch).await?;
                 Response::Promoted {
                     db,
                     epoch: report.epoch,

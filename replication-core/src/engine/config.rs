@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::quorum::{Quorum, QuorumPolicy, Tags};
-use crate::types::NodeId;
+use crate::types::{Epoch, NodeId};
 
 /// Whether a node writes its own transactions or copies a source's.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -88,6 +88,11 @@ pub struct EngineConfig {
     pub reconnect_max: Duration,
     /// Seed for the reconnection jitter.
     pub seed: u64,
+    /// A primary begins its epoch above this one as well as above every epoch its log has
+    /// seen. A promotion by hand sets it to the highest epoch the other members report, so
+    /// that none of them refuses the new primary as older, nor fences it by subscribing with
+    /// an epoch it never saw.
+    pub min_epoch: Epoch,
 }
 
 impl EngineConfig {
@@ -115,6 +120,7 @@ impl EngineConfig {
             reconnect_min: Duration::from_millis(50),
             reconnect_max: Duration::from_secs(2),
             seed: 0,
+            min_epoch: Epoch(0),
         }
     }
 }

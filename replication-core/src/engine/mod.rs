@@ -159,7 +159,12 @@ impl Engine {
         if is_primary {
             // A new epoch on every start: a replica holding transactions this primary streamed
             // but lost in a crash sees they come from an older epoch and may drop them.
-            let epoch = engine.log.epoch().max(last_epoch).next();
+            let epoch = engine
+                .log
+                .epoch()
+                .max(last_epoch)
+                .max(engine.config.min_epoch)
+                .next();
             engine.log.begin_epoch(epoch, &mut engine.commands);
         }
         engine.timers.set(Timer::Heartbeat, now);
