@@ -48,6 +48,7 @@ mod error;
 mod event;
 mod external;
 mod local_log;
+mod replicas;
 mod source;
 mod status;
 mod timers;

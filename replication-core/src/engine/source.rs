@@ -5,27 +5,18 @@
 //! is committed. The source owns its channels from replicas, what it remembers of each replica
 //! identity, the quorum policy and, on a primary, the [`WritePath`].
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 
+use super::replicas::Replicas;
 use super::timers::Timer;
 use super::writes::WritePath;
 use super::{AckKind, Command, ConnId, Ctx, ReplicaStatus, Timestamp, WriteError, WriteId};
 use crate::protocol::{DIVERGENCE_WINDOW, Message, PROTOCOL_VERSION, Refusal};
-use crate::quorum::{QuorumPolicy, ReplicaProgress, Tags};
+use crate::quorum::QuorumPolicy;
 use crate::types::{LogPosition, NodeId, ReplicaId, Tx, TxId};
-
-/// Most replica identities remembered; the longest-disconnected is forgotten first.
-const MAX_REPLICA_RECORDS: usize = 1024;
-
-/// Most members of one database's membership; an operator removes members that are gone.
-const MAX_MEMBERS: usize = 256;
-
-/// The tags of a member not heard from since this node started.
-static NO_TAGS: Tags = BTreeMap::new();
 
 /// A replica's subscription, between `Subscribe` and the handshake read.
 #[derive(Debug, Clone)]
@@ -71,18 +62,6 @@ impl Downstream {
     }
 }
 
-/// What a source remembers of a replica identity across its channels.
-#[derive(Debug)]
-struct ReplicaRecord {
-    address: String,
-    tags: Tags,
-    durable: TxId,
-    connected: bool,
-    last_seen: Timestamp,
-    /// When it last held everything this node had; lag is measured from then.
-    caught_up_at: Timestamp,
-}
-
 /// The source side of one database on one node. See the [module docs](self).
 #[derive(Debug)]
 pub(super) struct Source {
@@ -90,12 +69,8 @@ pub(super) struct Source {
     /// The write path: present exactly while this node is a primary.
     writes: Option<WritePath>,
     downstreams: BTreeMap<ConnId, Downstream>,
-    replicas: BTreeMap<ReplicaId, ReplicaRecord>,
-    /// The durable membership: the replicas that count toward the policy. A replica becomes a
-    /// member when its first subscription is accepted, and the membership is saved (a
-    /// `SaveMembers` command queued before anything that counts it) before its
-    /// acknowledgements can commit anything. Only an operator removes one.
-    members: BTreeSet<ReplicaId>,
+    /// Every replica heard from, and the durable membership.
+    replicas: Replicas,
     /// The commit point moved and, with no notification delay, replicas are told once the
     /// current burst of commands has been drained.
     commit_point_dirty: bool,
@@ -113,31 +88,30 @@ impl Source {
             policy,
             writes,
             downstreams: BTreeMap::new(),
-            replicas: BTreeMap::new(),
-            members: members.into_iter().collect(),
+            replicas: Replicas::new(members),
             commit_point_dirty: false,
         }
     }
 
     /// The durable membership.
     pub(super) fn members(&self) -> impl Iterator<Item = &ReplicaId> {
-        self.members.iter()
+        self.replicas.members()
     }
 
     /// Whether `replica` is a member.
     pub(super) fn is_member(&self, replica: &ReplicaId) -> bool {
-        self.members.contains(replica)
+        self.replicas.is_member(replica)
     }
 
     fn save_members(&self, cx: &mut Ctx<'_>) {
-        let members = self.members.iter().cloned().collect();
+        let members = self.replicas.members().cloned().collect();
         cx.out.push_back(Command::SaveMembers(members));
     }
 
     /// An operator retires `replica` for good: it no longer counts toward the policy, which
     /// applies to waiting writes at once. Returns whether it was a member.
     pub(super) fn remove_member(&mut self, cx: &mut Ctx<'_>, replica: &ReplicaId) -> bool {
-        if !self.members.remove(replica) {
+        if !self.replicas.remove_member(replica) {
             return false;
         }
         tracing::warn!(%replica, "replica removed from the membership");
@@ -210,27 +184,7 @@ impl Source {
         if self.writes.is_none() {
             return;
         }
-        // Only members count, and every member counts: one not heard from since this node
-        // started has acknowledged nothing yet, which is what a majority must assume.
-        let progress: Vec<ReplicaProgress<'_>> = self
-            .members
-            .iter()
-            .map(|id| match self.replicas.get(id) {
-                Some(record) => ReplicaProgress {
-                    id: &id.node,
-                    tags: &record.tags,
-                    durable: record.durable,
-                    connected: record.connected,
-                },
-                None => ReplicaProgress {
-                    id: &id.node,
-                    tags: &NO_TAGS,
-                    durable: TxId::ZERO,
-                    connected: false,
-                },
-            })
-            .collect();
-        let satisfied = self.policy.satisfied(&progress);
+        let satisfied = self.policy.satisfied(&self.replicas.progress());
         if cx.log.set_committed(satisfied, cx.out) {
             self.on_commit_advanced(cx);
         }
@@ -313,21 +267,6 @@ impl Source {
         );
     }
 
-    fn forget_old_replicas(&mut self) {
-        while self.replicas.len() > MAX_REPLICA_RECORDS {
-            let oldest = self
-                .replicas
-                .iter()
-                .filter(|(_, r)| !r.connected)
-                .min_by_key(|(_, r)| r.last_seen)
-                .map(|(id, _)| id.clone());
-            match oldest {
-                Some(id) => self.replicas.remove(&id),
-                None => break,
-            };
-        }
-    }
-
     /// A replica's channel closed.
     pub(super) fn on_disconnected(&mut self, cx: &mut Ctx<'_>, conn: ConnId) {
         if let Some(downstream) = self.downstreams.remove(&conn) {
@@ -336,9 +275,7 @@ impl Source {
                     .downstreams
                     .values()
                     .any(|d| d.replica.as_ref() == Some(replica) && d.is_streaming());
-                if let Some(record) = self.replicas.get_mut(replica) {
-                    record.connected = still_connected;
-                }
+                self.replicas.set_connected(replica, still_connected);
             }
             // `First` picks among connected standbys: losing one may let the next take over.
             self.advance_commit(cx);
@@ -428,26 +365,12 @@ impl Source {
             return;
         };
         let replica = ReplicaId::new(peer, replica_database);
-        if !self.members.contains(&replica) && self.members.len() >= MAX_MEMBERS {
-            // Bounded like everything else: an authenticated peer naming ever new databases
-            // must not grow the membership (and what a majority needs) without limit.
-            tracing::warn!(%replica, limit = MAX_MEMBERS, "membership full; refusing a new replica");
+        if !self.replicas.can_join(&replica) {
+            tracing::warn!(%replica, "membership full; refusing a new replica");
             return self.refuse(cx, conn, Refusal::NotAllowed(replica.to_string()));
         }
-        let now = cx.now;
-        let record = self
-            .replicas
-            .entry(replica.clone())
-            .or_insert_with(|| ReplicaRecord {
-                address: String::new(),
-                tags: Tags::new(),
-                durable: TxId::ZERO,
-                connected: false,
-                last_seen: now,
-                caught_up_at: now,
-            });
-        record.address = downstream.address.clone();
-        record.tags = tags;
+        let address = downstream.address.clone();
+        self.replicas.subscribed(&replica, address, tags, cx.now);
         downstream.replica = Some(replica);
         downstream.window = u64::from(window.max(1));
         downstream.read_in_flight = true;
@@ -459,7 +382,6 @@ impl Source {
             .0
             .min(known + DIVERGENCE_WINDOW as u64);
         downstream.phase = DownstreamPhase::Handshake(subscription);
-        self.forget_old_replicas();
         cx.out.push_back(Command::Read {
             conn,
             from: TxId(from),
@@ -488,16 +410,10 @@ impl Source {
         {
             downstream.batches_in_flight.pop_front();
         }
-        if let Some(record) = downstream
-            .replica
-            .as_ref()
-            .and_then(|replica| self.replicas.get_mut(replica))
-        {
-            record.last_seen = cx.now;
-            record.durable = record.durable.max(acked);
-            if acked >= cx.log.last().tx_id {
-                record.caught_up_at = cx.now;
-            }
+        if let Some(replica) = &downstream.replica {
+            let caught_up = acked >= cx.log.last().tx_id;
+            self.replicas
+                .acknowledged(replica, acked, caught_up, cx.now);
         }
         // The acknowledgement opened the window; under an asynchronous policy what it lets
         // through joins the next batch.
@@ -593,10 +509,8 @@ impl Source {
         downstream.committed_sent = committed;
         let replica = downstream.replica.clone();
         if let Some(replica) = replica {
-            if let Some(record) = self.replicas.get_mut(&replica) {
-                record.connected = true;
-            }
-            if self.members.insert(replica.clone()) {
+            self.replicas.set_connected(&replica, true);
+            if self.replicas.join(&replica) {
                 tracing::info!(%replica, "replica joins the membership");
                 // Queued before anything its acknowledgements can commit.
                 self.save_members(cx);
@@ -755,43 +669,6 @@ impl Source {
 
     /// What this node knows of its replicas and members; `last` is its own last transaction.
     pub(super) fn replica_statuses(&self, now: Timestamp, last: TxId) -> Vec<ReplicaStatus> {
-        let unseen_members = self
-            .members
-            .iter()
-            .filter(|id| !self.replicas.contains_key(*id))
-            .map(|id| ReplicaStatus {
-                id: id.clone(),
-                address: String::new(),
-                tags: Tags::new(),
-                acked: TxId::ZERO,
-                lag_txs: last.0,
-                lag: Duration::ZERO,
-                connected: false,
-                member: true,
-            });
-        let mut statuses: Vec<ReplicaStatus> = self
-            .replicas
-            .iter()
-            .map(|(id, record)| {
-                let lag_txs = last.0.saturating_sub(record.durable.0);
-                ReplicaStatus {
-                    id: id.clone(),
-                    address: record.address.clone(),
-                    tags: record.tags.clone(),
-                    acked: record.durable,
-                    lag_txs,
-                    lag: if lag_txs == 0 {
-                        Duration::ZERO
-                    } else {
-                        now.since(record.caught_up_at)
-                    },
-                    connected: record.connected,
-                    member: self.members.contains(id),
-                }
-            })
-            .chain(unseen_members)
-            .collect();
-        statuses.sort_by(|a, b| a.id.cmp(&b.id));
-        statuses
+        self.replicas.statuses(now, last)
     }
 }
