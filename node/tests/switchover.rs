@@ -2,8 +2,9 @@
 //! of `app` under `any 1 (n2,n3)`, n2 and n3 its replicas. Clients keep writing through every
 //! server while n1 hands over to n2: nothing acknowledged is lost, n1 ends a replica of n2 at
 //! n2's epoch, and the window writes were refused is measured (with 16 clients too). A
-//! switchover to a server that is not a replica of the database is refused, and the primary
-//! keeps taking writes.
+//! switchover to a server that is not a replica of the database is refused, and one that
+//! cannot catch up (a write waiting for a lost replica) is aborted: in both, the primary keeps
+//! taking writes.
 
 use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
@@ -444,5 +445,73 @@ fn a_switchover_to_a_server_that_is_not_a_replica_is_refused_and_writes_go_on() 
         assert!(put.status.success(), "the primary takes writes: {put:?}");
     }
     until_status(root, &a1, "app", |s| s["role"] == "primary");
+    drop((n1, n2, n3));
+}
+
+#[test]
+fn a_switchover_that_cannot_catch_up_is_aborted_and_writes_are_taken_again() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let root = root.path();
+    init_certs(root);
+    let [n1, n2, mut n3] = ["n1", "n2", "n3"].map(|name| Server::start(name, free_port(), root));
+    let (a1, a2, a3) = (n1.address(), n2.address(), n3.address());
+    // Only n3 counts: with n3 gone, a write waits on n1, so n1 never has none waiting.
+    until_ok(
+        root,
+        &a1,
+        &["db", "create", "app", "--quorum", "any 1 (n3)"],
+    );
+    for replica in [&a2, &a3] {
+        until_ok(
+            root,
+            replica,
+            &["db", "create", "app", "--replica-of", &format!("{a1}/app")],
+        );
+    }
+    until_status(root, &a1, "app", |s| {
+        s["members"].as_array().map(Vec::len) == Some(2)
+    });
+    let first = cli(
+        root,
+        &a1,
+        &["put", "--db", "app", "k0", "v", "--timeout", "10"],
+    );
+    assert!(first.status.success(), "{first:?}");
+    let _ = n3.child.kill();
+    let _ = n3.child.wait();
+    let waiting = {
+        let (root, a1) = (root.to_path_buf(), a1.clone());
+        std::thread::spawn(move || {
+            cli(
+                &root,
+                &a1,
+                &["put", "--db", "app", "k1", "v", "--timeout", "30"],
+            )
+        })
+    };
+    until_status(root, &a1, "app", |s| s["waiting_writes"] == 1);
+
+    let output = cli(
+        root,
+        &a1,
+        &["db", "switchover", "app", "--to", &a2, "--timeout", "1"],
+    );
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("step 2"), "{stderr}");
+    assert!(stderr.contains("writes restored"), "{stderr}");
+    until_status(root, &a2, "app", |s| s["role"] == "replica");
+    until_status(root, &a1, "app", |s| s["role"] == "primary");
+    // n1 takes writes again: with its policy relaxed, the waiting one and a new one commit.
+    let relaxed = cli(root, &a1, &["db", "update", "app", "--quorum", "async"]);
+    assert!(relaxed.status.success(), "{relaxed:?}");
+    let waited = waiting.join().expect("writer");
+    assert!(waited.status.success(), "{waited:?}");
+    let put = cli(
+        root,
+        &a1,
+        &["put", "--db", "app", "k2", "v", "--timeout", "5"],
+    );
+    assert!(put.status.success(), "a write after the abort: {put:?}");
     drop((n1, n2, n3));
 }
