@@ -5,7 +5,7 @@
 //! only parses flags, renders answers and runs it. [`kv`] is the state machine, [`server`]
 //! the multi-database server, [`wire`] and [`client`] the client protocol, [`routing`] how a
 //! client finds the primary among several servers, [`promotion`] the checks before a
-//! replica is promoted, [`metrics`] its Prometheus rendering, [`replicator`] the external
+//! replica is promoted, [`switchover`] a planned hand-over to a replica, [`metrics`] its Prometheus rendering, [`replicator`] the external
 //! replicator and [`plan`] the reasoning of `failover plan`.
 //!
 //! ```
@@ -26,4 +26,5 @@ pub mod promotion;
 pub mod replicator;
 pub mod routing;
 pub mod server;
+pub mod switchover;
 pub mod wire;

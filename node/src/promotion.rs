@@ -83,9 +83,9 @@ pub enum Refusal {
     /// A primary that is not fenced answered: it is alive.
     #[error(
         "the primary of {db} at {peer} is alive (epoch {epoch}, not fenced): a promotion now \
-         would make a second primary; switch over instead (stop writes to it, let {server} \
-         catch up, promote it, then repoint the old primary with `repnode db update {db} \
-         --replica-of {server}/{db}`), or give --force"
+         would make a second primary; switch over instead (`repnode db switchover {db} --to \
+         {server} --server {peer}`: it stops writes to it, lets {server} catch up, promotes \
+         it, then repoints the old primary), or give --force"
     )]
     PrimaryAlive {
         /// The database.
@@ -144,6 +144,33 @@ pub fn check(server: &str, candidate: &StatusReport, peers: &[Peer]) -> Result<(
         });
     }
     Ok(())
+}
+
+/// The checks of a planned switchover to `candidate` (at `server`) from `primary`, whose
+/// writes are stopped: [`check`]'s, except that this primary is alive and the candidate
+/// streams from it, which is the point of a switchover: frozen, it takes no write, so a
+/// promotion makes no second writer. Every other server in `peers` is checked as
+/// [`check`] does (another live primary refuses), and none, the frozen primary included,
+/// may hold more than the candidate.
+///
+/// # Errors
+/// The first [`Refusal`] that applies.
+pub fn check_switchover(
+    server: &str,
+    candidate: &StatusReport,
+    primary: &Peer,
+    peers: &[Peer],
+) -> Result<(), Refusal> {
+    check_role(server, candidate)?;
+    let mut streaming = candidate.clone();
+    // Streaming from the frozen primary is expected: only that check is left out.
+    streaming.upstream = None;
+    let mut frozen = primary.clone();
+    // Its writes are stopped: as a peer it is compared by what it holds, not by its role.
+    frozen.status.role = "primary (frozen for a switchover)".into();
+    let mut all = vec![frozen];
+    all.extend(peers.iter().cloned());
+    check(server, &streaming, &all)
 }
 
 /// The one check `--force` does not skip: only a replica with a source can be promoted.
@@ -446,6 +473,35 @@ mod tests {
             matches!(refusal, Refusal::Behind { peer_epoch: 3, .. }),
             "{refusal}"
         );
+    }
+
+    #[test]
+    fn a_switchover_skips_only_the_frozen_primary_being_alive() {
+        let mut candidate = status("replica", 10, None);
+        candidate.upstream = Some("streaming".into());
+        let primary = peer("a1", status("primary", 10, None));
+        assert_eq!(check_switchover("a2", &candidate, &primary, &[]), Ok(()));
+        // The frozen primary holds more: the candidate has not caught up.
+        let ahead = peer("a1", status("primary", 11, None));
+        assert!(matches!(
+            check_switchover("a2", &candidate, &ahead, &[]),
+            Err(Refusal::Behind { ref peer, .. }) if peer == "a1"
+        ));
+        // Another live primary still refuses, and so does a more advanced replica.
+        let other = [peer("a9", status("primary", 10, None))];
+        assert!(matches!(
+            check_switchover("a2", &candidate, &primary, &other),
+            Err(Refusal::PrimaryAlive { ref peer, .. }) if peer == "a9"
+        ));
+        let more = [peer("a3", status("replica", 12, None))];
+        assert!(matches!(
+            check_switchover("a2", &candidate, &primary, &more),
+            Err(Refusal::Behind { .. })
+        ));
+        assert!(matches!(
+            check_switchover("a1", &status("primary", 10, None), &primary, &[]),
+            Err(Refusal::NotAReplica { .. })
+        ));
     }
 
     #[test]

@@ -120,6 +120,23 @@ pub enum Request {
         /// The highest epoch the other members reported: the new primary begins above it.
         above_epoch: Option<u64>,
     },
+    /// Begins a planned switchover of a primary database to `to`, one of its replicas: new
+    /// writes are refused ([`ErrorKind::NotPrimary`], naming `to`) while those already taken
+    /// commit. Refused ([`ErrorKind::Refused`]) on a replica. Undone by [`SwitchoverAbort`]
+    /// or by the database's restart (its repointing as a replica of `to`).
+    ///
+    /// [`SwitchoverAbort`]: Request::SwitchoverAbort
+    SwitchoverBegin {
+        /// The database.
+        db: String,
+        /// The new primary, `HOST:PORT`.
+        to: String,
+    },
+    /// Undoes a [`SwitchoverBegin`](Request::SwitchoverBegin): writes are taken again.
+    SwitchoverAbort {
+        /// The database.
+        db: String,
+    },
     /// Lists a database's durable membership (the replicas its quorum policy counts), after
     /// retiring `remove` (`node/database`) from it if given.
     Members {

@@ -4,6 +4,7 @@
 //!   config file), then the server.
 //! - `output`: client commands: a request, its answer as text or `--json`, the exit code.
 //! - `promote`: `db promote`, a replica made primary by hand after its checks.
+//! - `switchover`: `db switchover`, a planned hand-over from a live primary to a replica.
 //! - `log`: offline tools over a stopped server's data directory.
 //! - `demo` and `bench`: the narrated local cluster and the load generator.
 
@@ -14,6 +15,7 @@ mod output;
 mod plan;
 mod promote;
 mod serve;
+mod switchover;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -278,6 +280,17 @@ enum DbCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Hands NAME over from its live primary, the first `--server`, to its replica at `--to`
+    /// (upgrades, maintenance): new writes are refused naming the target, which catches up;
+    /// it is promoted above the primary's epoch with its policy, and the old primary
+    /// repointed as its replica. A failure before the promotion restores writes on the
+    /// primary. `--timeout` bounds the catch-up (default 10 s).
+    Switchover {
+        name: String,
+        /// The replica to hand over to, HOST:PORT.
+        #[arg(long, value_name = "HOST:PORT")]
+        to: String,
+    },
     /// Lists the durable membership: the replicas the quorum policy counts, connected or not
     /// (`majority` is a majority of them). A replica joins when it first subscribes.
     Members {
@@ -379,6 +392,10 @@ async fn run(command: Command) -> Result<ExitCode> {
                 },
             client,
         } => promote::run(&client, &name, (quorum, sync_acks), force).await,
+        Command::Db {
+            command: DbCommand::Switchover { name, to },
+            client,
+        } => switchover::run(&client, &name, &to).await,
         Command::Db { command, client } => {
             // A change goes to the first server only: another would change the wrong one.
             let target = match &command {
@@ -399,7 +416,9 @@ async fn run(command: Command) -> Result<ExitCode> {
                 DbCommand::Unload { name } => Request::UnloadDb { name },
                 DbCommand::Delete { name } => Request::DeleteDb { name },
                 DbCommand::Members { name, remove } => Request::Members { db: name, remove },
-                DbCommand::Promote { .. } => unreachable!("matched above"),
+                DbCommand::Promote { .. } | DbCommand::Switchover { .. } => {
+                    unreachable!("matched above")
+                }
             };
             run_client_to(&client, request, false, target).await
         }

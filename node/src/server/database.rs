@@ -27,6 +27,68 @@ pub(crate) struct Database {
     pub(crate) store: KvStore,
     /// Its commit latency, for the metrics endpoint.
     pub(crate) commit_latency: Arc<Histogram>,
+    /// Whether new writes are taken, and how many are in flight: a switchover closes it.
+    /// A restart builds a new one, open: a promoted or repointed database has no switchover.
+    pub(crate) gate: Arc<WriteGate>,
+}
+
+/// The door new writes pass on their way to the engine. A switchover closes it, naming the
+/// new primary; the writes that passed before are counted until they are answered, so that
+/// "no write waiting" covers those not yet appended too (the engine counts only the others).
+#[derive(Debug, Default)]
+pub(crate) struct WriteGate {
+    state: std::sync::Mutex<GateState>,
+}
+
+#[derive(Debug, Default)]
+struct GateState {
+    /// The server writes go to instead (`HOST:PORT`), while a switchover to it runs.
+    switching_to: Option<String>,
+    /// Writes past the gate and not yet answered.
+    in_flight: usize,
+}
+
+/// A write past the [`WriteGate`]: counted until dropped.
+pub(crate) struct GatePass(Arc<WriteGate>);
+
+impl Drop for GatePass {
+    fn drop(&mut self) {
+        self.0.lock().in_flight -= 1;
+    }
+}
+
+impl WriteGate {
+    fn lock(&self) -> std::sync::MutexGuard<'_, GateState> {
+        // A panic elsewhere while holding it leaves plain counters: still usable.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Lets a write through, or names where writes go now.
+    pub(crate) fn enter(self: &Arc<WriteGate>) -> Result<GatePass, String> {
+        let mut state = self.lock();
+        if let Some(to) = &state.switching_to {
+            return Err(to.clone());
+        }
+        state.in_flight += 1;
+        Ok(GatePass(self.clone()))
+    }
+
+    /// Closes the gate to new writes, naming `to`.
+    pub(crate) fn close(&self, to: String) {
+        self.lock().switching_to = Some(to);
+    }
+
+    /// Opens it again; returns where writes were sent while it was closed.
+    pub(crate) fn open(&self) -> Option<String> {
+        self.lock().switching_to.take()
+    }
+
+    /// Writes past the gate and not yet answered.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.lock().in_flight
+    }
 }
 
 /// A setting that does not parse.
@@ -167,5 +229,6 @@ pub(crate) async fn open(
         node,
         store,
         commit_latency: Arc::default(),
+        gate: Arc::default(),
     })
 }

@@ -54,6 +54,21 @@ pub enum ServerError {
         /// of a replica of a replica is a replica, which names its own source in turn).
         via: Option<String>,
     },
+    /// A write refused because a switchover is under way: the new primary takes it (once
+    /// promoted; until then it refuses too, and the client retries).
+    #[error("database {db:?} is switching over to {to}: write there")]
+    SwitchingOver {
+        /// The database.
+        db: String,
+        /// The new primary (`HOST:PORT`).
+        to: String,
+    },
+    /// A switchover of a database that is not a primary here.
+    #[error("database {0:?} is not a primary here: nothing to switch over")]
+    NotPrimaryHere(String),
+    /// A switchover target that is not `HOST:PORT`.
+    #[error("switchover target {0:?}: expected HOST:PORT")]
+    BadTarget(String),
     /// A promotion of a database that is not a replica with a source of its own.
     #[error(
         "database {0:?} is not a replica with a source (a primary, or fed by an external replicator): nothing to promote"
@@ -106,13 +121,14 @@ impl ServerError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             ServerError::UnknownDatabase(_) => ErrorKind::UnknownDatabase,
-            ServerError::BadName(_) | ServerError::BadSettings(_) | ServerError::BadMember(_) => {
-                ErrorKind::BadSetting
-            }
-            ServerError::Write(WriteError::NotPrimary { .. }) | ServerError::NotPrimary { .. } => {
-                ErrorKind::NotPrimary
-            }
-            ServerError::NotAReplica(_) => ErrorKind::Refused,
+            ServerError::BadName(_)
+            | ServerError::BadSettings(_)
+            | ServerError::BadMember(_)
+            | ServerError::BadTarget(_) => ErrorKind::BadSetting,
+            ServerError::Write(WriteError::NotPrimary { .. })
+            | ServerError::NotPrimary { .. }
+            | ServerError::SwitchingOver { .. } => ErrorKind::NotPrimary,
+            ServerError::NotAReplica(_) | ServerError::NotPrimaryHere(_) => ErrorKind::Refused,
             // Appended (or possibly appended) but not known to be committed.
             ServerError::Write(
                 WriteError::Timeout { .. }
@@ -133,6 +149,7 @@ impl ServerError {
         let address = match self {
             ServerError::Write(WriteError::NotPrimary { source_address }) => Some(source_address),
             ServerError::NotPrimary { via } => via.as_ref(),
+            ServerError::SwitchingOver { to, .. } => Some(to),
             ServerError::InDatabase { error, .. } => return error.primary(),
             _ => None,
         }?;

@@ -39,9 +39,16 @@ impl Server {
     /// [`ServerError::Write`], whose [`kind`](ServerError::kind) says whether the outcome is
     /// unknown, or an unknown database.
     pub async fn write(&self, db: &str, ops: Vec<KvOp>) -> Result<WriteReceipt, ServerError> {
-        let (node, latency) = self
-            .with_database(db, |d| (d.node.clone(), d.commit_latency.clone()))
+        let (node, latency, gate) = self
+            .with_database(db, |d| {
+                (d.node.clone(), d.commit_latency.clone(), d.gate.clone())
+            })
             .await?;
+        // Counted from here until answered: a switchover waits for this write too.
+        let _pass = gate.enter().map_err(|to| ServerError::SwitchingOver {
+            db: db.to_string(),
+            to,
+        })?;
         let started = Instant::now();
         let receipt = node
             .write(KvTx { ops }.encode())
@@ -95,10 +102,12 @@ impl Server {
     /// # Errors
     /// [`ServerError::Status`] when its engine stopped.
     pub async fn status(&self, db: &str) -> Result<StatusReport, ServerError> {
-        let (node, settings) = self
-            .with_database(db, |d| (d.node.clone(), d.settings.clone()))
+        let (node, settings, gate) = self
+            .with_database(db, |d| (d.node.clone(), d.settings.clone(), d.gate.clone()))
             .await?;
         let status = node.status().await.map_err(ServerError::Status)?;
+        // Writes past the gate but not yet appended wait too: a switchover must see them.
+        let waiting_writes = status.waiting_writes.max(gate.in_flight());
         // The settings' text form, not the engine's Debug one: a client parses it back. The
         // settings hold every policy change (`update` stores them), so it is the one in force.
         let policy = match status.role {
@@ -107,8 +116,47 @@ impl Server {
         };
         Ok(StatusReport {
             policy,
+            waiting_writes,
             ..status_report(db, status)
         })
+    }
+
+    /// Begins a switchover of the primary `db` to `to` (`HOST:PORT`, one of its replicas): new
+    /// writes are refused from now on as [`ServerError::SwitchingOver`], naming `to`, so that
+    /// clients go there; writes already taken are left to commit. Undone by
+    /// [`switchover_abort`](Server::switchover_abort), and by any restart of the database
+    /// (its promotion elsewhere is followed by its repointing, which restarts it).
+    ///
+    /// # Errors
+    /// [`ServerError::NotPrimaryHere`] on a replica, [`ServerError::BadTarget`] for a `to`
+    /// that is not `HOST:PORT`; an unknown database.
+    pub async fn switchover_begin(&self, db: &str, to: &str) -> Result<(), ServerError> {
+        if !to.contains(':') || to.contains(char::is_whitespace) || to.contains('/') {
+            return Err(ServerError::BadTarget(to.to_string()));
+        }
+        let (settings, gate) = self
+            .with_database(db, |d| (d.settings.clone(), d.gate.clone()))
+            .await?;
+        if settings.replica_of.is_some() || settings.external_replicator {
+            return Err(ServerError::NotPrimaryHere(db.to_string()));
+        }
+        gate.close(to.to_string());
+        tracing::warn!(database = db, to, "switchover begun: new writes refused");
+        Ok(())
+    }
+
+    /// Undoes [`switchover_begin`](Server::switchover_begin): writes are taken again. Returns
+    /// the target the switchover had, if one was under way.
+    ///
+    /// # Errors
+    /// An unknown database.
+    pub async fn switchover_abort(&self, db: &str) -> Result<Option<String>, ServerError> {
+        let gate = self.with_database(db, |d| d.gate.clone()).await?;
+        let was = gate.open();
+        if let Some(to) = &was {
+            tracing::warn!(database = db, to, "switchover aborted: writes taken again");
+        }
+        Ok(was)
     }
 
     /// The durable membership of `db`, after retiring `remove` from it: an operator's action

@@ -92,6 +92,14 @@ impl Server {
                     precommitted: report.precommitted,
                 }
             }
+            Request::SwitchoverBegin { db, to } => {
+                self.switchover_begin(&db, &to).await?;
+                Response::Ok
+            }
+            Request::SwitchoverAbort { db } => {
+                self.switchover_abort(&db).await?;
+                Response::Ok
+            }
             Request::Members { db, remove } => {
                 let (members, removed) = self.members(&db, remove.as_deref()).await?;
                 Response::Members {

@@ -186,3 +186,63 @@ fn a_not_primary_refusal_names_the_primary_for_clients_to_follow() {
         ErrorKind::Refused
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_switchover_refuses_new_writes_naming_the_target_until_aborted() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let server = server(root.path()).await;
+    server
+        .create("app", DbSettings::default())
+        .await
+        .expect("create app");
+    server.write("app", set("before")).await.expect("write");
+    assert!(matches!(
+        server.switchover_begin("app", "not an address").await,
+        Err(ServerError::BadTarget(_))
+    ));
+    server
+        .switchover_begin("app", "127.0.0.1:9")
+        .await
+        .expect("begin");
+    let refused = server
+        .write("app", set("during"))
+        .await
+        .expect_err("refused");
+    assert_eq!(refused.kind(), ErrorKind::NotPrimary);
+    assert_eq!(refused.primary().as_deref(), Some("127.0.0.1:9"));
+    let Response::Error { primary, .. } = Response::from(refused) else {
+        panic!("an error response");
+    };
+    assert_eq!(primary.as_deref(), Some("127.0.0.1:9"), "clients follow it");
+    assert_eq!(
+        server.status("app").await.expect("status").waiting_writes,
+        0
+    );
+    assert_eq!(
+        server
+            .switchover_abort("app")
+            .await
+            .expect("abort")
+            .as_deref(),
+        Some("127.0.0.1:9")
+    );
+    server
+        .write("app", set("after"))
+        .await
+        .expect("writes restored");
+    assert_eq!(server.switchover_abort("app").await.expect("abort"), None);
+
+    // Only a primary switches over.
+    let replica = DbSettings {
+        replica_of: Some("127.0.0.1:9/app".into()),
+        ..DbSettings::default()
+    };
+    server.create("copy", replica).await.expect("create copy");
+    let refused = server
+        .switchover_begin("copy", "127.0.0.1:9")
+        .await
+        .expect_err("a replica");
+    assert!(matches!(refused, ServerError::NotPrimaryHere(_)));
+    assert_eq!(refused.kind(), ErrorKind::Refused);
+    server.shutdown().await;
+}
