@@ -1047,3 +1047,52 @@ fn a_promoted_primary_begins_above_the_epochs_other_members_saw() {
     let mut engine = Engine::new(config, Arc::new(Quorum::Async), state, Epoch(1), vec![], T0);
     assert_eq!(drain(&mut engine), vec![Command::SaveEpoch(Epoch(3))]);
 }
+
+#[test]
+fn a_replica_that_committed_beyond_the_primary_is_told_its_committed_history_differs() {
+    // An old primary rejoining after a forced promotion committed transaction 3, which the new
+    // primary never had: it must stop and name the difference, not wait for the source to
+    // catch up as a lagging relay would make it.
+    let mut engine = primary(Quorum::Async);
+    connect_downstream(&mut engine, REPLICA, "old");
+    let theirs = chain(Epoch(1), &["a", "b", "c"], LogPosition::START);
+    let mut message = subscribe(theirs[2].position(), Epoch(1));
+    if let Message::Subscribe { known_common, .. } = &mut message {
+        *known_common = theirs[2].position();
+    }
+    engine.handle(
+        T0,
+        Event::Received {
+            conn: REPLICA,
+            message,
+        },
+    );
+    assert_eq!(
+        drain(&mut engine),
+        vec![Command::Read {
+            conn: REPLICA,
+            from: TxId(3),
+            max_count: 1,
+            max_bytes: usize::MAX,
+        }]
+    );
+    engine.handle(
+        T0,
+        Event::ReadDone {
+            conn: REPLICA,
+            txs: vec![],
+        },
+    );
+    let refusal = Refusal::CommittedDivergence {
+        tx_id: TxId(3),
+        replica_hash: theirs[2].hash,
+        source_hash: None,
+    };
+    assert_eq!(
+        drain(&mut engine),
+        vec![
+            send(REPLICA, Message::Refused(refusal)),
+            Command::Close { conn: REPLICA }
+        ]
+    );
+}

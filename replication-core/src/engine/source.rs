@@ -479,6 +479,18 @@ impl Source {
                     };
                     return self.refuse(cx, conn, refusal);
                 }
+                // A primary holds everything any replica of its history committed: a replica
+                // that committed beyond it followed another history (an old primary
+                // rejoining after a forced promotion, say), and an operator must decide.
+                _ if self.writes.is_some() => {
+                    let refusal = Refusal::CommittedDivergence {
+                        tx_id: known.tx_id,
+                        replica_hash: known.hash,
+                        source_hash: None,
+                    };
+                    return self.refuse(cx, conn, refusal);
+                }
+                // A relay may simply lag: the replica retries.
                 _ => {
                     return self.refuse(cx, conn, Refusal::SourceBehind { source_last: limit });
                 }
