@@ -19,6 +19,17 @@ fn the_demo_runs_and_loses_nothing() {
         stdout.contains("Nothing was lost: all four nodes hold the same 5 keys at tx 6."),
         "{stdout}"
     );
+    // The failover act: n1 lost, n2 promoted in epoch 2, every node on n2's history.
+    assert!(
+        stdout.contains("bananas=21 written to n2: tx 7 (Quorum), epoch 2"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(
+            "After the failover nothing was lost: all four nodes hold the same 6 keys at tx 7."
+        ),
+        "{stdout}"
+    );
 }
 
 #[test]
