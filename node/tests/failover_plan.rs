@@ -3,95 +3,16 @@
 //! then one replica falls behind, the primary is killed with SIGKILL, and the plan recommends
 //! the replica that holds every acknowledged write, or nothing when too few answer.
 
-use std::net::UdpSocket;
+mod common;
+
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::Duration;
 
-struct Server {
-    child: Child,
-    port: u16,
-}
+use common::*;
 
-impl Server {
-    fn start(name: &str, port: u16, root: &Path) -> Server {
-        let child = Command::new(env!("CARGO_BIN_EXE_repnode"))
-            .args([
-                "serve",
-                "--name",
-                name,
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--threads",
-                "1",
-            ])
-            .arg("--dir")
-            .arg(root.join(name))
-            .arg("--tls-dir")
-            .arg(root.join("certs"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start repnode serve");
-        Server { child, port }
-    }
-
-    fn address(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    fn kill_9(&mut self) {
-        self.child.kill().expect("SIGKILL");
-        self.child.wait().expect("reap");
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
-fn cli(root: &Path, server: &str, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_repnode"))
-        .args(args)
-        .args(["--server", server, "--json"])
-        .arg("--tls-dir")
-        .arg(root.join("certs"))
-        .output()
-        .expect("run repnode")
-}
-
-fn json(output: &Output) -> serde_json::Value {
-    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
-        panic!(
-            "{e}: stdout {:?} stderr {:?}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        )
-    })
-}
-
-/// Retries a CLI call until it succeeds (a server that is still starting).
-fn until_ok(root: &Path, server: &str, args: &[&str]) -> Output {
-    for _ in 0..100 {
-        let output = cli(root, server, args);
-        if output.status.success() {
-            return output;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("repnode {args:?} kept failing");
-}
+/// Each server runs one runtime worker: three share two cores.
+const THREADS: &[&str] = &["--threads", "1"];
 
 /// Polls a database's status until its durable position is `tx`.
 fn until_durable(root: &Path, server: &str, tx: u64) {
@@ -147,9 +68,9 @@ fn failover_plan_before_and_after_the_primary_is_killed() {
         .output()
         .expect("certs");
     assert!(certs.status.success(), "{certs:?}");
-    let mut n1 = Server::start("n1", free_port(), root);
-    let n2 = Server::start("n2", free_port(), root);
-    let mut n3 = Server::start("n3", free_port(), root);
+    let mut n1 = Server::start_with("n1", free_port(), root, THREADS);
+    let n2 = Server::start_with("n2", free_port(), root, THREADS);
+    let mut n3 = Server::start_with("n3", free_port(), root, THREADS);
     let (a1, a2, a3) = (n1.address(), n2.address(), n3.address());
     until_ok(root, &a1, &["db", "create", "app", "--quorum", "acks 1"]);
     for replica in [&a2, &a3] {
@@ -193,7 +114,7 @@ fn failover_plan_before_and_after_the_primary_is_killed() {
     let last = put(root, &a1, "k4");
     until_durable(root, &a2, last);
     n1.kill_9();
-    let n3 = Server::start("n3", n3.port, root);
+    let n3 = Server::start_with("n3", n3.port, root, THREADS);
     until_ok(root, &a3, &["status", "--db", "app"]);
 
     // n1 unreachable, both replicas answer: n − k + 1 = 2 answered, n2 is safe, n3 could be

@@ -4,111 +4,12 @@
 //! a blocked primary, and a manual failover (promotion, its refusals, repointing, clients
 //! given every member).
 
-use std::net::UdpSocket;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+mod common;
+
+use std::process::Command;
 use std::time::Duration;
 
-struct Server {
-    child: Child,
-    port: u16,
-}
-
-impl Server {
-    fn start(name: &str, port: u16, root: &Path) -> Server {
-        Server::start_with(name, port, root, &[])
-    }
-
-    fn start_with(name: &str, port: u16, root: &Path, extra: &[&str]) -> Server {
-        let dir: PathBuf = root.join(name);
-        let child = Command::new(env!("CARGO_BIN_EXE_repnode"))
-            .args([
-                "serve",
-                "--name",
-                name,
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-            ])
-            .arg("--dir")
-            .arg(&dir)
-            .arg("--tls-dir")
-            .arg(root.join("certs"))
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start repnode serve");
-        Server { child, port }
-    }
-
-    fn address(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    fn kill_9(&mut self) {
-        self.child.kill().expect("SIGKILL");
-        self.child.wait().expect("reap");
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
-fn cli(root: &Path, server: &str, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_repnode"))
-        .args(args)
-        .args(["--server", server, "--json"])
-        .arg("--tls-dir")
-        .arg(root.join("certs"))
-        .output()
-        .expect("run repnode")
-}
-
-fn json(output: &Output) -> serde_json::Value {
-    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
-        panic!(
-            "{e}: stdout {:?} stderr {:?}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        )
-    })
-}
-
-/// Polls a database's status until `ready` holds, with a deadline.
-fn until_status(root: &Path, server: &str, db: &str, ready: impl Fn(&serde_json::Value) -> bool) {
-    for _ in 0..200 {
-        let output = cli(root, server, &["status", "--db", db]);
-        if output.status.success() && ready(&json(&output)) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("the status of {db} at {server} never became ready");
-}
-
-/// Retries a CLI call until it succeeds (a server that is still starting).
-fn until_ok(root: &Path, server: &str, args: &[&str]) -> Output {
-    for _ in 0..100 {
-        let output = cli(root, server, args);
-        if output.status.success() {
-            return output;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("repnode {args:?} kept failing");
-}
+use common::*;
 
 #[test]
 fn a_synchronous_cluster_of_real_servers() {
@@ -247,15 +148,6 @@ fn a_synchronous_cluster_of_real_servers() {
     assert!(root.join("n1/databases/app/settings.toml").exists());
 }
 
-fn init_certs(root: &Path, dir: &str, nodes: &str) {
-    let output = Command::new(env!("CARGO_BIN_EXE_repnode"))
-        .args(["certs", "init", "--nodes", nodes, "--dir"])
-        .arg(root.join(dir))
-        .output()
-        .expect("certs");
-    assert!(output.status.success(), "{output:?}");
-}
-
 #[test]
 fn late_joiner_foreign_certificate_and_primary_kill_9_mid_load() {
     let root = tempfile::tempdir().expect("tempdir");
@@ -368,63 +260,6 @@ fn late_joiner_foreign_certificate_and_primary_kill_9_mid_load() {
 }
 
 /// `cli` with a comma-separated server list, and nothing else added.
-fn cli_to(root: &Path, servers: &[&str], args: &[&str]) -> Output {
-    cli(root, &servers.join(","), args)
-}
-
-/// Three servers: n1 the primary of `app` under `any 1 (n2,n3)`, n2 and n3 its replicas, with
-/// both members before anything is written.
-fn three_node_cluster(root: &Path) -> [Server; 3] {
-    init_certs(root, "certs", "n1,n2,n3");
-    let servers = ["n1", "n2", "n3"].map(|name| Server::start(name, free_port(), root));
-    let a1 = servers[0].address();
-    until_ok(
-        root,
-        &a1,
-        &["db", "create", "app", "--quorum", "any 1 (n2,n3)"],
-    );
-    for replica in &servers[1..] {
-        until_ok(
-            root,
-            &replica.address(),
-            &["db", "create", "app", "--replica-of", &format!("{a1}/app")],
-        );
-    }
-    until_status(root, &a1, "app", |s| {
-        s["members"].as_array().map(Vec::len) == Some(2)
-    });
-    servers
-}
-
-/// Writes `key` = `key`-value through `servers`; returns its transaction.
-fn put_through(root: &Path, servers: &[&str], key: &str) -> u64 {
-    let value = format!("{key}-value");
-    let output = cli_to(
-        root,
-        servers,
-        &["put", "--db", "app", key, &value, "--timeout", "10"],
-    );
-    assert!(output.status.success(), "{output:?}");
-    json(&output)["tx_id"].as_u64().expect("tx_id")
-}
-
-/// Every key in `written` reads back at `server` once `last` is applied there.
-fn assert_all_readable(root: &Path, server: &str, written: &[(String, u64)]) {
-    let last = written.iter().map(|(_, tx)| *tx).max().unwrap_or(0);
-    for (key, _) in written {
-        let read = json(&until_ok(
-            root,
-            server,
-            &["get", "--db", "app", key, "--min-tx", &last.to_string()],
-        ));
-        assert_eq!(
-            read["value"],
-            format!("{key}-value"),
-            "acknowledged write {key} is readable at {server}"
-        );
-    }
-}
-
 #[test]
 fn a_replica_is_promoted_after_kill_9_of_the_primary_and_the_old_primary_rejoins() {
     let root = tempfile::tempdir().expect("tempdir");

@@ -6,10 +6,10 @@
 //! cannot catch up (a write waiting for a lost replica) is aborted: in both, the primary keeps
 //! taking writes.
 
-use std::net::UdpSocket;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+mod common;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,145 +18,7 @@ use node::kv::KvOp;
 use node::wire::{Request, Response};
 use transport_quic::TlsIdentity;
 
-struct Server {
-    child: Child,
-    port: u16,
-}
-
-impl Server {
-    fn start(name: &str, port: u16, root: &Path) -> Server {
-        let dir: PathBuf = root.join(name);
-        let child = Command::new(env!("CARGO_BIN_EXE_repnode"))
-            .args([
-                "serve",
-                "--name",
-                name,
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-            ])
-            .arg("--dir")
-            .arg(&dir)
-            .arg("--tls-dir")
-            .arg(root.join("certs"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start repnode serve");
-        Server { child, port }
-    }
-
-    fn address(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
-fn cli(root: &Path, server: &str, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_repnode"))
-        .args(args)
-        .args(["--server", server, "--json"])
-        .arg("--tls-dir")
-        .arg(root.join("certs"))
-        .output()
-        .expect("run repnode")
-}
-
-fn json(output: &Output) -> serde_json::Value {
-    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
-        panic!(
-            "{e}: stdout {:?} stderr {:?}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        )
-    })
-}
-
-/// Polls a database's status until `ready` holds, with a deadline.
-fn until_status(root: &Path, server: &str, db: &str, ready: impl Fn(&serde_json::Value) -> bool) {
-    for _ in 0..200 {
-        let output = cli(root, server, &["status", "--db", db]);
-        if output.status.success() && ready(&json(&output)) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("the status of {db} at {server} never became ready");
-}
-
-/// Retries a CLI call until it succeeds (a server that is still starting).
-fn until_ok(root: &Path, server: &str, args: &[&str]) -> Output {
-    for _ in 0..100 {
-        let output = cli(root, server, args);
-        if output.status.success() {
-            return output;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("repnode {args:?} kept failing");
-}
-
-fn init_certs(root: &Path) {
-    let output = Command::new(env!("CARGO_BIN_EXE_repnode"))
-        .args(["certs", "init", "--nodes", "n1,n2,n3", "--dir"])
-        .arg(root.join("certs"))
-        .output()
-        .expect("certs");
-    assert!(output.status.success(), "{output:?}");
-}
-
-/// n1 the primary of `app` under `any 1 (n2,n3)`, n2 and n3 its replicas, both members.
-fn three_node_cluster(root: &Path) -> [Server; 3] {
-    init_certs(root);
-    let servers = ["n1", "n2", "n3"].map(|name| Server::start(name, free_port(), root));
-    let a1 = servers[0].address();
-    until_ok(
-        root,
-        &a1,
-        &["db", "create", "app", "--quorum", "any 1 (n2,n3)"],
-    );
-    for replica in &servers[1..] {
-        until_ok(
-            root,
-            &replica.address(),
-            &["db", "create", "app", "--replica-of", &format!("{a1}/app")],
-        );
-    }
-    until_status(root, &a1, "app", |s| {
-        s["members"].as_array().map(Vec::len) == Some(2)
-    });
-    servers
-}
-
-/// Every key in `written` reads back (as `key-value`) at `server` once the last is applied.
-fn assert_all_readable(root: &Path, server: &str, written: &[(String, u64)]) {
-    let last = written.iter().map(|(_, tx)| *tx).max().unwrap_or(0);
-    for (key, _) in written {
-        let read = json(&until_ok(
-            root,
-            server,
-            &["get", "--db", "app", key, "--min-tx", &last.to_string()],
-        ));
-        assert_eq!(
-            read["value"],
-            format!("{key}-value"),
-            "acknowledged write {key} is readable at {server}"
-        );
-    }
-}
+use common::*;
 
 /// Switches `app` over from `from` to `to`; returns the command's JSON answer.
 fn switch_over(root: &Path, from: &str, to: &str) -> serde_json::Value {
@@ -282,11 +144,21 @@ fn a_live_primary_switches_over_while_a_client_writes_through_every_server() {
 
 /// One client's loop: writes new keys until `stop`, following refusals through `servers`;
 /// returns what was acknowledged, and when.
+/// Waits until the clients have had `at_least` writes acknowledged, with a deadline.
+fn wait_for_acks(acked: &AtomicUsize, at_least: usize) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while acked.load(Ordering::Relaxed) < at_least {
+        assert!(Instant::now() < deadline, "the clients stopped writing");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 async fn client_loop(
     id: usize,
     servers: Vec<String>,
     identity: TlsIdentity,
     stop: Arc<AtomicBool>,
+    acked: Arc<AtomicUsize>,
 ) -> (Vec<(String, u64, Instant)>, usize, usize) {
     let mut acknowledged = Vec::new();
     let (mut not_acknowledged, mut rerouted) = (0, 0);
@@ -327,7 +199,8 @@ async fn client_loop(
         };
         match outcome {
             Some(Response::Written { tx_id, .. }) => {
-                acknowledged.push((key, tx_id, Instant::now()))
+                acknowledged.push((key, tx_id, Instant::now()));
+                acked.fetch_add(1, Ordering::Relaxed);
             }
             _ => {
                 not_acknowledged += 1;
@@ -348,6 +221,7 @@ fn the_unavailability_window_with_16_clients() {
     let identity = TlsIdentity::load(&root.join("certs"), "client").expect("identity");
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(AtomicUsize::new(0));
     let clients: Vec<_> = (0..16)
         .map(|id| {
             runtime.spawn(client_loop(
@@ -355,16 +229,18 @@ fn the_unavailability_window_with_16_clients() {
                 servers.clone(),
                 identity.clone(),
                 stop.clone(),
+                acked.clone(),
             ))
         })
         .collect();
-    std::thread::sleep(Duration::from_secs(2));
+    // Under way before the switchover, and again after it.
+    wait_for_acks(&acked, 200);
     let started = Instant::now();
     let done = switch_over(root, &a1, &a2);
     let switched = Instant::now();
     let epoch = done["epoch"].as_u64().expect("epoch");
     repoint_and_check_roles(root, &a1, &a2, &a3, epoch);
-    std::thread::sleep(Duration::from_secs(2));
+    wait_for_acks(&acked, acked.load(Ordering::Relaxed) + 200);
     stop.store(true, Ordering::Relaxed);
     let (mut written, mut refused, mut rerouted) = (Vec::new(), 0, 0);
     for client in clients {
@@ -414,7 +290,7 @@ fn the_unavailability_window_with_16_clients() {
 fn a_switchover_to_a_server_that_is_not_a_replica_is_refused_and_writes_go_on() {
     let root = tempfile::tempdir().expect("tempdir");
     let root = root.path();
-    init_certs(root);
+    init_certs(root, "certs", "n1,n2,n3");
     let [n1, n2, n3] = ["n1", "n2", "n3"].map(|name| Server::start(name, free_port(), root));
     let (a1, a2, a3) = (n1.address(), n2.address(), n3.address());
     until_ok(root, &a1, &["db", "create", "app"]);
@@ -452,7 +328,7 @@ fn a_switchover_to_a_server_that_is_not_a_replica_is_refused_and_writes_go_on() 
 fn a_switchover_that_cannot_catch_up_is_aborted_and_writes_are_taken_again() {
     let root = tempfile::tempdir().expect("tempdir");
     let root = root.path();
-    init_certs(root);
+    init_certs(root, "certs", "n1,n2,n3");
     let [n1, n2, mut n3] = ["n1", "n2", "n3"].map(|name| Server::start(name, free_port(), root));
     let (a1, a2, a3) = (n1.address(), n2.address(), n3.address());
     // Only n3 counts: with n3 gone, a write waits on n1, so n1 never has none waiting.

@@ -80,8 +80,13 @@ async fn a_database_being_opened_stalls_no_other_and_its_name_is_refused() {
         let server = server.clone();
         async move { server.status("slow").await }
     });
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    assert!(!waiting.is_finished(), "waits while the database opens");
+    let mut waiting = waiting;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(50), &mut waiting)
+            .await
+            .is_err(),
+        "waits while the database opens"
+    );
     drop(opening);
     assert!(matches!(
         soon(waiting).await.expect("joined"),

@@ -1,0 +1,182 @@
+//! Helpers shared by the process tests: real `repnode serve` processes on loopback, the real
+//! CLI, and waits on conditions with a deadline.
+// Each test crate uses its own subset of these.
+#![allow(dead_code)]
+
+use std::net::UdpSocket;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+pub struct Server {
+    pub child: Child,
+    pub port: u16,
+}
+
+impl Server {
+    pub fn start(name: &str, port: u16, root: &Path) -> Server {
+        Server::start_with(name, port, root, &[])
+    }
+
+    pub fn start_with(name: &str, port: u16, root: &Path, extra: &[&str]) -> Server {
+        let dir: PathBuf = root.join(name);
+        let child = Command::new(env!("CARGO_BIN_EXE_repnode"))
+            .args([
+                "serve",
+                "--name",
+                name,
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .arg("--dir")
+            .arg(&dir)
+            .arg("--tls-dir")
+            .arg(root.join("certs"))
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start repnode serve");
+        Server { child, port }
+    }
+
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn kill_9(&mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reap");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+pub fn cli(root: &Path, server: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_repnode"))
+        .args(args)
+        .args(["--server", server, "--json"])
+        .arg("--tls-dir")
+        .arg(root.join("certs"))
+        .output()
+        .expect("run repnode")
+}
+
+pub fn json(output: &Output) -> serde_json::Value {
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{e}: stdout {:?} stderr {:?}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })
+}
+
+/// Polls a database's status until `ready` holds, with a deadline.
+pub fn until_status(
+    root: &Path,
+    server: &str,
+    db: &str,
+    ready: impl Fn(&serde_json::Value) -> bool,
+) {
+    for _ in 0..200 {
+        let output = cli(root, server, &["status", "--db", db]);
+        if output.status.success() && ready(&json(&output)) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("the status of {db} at {server} never became ready");
+}
+
+/// Retries a CLI call until it succeeds (a server that is still starting).
+pub fn until_ok(root: &Path, server: &str, args: &[&str]) -> Output {
+    for _ in 0..100 {
+        let output = cli(root, server, args);
+        if output.status.success() {
+            return output;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("repnode {args:?} kept failing");
+}
+
+/// Writes a development PKI for `nodes` (comma-separated) into `root/dir`.
+pub fn init_certs(root: &Path, dir: &str, nodes: &str) {
+    let output = Command::new(env!("CARGO_BIN_EXE_repnode"))
+        .args(["certs", "init", "--nodes", nodes, "--dir"])
+        .arg(root.join(dir))
+        .output()
+        .expect("certs");
+    assert!(output.status.success(), "{output:?}");
+}
+
+pub fn cli_to(root: &Path, servers: &[&str], args: &[&str]) -> Output {
+    cli(root, &servers.join(","), args)
+}
+
+/// Three servers: n1 the primary of `app` under `any 1 (n2,n3)`, n2 and n3 its replicas, with
+/// both members before anything is written.
+pub fn three_node_cluster(root: &Path) -> [Server; 3] {
+    init_certs(root, "certs", "n1,n2,n3");
+    let servers = ["n1", "n2", "n3"].map(|name| Server::start(name, free_port(), root));
+    let a1 = servers[0].address();
+    until_ok(
+        root,
+        &a1,
+        &["db", "create", "app", "--quorum", "any 1 (n2,n3)"],
+    );
+    for replica in &servers[1..] {
+        until_ok(
+            root,
+            &replica.address(),
+            &["db", "create", "app", "--replica-of", &format!("{a1}/app")],
+        );
+    }
+    until_status(root, &a1, "app", |s| {
+        s["members"].as_array().map(Vec::len) == Some(2)
+    });
+    servers
+}
+
+/// Writes `key` = `key`-value through `servers`; returns its transaction.
+pub fn put_through(root: &Path, servers: &[&str], key: &str) -> u64 {
+    let value = format!("{key}-value");
+    let output = cli_to(
+        root,
+        servers,
+        &["put", "--db", "app", key, &value, "--timeout", "10"],
+    );
+    assert!(output.status.success(), "{output:?}");
+    json(&output)["tx_id"].as_u64().expect("tx_id")
+}
+
+/// Every key in `written` reads back at `server` once `last` is applied there.
+pub fn assert_all_readable(root: &Path, server: &str, written: &[(String, u64)]) {
+    let last = written.iter().map(|(_, tx)| *tx).max().unwrap_or(0);
+    for (key, _) in written {
+        let read = json(&until_ok(
+            root,
+            server,
+            &["get", "--db", "app", key, "--min-tx", &last.to_string()],
+        ));
+        assert_eq!(
+            read["value"],
+            format!("{key}-value"),
+            "acknowledged write {key} is readable at {server}"
+        );
+    }
+}
