@@ -422,8 +422,9 @@ pub fn plan(db: &str, listed: &[Listed], quorum: Option<&Quorum>) -> Plan {
     // point, then the order given.
     let mut ranked = replicas.clone();
     ranked.sort_by(|a, b| {
-        durable_key(b.report)
-            .cmp(&durable_key(a.report))
+        b.report
+            .log_rank()
+            .cmp(&a.report.log_rank())
             .then(b.report.committed.tx_id.cmp(&a.report.committed.tx_id))
             .then(a.index.cmp(&b.index))
     });
@@ -432,7 +433,7 @@ pub fn plan(db: &str, listed: &[Listed], quorum: Option<&Quorum>) -> Plan {
     let most_advanced = answers
         .iter()
         .map(|a| a.report)
-        .max_by_key(|r| durable_key(r));
+        .max_by_key(|r| r.log_rank());
     let top = ranked.first().map(|a| a.report);
     let ties = |a: &Answer<'_>| {
         top.is_some_and(|t| {
@@ -443,8 +444,7 @@ pub fn plan(db: &str, listed: &[Listed], quorum: Option<&Quorum>) -> Plan {
     // not of one history: which holds the acknowledged writes cannot be told from here.
     let diverged = top.is_some_and(|t| {
         ranked.iter().any(|a| {
-            durable_key(a.report) == durable_key(t)
-                && a.report.precommitted.hash != t.precommitted.hash
+            a.report.log_rank() == t.log_rank() && a.report.precommitted.hash != t.precommitted.hash
         })
     });
     if diverged && let Some(t) = top {
@@ -582,13 +582,6 @@ pub fn plan(db: &str, listed: &[Listed], quorum: Option<&Quorum>) -> Plan {
         notes,
         not_heard_from,
     }
-}
-
-/// How advanced a durable log is, as Raft compares last terms: the epoch of its last
-/// transaction first (a log that ends in a later epoch holds that epoch's primary's history,
-/// which includes every earlier commit), then its position.
-fn durable_key(report: &StatusReport) -> (u64, u64) {
-    (report.last_epoch, report.precommitted.tx_id)
 }
 
 /// The transactions `log` could be missing that `most` holds: the difference of positions

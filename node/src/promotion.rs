@@ -124,9 +124,7 @@ pub fn check(server: &str, candidate: &StatusReport, peers: &[Peer]) -> Result<(
             server: server.to_string(),
         });
     }
-    // A longer log of an older epoch may hold only transactions a newer primary superseded:
-    // logs compare by their last epoch first.
-    let advance = |s: &StatusReport| (s.last_epoch, s.precommitted.tx_id);
+    let advance = StatusReport::log_rank;
     let own = advance(candidate);
     if let Some(ahead) = peers
         .iter()

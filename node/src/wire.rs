@@ -180,6 +180,16 @@ pub struct StatusReport {
     pub policy: Option<String>,
 }
 
+impl StatusReport {
+    /// How advanced this durable log is, as Raft compares last terms: the epoch of its last
+    /// transaction first (a log that ends in a later epoch holds that epoch's primary's
+    /// history, which includes every earlier commit), then its durable position. A longer log
+    /// of an older epoch may hold only transactions a newer primary superseded.
+    pub fn log_rank(&self) -> (u64, u64) {
+        (self.last_epoch, self.precommitted.tx_id)
+    }
+}
+
 /// A transaction id and its hash.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Position {
