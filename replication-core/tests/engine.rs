@@ -690,7 +690,7 @@ fn same_epoch_divergence_stops_with_both_hashes_unless_discarding_is_allowed() {
             vec![Command::Read {
                 conn: SOURCE,
                 from: TxId(1),
-                max_count: 3,
+                max_count: 2,
                 max_bytes: usize::MAX,
             }]
         );
@@ -719,6 +719,84 @@ fn same_epoch_divergence_stops_with_both_hashes_unless_discarding_is_allowed() {
             );
         }
     }
+}
+
+/// A divergence found in a second round (the first window of hashes all matched) is compared
+/// from the position the second subscription offered, not from the commit point: the shared
+/// transactions of the first round stay.
+#[test]
+fn a_second_round_of_divergence_compares_after_the_offered_position() {
+    let ours = chain(Epoch(1), &["a", "b", "mine"], LogPosition::START);
+    let theirs = chain(Epoch(1), &["theirs"], ours[1].position());
+    let mut engine = replica_with(&ours, true);
+    let first_window = Message::Diverged {
+        epoch: Epoch(1),
+        source_hashes: vec![ours[0].hash],
+        source_last: TxId(3),
+    };
+    engine.handle(
+        T0,
+        Event::Received {
+            conn: SOURCE,
+            message: first_window,
+        },
+    );
+    assert_eq!(
+        drain(&mut engine),
+        vec![Command::Read {
+            conn: SOURCE,
+            from: TxId(1),
+            max_count: 1,
+            max_bytes: usize::MAX,
+        }]
+    );
+    engine.handle(
+        T0,
+        Event::ReadDone {
+            conn: SOURCE,
+            txs: ours[..1].to_vec(),
+        },
+    );
+    // Everything compared matches: subscribe again from the last shared transaction.
+    assert_eq!(
+        drain(&mut engine),
+        vec![subscribe_to_source(ours[2].position(), ours[0].position())]
+    );
+    let second_window = Message::Diverged {
+        epoch: Epoch(1),
+        source_hashes: vec![ours[1].hash, theirs[0].hash],
+        source_last: TxId(3),
+    };
+    engine.handle(
+        T0,
+        Event::Received {
+            conn: SOURCE,
+            message: second_window,
+        },
+    );
+    assert_eq!(
+        drain(&mut engine),
+        vec![Command::Read {
+            conn: SOURCE,
+            from: TxId(1),
+            max_count: 3,
+            max_bytes: usize::MAX,
+        }]
+    );
+    engine.handle(
+        T0,
+        Event::ReadDone {
+            conn: SOURCE,
+            txs: ours.clone(),
+        },
+    );
+    assert_eq!(
+        drain(&mut engine),
+        vec![
+            Command::Truncate { after: TxId(2) },
+            subscribe_to_source(ours[1].position(), ours[1].position())
+        ]
+    );
 }
 
 #[test]

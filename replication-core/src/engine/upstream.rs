@@ -26,6 +26,8 @@ enum Link {
     Subscribing {
         conn: ConnId,
         since: Timestamp,
+        /// The common position the subscription offered: the source compares after it.
+        known_common: LogPosition,
     },
     Resolving {
         conn: ConnId,
@@ -139,7 +141,7 @@ impl Upstream {
                     address: self.address.clone(),
                 });
             }
-            Link::Subscribing { conn, since } if now.since(*since) > cx.config.peer_timeout => {
+            Link::Subscribing { conn, since, .. } if now.since(*since) > cx.config.peer_timeout => {
                 let conn = *conn;
                 self.drop_link(cx, conn, "source did not answer the subscription");
             }
@@ -225,6 +227,7 @@ impl Upstream {
         self.link = Link::Subscribing {
             conn,
             since: cx.now,
+            known_common,
         };
         cx.out.push_back(Command::Send { conn, message });
     }
@@ -326,10 +329,14 @@ impl Upstream {
             };
             return self.refused(cx, conn, refusal);
         }
-        let Link::Subscribing { .. } = self.link else {
+        // The source's hashes follow the position our subscription offered, which after a
+        // first round of resolution lies beyond our commit point.
+        let Link::Subscribing {
+            known_common: base, ..
+        } = self.link
+        else {
             return;
         };
-        let base = cx.log.committed_position();
         let count = source_hashes.len().max(1);
         self.link = Link::Resolving {
             conn,
@@ -337,11 +344,12 @@ impl Upstream {
             source_hashes,
             base,
         };
-        // From `base` itself, to learn its epoch too.
+        // From `base` itself, to learn its epoch too (there is none before the first).
+        let from_base = usize::from(base.tx_id > TxId::ZERO);
         cx.out.push_back(Command::Read {
             conn,
             from: TxId(base.tx_id.0.max(1)),
-            max_count: count + 1,
+            max_count: count + from_base,
             max_bytes: usize::MAX,
         });
     }
@@ -435,6 +443,7 @@ impl Upstream {
         let placeholder = Link::Subscribing {
             conn,
             since: cx.now,
+            known_common: cx.log.committed_position(),
         };
         let Link::Resolving {
             source_epoch,
