@@ -11,7 +11,7 @@ use replication_core::engine::{
 };
 use replication_core::protocol::{DIVERGENCE_WINDOW, Message, PROTOCOL_VERSION, Refusal};
 use replication_core::quorum::{Quorum, Tags};
-use replication_core::types::ChainError;
+use replication_core::types::{ChainError, TxHash};
 use replication_core::{Epoch, LogPosition, LogState, NodeId, ReplicaId, Tx, TxId};
 
 const T0: Timestamp = Timestamp(0);
@@ -690,7 +690,7 @@ fn same_epoch_divergence_stops_with_both_hashes_unless_discarding_is_allowed() {
             vec![Command::Read {
                 conn: SOURCE,
                 from: TxId(1),
-                max_count: 2,
+                max_count: 3,
                 max_bytes: usize::MAX,
             }]
         );
@@ -721,6 +721,43 @@ fn same_epoch_divergence_stops_with_both_hashes_unless_discarding_is_allowed() {
     }
 }
 
+/// One round of divergence resolution on a replica: the source's `Diverged` with
+/// `source_hashes` and its last transaction `source_last`, the replica's read of its own log (asserted to ask for `read_count`
+/// transactions from `read_from`), answered with `ours`. Returns what the replica does then.
+fn divergence_round(
+    engine: &mut Engine,
+    source_epoch: Epoch,
+    source_hashes: Vec<TxHash>,
+    source_last: u64,
+    (read_from, read_count): (u64, usize),
+    ours: &[Tx],
+) -> Vec<Command> {
+    let diverged = Message::Diverged {
+        epoch: source_epoch,
+        source_hashes,
+        source_last: TxId(source_last),
+    };
+    engine.handle(
+        T0,
+        Event::Received {
+            conn: SOURCE,
+            message: diverged,
+        },
+    );
+    assert_eq!(
+        drain(engine),
+        vec![Command::Read {
+            conn: SOURCE,
+            from: TxId(read_from),
+            max_count: read_count,
+            max_bytes: usize::MAX,
+        }]
+    );
+    let txs = ours.to_vec();
+    engine.handle(T0, Event::ReadDone { conn: SOURCE, txs });
+    drain(engine)
+}
+
 /// A divergence found in a second round (the first window of hashes all matched) is compared
 /// from the position the second subscription offered, not from the commit point: the shared
 /// transactions of the first round stay.
@@ -729,69 +766,15 @@ fn a_second_round_of_divergence_compares_after_the_offered_position() {
     let ours = chain(Epoch(1), &["a", "b", "mine"], LogPosition::START);
     let theirs = chain(Epoch(1), &["theirs"], ours[1].position());
     let mut engine = replica_with(&ours, true);
-    let first_window = Message::Diverged {
-        epoch: Epoch(1),
-        source_hashes: vec![ours[0].hash],
-        source_last: TxId(3),
-    };
-    engine.handle(
-        T0,
-        Event::Received {
-            conn: SOURCE,
-            message: first_window,
-        },
-    );
-    assert_eq!(
-        drain(&mut engine),
-        vec![Command::Read {
-            conn: SOURCE,
-            from: TxId(1),
-            max_count: 1,
-            max_bytes: usize::MAX,
-        }]
-    );
-    engine.handle(
-        T0,
-        Event::ReadDone {
-            conn: SOURCE,
-            txs: ours[..1].to_vec(),
-        },
-    );
+    let first = vec![ours[0].hash];
     // Everything compared matches: subscribe again from the last shared transaction.
     assert_eq!(
-        drain(&mut engine),
+        divergence_round(&mut engine, Epoch(1), first, 3, (1, 2), &ours[..2]),
         vec![subscribe_to_source(ours[2].position(), ours[0].position())]
     );
-    let second_window = Message::Diverged {
-        epoch: Epoch(1),
-        source_hashes: vec![ours[1].hash, theirs[0].hash],
-        source_last: TxId(3),
-    };
-    engine.handle(
-        T0,
-        Event::Received {
-            conn: SOURCE,
-            message: second_window,
-        },
-    );
+    let second = vec![ours[1].hash, theirs[0].hash];
     assert_eq!(
-        drain(&mut engine),
-        vec![Command::Read {
-            conn: SOURCE,
-            from: TxId(1),
-            max_count: 3,
-            max_bytes: usize::MAX,
-        }]
-    );
-    engine.handle(
-        T0,
-        Event::ReadDone {
-            conn: SOURCE,
-            txs: ours.clone(),
-        },
-    );
-    assert_eq!(
-        drain(&mut engine),
+        divergence_round(&mut engine, Epoch(1), second, 3, (1, 4), &ours),
         vec![
             Command::Truncate { after: TxId(2) },
             subscribe_to_source(ours[1].position(), ours[1].position())
@@ -803,28 +786,8 @@ fn a_second_round_of_divergence_compares_after_the_offered_position() {
 fn a_higher_epoch_source_supersedes_the_uncommitted_suffix() {
     let ours = chain(Epoch(1), &["a", "lost"], LogPosition::START);
     let mut engine = replica_with(&ours, false);
-    let diverged = Message::Diverged {
-        epoch: Epoch(2),
-        source_hashes: vec![ours[0].hash],
-        source_last: TxId(1),
-    };
-    engine.handle(
-        T0,
-        Event::Received {
-            conn: SOURCE,
-            message: diverged,
-        },
-    );
-    drain(&mut engine);
-    engine.handle(
-        T0,
-        Event::ReadDone {
-            conn: SOURCE,
-            txs: ours.clone(),
-        },
-    );
     assert_eq!(
-        drain(&mut engine),
+        divergence_round(&mut engine, Epoch(2), vec![ours[0].hash], 1, (1, 2), &ours),
         vec![
             Command::Truncate { after: TxId(1) },
             subscribe_to_source(ours[0].position(), ours[0].position())

@@ -33,6 +33,7 @@ enum Link {
         conn: ConnId,
         source_epoch: Epoch,
         source_hashes: Vec<TxHash>,
+        source_last: TxId,
         base: LogPosition,
     },
     Streaming {
@@ -43,6 +44,15 @@ enum Link {
         last_ack: Timestamp,
     },
     Stopped(ReplicationError),
+}
+
+/// What a source's `Diverged` told us: its epoch, its hashes after the position we offered, and
+/// its last transaction.
+#[derive(Debug)]
+struct SourceWindow {
+    epoch: Epoch,
+    hashes: Vec<TxHash>,
+    last: TxId,
 }
 
 /// A replica's side of replication. See the [module docs](self).
@@ -286,9 +296,9 @@ impl Upstream {
             Message::Diverged {
                 epoch,
                 source_hashes,
-                source_last: _,
+                source_last,
             } => {
-                self.on_diverged(cx, conn, epoch, source_hashes);
+                self.on_diverged(cx, conn, epoch, source_hashes, source_last);
                 None
             }
             Message::Txs { txs, committed } => self.on_txs(cx, txs, committed),
@@ -321,6 +331,7 @@ impl Upstream {
         conn: ConnId,
         epoch: Epoch,
         source_hashes: Vec<TxHash>,
+        source_last: TxId,
     ) {
         if epoch < cx.log.epoch() {
             let refusal = Refusal::StaleSource {
@@ -342,14 +353,16 @@ impl Upstream {
             conn,
             source_epoch: epoch,
             source_hashes,
+            source_last,
             base,
         };
-        // From `base` itself, to learn its epoch too (there is none before the first).
+        // From `base` itself, to learn its epoch too (there is none before the first), and one
+        // beyond the source's hashes, to see whether our log goes on where the source's ends.
         let from_base = usize::from(base.tx_id > TxId::ZERO);
         cx.out.push_back(Command::Read {
             conn,
             from: TxId(base.tx_id.0.max(1)),
-            max_count: count + from_base,
+            max_count: count + 1 + from_base,
             max_bytes: usize::MAX,
         });
     }
@@ -448,13 +461,19 @@ impl Upstream {
         let Link::Resolving {
             source_epoch,
             source_hashes,
+            source_last,
             base,
             ..
         } = std::mem::replace(&mut self.link, placeholder)
         else {
             return;
         };
-        self.resolve_divergence(cx, conn, source_epoch, source_hashes, base, ours);
+        let source = SourceWindow {
+            epoch: source_epoch,
+            hashes: source_hashes,
+            last: source_last,
+        };
+        self.resolve_divergence(cx, conn, source, base, ours);
     }
 
     /// Finds the last transaction this replica shares with its source and, where allowed,
@@ -463,11 +482,15 @@ impl Upstream {
         &mut self,
         cx: &mut Ctx<'_>,
         conn: ConnId,
-        source_epoch: Epoch,
-        source_hashes: Vec<TxHash>,
+        source: SourceWindow,
         base: LogPosition,
         ours: Vec<Tx>,
     ) {
+        let SourceWindow {
+            epoch: source_epoch,
+            hashes: source_hashes,
+            last: source_last,
+        } = source;
         let base_epoch = ours
             .iter()
             .find(|tx| tx.id == base.tx_id)
@@ -478,10 +501,18 @@ impl Upstream {
         for (index, tx) in ours.iter().enumerate() {
             match source_hashes.get(index) {
                 Some(hash) if *hash == tx.hash => common = tx.position(),
-                source_hash => {
-                    first_difference = Some((tx.id, tx.hash, source_hash.copied()));
+                Some(hash) => {
+                    first_difference = Some((tx.id, tx.hash, Some(*hash)));
                     break;
                 }
+                // The source's log ends before ours.
+                None if tx.id > source_last => {
+                    first_difference = Some((tx.id, tx.hash, None));
+                    break;
+                }
+                // The source holds more than one window of hashes: compare the rest in
+                // another round.
+                None => break,
             }
         }
         let Some((tx_id, local_hash, source_hash)) = first_difference else {
