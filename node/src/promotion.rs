@@ -406,6 +406,7 @@ mod tests {
             database: "app".into(),
             role: role.into(),
             epoch: 1,
+            epoch_primary: None,
             last_epoch: 1,
             committed: position(durable.saturating_sub(1)),
             precommitted: position(durable),

@@ -9,7 +9,7 @@ use replication_core::protocol::{
 };
 use replication_core::quorum::Tags;
 use replication_core::transport::{Transport, TransportError};
-use replication_core::{Epoch, LogPosition, Tx, TxHash, TxId};
+use replication_core::{EpochClaim, LogPosition, Tx, TxHash, TxId};
 use transport_quic::{QuicError, QuicOptions, QuicTransport, TlsIdentity};
 
 use crate::client::{Client, ClientError, Outcome};
@@ -131,7 +131,8 @@ pub async fn copy(
     let subscribe = Message::Subscribe {
         version: PROTOCOL_VERSION,
         database: source_db.into(),
-        epoch: Epoch(0),
+        // An external replicator records no primary: it asks to read, never to vote.
+        claim: EpochClaim::default(),
         last,
         known_common: last,
         window: 4096,
@@ -155,7 +156,9 @@ pub async fn copy(
             Message::Accepted { committed: c, .. } | Message::Committed { committed: c, .. } => {
                 committed = committed.max(c)
             }
-            Message::Txs { txs, committed: c } => {
+            Message::Txs {
+                txs, committed: c, ..
+            } => {
                 committed = committed.max(c);
                 received.extend(txs);
             }

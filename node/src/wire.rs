@@ -156,6 +156,9 @@ pub struct StatusReport {
     pub role: String,
     /// The node's epoch.
     pub epoch: u64,
+    /// The primary that claims that epoch (`node/database`), when the node recorded it: a
+    /// replica follows only that primary in it.
+    pub epoch_primary: Option<String>,
     /// The epoch of the last transaction in the log: compare logs by it first, then by
     /// position (a longer log of an older epoch may hold only superseded transactions).
     pub last_epoch: u64,

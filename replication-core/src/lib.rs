@@ -44,4 +44,6 @@ pub use log::{Durability, LogError, TxLog};
 pub use quorum::QuorumPolicy;
 pub use state_machine::StateMachine;
 pub use transport::{Channel, Transport, TransportError};
-pub use types::{Epoch, LogPosition, LogState, NodeId, ReplicaId, Tx, TxHash, TxId, chain_hash};
+pub use types::{
+    Epoch, EpochClaim, LogPosition, LogState, NodeId, ReplicaId, Tx, TxHash, TxId, chain_hash,
+};

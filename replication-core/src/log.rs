@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
-use crate::types::{Epoch, LogState, ReplicaId, Tx, TxId};
+use crate::types::{EpochClaim, LogState, ReplicaId, Tx, TxId};
 
 /// Resolves once the transactions of one [`TxLog::append`] call are durable, with the id of the
 /// last of them. Dropping it does not cancel durability.
@@ -212,8 +212,9 @@ impl LogFailure {
 ///    was recorded, never higher.
 /// 5. **Truncation.** [`truncate_after`](TxLog::truncate_after) removes every transaction after
 ///    the given id, durably, before it returns, and refuses to remove a committed transaction.
-/// 6. **Epoch.** [`save_epoch`](TxLog::save_epoch) is durable on return, and `state().epoch`
-///    never decreases.
+/// 6. **Epoch.** [`save_epoch`](TxLog::save_epoch) is durable on return, `state().epoch`
+///    never decreases, and [`epoch_claim`](TxLog::epoch_claim) returns the claim of that
+///    epoch: once a primary is recorded for an epoch, no other replaces it.
 /// 7. **Membership.** [`save_members`](TxLog::save_members) is durable on return, and
 ///    [`members`](TxLog::members) returns the last membership saved, across crashes.
 /// 8. **Crash.** After a crash and reopen, the log holds a prefix of what was appended that
@@ -284,8 +285,14 @@ pub trait TxLog: Send + Sync + 'static {
     /// [`LogError::TruncateCommitted`] if that would remove a committed transaction.
     async fn truncate_after(&self, last: TxId) -> Result<(), LogError>;
 
-    /// Durably records the epoch this node has begun or seen.
-    async fn save_epoch(&self, epoch: Epoch) -> Result<(), LogError>;
+    /// Durably records the epoch this node has begun or seen, with the primary that claims it
+    /// when known. A claim of a lower epoch than the one saved is ignored; a claim of the same
+    /// epoch replaces the saved one only if that named no primary.
+    async fn save_epoch(&self, claim: &EpochClaim) -> Result<(), LogError>;
+
+    /// The claim last saved with [`save_epoch`](TxLog::save_epoch): the epoch of
+    /// [`state`](TxLog::state) and who claimed it (`Epoch(0)` and no primary for a new log).
+    async fn epoch_claim(&self) -> Result<EpochClaim, LogError>;
 
     /// The membership last saved with [`save_members`](TxLog::save_members) (empty for a new
     /// log).

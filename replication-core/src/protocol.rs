@@ -11,11 +11,11 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::quorum::Tags;
-use crate::types::{Epoch, LogPosition, Tx, TxHash, TxId};
+use crate::types::{Epoch, EpochClaim, LogPosition, ReplicaId, Tx, TxHash, TxId};
 
 /// The version of this protocol. A peer speaking another version is refused with
 /// [`Refusal::ProtocolVersion`].
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// The default largest frame, in bytes. Larger frames are refused without being read whole.
 pub const MAX_FRAME_SIZE: usize = 16 * 1024 * 1024;
@@ -32,8 +32,8 @@ pub enum Message {
         version: u16,
         /// The database at the source to replicate.
         database: String,
-        /// The highest epoch the replica has seen.
-        epoch: Epoch,
+        /// The highest epoch the replica has seen, and the primary it recorded for it.
+        claim: EpochClaim,
         /// The replica's last transaction.
         last: LogPosition,
         /// A position the replica knows it shares with the source (at least its commit point):
@@ -50,8 +50,9 @@ pub enum Message {
     },
     /// Source → replica: subscription accepted; transactions follow.
     Accepted {
-        /// The source's epoch.
-        epoch: Epoch,
+        /// The source's epoch and its primary: the replica records it before it acknowledges
+        /// anything.
+        claim: EpochClaim,
         /// The primary's address as this source knows it; `None` when the source is the
         /// primary (the replica dialled it). Lets a replica of a replica name the primary.
         primary: Option<String>,
@@ -64,8 +65,8 @@ pub enum Message {
     /// The source sends its hashes for the transactions after `known_common` (at most
     /// [`DIVERGENCE_WINDOW`]) so that the replica can find the last transaction they share.
     Diverged {
-        /// The source's epoch.
-        epoch: Epoch,
+        /// The source's epoch and its primary.
+        claim: EpochClaim,
         /// The hashes of the source's transactions `known_common + 1 ..`.
         source_hashes: Vec<TxHash>,
         /// The source's last transaction it would serve.
@@ -73,6 +74,9 @@ pub enum Message {
     },
     /// Source → replica: the next transactions, and the source's commit point.
     Txs {
+        /// The source's epoch and its primary, which the replica records before it stores the
+        /// transactions: a relay may have moved to a newer epoch since it accepted us.
+        claim: EpochClaim,
         /// Contiguous transactions following the last one sent.
         txs: Vec<Tx>,
         /// The source's commit point.
@@ -80,8 +84,8 @@ pub enum Message {
     },
     /// Source → replica: the commit point moved (also sent as a heartbeat).
     Committed {
-        /// The source's epoch.
-        epoch: Epoch,
+        /// The source's epoch and its primary.
+        claim: EpochClaim,
         /// The source's commit point.
         committed: TxId,
     },
@@ -117,6 +121,22 @@ pub enum Refusal {
         /// The replica's epoch.
         replica: Epoch,
     },
+    /// Two primaries claim one epoch: the source's claim and the replica's name different
+    /// nodes. At most one of them may write in it; the replica keeps the one it recorded
+    /// first, and a primary told of another claim to its epoch fences itself. Promote again,
+    /// above this epoch.
+    #[error(
+        "epoch {epoch} is claimed by two primaries: {source_primary} (the source's) and \
+         {replica_primary} (the replica's); promote again above epoch {epoch}"
+    )]
+    EpochTaken {
+        /// The epoch.
+        epoch: Epoch,
+        /// The primary the source names for it.
+        source_primary: ReplicaId,
+        /// The primary the replica recorded for it.
+        replica_primary: ReplicaId,
+    },
     /// The replica's committed position is beyond what this source holds (a lagging source):
     /// try again later.
     #[error("source holds transactions only up to {source_last}, behind the replica")]
@@ -137,6 +157,21 @@ pub enum Refusal {
         /// The source's hash there, if it has that transaction.
         source_hash: Option<TxHash>,
     },
+}
+
+impl Refusal {
+    /// [`Refusal::EpochTaken`] if `source` and `replica` name different primaries for one
+    /// epoch.
+    pub fn epoch_taken(source: &EpochClaim, replica: &EpochClaim) -> Option<Refusal> {
+        if !source.conflicts_with(replica) {
+            return None;
+        }
+        Some(Refusal::EpochTaken {
+            epoch: source.epoch,
+            source_primary: source.primary.clone()?,
+            replica_primary: replica.primary.clone()?,
+        })
+    }
 }
 
 /// Errors encoding or decoding a frame.
@@ -193,6 +228,7 @@ mod tests {
     fn round_trip() {
         let tx = Tx::new(LogPosition::START, Epoch(3), Bytes::from_static(b"payload"));
         let message = Message::Txs {
+            claim: EpochClaim::new(Epoch(3), Some(ReplicaId::new("n1", "app"))),
             txs: vec![tx],
             committed: TxId(0),
         };
@@ -204,6 +240,7 @@ mod tests {
     fn oversized_frames_are_refused_both_ways() {
         let tx = Tx::new(LogPosition::START, Epoch(1), Bytes::from(vec![7u8; 4096]));
         let message = Message::Txs {
+            claim: EpochClaim::new(Epoch(3), Some(ReplicaId::new("n1", "app"))),
             txs: vec![tx],
             committed: TxId(0),
         };

@@ -54,6 +54,51 @@ impl fmt::Display for Epoch {
     }
 }
 
+/// Who writes in an epoch: at most one primary does. A primary claims its epoch for itself
+/// when it begins it; a replica records the claim its source passes on before it acknowledges
+/// anything of that epoch, and refuses a second primary claiming the same epoch
+/// ([`Refusal::EpochTaken`](crate::protocol::Refusal::EpochTaken)). That is the vote of Raft
+/// without an election: two promotions racing to one epoch cannot both gather a quorum whose
+/// members intersect.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct EpochClaim {
+    /// The epoch.
+    pub epoch: Epoch,
+    /// The primary that writes in it: its node and database. `None` when unknown (an epoch
+    /// learned from transactions alone, or a log written before claims were recorded).
+    pub primary: Option<ReplicaId>,
+}
+
+impl EpochClaim {
+    /// `epoch`, claimed by `primary`.
+    pub fn new(epoch: Epoch, primary: Option<ReplicaId>) -> EpochClaim {
+        EpochClaim { epoch, primary }
+    }
+
+    /// Whether a log that saved `saved` records this claim in its place: a higher epoch, or
+    /// the same epoch with its primary when `saved` named none. The rule of
+    /// [`TxLog::save_epoch`](crate::TxLog::save_epoch), for stores to share.
+    pub fn replaces(&self, saved: &EpochClaim) -> bool {
+        self.epoch > saved.epoch
+            || (self.epoch == saved.epoch && saved.primary.is_none() && self.primary.is_some())
+    }
+
+    /// Whether this claim and `other` name two different primaries for one epoch.
+    pub fn conflicts_with(&self, other: &EpochClaim) -> bool {
+        self.epoch == other.epoch
+            && matches!((&self.primary, &other.primary), (Some(a), Some(b)) if a != b)
+    }
+}
+
+impl fmt::Display for EpochClaim {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.primary {
+            Some(primary) => write!(f, "epoch {} of {primary}", self.epoch),
+            None => write!(f, "epoch {} (primary unknown)", self.epoch),
+        }
+    }
+}
+
 /// The identity of a node, as the transport authenticated it (for QUIC, the name in its
 /// certificate). Quorum policies name replicas by this identity.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

@@ -7,16 +7,31 @@ use std::time::Duration;
 use bytes::Bytes;
 use replication_core::engine::{
     AckKind, AppendToken, Command, ConnId, Direction, Engine, EngineConfig, Event, PushRefusal,
-    ReplicationError, Role, Timestamp, WriteError, WriteId, WriteReceipt,
+    Recovered, ReplicationError, Role, Timestamp, WriteError, WriteId, WriteReceipt,
 };
 use replication_core::protocol::{DIVERGENCE_WINDOW, Message, PROTOCOL_VERSION, Refusal};
 use replication_core::quorum::{Quorum, Tags};
 use replication_core::types::{ChainError, TxHash};
-use replication_core::{Epoch, LogPosition, LogState, NodeId, ReplicaId, Tx, TxId};
+use replication_core::{Epoch, EpochClaim, LogPosition, LogState, NodeId, ReplicaId, Tx, TxId};
 
 const T0: Timestamp = Timestamp(0);
 const REPLICA: ConnId = ConnId(1);
 const SOURCE: ConnId = ConnId(0);
+
+/// The claim of the primary `p` (database `db`) to `epoch`, as its messages carry it.
+fn claim(epoch: u64) -> EpochClaim {
+    EpochClaim::new(Epoch(epoch), Some(ReplicaId::new("p", "db")))
+}
+
+/// What a log recovers: `state`, its epoch claimed by `primary`, no membership.
+fn recovered(state: LogState, last_epoch: Epoch, primary: Option<&str>) -> Recovered {
+    Recovered {
+        state,
+        epoch_claim: EpochClaim::new(state.epoch, primary.map(|p| ReplicaId::new(p, "db"))),
+        last_epoch,
+        members: vec![],
+    }
+}
 
 fn drain(engine: &mut Engine) -> Vec<Command> {
     std::iter::from_fn(|| engine.poll_command()).collect()
@@ -34,27 +49,25 @@ fn eager_primary(policy: Quorum) -> Engine {
 }
 
 fn primary_with(policy: Quorum, config: EngineConfig) -> Engine {
-    let mut engine = Engine::new(
-        config,
-        Arc::new(policy),
-        LogState::default(),
-        Epoch(0),
-        vec![],
-        T0,
-    );
+    let mut engine = Engine::new(config, Arc::new(policy), Recovered::default(), T0);
     assert_eq!(
         drain(&mut engine),
-        vec![Command::SaveEpoch(Epoch(1))],
+        vec![Command::SaveEpoch(claim(1))],
         "a new epoch first"
     );
     engine
 }
 
+/// A subscription from a replica that saw `epoch` without recording its primary.
 fn subscribe(last: LogPosition, epoch: Epoch) -> Message {
+    subscribe_claiming(last, EpochClaim::new(epoch, None))
+}
+
+fn subscribe_claiming(last: LogPosition, claim: EpochClaim) -> Message {
     Message::Subscribe {
         version: PROTOCOL_VERSION,
         database: "db".into(),
-        epoch,
+        claim,
         last,
         known_common: LogPosition::START,
         window: 100,
@@ -71,6 +84,7 @@ fn txs_to(conn: ConnId, txs: &[Tx], committed: u64) -> Command {
     send(
         conn,
         Message::Txs {
+            claim: claim(1),
             txs: txs.to_vec(),
             committed: TxId(committed),
         },
@@ -92,7 +106,7 @@ fn committed_message(conn: ConnId, epoch: u64, committed: u64) -> Command {
     send(
         conn,
         Message::Committed {
-            epoch: Epoch(epoch),
+            claim: claim(epoch),
             committed: TxId(committed),
         },
     )
@@ -162,7 +176,7 @@ fn attach_replica(engine: &mut Engine, conn: ConnId, name: &str) {
     let joins = !engine.is_member(&replica);
     engine.handle(T0, Event::ReadDone { conn, txs: vec![] });
     let accepted = Message::Accepted {
-        epoch: engine.epoch(),
+        claim: claim(engine.epoch().0),
         committed: engine.committed(),
         primary: None,
     };
@@ -445,7 +459,7 @@ fn uncommitted_backlog_is_bounded() {
         ..EngineConfig::new("p", "db", Role::Primary)
     };
     let policy = Arc::new(Quorum::AckCount { n: 1, among: None });
-    let mut engine = Engine::new(config, policy, LogState::default(), Epoch(0), vec![], T0);
+    let mut engine = Engine::new(config, policy, Recovered::default(), T0);
     drain(&mut engine);
     write(&mut engine, 1, "a");
     write(&mut engine, 2, "b");
@@ -494,14 +508,7 @@ fn a_higher_epoch_fences_the_primary() {
 fn unknown_database_and_unauthorised_identity_are_refused() {
     let mut config = EngineConfig::new("p", "db", Role::Primary);
     config.allowed_replicators = Some(vec![NodeId::new("r1")]);
-    let mut engine = Engine::new(
-        config,
-        Arc::new(Quorum::Async),
-        LogState::default(),
-        Epoch(0),
-        vec![],
-        T0,
-    );
+    let mut engine = Engine::new(config, Arc::new(Quorum::Async), Recovered::default(), T0);
     drain(&mut engine);
     let refused = |conn, refusal| {
         vec![
@@ -575,14 +582,9 @@ fn replica_with(log: &[Tx], allow_tx_discarding: bool) -> Engine {
         committed: LogPosition::START,
     };
     let last_epoch = log.last().map(|tx| tx.epoch).unwrap_or(Epoch(0));
-    let mut engine = Engine::new(
-        config,
-        Arc::new(Quorum::Async),
-        state,
-        last_epoch,
-        vec![],
-        T0,
-    );
+    // A replica that followed `p` in epoch 1 before it restarted.
+    let recovered = recovered(state, last_epoch, Some("p"));
+    let mut engine = Engine::new(config, Arc::new(Quorum::Async), recovered, T0);
     engine.handle(T0, Event::Tick);
     assert_eq!(
         drain(&mut engine),
@@ -614,7 +616,7 @@ fn subscribe_to_source(last: LogPosition, known_common: LogPosition) -> Command 
         Message::Subscribe {
             version: PROTOCOL_VERSION,
             database: "db".into(),
-            epoch: Epoch(1),
+            claim: claim(1),
             last,
             known_common,
             window: EngineConfig::new("r1", "db", Role::Primary).prefetch_buffer,
@@ -626,7 +628,7 @@ fn subscribe_to_source(last: LogPosition, known_common: LogPosition) -> Command 
 
 fn accepted(epoch: u64, committed: u64) -> Message {
     Message::Accepted {
-        epoch: Epoch(epoch),
+        claim: claim(epoch),
         committed: TxId(committed),
         primary: None,
     }
@@ -654,6 +656,7 @@ fn a_replica_refuses_a_tampered_transaction() {
         Event::Received {
             conn: SOURCE,
             message: Message::Txs {
+                claim: claim(1),
                 txs,
                 committed: TxId(0),
             },
@@ -672,7 +675,7 @@ fn same_epoch_divergence_stops_with_both_hashes_unless_discarding_is_allowed() {
     let ours = chain(Epoch(1), &["a", "mine"], LogPosition::START);
     let theirs = chain(Epoch(1), &["theirs"], ours[0].position());
     let diverged = Message::Diverged {
-        epoch: Epoch(1),
+        claim: claim(1),
         source_hashes: vec![ours[0].hash, theirs[0].hash],
         source_last: TxId(2),
     };
@@ -733,7 +736,7 @@ fn divergence_round(
     ours: &[Tx],
 ) -> Vec<Command> {
     let diverged = Message::Diverged {
-        epoch: source_epoch,
+        claim: EpochClaim::new(source_epoch, Some(ReplicaId::new("p", "db"))),
         source_hashes,
         source_last: TxId(source_last),
     };
@@ -823,14 +826,7 @@ fn a_replica_rejects_writes_naming_its_source() {
 #[test]
 fn an_external_replica_checks_pushed_transactions_and_answers_once_durable() {
     let config = EngineConfig::new("mirror", "db", Role::ExternalReplica);
-    let mut engine = Engine::new(
-        config,
-        Arc::new(Quorum::Async),
-        LogState::default(),
-        Epoch(0),
-        vec![],
-        T0,
-    );
+    let mut engine = Engine::new(config, Arc::new(Quorum::Async), Recovered::default(), T0);
     engine.handle(T0, Event::Tick);
     assert_eq!(
         drain(&mut engine),
@@ -868,7 +864,10 @@ fn an_external_replica_checks_pushed_transactions_and_answers_once_durable() {
     );
     assert_eq!(
         drain(&mut engine),
-        vec![Command::SaveEpoch(Epoch(1)), append(&txs, 0)],
+        vec![
+            Command::SaveEpoch(EpochClaim::new(Epoch(1), None)),
+            append(&txs, 0)
+        ],
         "not answered before durability"
     );
     engine.handle(T0, durable(0, 2));
@@ -889,15 +888,12 @@ fn an_external_replica_checks_pushed_transactions_and_answers_once_durable() {
 fn restarted_primary(policy: Quorum, members: &[&str]) -> Engine {
     let members = members.iter().map(|m| ReplicaId::new(*m, "db")).collect();
     let config = EngineConfig::new("p", "db", Role::Primary);
-    let mut engine = Engine::new(
-        config,
-        Arc::new(policy),
-        LogState::default(),
-        Epoch(0),
+    let recovered = Recovered {
         members,
-        T0,
-    );
-    assert_eq!(drain(&mut engine), vec![Command::SaveEpoch(Epoch(1))]);
+        ..Recovered::default()
+    };
+    let mut engine = Engine::new(config, Arc::new(policy), recovered, T0);
+    assert_eq!(drain(&mut engine), vec![Command::SaveEpoch(claim(1))]);
     engine
 }
 
@@ -1080,13 +1076,24 @@ fn a_promoted_primary_begins_above_the_epochs_other_members_saw() {
         epoch: Epoch(2),
         ..LogState::default()
     };
-    let mut engine = Engine::new(config, Arc::new(Quorum::Async), state, Epoch(1), vec![], T0);
-    assert_eq!(drain(&mut engine), vec![Command::SaveEpoch(Epoch(8))]);
+    let r1_claims = |epoch| EpochClaim::new(Epoch(epoch), Some(ReplicaId::new("r1", "db")));
+    let mut engine = Engine::new(
+        config,
+        Arc::new(Quorum::Async),
+        recovered(state, Epoch(1), None),
+        T0,
+    );
+    assert_eq!(drain(&mut engine), vec![Command::SaveEpoch(r1_claims(8))]);
     // Below what the log saw, the floor changes nothing.
     let mut config = EngineConfig::new("r1", "db", Role::Primary);
     config.min_epoch = Epoch(1);
-    let mut engine = Engine::new(config, Arc::new(Quorum::Async), state, Epoch(1), vec![], T0);
-    assert_eq!(drain(&mut engine), vec![Command::SaveEpoch(Epoch(3))]);
+    let mut engine = Engine::new(
+        config,
+        Arc::new(Quorum::Async),
+        recovered(state, Epoch(1), None),
+        T0,
+    );
+    assert_eq!(drain(&mut engine), vec![Command::SaveEpoch(r1_claims(3))]);
 }
 
 #[test]
@@ -1135,5 +1142,150 @@ fn a_replica_that_committed_beyond_the_primary_is_told_its_committed_history_dif
             send(REPLICA, Message::Refused(refusal)),
             Command::Close { conn: REPLICA }
         ]
+    );
+}
+
+/// A claim of `epoch` by the primary `node` (database `db`).
+fn claim_by(epoch: u64, node: &str) -> EpochClaim {
+    EpochClaim::new(Epoch(epoch), Some(ReplicaId::new(node, "db")))
+}
+
+#[test]
+fn a_replica_bound_to_one_primary_of_an_epoch_refuses_another() {
+    // The replica followed `p` in epoch 1; a second promotion to epoch 1 (`q`) offers itself.
+    let mut engine = replica_with(&[], false);
+    let accepted_by_q = Message::Accepted {
+        claim: claim_by(1, "q"),
+        committed: TxId(0),
+        primary: None,
+    };
+    engine.handle(
+        T0,
+        Event::Received {
+            conn: SOURCE,
+            message: accepted_by_q,
+        },
+    );
+    assert_eq!(
+        drain(&mut engine),
+        vec![Command::Close { conn: SOURCE }],
+        "no acknowledgement, and the recorded claim is not replaced"
+    );
+    assert_eq!(engine.epoch_claim(), &claim(1));
+    let error = engine.status(T0).last_error.expect("the reason is shown");
+    assert!(
+        error.contains("two primaries") && error.contains("q/db") && error.contains("p/db"),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_replica_records_the_claim_of_its_epoch_before_it_acknowledges() {
+    let config = EngineConfig::new(
+        "r1",
+        "db",
+        Role::Replica {
+            address: "p".into(),
+        },
+    );
+    let state = LogState {
+        epoch: Epoch(1),
+        ..LogState::default()
+    };
+    // An epoch seen without its primary (a log from before claims were recorded).
+    let recovered = recovered(state, Epoch(0), None);
+    let mut engine = Engine::new(config, Arc::new(Quorum::Async), recovered, T0);
+    engine.handle(T0, Event::Tick);
+    drain(&mut engine);
+    engine.handle(
+        T0,
+        Event::Connected {
+            conn: SOURCE,
+            peer: NodeId::new("p"),
+            address: "p".into(),
+            direction: Direction::Upstream,
+        },
+    );
+    let commands = drain(&mut engine);
+    assert!(
+        matches!(&commands[..], [Command::Send { message: Message::Subscribe { claim, .. }, .. }] if *claim == EpochClaim::new(Epoch(1), None)),
+        "{commands:?}"
+    );
+    engine.handle(
+        T0,
+        Event::Received {
+            conn: SOURCE,
+            message: accepted(1, 0),
+        },
+    );
+    assert_eq!(
+        drain(&mut engine),
+        vec![Command::SaveEpoch(claim(1)), ack(LogPosition::START)],
+        "the claim is durable before anything of its epoch is acknowledged"
+    );
+    // A higher epoch's claim, as a relay passes it on in a heartbeat: recorded too.
+    engine.handle(
+        T0,
+        Event::Received {
+            conn: SOURCE,
+            message: Message::Committed {
+                claim: claim_by(2, "q"),
+                committed: TxId(0),
+            },
+        },
+    );
+    assert_eq!(
+        drain(&mut engine),
+        vec![Command::SaveEpoch(claim_by(2, "q"))]
+    );
+    assert_eq!(
+        engine.status(T0).epoch_primary,
+        Some(ReplicaId::new("q", "db"))
+    );
+}
+
+#[test]
+fn a_primary_told_of_another_primary_of_its_epoch_fences_itself() {
+    let mut engine = primary(Quorum::AckCount { n: 1, among: None });
+    attach_replica(&mut engine, REPLICA, "r1");
+    let commands = write(&mut engine, 1, "a");
+    assert!(
+        matches!(commands[0], Command::Append { .. }),
+        "{commands:?}"
+    );
+    // A replica that recorded `q` for epoch 1 subscribes: two promotions raced to epoch 1.
+    connect_downstream(&mut engine, ConnId(2), "r2");
+    engine.handle(
+        T0,
+        Event::Received {
+            conn: ConnId(2),
+            message: subscribe_claiming(LogPosition::START, claim_by(1, "q")),
+        },
+    );
+    let taken = WriteError::EpochTaken {
+        epoch: Epoch(1),
+        other: ReplicaId::new("q", "db"),
+    };
+    let refusal = Refusal::EpochTaken {
+        epoch: Epoch(1),
+        source_primary: ReplicaId::new("p", "db"),
+        replica_primary: ReplicaId::new("q", "db"),
+    };
+    assert_eq!(
+        drain(&mut engine),
+        vec![
+            reply_err(1, taken.clone()),
+            send(ConnId(2), Message::Refused(refusal)),
+            Command::Close { conn: ConnId(2) }
+        ],
+        "the waiting write ends, and the replica stays with the primary it recorded"
+    );
+    assert_eq!(write(&mut engine, 2, "b"), vec![reply_err(2, taken)]);
+    let status = engine.status(T0);
+    assert!(
+        status
+            .last_error
+            .is_some_and(|e| e.contains("q/db") && e.contains("promote again")),
+        "the fence reason is shown"
     );
 }

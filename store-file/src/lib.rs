@@ -12,6 +12,9 @@
 //! - `members`: the membership last saved ([`TxLog::save_members`]), checksummed, replaced
 //!   whole through `members.tmp` (written, synced, renamed over it, then the directory
 //!   synced), so a crash leaves the old list or the new one. No file is an empty membership.
+//! - `epoch-claim`: the primary that claims the epoch ([`TxLog::save_epoch`]), replaced the
+//!   same way through `epoch-claim.tmp`, written before the meta file so that a crash between
+//!   the two leaves the higher epoch with its primary. No file: no primary recorded.
 //! - `LOCK`: held with an exclusive lock while the log is open: a second process gets a clear
 //!   error, never two writers.
 //!
@@ -53,8 +56,10 @@
 //!
 //! [`TxLog`]: replication_core::TxLog
 //! [`TxLog::save_members`]: replication_core::TxLog::save_members
+//! [`TxLog::save_epoch`]: replication_core::TxLog::save_epoch
 //! [`Durability`]: replication_core::Durability
 
+mod claim;
 mod members;
 mod meta;
 mod options;
@@ -63,6 +68,7 @@ mod read;
 mod record;
 mod recovery;
 mod segment;
+mod small_file;
 mod state;
 mod sync;
 mod txlog;

@@ -4,14 +4,14 @@ use std::fs::{self, File, OpenOptions};
 use std::path::Path;
 use std::sync::Arc;
 
-use replication_core::{LogError, LogPosition, TxId};
+use replication_core::{Epoch, LogError, LogPosition, TxId};
 
-use crate::members;
 use crate::meta::{Meta, MetaFile};
 use crate::options::FileLogOptions;
 use crate::record;
 use crate::segment::{self, Segment, index_path, segment_path};
 use crate::state::{State, sync_dir};
+use crate::{claim, members};
 
 /// Opens every segment, checks the sealed ones cheaply (index shape, last record) and scans the
 /// active one fully.
@@ -42,7 +42,15 @@ pub(crate) fn recover(dir: &Path, options: &FileLogOptions) -> Result<State, Log
     // Before any segment is touched: a damaged membership fails the open as a damaged
     // meta file does, and never reads as empty (the node would forget its quorum).
     let members = members::load(dir)?;
-    members::remove_unfinished(dir)?;
+    members::FILE.remove_unfinished(dir)?;
+    let claim = claim::load(dir)?;
+    claim::FILE.remove_unfinished(dir)?;
+    // The claim file is written first: a crash before the meta file followed leaves the
+    // higher epoch there.
+    let meta = Meta {
+        epoch: meta.epoch.max(claim.as_ref().map_or(Epoch(0), |c| c.epoch)),
+        ..meta
+    };
     if firsts.is_empty() {
         let path = segment_path(dir, TxId(1));
         let file = OpenOptions::new()
@@ -97,6 +105,7 @@ pub(crate) fn recover(dir: &Path, options: &FileLogOptions) -> Result<State, Log
                 meta,
                 meta_file,
                 members,
+                claim,
                 generation: 0,
                 failed: None,
             });

@@ -8,6 +8,7 @@ use replication_core::log::LogOperation;
 use replication_core::{LogError, LogPosition, ReplicaId, TxId};
 use tokio::sync::watch;
 
+use crate::claim::SavedClaim;
 use crate::meta::{Meta, MetaFile};
 use crate::options::FileLogOptions;
 use crate::segment::Segment;
@@ -28,6 +29,9 @@ pub(crate) struct State {
     /// What the `members` file holds: read and checked on open, so that `members` needs no
     /// disk read and a damaged file stops the open rather than a later call.
     pub(crate) members: Vec<ReplicaId>,
+    /// What the `epoch-claim` file holds: the primary of an epoch, `meta.epoch`'s or an
+    /// older one's.
+    pub(crate) claim: Option<SavedClaim>,
     /// Bumped by every truncation: a sync that began before it covers nothing after it.
     pub(crate) generation: u64,
     /// Set when a write or sync failed: the log refuses further work (as PostgreSQL does

@@ -7,9 +7,10 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use replication_core::log::LogOperation;
-use replication_core::{Durability, Epoch, LogError, LogState, ReplicaId, Tx, TxId, TxLog};
+use replication_core::{Durability, EpochClaim, LogError, LogState, ReplicaId, Tx, TxId, TxLog};
 
 use crate::FileLog;
+use crate::claim::{self, SavedClaim};
 use crate::members;
 use crate::meta::Meta;
 use crate::options::SyncMode;
@@ -265,19 +266,41 @@ impl TxLog for FileLog {
         Ok(())
     }
 
-    async fn save_epoch(&self, epoch: Epoch) -> Result<(), LogError> {
+    async fn save_epoch(&self, claim: &EpochClaim) -> Result<(), LogError> {
         let mut state = self.shared.lock();
         state.check()?;
-        if epoch <= state.meta.epoch {
+        if !claim.replaces(&SavedClaim::claim_of(
+            state.claim.as_ref(),
+            state.meta.epoch,
+        )) {
             return Ok(());
         }
-        let meta = Meta {
-            epoch,
-            ..state.meta
-        };
-        state.meta_file.write(meta, true)?;
-        state.meta = meta;
+        // The claim first, the epoch second: a crash between them leaves the claim of a
+        // higher epoch than the meta file's, which the open takes, never an epoch whose
+        // primary was recorded elsewhere and lost.
+        if let Some(saved) = SavedClaim::of(claim) {
+            let (replaced, result) = claim::save(&self.shared.dir, &saved);
+            // As for the membership: once renamed, the file holds the claim.
+            if replaced {
+                state.claim = Some(saved);
+            }
+            result?;
+        }
+        if claim.epoch > state.meta.epoch {
+            let meta = Meta {
+                epoch: claim.epoch,
+                ..state.meta
+            };
+            state.meta_file.write(meta, true)?;
+            state.meta = meta;
+        }
         Ok(())
+    }
+
+    async fn epoch_claim(&self) -> Result<EpochClaim, LogError> {
+        let state = self.shared.lock();
+        state.check()?;
+        Ok(SavedClaim::claim_of(state.claim.as_ref(), state.meta.epoch))
     }
 
     async fn members(&self) -> Result<Vec<ReplicaId>, LogError> {

@@ -5,11 +5,11 @@
 use std::fs::File;
 use std::path::Path;
 
-use replication_core::{LogError, LogPosition, ReplicaId, Tx, TxId};
+use replication_core::{EpochClaim, LogError, LogPosition, ReplicaId, Tx, TxId};
 
-use crate::members;
 use crate::record;
 use crate::segment::{self, index_path, segment_path};
+use crate::{claim, members};
 
 /// What [`verify`] found in a sound log.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -27,13 +27,16 @@ pub struct VerifyReport {
     pub torn_tail: Option<String>,
     /// The membership last saved (empty if none was: the `members` file is absent).
     pub members: Vec<ReplicaId>,
+    /// The primary last recorded for an epoch (the `epoch-claim` file), if any: the claim of
+    /// the log's epoch, or of an older one when a later epoch was learned without its primary.
+    pub epoch_claim: Option<EpochClaim>,
 }
 
 /// Checks the log in `dir` and calls `visit` for every transaction, in order.
 ///
 /// # Errors
 /// [`LogError::Corrupt`] naming the file, offset and reason of the first problem (for the
-/// `members` file, the file and the reason).
+/// `members` and `epoch-claim` files, the file and the reason).
 pub fn verify(dir: &Path, mut visit: impl FnMut(&Tx)) -> Result<VerifyReport, LogError> {
     // Read a log only while nobody writes it.
     let _lock = match File::options().write(true).open(dir.join("LOCK")) {
@@ -70,6 +73,8 @@ pub fn verify(dir: &Path, mut visit: impl FnMut(&Tx)) -> Result<VerifyReport, Lo
     }
     // Checked like the open checks it: a damaged membership is as fatal as a damaged segment.
     let members = members::load(dir)?;
+    let epoch_claim =
+        claim::load(dir)?.map(|saved| EpochClaim::new(saved.epoch, Some(saved.primary)));
     let mut report = VerifyReport {
         transactions: 0,
         segments: firsts.len(),
@@ -77,6 +82,7 @@ pub fn verify(dir: &Path, mut visit: impl FnMut(&Tx)) -> Result<VerifyReport, Lo
         last: LogPosition::START,
         torn_tail: None,
         members,
+        epoch_claim,
     };
     let mut prev: Option<LogPosition> = (report.first == TxId(1)).then_some(LogPosition::START);
     for (i, &first) in firsts.iter().enumerate() {

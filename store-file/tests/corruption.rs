@@ -7,7 +7,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use replication_core::{Epoch, LogError, LogPosition, ReplicaId, Tx, TxId, TxLog};
+use replication_core::{Epoch, EpochClaim, LogError, LogPosition, ReplicaId, Tx, TxId, TxLog};
 use store_file::{FileLog, FileLogOptions};
 
 mod common;
@@ -31,6 +31,11 @@ fn saved_members() -> Vec<ReplicaId> {
     ]
 }
 
+/// The epoch claim every built log saves, so that the sweeps cover the `epoch-claim` file.
+fn saved_claim() -> EpochClaim {
+    EpochClaim::new(Epoch(1), Some(ReplicaId::new("primary", "db")))
+}
+
 /// Builds a log of `TXS` transactions in about four segments, with [`saved_members`], and
 /// returns the transactions.
 fn build(dir: &Path) -> Vec<Tx> {
@@ -52,7 +57,7 @@ fn build(dir: &Path) -> Vec<Tx> {
                 .expect("durable");
         }
         log.commit(TxId(4)).await.expect("commit");
-        log.save_epoch(Epoch(1)).await.expect("epoch");
+        log.save_epoch(&saved_claim()).await.expect("epoch");
         log.save_members(saved_members()).await.expect("members");
         // The sweeps below also cover the zeros prepared after the last record: wait for
         // them while the log is open (closing stops the zero-fill thread where it is).
@@ -113,6 +118,11 @@ fn open_and_read(dir: &Path, original: &[Tx]) -> Result<usize, LogError> {
             saved_members(),
             "a membership that opens is the one saved"
         );
+        assert_eq!(
+            log.epoch_claim().await?,
+            saved_claim(),
+            "an epoch claim that opens is the one saved"
+        );
         Ok(txs.len())
     })
 }
@@ -163,7 +173,8 @@ fn every_bit_flip_is_detected_or_harmless() {
                         message.contains(".seg")
                             || message.contains(".idx")
                             || message.contains("meta")
-                            || message.contains("members"),
+                            || message.contains("members")
+                            || message.contains("epoch-claim"),
                         "error names no file: {message}"
                     );
                 }
@@ -315,6 +326,7 @@ fn offline_verify_reports_a_sound_log_and_names_damage() {
     assert_eq!(report.transactions, TXS);
     assert!(report.torn_tail.is_none());
     assert_eq!(report.members, saved_members());
+    assert_eq!(report.epoch_claim, Some(saved_claim()));
 
     // A flipped bit in the members file: named by file, like a damaged segment.
     let members = dir.path().join("members");

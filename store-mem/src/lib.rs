@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use replication_core::{
-    Durability, Epoch, LogError, LogPosition, LogState, ReplicaId, Tx, TxId, TxLog,
+    Durability, EpochClaim, LogError, LogPosition, LogState, ReplicaId, Tx, TxId, TxLog,
 };
 use tokio::sync::watch;
 
@@ -102,7 +102,8 @@ impl Chunks {
 #[derive(Debug, Clone)]
 struct Inner {
     txs: Chunks,
-    epoch: Epoch,
+    /// The epoch and its primary, saved durably at once.
+    epoch: EpochClaim,
     durable: TxId,
     committed: TxId,
     manual_sync: bool,
@@ -151,7 +152,7 @@ impl MemLog {
     pub fn new() -> MemLog {
         MemLog::from_inner(Inner {
             txs: Chunks::default(),
-            epoch: Epoch(0),
+            epoch: EpochClaim::default(),
             durable: TxId::ZERO,
             committed: TxId::ZERO,
             manual_sync: false,
@@ -294,7 +295,7 @@ impl TxLog for MemLog {
     async fn state(&self) -> Result<LogState, LogError> {
         let inner = self.lock();
         Ok(LogState {
-            epoch: inner.epoch,
+            epoch: inner.epoch.epoch,
             last: inner.position(inner.last()),
             durable: inner.position(inner.durable),
             committed: inner.position(inner.committed),
@@ -336,10 +337,16 @@ impl TxLog for MemLog {
         Ok(())
     }
 
-    async fn save_epoch(&self, epoch: Epoch) -> Result<(), LogError> {
+    async fn save_epoch(&self, claim: &EpochClaim) -> Result<(), LogError> {
         let mut inner = self.lock();
-        inner.epoch = inner.epoch.max(epoch);
+        if claim.replaces(&inner.epoch) {
+            inner.epoch = claim.clone();
+        }
         Ok(())
+    }
+
+    async fn epoch_claim(&self) -> Result<EpochClaim, LogError> {
+        Ok(self.lock().epoch.clone())
     }
 
     async fn members(&self) -> Result<Vec<ReplicaId>, LogError> {

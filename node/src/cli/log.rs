@@ -77,6 +77,9 @@ pub fn run_log(command: LogCommand) -> Result<ExitCode> {
                             report.last.tx_id,
                             report.last.hash
                         );
+                        if let Some(claim) = &report.epoch_claim {
+                            println!("{name}: last recorded primary: {claim}");
+                        }
                         if let Some(torn) = report.torn_tail {
                             println!(
                                 "{name}: note: a torn record at the end ({torn}) will be cut off when the log is opened"

@@ -198,6 +198,9 @@ pub fn render(outcome: Outcome, is_write: bool, json: bool) -> Result<Rendered> 
                 report.precommitted.hash,
                 report.waiting_writes
             );
+            if let Some(primary) = &report.epoch_primary {
+                text.push_str(&format!("\nepoch primary: {primary}"));
+            }
             if let Some(seen) = report.fenced {
                 text.push_str(&format!("\nfenced: epoch {seen} was seen; no writes taken"));
             }

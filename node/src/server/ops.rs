@@ -499,6 +499,7 @@ fn status_report(db: &str, status: EngineStatus) -> StatusReport {
             Role::ExternalReplica => "replica (external replicator)".into(),
         },
         epoch: status.epoch.0,
+        epoch_primary: status.epoch_primary.as_ref().map(ToString::to_string),
         last_epoch: status.last_epoch.0,
         committed: Position {
             tx_id: status.committed.0,

@@ -16,8 +16,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::engine::{
-    Command, ConnId, Direction, Engine, EngineConfig, EngineStatus, Event, WriteError, WriteId,
-    WriteReceipt,
+    Command, ConnId, Direction, Engine, EngineConfig, EngineStatus, Event, Recovered, WriteError,
+    WriteId, WriteReceipt,
 };
 use crate::log::{LogError, LogFailure, LogOperation, TxLog};
 use crate::protocol::{self, MAX_FRAME_SIZE, Message};
@@ -134,9 +134,16 @@ impl Node {
             _ => Epoch(0),
         };
         let members = log.members().await?;
+        let epoch_claim = log.epoch_claim().await?;
         apply_committed(&*log, &mut state_machine, None, state.committed.tx_id).await?;
         let clock = Clock::start();
-        let engine = Engine::new(config, policy, state, last_epoch, members, clock.now());
+        let recovered = Recovered {
+            state,
+            epoch_claim,
+            last_epoch,
+            members,
+        };
+        let engine = Engine::new(config, policy, recovered, clock.now());
         let (requests_tx, requests_rx) = mpsc::channel(options.write_queue);
         let (internal_tx, internal_rx) = mpsc::channel(4096);
         let (applied_tx, applied_rx) = watch::channel(state_machine.applied());
@@ -366,7 +373,7 @@ type BatchKey = (TxId, TxId, crate::types::TxHash, TxId);
 
 fn batch_key(message: &Message) -> Option<BatchKey> {
     match message {
-        Message::Txs { txs, committed } => {
+        Message::Txs { txs, committed, .. } => {
             let (first, last) = (txs.first()?, txs.last()?);
             Some((first.id, last.id, last.hash, *committed))
         }
@@ -605,9 +612,9 @@ impl<L: TxLog, T: Transport, S: StateMachine> Driver<L, T, S> {
                 .truncate_after(after)
                 .await
                 .map_err(failed(LogOperation::Truncate))?,
-            Command::SaveEpoch(epoch) => self
+            Command::SaveEpoch(claim) => self
                 .log
-                .save_epoch(epoch)
+                .save_epoch(&claim)
                 .await
                 .map_err(failed(LogOperation::SaveEpoch))?,
             Command::SaveMembers(members) => self

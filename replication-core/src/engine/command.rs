@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{AppendToken, ConnId, WriteError, WriteId};
 use crate::protocol::Message;
-use crate::types::{Epoch, ReplicaId, Tx, TxHash, TxId};
+use crate::types::{EpochClaim, ReplicaId, Tx, TxHash, TxId};
 
 /// Something the driver must do, drained from [`Engine::poll_command`](super::Engine::poll_command).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -21,8 +21,8 @@ pub enum Command {
         /// The new last transaction.
         after: TxId,
     },
-    /// Durably record the epoch.
-    SaveEpoch(Epoch),
+    /// Durably record the epoch and who claims it ([`TxLog::save_epoch`](crate::TxLog::save_epoch)).
+    SaveEpoch(EpochClaim),
     /// Durably record the membership (the replicas that count toward the policy), replacing
     /// the one saved before; it must be durable before what follows.
     SaveMembers(Vec<ReplicaId>),

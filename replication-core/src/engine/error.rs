@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::log::LogFailure;
 use crate::protocol::Refusal;
-use crate::types::{ChainError, Epoch, TxHash, TxId};
+use crate::types::{ChainError, Epoch, ReplicaId, TxHash, TxId};
 
 /// Why a write was not acknowledged.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
@@ -39,6 +39,18 @@ pub enum WriteError {
         ours: Epoch,
         /// The higher epoch seen.
         seen: Epoch,
+    },
+    /// Another primary claims this primary's epoch (two promotions raced to it): this primary
+    /// is fenced and accepts no writes. The outcome of writes already appended is unknown.
+    #[error(
+        "this primary is fenced: {other} claims its epoch {epoch} too; promote again, above \
+         epoch {epoch}"
+    )]
+    EpochTaken {
+        /// Our epoch.
+        epoch: Epoch,
+        /// The other primary claiming it.
+        other: ReplicaId,
     },
     /// The log failed. The outcome of writes already appended is unknown.
     #[error("the log failed: {0}")]

@@ -9,7 +9,8 @@
 use std::collections::VecDeque;
 
 use super::{AppendToken, Command};
-use crate::types::{ChainError, Epoch, LogPosition, LogState, Tx, TxId};
+use crate::protocol::Refusal;
+use crate::types::{ChainError, Epoch, EpochClaim, LogPosition, LogState, ReplicaId, Tx, TxId};
 
 /// Why received or pushed transactions do not extend this log.
 #[derive(Debug)]
@@ -30,7 +31,8 @@ pub(super) enum NotExtending {
 /// The positions of this node's log, its epoch, and a cache of recent transactions.
 #[derive(Debug)]
 pub(super) struct LocalLog {
-    epoch: Epoch,
+    /// The highest epoch begun or seen, and its primary when known.
+    claim: EpochClaim,
     last: LogPosition,
     /// The epoch of the last transaction in the log; epochs never decrease along a log.
     last_epoch: Epoch,
@@ -58,12 +60,19 @@ impl LocalLog {
     /// transactions and, beyond one, `recent_max_bytes` of them.
     pub(super) fn new(
         state: LogState,
+        claim: EpochClaim,
         last_epoch: Epoch,
         recent_max_txs: usize,
         recent_max_bytes: usize,
     ) -> LocalLog {
         LocalLog {
-            epoch: state.epoch,
+            // A store's claim names the epoch of its state; should the two disagree, the
+            // higher epoch holds, and its primary is unknown unless the claim names it.
+            claim: if claim.epoch >= state.epoch {
+                claim
+            } else {
+                EpochClaim::new(state.epoch, None)
+            },
             last: state.last,
             last_epoch,
             durable: state.durable,
@@ -82,7 +91,12 @@ impl LocalLog {
 
     /// The node's epoch.
     pub(super) fn epoch(&self) -> Epoch {
-        self.epoch
+        self.claim.epoch
+    }
+
+    /// The node's epoch and the primary that claims it.
+    pub(super) fn claim(&self) -> &EpochClaim {
+        &self.claim
     }
 
     /// The last transaction appended.
@@ -135,17 +149,55 @@ impl LocalLog {
         Ok((prev, prev_epoch))
     }
 
-    /// Begins `epoch` (a primary at startup), which must be higher than the current one.
-    pub(super) fn begin_epoch(&mut self, epoch: Epoch, out: &mut VecDeque<Command>) {
-        self.epoch = epoch;
-        out.push_back(Command::SaveEpoch(epoch));
+    /// Begins or records `claim`, which must replace the current one
+    /// ([`EpochClaim::replaces`]): a primary's own epoch at startup, or one a source passed on.
+    fn save_claim(&mut self, claim: EpochClaim, out: &mut VecDeque<Command>) {
+        self.claim = claim.clone();
+        out.push_back(Command::SaveEpoch(claim));
     }
 
-    /// Adopts `epoch` if it is higher than ours (seen from a source or in transactions).
+    /// Begins `epoch` as its primary `me` (a primary at startup); `epoch` must be higher than
+    /// the current one.
+    pub(super) fn begin_epoch(&mut self, epoch: Epoch, me: ReplicaId, out: &mut VecDeque<Command>) {
+        self.save_claim(EpochClaim::new(epoch, Some(me)), out);
+    }
+
+    /// Adopts `epoch` if it is higher than ours, its primary unknown (seen in transactions
+    /// pushed by an external replicator, or forwarded ahead of their claim).
     pub(super) fn raise_epoch(&mut self, epoch: Epoch, out: &mut VecDeque<Command>) {
-        if epoch > self.epoch {
-            self.begin_epoch(epoch, out);
+        if epoch > self.claim.epoch {
+            self.save_claim(EpochClaim::new(epoch, None), out);
         }
+    }
+
+    /// Whether a source's claim may be followed: not of a lower epoch than ours (the source is
+    /// stale), nor naming another primary for our epoch.
+    pub(super) fn check_claim(&self, claim: &EpochClaim) -> Result<(), Refusal> {
+        if claim.epoch < self.claim.epoch {
+            return Err(Refusal::StaleSource {
+                source_epoch: claim.epoch,
+                replica: self.claim.epoch,
+            });
+        }
+        match Refusal::epoch_taken(claim, &self.claim) {
+            Some(taken) => Err(taken),
+            None => Ok(()),
+        }
+    }
+
+    /// Records a source's claim before anything of its epoch is stored or acknowledged: a
+    /// higher epoch, or our epoch's primary where we knew none. Refuses a lower epoch (the
+    /// source is stale) and a second primary of our epoch.
+    pub(super) fn adopt_claim(
+        &mut self,
+        claim: &EpochClaim,
+        out: &mut VecDeque<Command>,
+    ) -> Result<(), Refusal> {
+        self.check_claim(claim)?;
+        if claim.replaces(&self.claim) {
+            self.save_claim(claim.clone(), out);
+        }
+        Ok(())
     }
 
     /// Appends transactions this node now holds (written here or received), which must follow

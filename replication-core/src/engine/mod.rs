@@ -67,7 +67,7 @@ pub use timers::Timestamp;
 
 use crate::log::LogFailure;
 use crate::quorum::QuorumPolicy;
-use crate::types::{Epoch, LogPosition, LogState, ReplicaId, Tx, TxId};
+use crate::types::{Epoch, EpochClaim, LogPosition, LogState, ReplicaId, Tx, TxId};
 use external::Pushes;
 use local_log::LocalLog;
 use source::Source;
@@ -99,6 +99,19 @@ macro_rules! cx {
     };
 }
 
+/// What a node's log holds at startup, as [`Engine::new`] needs it.
+#[derive(Clone, Debug, Default)]
+pub struct Recovered {
+    /// The log's positions and epoch ([`TxLog::state`](crate::TxLog::state)).
+    pub state: LogState,
+    /// Who claimed that epoch ([`TxLog::epoch_claim`](crate::TxLog::epoch_claim)).
+    pub epoch_claim: EpochClaim,
+    /// The epoch of the log's last transaction (`Epoch(0)` for an empty log).
+    pub last_epoch: Epoch,
+    /// The membership the log last saved ([`TxLog::members`](crate::TxLog::members)).
+    pub members: Vec<ReplicaId>,
+}
+
 /// The replication engine of one database on one node. See the [module docs](self).
 #[derive(Debug)]
 pub struct Engine {
@@ -117,21 +130,23 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Builds the engine from the log's state at startup. A primary begins a new epoch (the
-    /// first command saves it); a replica schedules its first connection.
-    ///
-    /// `last_epoch` is the epoch of the log's last transaction (`Epoch(0)` for an empty log);
-    /// `members` the membership the log last saved ([`TxLog::members`](crate::TxLog::members)).
+    /// Builds the engine from what the log holds at startup. A primary begins a new epoch
+    /// (the first command saves it); a replica schedules its first connection.
     pub fn new(
         config: EngineConfig,
         policy: Arc<dyn QuorumPolicy>,
-        state: LogState,
-        last_epoch: Epoch,
-        members: Vec<ReplicaId>,
+        recovered: Recovered,
         now: Timestamp,
     ) -> Engine {
+        let Recovered {
+            state,
+            epoch_claim,
+            last_epoch,
+            members,
+        } = recovered;
         let log = LocalLog::new(
             state,
+            epoch_claim,
             last_epoch,
             config.recent_cache_txs,
             64 * config.max_batch_bytes,
@@ -166,7 +181,8 @@ impl Engine {
                 .max(last_epoch)
                 .max(engine.config.min_epoch)
                 .next();
-            engine.log.begin_epoch(epoch, &mut engine.commands);
+            let me = engine.identity();
+            engine.log.begin_epoch(epoch, me, &mut engine.commands);
         }
         engine.timers.set(Timer::Heartbeat, now);
         engine.refresh_timers();
@@ -344,6 +360,7 @@ impl Engine {
         EngineStatus {
             role: self.config.role.clone(),
             epoch: self.log.epoch(),
+            epoch_primary: self.log.claim().primary.clone(),
             last: self.log.last(),
             last_epoch: self.log.last_epoch(),
             durable: self.log.durable(),
@@ -356,7 +373,7 @@ impl Engine {
             last_error: match (&self.upstream, &self.pushes) {
                 (Some(upstream), _) => upstream.last_error(),
                 (None, Some(pushes)) => pushes.stopped().map(ToString::to_string),
-                (None, None) => None,
+                (None, None) => writes.and_then(WritePath::fence_reason),
             },
             replicas: self.source.replica_statuses(now, self.log.last().tx_id),
             members: self.source.members().cloned().collect(),
@@ -397,6 +414,17 @@ impl Engine {
     /// The node's epoch.
     pub fn epoch(&self) -> Epoch {
         self.log.epoch()
+    }
+
+    /// The node's epoch and the primary that claims it, as recorded.
+    pub fn epoch_claim(&self) -> &EpochClaim {
+        self.log.claim()
+    }
+
+    /// This database on this node: a primary's claim to its epochs, a replica's identity at
+    /// its source.
+    fn identity(&self) -> ReplicaId {
+        ReplicaId::new(self.config.node.clone(), self.config.database.clone())
     }
 
     /// The error that stopped replication from the source (or, on an external replica, the

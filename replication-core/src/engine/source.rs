@@ -227,13 +227,14 @@ impl Source {
 
     /// Tells every streaming replica the commit point, unless a `Txs` message already did.
     fn send_commit_points(&mut self, cx: &mut Ctx<'_>) {
-        let (epoch, committed) = (cx.log.epoch(), cx.log.committed());
+        let committed = cx.log.committed();
         for (&conn, downstream) in &mut self.downstreams {
             if downstream.is_streaming() && downstream.committed_sent < committed {
                 downstream.committed_sent = committed;
+                let claim = cx.log.claim().clone();
                 cx.out.push_back(Command::Send {
                     conn,
-                    message: Message::Committed { epoch, committed },
+                    message: Message::Committed { claim, committed },
                 });
             }
         }
@@ -321,7 +322,7 @@ impl Source {
         let Message::Subscribe {
             version,
             database,
-            epoch,
+            claim,
             last,
             known_common,
             window,
@@ -351,15 +352,24 @@ impl Source {
         {
             return self.refuse(cx, conn, Refusal::NotAllowed(peer.0));
         }
-        if epoch > cx.log.epoch() {
+        if claim.epoch > cx.log.epoch() {
             if let Some(writes) = &mut self.writes {
-                writes.fence(cx, epoch);
+                writes.fence(cx, claim.epoch);
             }
             let refusal = Refusal::StaleSource {
                 source_epoch: cx.log.epoch(),
-                replica: epoch,
+                replica: claim.epoch,
             };
             return self.refuse(cx, conn, refusal);
+        }
+        // The replica follows another primary of our epoch: two promotions raced to it. The
+        // replica stays with the one it recorded first, and a primary stops writing, since it
+        // cannot know that the quorum it needs is not already the other's.
+        if let Some(taken) = Refusal::epoch_taken(cx.log.claim(), &claim) {
+            if let (Some(writes), Some(other)) = (&mut self.writes, claim.primary.clone()) {
+                writes.fence_taken(cx, other);
+            }
+            return self.refuse(cx, conn, taken);
         }
         let Some(downstream) = self.downstreams.get_mut(&conn) else {
             return;
@@ -503,7 +513,7 @@ impl Source {
                 .any(|tx| tx.id == last.tx_id && tx.hash == last.hash);
         if !matches_last {
             let message = Message::Diverged {
-                epoch: cx.log.epoch(),
+                claim: cx.log.claim().clone(),
                 source_hashes: rest.iter().map(|tx| tx.hash).collect(),
                 source_last: limit,
             };
@@ -531,7 +541,7 @@ impl Source {
         cx.out.push_back(Command::Send {
             conn,
             message: Message::Accepted {
-                epoch: cx.log.epoch(),
+                claim: cx.log.claim().clone(),
                 committed,
                 primary: primary.map(str::to_string),
             },
@@ -565,6 +575,7 @@ impl Source {
         cx.out.push_back(Command::Send {
             conn,
             message: Message::Txs {
+                claim: cx.log.claim().clone(),
                 txs: batch,
                 committed,
             },
@@ -672,7 +683,7 @@ impl Source {
         }
         for conn in heartbeats {
             let message = Message::Committed {
-                epoch: cx.log.epoch(),
+                claim: cx.log.claim().clone(),
                 committed: cx.log.committed(),
             };
             cx.out.push_back(Command::Send { conn, message });

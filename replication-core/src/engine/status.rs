@@ -51,6 +51,8 @@ pub struct EngineStatus {
     pub role: Role,
     /// The node's epoch.
     pub epoch: Epoch,
+    /// The primary that claims that epoch, as this node recorded it (`None` when unknown).
+    pub epoch_primary: Option<ReplicaId>,
     /// The last transaction appended.
     pub last: LogPosition,
     /// The epoch of the last transaction appended: with `durable`, how advanced this log is.
@@ -73,7 +75,8 @@ pub struct EngineStatus {
     pub waiting_writes: usize,
     /// The replica's link to its source (replica only).
     pub upstream: Option<UpstreamState>,
-    /// The last error replication met (replica only), cleared once streaming resumes.
+    /// The last error replication met (replica), cleared once streaming resumes; on a fenced
+    /// primary, why it is fenced.
     pub last_error: Option<String>,
     /// This node's replicas: those heard from since it started, and every member.
     pub replicas: Vec<ReplicaStatus>,

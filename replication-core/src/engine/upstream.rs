@@ -11,7 +11,7 @@ use std::time::Duration;
 use super::local_log::NotExtending;
 use super::{Command, ConnId, Ctx, ReplicationError, Timestamp, UpstreamState};
 use crate::protocol::{Message, PROTOCOL_VERSION, Refusal};
-use crate::types::{Epoch, LogPosition, Tx, TxHash, TxId};
+use crate::types::{Epoch, EpochClaim, LogPosition, Tx, TxHash, TxId};
 
 /// The link to the source.
 #[derive(Debug)]
@@ -227,7 +227,7 @@ impl Upstream {
                 .source_database
                 .clone()
                 .unwrap_or_else(|| cx.config.database.clone()),
-            epoch: cx.log.epoch(),
+            claim: cx.log.claim().clone(),
             last: cx.log.last(),
             known_common,
             window: cx.config.prefetch_buffer,
@@ -259,21 +259,19 @@ impl Upstream {
     ) -> Option<TxId> {
         match message {
             Message::Accepted {
-                epoch,
+                claim,
                 committed,
                 primary,
             } => {
                 self.primary_hint = Some(primary.unwrap_or_else(|| self.address.clone()));
-                if epoch < cx.log.epoch() {
-                    let refusal = Refusal::StaleSource {
-                        source_epoch: epoch,
-                        replica: cx.log.epoch(),
-                    };
+                // Recorded before the acknowledgement below: from here this replica belongs
+                // to the claim's primary for its epoch.
+                if let Err(refusal) = cx.log.adopt_claim(&claim, cx.out) {
                     self.refused(cx, conn, refusal);
                     return None;
                 }
-                cx.log.raise_epoch(epoch, cx.out);
-                tracing::info!(?conn, %epoch, %committed, last = %cx.log.last().tx_id, "streaming from source");
+                let epoch = claim.epoch;
+                tracing::info!(?conn, %claim, %committed, last = %cx.log.last().tx_id, "streaming from source");
                 self.link = Link::Streaming {
                     conn,
                     source_epoch: epoch,
@@ -294,19 +292,30 @@ impl Upstream {
                 None
             }
             Message::Diverged {
-                epoch,
+                claim,
                 source_hashes,
                 source_last,
             } => {
-                self.on_diverged(cx, conn, epoch, source_hashes, source_last);
+                self.on_diverged(cx, conn, claim, source_hashes, source_last);
                 None
             }
-            Message::Txs { txs, committed } => self.on_txs(cx, txs, committed),
-            Message::Committed { epoch, committed } => {
+            Message::Txs {
+                claim,
+                txs,
+                committed,
+            } => {
+                if !self.follow_claim(cx, conn, &claim) {
+                    return None;
+                }
+                self.on_txs(cx, txs, committed)
+            }
+            Message::Committed { claim, committed } => {
+                if !self.follow_claim(cx, conn, &claim) {
+                    return None;
+                }
                 let Link::Streaming {
                     source_committed,
                     last_heard,
-                    source_epoch,
                     ..
                 } = &mut self.link
                 else {
@@ -314,8 +323,6 @@ impl Upstream {
                 };
                 *last_heard = cx.now;
                 *source_committed = (*source_committed).max(committed);
-                *source_epoch = (*source_epoch).max(epoch);
-                cx.log.raise_epoch(epoch, cx.out);
                 self.source_commit_point()
             }
             other => {
@@ -325,21 +332,35 @@ impl Upstream {
         }
     }
 
+    /// Records a streaming source's claim, which moves when a relay's own source begins a
+    /// newer epoch. Returns false, having dropped the channel, when the claim is refused.
+    fn follow_claim(&mut self, cx: &mut Ctx<'_>, conn: ConnId, claim: &EpochClaim) -> bool {
+        let Link::Streaming { source_epoch, .. } = &mut self.link else {
+            return false;
+        };
+        *source_epoch = (*source_epoch).max(claim.epoch);
+        match cx.log.adopt_claim(claim, cx.out) {
+            Ok(()) => true,
+            Err(refusal) => {
+                self.refused(cx, conn, refusal);
+                false
+            }
+        }
+    }
+
     fn on_diverged(
         &mut self,
         cx: &mut Ctx<'_>,
         conn: ConnId,
-        epoch: Epoch,
+        claim: EpochClaim,
         source_hashes: Vec<TxHash>,
         source_last: TxId,
     ) {
-        if epoch < cx.log.epoch() {
-            let refusal = Refusal::StaleSource {
-                source_epoch: epoch,
-                replica: cx.log.epoch(),
-            };
+        // Checked, not recorded: the claim is recorded once the subscription is accepted.
+        if let Err(refusal) = cx.log.check_claim(&claim) {
             return self.refused(cx, conn, refusal);
         }
+        let epoch = claim.epoch;
         // The source's hashes follow the position our subscription offered, which after a
         // first round of resolution lies beyond our commit point.
         let Link::Subscribing {

@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 use bytes::Bytes;
 
 use super::{AckKind, Command, Ctx, Timestamp, WriteError, WriteId, WriteReceipt};
-use crate::types::{Epoch, LogPosition, Tx, TxId};
+use crate::types::{Epoch, LogPosition, ReplicaId, Tx, TxId};
 
 /// A write waiting for its commit.
 #[derive(Debug)]
@@ -56,13 +56,20 @@ pub(super) struct WritePath {
     /// In proposal order; deadlines are proposal time plus one fixed timeout, so the first
     /// deadline is the earliest.
     pending: Waiting,
-    fenced: Option<Epoch>,
+    /// Why this primary is fenced, as every write is then refused; with the epoch that
+    /// fenced it.
+    fenced: Option<(Epoch, WriteError)>,
 }
 
 impl WritePath {
     /// The higher epoch that fenced this primary, if any.
     pub(super) fn fenced(&self) -> Option<Epoch> {
-        self.fenced
+        self.fenced.as_ref().map(|(epoch, _)| *epoch)
+    }
+
+    /// Why this primary is fenced, if it is.
+    pub(super) fn fence_reason(&self) -> Option<String> {
+        self.fenced.as_ref().map(|(_, error)| error.to_string())
     }
 
     /// How many writes wait for their commit.
@@ -80,9 +87,7 @@ impl WritePath {
     /// the transactions to append.
     pub(super) fn accept(&mut self, cx: &mut Ctx<'_>, writes: Vec<(WriteId, Bytes)>) -> Vec<Tx> {
         let epoch = cx.log.epoch();
-        let refusal = self
-            .fenced
-            .map(|seen| WriteError::Fenced { ours: epoch, seen });
+        let refusal = self.fenced.as_ref().map(|(_, error)| error.clone());
         let mut txs: Vec<Tx> = Vec::with_capacity(writes.len());
         for (write, payload) in writes {
             if let Some(error) = &refusal {
@@ -145,14 +150,30 @@ impl WritePath {
 
     /// A node of epoch `seen` exists: stop accepting writes and answer the waiting ones.
     pub(super) fn fence(&mut self, cx: &mut Ctx<'_>, seen: Epoch) {
-        if self.fenced.is_some_and(|s| s >= seen) {
+        if self.fenced().is_some_and(|s| s >= seen) {
             return;
         }
         let ours = cx.log.epoch();
         tracing::error!(%ours, %seen, "a higher epoch exists: this primary is fenced");
-        self.fenced = Some(seen);
+        self.fence_with(cx, seen, WriteError::Fenced { ours, seen });
+    }
+
+    /// Another primary claims this primary's own epoch (a replica recorded it first): at most
+    /// one of the two may write in it, and this one cannot tell that it is the one, so it
+    /// stops accepting writes and answers the waiting ones.
+    pub(super) fn fence_taken(&mut self, cx: &mut Ctx<'_>, other: ReplicaId) {
+        let epoch = cx.log.epoch();
+        if self.fenced.is_some() {
+            return;
+        }
+        tracing::error!(%epoch, %other, "another primary claims this epoch: this primary is fenced");
+        self.fence_with(cx, epoch, WriteError::EpochTaken { epoch, other });
+    }
+
+    fn fence_with(&mut self, cx: &mut Ctx<'_>, seen: Epoch, error: WriteError) {
+        self.fenced = Some((seen, error.clone()));
         // Appended but never committed here: the outcome is for the new primary to decide.
-        self.fail_all(cx, WriteError::Fenced { ours, seen });
+        self.fail_all(cx, error);
     }
 
     /// Answers every waiting write with `error`.

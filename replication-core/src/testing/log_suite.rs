@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::log::{LogError, TxLog};
-use crate::types::{Epoch, LogPosition, ReplicaId, Tx, TxId};
+use crate::types::{Epoch, EpochClaim, LogPosition, ReplicaId, Tx, TxId};
 
 /// Makes logs for the conformance suite.
 #[async_trait]
@@ -263,12 +263,26 @@ async fn truncation<F: LogFactory>(factory: &F) {
 async fn epoch<F: LogFactory>(factory: &F) {
     let log = factory.create().await;
     assert_eq!(log.state().await.expect("state").epoch, Epoch(0));
-    log.save_epoch(Epoch(3)).await.expect("save");
-    log.save_epoch(Epoch(2)).await.expect("save");
+    assert_eq!(
+        log.epoch_claim().await.expect("claim"),
+        EpochClaim::default(),
+        "a new log has epoch 0 and no primary"
+    );
+    log.save_epoch(&EpochClaim::new(Epoch(3), None))
+        .await
+        .expect("save");
+    log.save_epoch(&EpochClaim::new(Epoch(2), Some(ReplicaId::new("a", "db"))))
+        .await
+        .expect("save");
     assert_eq!(
         log.state().await.expect("state").epoch,
         Epoch(3),
         "the epoch never decreases"
+    );
+    assert_eq!(
+        log.epoch_claim().await.expect("claim"),
+        EpochClaim::new(Epoch(3), None),
+        "a claim of a lower epoch is ignored"
     );
     let log = factory.crash_and_reopen(log).await;
     assert_eq!(
@@ -276,6 +290,40 @@ async fn epoch<F: LogFactory>(factory: &F) {
         Epoch(3),
         "the epoch is durable"
     );
+    // The primary of an epoch learned later is recorded, and then never replaced.
+    let first = EpochClaim::new(Epoch(3), Some(ReplicaId::new("a", "db")));
+    log.save_epoch(&first).await.expect("save");
+    assert_eq!(
+        log.epoch_claim().await.expect("claim"),
+        first,
+        "a claim naming the primary of the saved epoch replaces one that named none"
+    );
+    log.save_epoch(&EpochClaim::new(Epoch(3), Some(ReplicaId::new("b", "db"))))
+        .await
+        .expect("save");
+    log.save_epoch(&EpochClaim::new(Epoch(3), None))
+        .await
+        .expect("save");
+    assert_eq!(
+        log.epoch_claim().await.expect("claim"),
+        first,
+        "the primary of an epoch is never replaced"
+    );
+    let log = factory.crash_and_reopen(log).await;
+    assert_eq!(
+        log.epoch_claim().await.expect("claim"),
+        first,
+        "the claim is durable"
+    );
+    let next = EpochClaim::new(Epoch(4), Some(ReplicaId::new("b", "db")));
+    log.save_epoch(&next).await.expect("save");
+    let log = factory.crash_and_reopen(log).await;
+    assert_eq!(
+        log.epoch_claim().await.expect("claim"),
+        next,
+        "a higher epoch replaces the claim"
+    );
+    assert_eq!(log.state().await.expect("state").epoch, Epoch(4));
 }
 
 async fn membership<F: LogFactory>(factory: &F) {

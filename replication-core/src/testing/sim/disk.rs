@@ -8,7 +8,7 @@
 //! cover nothing past it.
 
 use super::rng::Rng;
-use crate::types::{Epoch, LogPosition, LogState, ReplicaId, Tx, TxHash, TxId};
+use crate::types::{Epoch, EpochClaim, LogPosition, LogState, ReplicaId, Tx, TxHash, TxId};
 
 /// An append's durability, to be completed at `at` by [`Disk::complete`].
 #[derive(Clone, Copy, Debug)]
@@ -23,7 +23,8 @@ pub(super) struct Disk {
     txs: Vec<Tx>,
     durable: u64,
     committed: u64,
-    epoch: Epoch,
+    /// The epoch and its primary.
+    epoch: EpochClaim,
     /// The membership, durable as soon as it is saved (as the epoch).
     members: Vec<ReplicaId>,
     /// Bumped by every truncation; a durability completion from before it covers nothing
@@ -40,7 +41,7 @@ impl Disk {
             txs: Vec::new(),
             durable: 0,
             committed: 0,
-            epoch: Epoch::default(),
+            epoch: EpochClaim::default(),
             members: Vec::new(),
             truncations: 0,
             busy_until: 0,
@@ -80,7 +81,7 @@ impl Disk {
     /// What a node reads from its log when it starts.
     pub(super) fn state(&self) -> LogState {
         LogState {
-            epoch: self.epoch,
+            epoch: self.epoch.epoch,
             last: self.position(self.len()),
             durable: self.position(self.durable),
             committed: self.position(self.committed),
@@ -118,8 +119,16 @@ impl Disk {
         self.truncations += 1;
     }
 
-    pub(super) fn save_epoch(&mut self, epoch: Epoch) {
-        self.epoch = self.epoch.max(epoch);
+    /// Saves `claim`, by the rule of `TxLog::save_epoch`.
+    pub(super) fn save_epoch(&mut self, claim: &EpochClaim) {
+        if claim.replaces(&self.epoch) {
+            self.epoch = claim.clone();
+        }
+    }
+
+    /// The epoch claim last saved.
+    pub(super) fn epoch_claim(&self) -> &EpochClaim {
+        &self.epoch
     }
 
     /// The epoch of the last durable transaction (`Epoch(0)` for none).

@@ -25,7 +25,7 @@ use super::rng::{Rng, Stream};
 use super::world::{SimEvent, World};
 use crate::engine::Role;
 use crate::quorum::Quorum;
-use crate::types::Epoch;
+use crate::types::{Epoch, EpochClaim};
 
 /// Where the run is in its (at most one) failover.
 #[derive(Debug, Default)]
@@ -124,7 +124,9 @@ impl World {
             .map(|n| self.nodes[n].disk.state().epoch)
             .max()
             .unwrap_or(Epoch(0));
-        self.nodes[candidate].disk.save_epoch(seen);
+        self.nodes[candidate]
+            .disk
+            .save_epoch(&EpochClaim::new(seen, None));
         let repointed = self.topology.promote(candidate, old);
         let policy = self.faults.policy_for(&self.topology);
         self.log(format!(

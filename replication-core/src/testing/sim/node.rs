@@ -10,7 +10,7 @@ use std::time::Duration;
 use super::disk::Disk;
 use super::rng::{Rng, Stream};
 use super::topology::NodeSpec;
-use crate::engine::{Engine, EngineConfig, Role, Timestamp};
+use crate::engine::{Engine, EngineConfig, Recovered, Role, Timestamp};
 use crate::quorum::Quorum;
 use crate::types::{LogPosition, Tx};
 
@@ -84,9 +84,12 @@ impl SimNode {
         self.engine = Some(Engine::new(
             self.config(),
             Arc::new(policy.clone()),
-            state,
-            self.disk.last_epoch(),
-            self.disk.members().to_vec(),
+            Recovered {
+                state,
+                epoch_claim: self.disk.epoch_claim().clone(),
+                last_epoch: self.disk.last_epoch(),
+                members: self.disk.members().to_vec(),
+            },
             Timestamp(now),
         ));
         self.tick_at = None;

@@ -284,7 +284,7 @@ impl World {
                 let name = self.nodes[node].name.clone();
                 self.log(format!("{name} truncates after {after}"));
             }
-            Command::SaveEpoch(epoch) => self.nodes[node].disk.save_epoch(epoch),
+            Command::SaveEpoch(claim) => self.nodes[node].disk.save_epoch(&claim),
             Command::SaveMembers(members) => {
                 oracle::members_replicate_from_it(&self.topology, node, &members)?;
                 let name = self.nodes[node].name.clone();
@@ -628,18 +628,22 @@ impl World {
 
 fn describe(message: &Message) -> String {
     match message {
-        Message::Txs { txs, committed } => format!(
-            "Txs {}..={} committed {committed}",
+        Message::Txs {
+            txs,
+            committed,
+            claim,
+        } => format!(
+            "Txs {}..={} committed {committed} {claim}",
             txs.first().map(|t| t.id.0).unwrap_or(0),
             txs.last().map(|t| t.id.0).unwrap_or(0)
         ),
         Message::Diverged {
-            epoch,
+            claim,
             source_hashes,
             source_last,
         } => {
             format!(
-                "Diverged epoch {epoch} hashes {} source_last {source_last}",
+                "Diverged {claim} hashes {} source_last {source_last}",
                 source_hashes.len()
             )
         }
