@@ -1289,3 +1289,59 @@ fn a_primary_told_of_another_primary_of_its_epoch_fences_itself() {
         "the fence reason is shown"
     );
 }
+
+#[test]
+fn an_old_primary_restarted_as_a_replica_gives_up_a_claim_it_wrote_nothing_in() {
+    // `p` began epoch 2 on a restart, wrote nothing durable in it, and is repointed at `q`,
+    // promoted to epoch 2 meanwhile: it follows `q`. Had it written in epoch 2, it keeps its
+    // claim and `q` is refused.
+    let state = LogState {
+        epoch: Epoch(2),
+        ..LogState::default()
+    };
+    for (last_epoch, follows) in [(Epoch(1), true), (Epoch(2), false)] {
+        let config = EngineConfig::new(
+            "p",
+            "db",
+            Role::Replica {
+                address: "q".into(),
+            },
+        );
+        let recovered = recovered(state, last_epoch, Some("p"));
+        let mut engine = Engine::new(config, Arc::new(Quorum::Async), recovered, T0);
+        engine.handle(T0, Event::Tick);
+        drain(&mut engine);
+        engine.handle(
+            T0,
+            Event::Connected {
+                conn: SOURCE,
+                peer: NodeId::new("q"),
+                address: "q".into(),
+                direction: Direction::Upstream,
+            },
+        );
+        drain(&mut engine);
+        engine.handle(
+            T0,
+            Event::Received {
+                conn: SOURCE,
+                message: Message::Accepted {
+                    claim: claim_by(2, "q"),
+                    committed: TxId(0),
+                    primary: None,
+                },
+            },
+        );
+        let commands = drain(&mut engine);
+        if follows {
+            assert_eq!(
+                commands[0],
+                Command::SaveEpoch(claim_by(2, "q")),
+                "{commands:?}"
+            );
+        } else {
+            assert_eq!(commands, vec![Command::Close { conn: SOURCE }]);
+            assert_eq!(engine.epoch_claim(), &claim_by(2, "p"));
+        }
+    }
+}

@@ -92,14 +92,20 @@ pub fn until_status(
     db: &str,
     ready: impl Fn(&serde_json::Value) -> bool,
 ) {
+    let mut last = String::new();
     for _ in 0..200 {
         let output = cli(root, server, &["status", "--db", db]);
         if output.status.success() && ready(&json(&output)) {
             return;
         }
+        last = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
-    panic!("the status of {db} at {server} never became ready");
+    panic!("the status of {db} at {server} never became ready; last: {last}");
 }
 
 /// Retries a CLI call until it succeeds (a server that is still starting).

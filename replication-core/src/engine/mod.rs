@@ -140,10 +140,23 @@ impl Engine {
     ) -> Engine {
         let Recovered {
             state,
-            epoch_claim,
+            mut epoch_claim,
             last_epoch,
             members,
         } = recovered;
+        let me = ReplicaId::new(config.node.clone(), config.database.clone());
+        // A primary that began an epoch and holds nothing durable of it, restarted as a
+        // replica (an old primary restarted as one before it was repointed), gives up its
+        // claim: nothing of that epoch was acknowledged through it, since a write is
+        // acknowledged only once durable on the primary, so following that epoch's other
+        // primary costs nothing. With transactions of its own in that epoch it keeps the claim,
+        // and a second primary of the epoch is refused.
+        if !matches!(config.role, Role::Primary)
+            && epoch_claim.primary.as_ref() == Some(&me)
+            && last_epoch < epoch_claim.epoch
+        {
+            epoch_claim.primary = None;
+        }
         let log = LocalLog::new(
             state,
             epoch_claim,
