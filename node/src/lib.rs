@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod plan;
 pub mod promotion;
 pub mod replicator;
+pub mod rollback;
 pub mod routing;
 pub mod server;
 pub mod switchover;

@@ -407,6 +407,7 @@ mod tests {
             role: role.into(),
             epoch: 1,
             epoch_primary: None,
+            last_rollback: None,
             last_epoch: 1,
             committed: position(durable.saturating_sub(1)),
             precommitted: position(durable),

@@ -181,6 +181,20 @@ pub struct StatusReport {
     /// The quorum policy in its text form (`acks 1`, `majority`, ...), on a primary: what
     /// `failover plan` needs to know how many acknowledgements a write had.
     pub policy: Option<String>,
+    /// The last transactions this database dropped from its log (rejoining a newer history)
+    /// since it started, and the rollback file that keeps them.
+    pub last_rollback: Option<RollbackReport>,
+}
+
+/// Transactions dropped from a log, and the rollback file that keeps them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RollbackReport {
+    /// The first dropped.
+    pub from_tx_id: u64,
+    /// The last dropped.
+    pub to_tx_id: u64,
+    /// The rollback file.
+    pub file: String,
 }
 
 impl StatusReport {

@@ -423,6 +423,30 @@ fn a_partitioned_primary_is_replaced_acknowledges_nothing_and_rejoins_losing_not
     until_status(&net, root, "client", &a1, |s| {
         s["role"] == "replica" && s["upstream"] == "streaming" && s["epoch"].as_u64() == Some(epoch)
     });
+    // What it dropped was kept first, in a rollback file its status names.
+    let rejoined = until_status(&net, root, "client", &a1, |s| {
+        s["last_rollback"].is_object()
+    });
+    let rollback = &rejoined["last_rollback"];
+    let (from, to) = (
+        rollback["from_tx_id"].as_u64().expect("from"),
+        rollback["to_tx_id"].as_u64().expect("to"),
+    );
+    let kept = std::fs::read_to_string(rollback["file"].as_str().expect("file")).expect("read");
+    let kept: Vec<serde_json::Value> = kept
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("a JSON line"))
+        .collect();
+    assert_eq!(kept.len() as u64, to - from + 1, "{rollback}");
+    let hex = |text: &str| -> String { text.bytes().map(|b| format!("{b:02x}")).collect() };
+    for key in ["isolated-0", "stale-0", "healed-0"] {
+        assert!(
+            kept.iter().any(|tx| tx["payload_hex"]
+                .as_str()
+                .is_some_and(|p| p.contains(&hex(key)))),
+            "{key}, dropped, is in the rollback file"
+        );
+    }
     let (after, _) = write_keys(&net, root, &all, "rejoined", 10);
     assert_eq!(after.len(), 10, "writes go on through any server");
     acknowledged.extend(after);

@@ -198,6 +198,12 @@ pub fn render(outcome: Outcome, is_write: bool, json: bool) -> Result<Rendered> 
                 report.precommitted.hash,
                 report.waiting_writes
             );
+            if let Some(r) = &report.last_rollback {
+                text.push_str(&format!(
+                    "\nrolled back: txs {}..={}, kept in {}",
+                    r.from_tx_id, r.to_tx_id, r.file
+                ));
+            }
             if let Some(primary) = &report.epoch_primary {
                 text.push_str(&format!("\nepoch primary: {primary}"));
             }

@@ -11,6 +11,7 @@ fn report(role: &str, epoch: u64, committed: u64, durable: u64, hash: &str) -> S
         role: role.into(),
         epoch,
         epoch_primary: None,
+        last_rollback: None,
         last_epoch: epoch,
         committed: Position {
             tx_id: committed,

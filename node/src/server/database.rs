@@ -5,6 +5,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use replication_core::driver::{Node, NodeOptions, StartError};
+
+use crate::rollback::RollbackDir;
 use replication_core::engine::{EngineConfig, Role};
 use replication_core::log::LogError;
 use replication_core::quorum::{ParseQuorumError, Quorum, QuorumPolicy};
@@ -195,8 +197,14 @@ pub(crate) async fn open(
         .as_ref()
         .map(|ids| ids.iter().map(|id| NodeId::new(id.as_str())).collect());
     // The server routes every channel itself (see the router): the engine must not accept.
+    // Beside the log: `<database>/rollback/`, kept when the log is replaced.
+    let rollback_dir = log_dir.parent().map_or_else(
+        || log_dir.join("rollback"),
+        |db_dir| db_dir.join("rollback"),
+    );
     let options = NodeOptions {
         accept_replicas: false,
+        rollback: Some(Arc::new(RollbackDir::new(rollback_dir))),
         ..NodeOptions::default()
     };
     let store = KvStore::default();

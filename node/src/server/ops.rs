@@ -14,7 +14,7 @@ use replication_core::{ReplicaId, Tx, TxId};
 
 use crate::kv::{KvOp, KvTx};
 use crate::metrics::Snapshot;
-use crate::wire::{DbSettings, Position, ReplicaReport, StatusReport};
+use crate::wire::{DbSettings, Position, ReplicaReport, RollbackReport, StatusReport};
 
 use super::catalog::valid_name;
 use super::database::{self, Database, policy_of};
@@ -519,6 +519,11 @@ fn status_report(db: &str, status: EngineStatus) -> StatusReport {
         replicas: replica_reports(status.replicas),
         members: status.members.iter().map(ToString::to_string).collect(),
         policy: None,
+        last_rollback: status.last_rollback.map(|r| RollbackReport {
+            from_tx_id: r.from.0,
+            to_tx_id: r.to.0,
+            file: r.location,
+        }),
     }
 }
 

@@ -7,6 +7,7 @@
 //! [`Clock`], and the engine sees time only as the `now` the driver passes in.
 
 mod clock;
+mod rollback;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -16,8 +17,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::engine::{
-    Command, ConnId, Direction, Engine, EngineConfig, EngineStatus, Event, Recovered, WriteError,
-    WriteId, WriteReceipt,
+    Command, ConnId, Direction, Engine, EngineConfig, EngineStatus, Event, Recovered, Rollback,
+    WriteError, WriteId, WriteReceipt,
 };
 use crate::log::{LogError, LogFailure, LogOperation, TxLog};
 use crate::protocol::{self, MAX_FRAME_SIZE, Message};
@@ -27,10 +28,14 @@ use crate::transport::{Channel, Transport};
 use crate::types::{Epoch, ReplicaId, Tx, TxId};
 
 pub use clock::Clock;
+pub use rollback::{RollbackFile, RollbackSink};
 
 /// Settings of the driver itself (the replication settings are in [`EngineConfig`]).
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct NodeOptions {
+    /// Where the transactions a replica drops from its log (rejoining a newer history) are
+    /// kept before they are dropped; `None` drops them unkept.
+    pub rollback: Option<Arc<dyn RollbackSink>>,
     /// Largest frame sent or accepted.
     pub max_frame_size: usize,
     /// Frames queued for one channel before it is considered too slow and closed.
@@ -52,7 +57,21 @@ impl Default for NodeOptions {
             write_queue: 16 * 1024,
             max_write_batch: 1024,
             accept_replicas: true,
+            rollback: None,
         }
+    }
+}
+
+impl std::fmt::Debug for NodeOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeOptions")
+            .field("max_frame_size", &self.max_frame_size)
+            .field("channel_queue_frames", &self.channel_queue_frames)
+            .field("write_queue", &self.write_queue)
+            .field("max_write_batch", &self.max_write_batch)
+            .field("accept_replicas", &self.accept_replicas)
+            .field("rollback", &self.rollback.is_some())
+            .finish()
     }
 }
 
@@ -607,11 +626,38 @@ impl<L: TxLog, T: Transport, S: StateMachine> Driver<L, T, S> {
                     let _ = events.send(Internal::Engine(event)).await;
                 });
             }
-            Command::Truncate { after } => self
-                .log
-                .truncate_after(after)
-                .await
-                .map_err(failed(LogOperation::Truncate))?,
+            Command::Truncate { after } => {
+                // Kept before they are dropped: a failure to keep them drops nothing.
+                let last = self
+                    .log
+                    .state()
+                    .await
+                    .map_err(failed(LogOperation::Truncate))?
+                    .last
+                    .tx_id;
+                let kept = match &self.options.rollback {
+                    Some(sink) if last > after => {
+                        let from = after.next();
+                        let location = rollback::keep(&*self.log, sink, from, last)
+                            .await
+                            .map_err(failed(LogOperation::Truncate))?;
+                        Some(Rollback {
+                            from,
+                            to: last,
+                            location,
+                        })
+                    }
+                    _ => None,
+                };
+                self.log
+                    .truncate_after(after)
+                    .await
+                    .map_err(failed(LogOperation::Truncate))?;
+                if let Some(rollback) = kept {
+                    let now = self.clock.now();
+                    self.engine.handle(now, Event::RolledBack(rollback));
+                }
+            }
             Command::SaveEpoch(claim) => self
                 .log
                 .save_epoch(&claim)

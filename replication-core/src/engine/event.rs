@@ -92,6 +92,8 @@ pub enum Event {
     RemoveMember(ReplicaId),
     /// The log failed; the engine stops accepting writes.
     LogFailed(LogFailure),
+    /// The driver kept the transactions a [`super::Command::Truncate`] dropped (for status).
+    RolledBack(super::Rollback),
     /// Time passed.
     Tick,
 }
@@ -135,6 +137,7 @@ impl PartialEq for Event {
             (SetPolicy(a), SetPolicy(b)) => format!("{a:?}") == format!("{b:?}"),
             (RemoveMember(a), RemoveMember(b)) => a == b,
             (LogFailed(a), LogFailed(b)) => a == b,
+            (RolledBack(a), RolledBack(b)) => a == b,
             (Tick, Tick) => true,
             _ => false,
         }

@@ -62,7 +62,7 @@ pub use command::{AckKind, Command, WriteReceipt};
 pub use config::{EngineConfig, Role, default_policy};
 pub use error::{PushRefusal, ReplicationError, WriteError};
 pub use event::{AppendToken, ConnId, Direction, Event, WriteId};
-pub use status::{EngineStatus, ReplicaStatus, UpstreamState};
+pub use status::{EngineStatus, ReplicaStatus, Rollback, UpstreamState};
 pub use timers::Timestamp;
 
 use crate::log::LogFailure;
@@ -127,6 +127,7 @@ pub struct Engine {
     /// The time of the latest event.
     now: Timestamp,
     commands: VecDeque<Command>,
+    last_rollback: Option<Rollback>,
 }
 
 impl Engine {
@@ -183,6 +184,7 @@ impl Engine {
             timers: TimerTable::default(),
             now,
             commands: VecDeque::new(),
+            last_rollback: None,
             config,
         };
         if is_primary {
@@ -276,6 +278,15 @@ impl Engine {
                 self.source.remove_member(cx!(self), &replica);
             }
             Event::LogFailed(failure) => self.on_log_failed(failure),
+            Event::RolledBack(rollback) => {
+                tracing::warn!(
+                    from = %rollback.from,
+                    to = %rollback.to,
+                    location = %rollback.location,
+                    "dropped transactions the new history lacks; they are kept in the rollback"
+                );
+                self.last_rollback = Some(rollback);
+            }
             Event::Tick => {
                 self.source.on_tick(cx!(self));
                 let next = self.now.plus(self.config.heartbeat_interval / 2);
@@ -390,6 +401,7 @@ impl Engine {
             },
             replicas: self.source.replica_statuses(now, self.log.last().tx_id),
             members: self.source.members().cloned().collect(),
+            last_rollback: self.last_rollback.clone(),
         }
     }
 

@@ -82,4 +82,18 @@ pub struct EngineStatus {
     pub replicas: Vec<ReplicaStatus>,
     /// The durable membership: the replicas that count toward the quorum policy.
     pub members: Vec<ReplicaId>,
+    /// The last transactions this node dropped from its log (rejoining a newer history) and
+    /// where they were kept, since it started.
+    pub last_rollback: Option<Rollback>,
+}
+
+/// Transactions a node dropped from its log, kept first where an operator can read them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rollback {
+    /// The first dropped.
+    pub from: TxId,
+    /// The last dropped.
+    pub to: TxId,
+    /// Where they were kept (the driver's [`RollbackSink`](crate::driver::RollbackSink)).
+    pub location: String,
 }
