@@ -124,4 +124,26 @@ impl StateMachine for KvStore {
     fn applied(&self) -> TxId {
         self.read().applied
     }
+
+    fn can_rewind(&self) -> bool {
+        true
+    }
+
+    /// Returns to the empty store: a value records only the transaction that last set it, not
+    /// the one before, so the driver rebuilds the store by replaying the log up to `last`.
+    /// A rewind is rare (an operator allows it after a forced promotion), and replaying is
+    /// what a restart does anyway.
+    fn rewind(&mut self, _last: TxId) -> TxId {
+        let mut inner = self
+            .inner
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        // A counter for metrics: it goes on counting what the replay applies again.
+        let applied_bytes = inner.applied_bytes;
+        *inner = Inner {
+            applied_bytes,
+            ..Inner::default()
+        };
+        TxId::ZERO
+    }
 }

@@ -288,6 +288,7 @@ pub async fn switchover(
             replica_of: Some(format!("{to}/{db}")),
             ..DbSettings::default()
         },
+        allow_rewind: false,
     };
     if let Err(why) = expect_ok(&mut primary, from, &repoint).await {
         return Err(SwitchoverError::Incomplete {

@@ -88,6 +88,10 @@ pub enum Request {
         name: String,
         /// The settings to change.
         settings: DbSettings,
+        /// Allow this replica one rewind (not stored): drop transactions it committed that
+        /// its source's history lacks, into a rollback file. Answered with
+        /// [`Response::Rewound`].
+        allow_rewind: bool,
     },
     /// Lists databases.
     ListDbs,
@@ -193,6 +197,9 @@ pub struct RollbackReport {
     pub from_tx_id: u64,
     /// The last dropped.
     pub to_tx_id: u64,
+    /// The last of them this database had committed (a rewind an operator allowed); `None`
+    /// when none was.
+    pub committed_to_tx_id: Option<u64>,
     /// The rollback file.
     pub file: String,
 }
@@ -282,6 +289,9 @@ pub enum Response {
         /// The durable (precommitted) position.
         precommitted: Position,
     },
+    /// An update that allowed a rewind: the replica's status once it streams again or
+    /// stopped (or when the wait ran out), naming what it rolled back.
+    Rewound(Box<StatusReport>),
     /// Done.
     Ok,
     /// Refused or failed.

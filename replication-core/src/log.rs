@@ -101,7 +101,7 @@ pub enum LogOperation {
     State,
     /// [`TxLog::commit`].
     Commit,
-    /// [`TxLog::truncate_after`].
+    /// [`TxLog::truncate_after`] or [`TxLog::rewind_after`].
     Truncate,
     /// [`TxLog::save_epoch`].
     SaveEpoch,
@@ -212,6 +212,8 @@ impl LogFailure {
 ///    was recorded, never higher.
 /// 5. **Truncation.** [`truncate_after`](TxLog::truncate_after) removes every transaction after
 ///    the given id, durably, before it returns, and refuses to remove a committed transaction.
+///    [`rewind_after`](TxLog::rewind_after), where implemented, removes committed ones too,
+///    lowering the commit point durably first.
 /// 6. **Epoch.** [`save_epoch`](TxLog::save_epoch) is durable on return, `state().epoch`
 ///    never decreases, and [`epoch_claim`](TxLog::epoch_claim) returns the claim of that
 ///    epoch: once a primary is recorded for an epoch, no other replaces it.
@@ -284,6 +286,31 @@ pub trait TxLog: Send + Sync + 'static {
     /// # Errors
     /// [`LogError::TruncateCommitted`] if that would remove a committed transaction.
     async fn truncate_after(&self, last: TxId) -> Result<(), LogError>;
+
+    /// Durably removes every transaction after `last`, committed ones included, lowering the
+    /// commit point to `last` first. The engine calls it only when an operator allowed a
+    /// replica to rewind (it rejoins a history that lacks transactions it had committed, after
+    /// a forced promotion or under an asynchronous policy), and only after the state machine
+    /// forgot them. Below the commit point, the lowered commit point must be durable before any
+    /// transaction is removed, so that a crash in between never leaves a commit point beyond
+    /// the last transaction. At or above it, this is [`truncate_after`](TxLog::truncate_after).
+    ///
+    /// The default refuses, for a log that cannot lower its commit point: a replica on it then
+    /// stops with the divergence instead.
+    ///
+    /// # Errors
+    /// [`LogError::TruncateCommitted`] from the default; [`LogError::Removed`] if `last` is
+    /// before what retention kept; I/O errors.
+    async fn rewind_after(&self, last: TxId) -> Result<(), LogError> {
+        let committed = self.state().await?.committed.tx_id;
+        if last < committed {
+            return Err(LogError::TruncateCommitted {
+                requested: last,
+                committed,
+            });
+        }
+        self.truncate_after(last).await
+    }
 
     /// Durably records the epoch this node has begun or seen, with the primary that claims it
     /// when known. A claim of a lower epoch than the one saved is ignored; a claim of the same

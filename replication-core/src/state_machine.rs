@@ -19,4 +19,27 @@ pub trait StateMachine: Send + 'static {
     /// The last transaction applied (`TxId::ZERO` for a state machine rebuilt from nothing).
     /// After a restart the framework replays committed transactions after it.
     fn applied(&self) -> TxId;
+
+    /// Whether [`rewind`](StateMachine::rewind) is implemented. A replica may be allowed to
+    /// rewind ([`EngineConfig::allow_rewind`](crate::engine::EngineConfig::allow_rewind)) only on a
+    /// state machine that can; the driver refuses to start otherwise.
+    fn can_rewind(&self) -> bool {
+        false
+    }
+
+    /// Forgets every applied transaction after `last`: the replica is dropping committed
+    /// transactions that the new primary's history lacks, as an operator allowed. Returns the
+    /// last transaction still applied, at most `last`; the framework then replays the log
+    /// from there up to `last`. A state machine that keeps no history returns to nothing
+    /// (`TxId::ZERO`) and is rebuilt by the replay; one with checkpoints may restore the
+    /// latest at or before `last`.
+    ///
+    /// Called before the log drops anything, so that a crash in between finds the state
+    /// machine at or behind the log. The default, never called unless
+    /// [`can_rewind`](StateMachine::can_rewind) says so, forgets nothing; the driver then
+    /// fails rather than leave applied what the log no longer holds.
+    fn rewind(&mut self, last: TxId) -> TxId {
+        let _ = last;
+        self.applied()
+    }
 }

@@ -5,10 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use replication_core::driver::{Node, NodeOptions};
+use replication_core::driver::{Node, NodeOptions, StartError};
 use replication_core::engine::{AckKind, EngineConfig, Role, WriteError};
 use replication_core::quorum::Quorum;
-use replication_core::testing::{MemNetwork, RecordingStateMachine, fast_timers};
+use replication_core::testing::{MemNetwork, MemRollback, RecordingStateMachine, fast_timers};
 use replication_core::{TxId, TxLog};
 use store_mem::MemLog;
 
@@ -41,6 +41,18 @@ async fn start(
     policy: Quorum,
     log: MemLog,
 ) -> TestNode {
+    start_with(network, config, policy, log, NodeOptions::default())
+        .await
+        .expect("start")
+}
+
+async fn start_with(
+    network: &MemNetwork,
+    config: EngineConfig,
+    policy: Quorum,
+    log: MemLog,
+    options: NodeOptions,
+) -> Result<TestNode, StartError> {
     init_logs();
     let machine = RecordingStateMachine::default();
     let name = config.node.0.clone();
@@ -50,11 +62,10 @@ async fn start(
         log.clone(),
         network.endpoint(&name),
         machine.clone(),
-        NodeOptions::default(),
+        options,
     )
-    .await
-    .expect("start");
-    TestNode { node, log, machine }
+    .await?;
+    Ok(TestNode { node, log, machine })
 }
 
 async fn eventually<F: Fn() -> bool>(what: &str, check: F) {
@@ -349,4 +360,153 @@ async fn restarted_primary_supersedes_what_it_lost_and_replicas_follow() {
     assert_eq!(replica.machine.positions(), primary.machine.positions());
     let status = replica.node.status().await.unwrap();
     assert_eq!(status.epoch, primary.node.status().await.unwrap().epoch);
+}
+
+/// An asynchronous primary commits transactions its replica never received; the replica is
+/// promoted without them (a forced promotion). Rejoining, the old primary stops naming the
+/// divergence; allowed to rewind, it keeps the dropped transactions in the rollback, its state
+/// machine forgets them, and it follows the new history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rewind_drops_committed_transactions_only_when_allowed_and_keeps_them() {
+    let network = MemNetwork::new();
+    let old_log = MemLog::new();
+    let old = start(
+        &network,
+        config("p", Role::Primary),
+        Quorum::Async,
+        old_log.clone(),
+    )
+    .await;
+    let replica_log = MemLog::new();
+    let replica = start(
+        &network,
+        config("r", replica_of("p")),
+        Quorum::Async,
+        replica_log.clone(),
+    )
+    .await;
+    for text in ["a", "b", "c"] {
+        put(&old.node, text).await.expect("write");
+    }
+    replica
+        .node
+        .wait_applied(TxId(3))
+        .await
+        .expect("replica applies");
+    replica.node.shutdown().await;
+    network.remove("r");
+    // Committed by the primary alone, as an asynchronous policy allows.
+    let lost: Vec<_> = [put(&old.node, "d").await, put(&old.node, "e").await]
+        .into_iter()
+        .map(|receipt| receipt.expect("acknowledged"))
+        .collect();
+    old.node.shutdown().await;
+    network.remove("p");
+    let promoted = start(
+        &network,
+        config("r", Role::Primary),
+        Quorum::Async,
+        replica_log,
+    )
+    .await;
+    let receipt = put(&promoted.node, "x")
+        .await
+        .expect("the promoted primary writes");
+    assert_eq!(receipt.tx_id, TxId(4));
+
+    // Without permission: replication stops, naming the range and both hashes, and drops
+    // nothing.
+    let rejoined = start(
+        &network,
+        config("p", replica_of("r")),
+        Quorum::Async,
+        old_log.clone(),
+    )
+    .await;
+    let error = async {
+        loop {
+            let status = rejoined.node.status().await.expect("status");
+            if let Some(error) = status.last_error.filter(|_| {
+                matches!(
+                    status.upstream,
+                    Some(replication_core::engine::UpstreamState::Stopped(_))
+                )
+            }) {
+                return error;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    let error = tokio::time::timeout(Duration::from_secs(10), error)
+        .await
+        .expect("replication stops");
+    assert!(
+        error.contains("transactions 4 to 5")
+            && error.contains(&lost[0].hash.to_hex())
+            && error.contains(&receipt.hash.to_hex()),
+        "{error}"
+    );
+    let state = rejoined.log.state().await.expect("state");
+    assert_eq!(
+        (state.last.tx_id, state.committed.tx_id),
+        (TxId(5), TxId(5))
+    );
+    rejoined.node.shutdown().await;
+    network.remove("p");
+
+    // Allowing a rewind needs somewhere to keep what it drops.
+    let mut allowed = config("p", replica_of("r"));
+    allowed.allow_rewind = true;
+    let refused = start_with(
+        &network,
+        allowed.clone(),
+        Quorum::Async,
+        old_log.clone(),
+        NodeOptions::default(),
+    )
+    .await;
+    assert!(matches!(refused, Err(StartError::CannotRewind(_))));
+    network.remove("p");
+
+    let rollback = MemRollback::default();
+    let options = NodeOptions {
+        rollback: Some(Arc::new(rollback.clone())),
+        ..NodeOptions::default()
+    };
+    let rejoined = start_with(&network, allowed, Quorum::Async, old_log, options)
+        .await
+        .expect("start");
+    rejoined
+        .node
+        .wait_applied(TxId(4))
+        .await
+        .expect("follows the new history");
+    eventually("the state machines agree", || {
+        rejoined.machine.positions() == promoted.machine.positions()
+    })
+    .await;
+    assert!(rejoined.machine.order_violation().is_none());
+    let kept = rollback.rollbacks();
+    assert_eq!(kept.len(), 1);
+    let kept_ids: Vec<_> = kept[0].iter().map(|tx| (tx.id, tx.hash)).collect();
+    let lost_ids: Vec<_> = lost.iter().map(|r| (r.tx_id, r.hash)).collect();
+    assert_eq!(
+        kept_ids, lost_ids,
+        "the rollback holds exactly what was dropped"
+    );
+    let status = rejoined.node.status().await.expect("status");
+    let last_rollback = status.last_rollback.expect("status names the rollback");
+    assert_eq!(
+        (
+            last_rollback.from,
+            last_rollback.to,
+            last_rollback.committed_to
+        ),
+        (TxId(4), TxId(5), Some(TxId(5)))
+    );
+    let state = rejoined.log.state().await.expect("state");
+    assert_eq!(
+        state.committed.hash, receipt.hash,
+        "committed the new history's transaction 4"
+    );
 }

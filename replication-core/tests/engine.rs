@@ -574,12 +574,21 @@ fn replica_with(log: &[Tx], allow_tx_discarding: bool) -> Engine {
         },
     );
     config.allow_tx_discarding = allow_tx_discarding;
+    replica_committed(log, 0, config)
+}
+
+/// A replica engine under `config` connected to its source, with `log` stored and durable and
+/// its first `committed` transactions committed.
+fn replica_committed(log: &[Tx], committed: usize, config: EngineConfig) -> Engine {
     let last = log.last().map(Tx::position).unwrap_or(LogPosition::START);
+    let committed = committed
+        .checked_sub(1)
+        .map_or(LogPosition::START, |index| log[index].position());
     let state = LogState {
         epoch: Epoch(1),
         last,
         durable: last,
-        committed: LogPosition::START,
+        committed,
     };
     let last_epoch = log.last().map(|tx| tx.epoch).unwrap_or(Epoch(0));
     // A replica that followed `p` in epoch 1 before it restarted.
@@ -603,7 +612,7 @@ fn replica_with(log: &[Tx], allow_tx_discarding: bool) -> Engine {
     );
     assert_eq!(
         drain(&mut engine),
-        vec![subscribe_to_source(last, LogPosition::START)]
+        vec![subscribe_to_source(last, committed)]
     );
     engine
 }
@@ -709,7 +718,10 @@ fn same_epoch_divergence_stops_with_both_hashes_unless_discarding_is_allowed() {
             assert_eq!(
                 commands,
                 vec![
-                    Command::Truncate { after: TxId(1) },
+                    Command::Truncate {
+                        after: TxId(1),
+                        rewind: false,
+                    },
                     subscribe_to_source(ours[0].position(), ours[0].position())
                 ]
             );
@@ -779,7 +791,10 @@ fn a_second_round_of_divergence_compares_after_the_offered_position() {
     assert_eq!(
         divergence_round(&mut engine, Epoch(1), second, 3, (1, 4), &ours),
         vec![
-            Command::Truncate { after: TxId(2) },
+            Command::Truncate {
+                after: TxId(2),
+                rewind: false,
+            },
             subscribe_to_source(ours[1].position(), ours[1].position())
         ]
     );
@@ -792,7 +807,10 @@ fn a_higher_epoch_source_supersedes_the_uncommitted_suffix() {
     assert_eq!(
         divergence_round(&mut engine, Epoch(2), vec![ours[0].hash], 1, (1, 2), &ours),
         vec![
-            Command::Truncate { after: TxId(1) },
+            Command::Truncate {
+                after: TxId(1),
+                rewind: false,
+            },
             subscribe_to_source(ours[0].position(), ours[0].position())
         ]
     );
@@ -1344,4 +1362,150 @@ fn an_old_primary_restarted_as_a_replica_gives_up_a_claim_it_wrote_nothing_in() 
             assert_eq!(engine.epoch_claim(), &claim_by(2, "p"));
         }
     }
+}
+
+/// A replica of `p` allowed (or not) to rewind.
+fn rewind_config(allow_rewind: bool) -> EngineConfig {
+    let mut config = EngineConfig::new(
+        "r1",
+        "db",
+        Role::Replica {
+            address: "p".into(),
+        },
+    );
+    config.allow_rewind = allow_rewind;
+    config
+}
+
+/// The source refuses the position a replica offered; the replica reconnects. Returns what it
+/// does once connected again.
+fn refused_and_reconnected(engine: &mut Engine, offered: &Tx, at: Timestamp) -> Vec<Command> {
+    let refusal = Refusal::CommittedDivergence {
+        tx_id: offered.id,
+        replica_hash: offered.hash,
+        source_hash: None,
+    };
+    let message = Message::Refused(refusal);
+    engine.handle(
+        at,
+        Event::Received {
+            conn: SOURCE,
+            message,
+        },
+    );
+    assert_eq!(drain(engine), vec![Command::Close { conn: SOURCE }]);
+    assert!(
+        engine.replication_error().is_none(),
+        "a source lacking our commit point starts a search, not a stop"
+    );
+    let later = at.plus(Duration::from_secs(5));
+    engine.handle(later, Event::Tick);
+    assert!(drain(engine).contains(&Command::Connect {
+        address: "p".into()
+    }));
+    let event = Event::Connected {
+        conn: SOURCE,
+        peer: NodeId::new("p"),
+        address: "p".into(),
+        direction: Direction::Upstream,
+    };
+    engine.handle(later, event);
+    drain(engine)
+}
+
+/// A replica that committed transactions 4 and 5, which the newer primary (promoted without
+/// them) lacks, searches back to the last transaction they share. It stops naming the range
+/// and both hashes, or, allowed to rewind, drops them with its commit point.
+#[test]
+fn committed_transactions_a_newer_history_lacks_are_dropped_only_when_a_rewind_is_allowed() {
+    let ours = chain(
+        Epoch(1),
+        &["a", "b", "c", "mine-4", "mine-5"],
+        LogPosition::START,
+    );
+    let theirs = chain(
+        Epoch(2),
+        &["theirs-4", "theirs-5", "theirs-6"],
+        ours[2].position(),
+    );
+    for allow in [false, true] {
+        let mut engine = replica_committed(&ours, 5, rewind_config(allow));
+        // Under a thousand transactions, the search goes back to the start at once.
+        assert_eq!(
+            refused_and_reconnected(&mut engine, &ours[4], T0),
+            vec![subscribe_to_source(ours[4].position(), LogPosition::START)]
+        );
+        let source_hashes = vec![ours[0].hash, ours[1].hash, ours[2].hash, theirs[0].hash];
+        let commands = divergence_round(&mut engine, Epoch(2), source_hashes, 6, (1, 5), &ours);
+        if allow {
+            assert_eq!(
+                commands,
+                vec![
+                    Command::Truncate {
+                        after: TxId(3),
+                        rewind: true,
+                    },
+                    subscribe_to_source(ours[2].position(), ours[2].position())
+                ]
+            );
+            assert_eq!(engine.committed(), TxId(3), "the commit point moves back");
+            assert_eq!(engine.status(T0).committed_position, ours[2].position());
+        } else {
+            assert_eq!(commands, vec![Command::Close { conn: SOURCE }]);
+            assert_eq!(engine.committed(), TxId(5));
+            let error = engine.replication_error().expect("stopped");
+            assert!(matches!(
+                error,
+                ReplicationError::CommittedDivergence {
+                    tx_id: TxId(4),
+                    committed: TxId(5),
+                    ..
+                }
+            ));
+            let text = error.to_string();
+            assert!(
+                text.contains(&ours[3].hash.to_hex())
+                    && text.contains(&theirs[0].hash.to_hex())
+                    && text.contains("transactions 4 to 5")
+                    && text.contains("allow_rewind"),
+                "{text}"
+            );
+        }
+    }
+}
+
+/// Far behind the commit point, the search offers our own transaction a window lower, then
+/// doubles the distance.
+#[test]
+fn the_search_for_a_shared_transaction_steps_back_by_growing_distances() {
+    let payloads = vec!["x"; 1100];
+    let ours = chain(Epoch(1), &payloads, LogPosition::START);
+    let mut engine = replica_committed(&ours, 1100, rewind_config(true));
+    let probe = 1100 - DIVERGENCE_WINDOW as u64;
+    assert_eq!(
+        refused_and_reconnected(&mut engine, &ours[1099], T0),
+        vec![Command::Read {
+            conn: SOURCE,
+            from: TxId(probe),
+            max_count: 1,
+            max_bytes: usize::MAX,
+        }],
+        "our hash at the probe is read first"
+    );
+    let txs = vec![ours[probe as usize - 1].clone()];
+    engine.handle(T0, Event::ReadDone { conn: SOURCE, txs });
+    let offered = ours[probe as usize - 1].position();
+    assert_eq!(
+        drain(&mut engine),
+        vec![subscribe_to_source(ours[1099].position(), offered)]
+    );
+    // Refused there too: twice the distance reaches the start.
+    let at = T0.plus(Duration::from_secs(10));
+    assert_eq!(
+        refused_and_reconnected(&mut engine, &ours[probe as usize - 1], at),
+        vec![subscribe_to_source(
+            ours[1099].position(),
+            LogPosition::START
+        )]
+    );
 }

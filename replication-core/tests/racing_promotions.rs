@@ -205,7 +205,8 @@ impl Cluster {
                 let up_to = TxId(n.log.len() as u64);
                 local.push_back(Event::Durable { token, up_to });
             }
-            Command::Truncate { after } => {
+            Command::Truncate { after, rewind } => {
+                assert!(!rewind, "{name}: no rewind was allowed");
                 assert!(
                     after >= n.committed,
                     "{name}: truncation spares the committed"

@@ -202,68 +202,11 @@ impl TxLog for FileLog {
     }
 
     async fn truncate_after(&self, last: TxId) -> Result<(), LogError> {
-        let position = self.position_of(last)?;
-        let mut state = self.shared.lock();
-        state.check()?;
-        if last < state.meta.committed {
-            return Err(LogError::TruncateCommitted {
-                requested: last,
-                committed: state.meta.committed,
-            });
-        }
-        if last >= state.last.tx_id {
-            return Ok(());
-        }
-        let dir = self.shared.dir.clone();
-        let result = (|| -> Result<(), LogError> {
-            // Drop whole segments after `last`, keeping at least the first one.
-            while state.segments.len() > 1 && state.active().first > last {
-                let segment = state.segments.pop().expect("len > 1");
-                fs::remove_file(&segment.path)?;
-            }
-            let active_index = state.segments.len() - 1;
-            let keep = last.0 + 1 - state.segments[active_index].first.0.min(last.0 + 1);
-            if state.segments[active_index].index.is_some() {
-                // A sealed segment becomes active again: its offsets move into memory.
-                let segment = &state.segments[active_index];
-                let (first, count) = (segment.first, segment.count);
-                let len = segment.file.metadata()?.len();
-                state.active_offsets = segment::load_index(&dir, first, count, len)?;
-                state.active_len = len;
-                fs::remove_file(index_path(&dir, first))?;
-                state.segments[active_index].index = None;
-            }
-            let cut = state
-                .active_offsets
-                .get(keep as usize)
-                .copied()
-                .unwrap_or(state.active_len);
-            state.active_offsets.truncate(keep as usize);
-            let segment = &mut state.segments[active_index];
-            segment.count = keep;
-            segment.file.set_len(cut)?;
-            segment.file.sync_all()?;
-            sync_dir(&dir)?;
-            state.active_len = cut;
-            state.active_prepared = cut;
-            Ok(())
-        })();
-        if let Err(error) = result {
-            return Err(self.shared.fail(
-                &mut state,
-                LogOperation::Truncate,
-                format!("truncation failed: {error}"),
-            ));
-        }
-        state.generation += 1;
-        state.last = position;
-        if state.durable.tx_id > last {
-            state.durable = position;
-            self.shared.durable.send_replace((last, None));
-        }
-        drop(state);
-        self.shared.request_prepare();
-        Ok(())
+        self.cut_after(last, false)
+    }
+
+    async fn rewind_after(&self, last: TxId) -> Result<(), LogError> {
+        self.cut_after(last, true)
     }
 
     async fn save_epoch(&self, claim: &EpochClaim) -> Result<(), LogError> {
@@ -323,5 +266,90 @@ impl TxLog for FileLog {
             state.members = members;
         }
         saved
+    }
+}
+
+impl FileLog {
+    /// Removes every transaction after `last`; below the commit point only when `rewind`,
+    /// after lowering the commit point durably.
+    fn cut_after(&self, last: TxId, rewind: bool) -> Result<(), LogError> {
+        let position = self.position_of(last)?;
+        let mut state = self.shared.lock();
+        state.check()?;
+        if last < state.meta.committed {
+            if !rewind {
+                return Err(LogError::TruncateCommitted {
+                    requested: last,
+                    committed: state.meta.committed,
+                });
+            }
+            let meta = Meta {
+                committed: last,
+                ..state.meta
+            };
+            // Synced before anything is cut: a crash then never finds a commit point beyond
+            // the last transaction.
+            if let Err(error) = state.meta_file.write(meta, true) {
+                return Err(self.shared.fail(
+                    &mut state,
+                    LogOperation::Truncate,
+                    format!("lowering the commit point failed: {error}"),
+                ));
+            }
+            state.meta = meta;
+        }
+        if last >= state.last.tx_id {
+            return Ok(());
+        }
+        let dir = self.shared.dir.clone();
+        let result = (|| -> Result<(), LogError> {
+            // Drop whole segments after `last`, keeping at least the first one.
+            while state.segments.len() > 1 && state.active().first > last {
+                let segment = state.segments.pop().expect("len > 1");
+                fs::remove_file(&segment.path)?;
+            }
+            let active_index = state.segments.len() - 1;
+            let keep = last.0 + 1 - state.segments[active_index].first.0.min(last.0 + 1);
+            if state.segments[active_index].index.is_some() {
+                // A sealed segment becomes active again: its offsets move into memory.
+                let segment = &state.segments[active_index];
+                let (first, count) = (segment.first, segment.count);
+                let len = segment.file.metadata()?.len();
+                state.active_offsets = segment::load_index(&dir, first, count, len)?;
+                state.active_len = len;
+                fs::remove_file(index_path(&dir, first))?;
+                state.segments[active_index].index = None;
+            }
+            let cut = state
+                .active_offsets
+                .get(keep as usize)
+                .copied()
+                .unwrap_or(state.active_len);
+            state.active_offsets.truncate(keep as usize);
+            let segment = &mut state.segments[active_index];
+            segment.count = keep;
+            segment.file.set_len(cut)?;
+            segment.file.sync_all()?;
+            sync_dir(&dir)?;
+            state.active_len = cut;
+            state.active_prepared = cut;
+            Ok(())
+        })();
+        if let Err(error) = result {
+            return Err(self.shared.fail(
+                &mut state,
+                LogOperation::Truncate,
+                format!("truncation failed: {error}"),
+            ));
+        }
+        state.generation += 1;
+        state.last = position;
+        if state.durable.tx_id > last {
+            state.durable = position;
+            self.shared.durable.send_replace((last, None));
+        }
+        drop(state);
+        self.shared.request_prepare();
+        Ok(())
     }
 }

@@ -190,6 +190,15 @@ impl MemLog {
         }
     }
 
+    /// Removes every transaction after `last`, which the caller checked may go.
+    fn cut_after(&self, inner: &mut Inner, last: TxId) {
+        inner.txs.truncate(last.0 as usize);
+        if inner.durable > last {
+            inner.durable = last;
+            self.durable.send_replace((last, false));
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding the lock cannot leave `Inner` half-updated (every update is a
         // single assignment or push), so a poisoned lock is still consistent.
@@ -329,11 +338,22 @@ impl TxLog for MemLog {
                 committed: inner.committed,
             });
         }
-        inner.txs.truncate(last.0 as usize);
-        if inner.durable > last {
-            inner.durable = last;
-            self.durable.send_replace((last, false));
+        self.cut_after(&mut inner, last);
+        Ok(())
+    }
+
+    async fn rewind_after(&self, last: TxId) -> Result<(), LogError> {
+        let mut inner = self.lock();
+        let first_retained = TxId(inner.txs.first() as u64 + 1);
+        // Retention freed what precedes `first_retained`, so no earlier position can be named.
+        if first_retained > TxId(1) && last < first_retained {
+            return Err(LogError::Removed {
+                requested: last,
+                first_retained,
+            });
         }
+        inner.committed = inner.committed.min(last);
+        self.cut_after(&mut inner, last);
         Ok(())
     }
 

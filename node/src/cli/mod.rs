@@ -255,6 +255,12 @@ enum DbCommand {
         name: String,
         #[command(flatten)]
         settings: SettingsArgs,
+        /// Once, not stored: let this replica drop transactions it had committed that its
+        /// source's history lacks (after a forced promotion, or under an asynchronous
+        /// policy). They are first written to a rollback file under the database's
+        /// directory. Waits until it streams again and prints what was rolled back.
+        #[arg(long)]
+        allow_rewind: bool,
     },
     /// Lists databases and their settings.
     List,
@@ -407,9 +413,14 @@ async fn run(command: Command) -> Result<ExitCode> {
                     name,
                     settings: settings.into(),
                 },
-                DbCommand::Update { name, settings } => Request::UpdateDb {
+                DbCommand::Update {
+                    name,
+                    settings,
+                    allow_rewind,
+                } => Request::UpdateDb {
                     name,
                     settings: settings.into(),
+                    allow_rewind,
                 },
                 DbCommand::List => Request::ListDbs,
                 DbCommand::Load { name } => Request::LoadDb { name },

@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::Result;
 use node::client::{Client, Outcome};
 use node::routing;
-use node::wire::{ErrorKind, Request, Response};
+use node::wire::{ErrorKind, Request, Response, RollbackReport};
 use transport_quic::TlsIdentity;
 
 use super::ClientArgs;
@@ -199,10 +199,7 @@ pub fn render(outcome: Outcome, is_write: bool, json: bool) -> Result<Rendered> 
                 report.waiting_writes
             );
             if let Some(r) = &report.last_rollback {
-                text.push_str(&format!(
-                    "\nrolled back: txs {}..={}, kept in {}",
-                    r.from_tx_id, r.to_tx_id, r.file
-                ));
+                text.push_str(&format!("\nrolled back: {}", rollback_text(r)));
             }
             if let Some(primary) = &report.epoch_primary {
                 text.push_str(&format!("\nepoch primary: {primary}"));
@@ -234,6 +231,40 @@ pub fn render(outcome: Outcome, is_write: bool, json: bool) -> Result<Rendered> 
                 ));
             }
             pick(serde_json::to_value(&report)?, text)
+        }
+        Outcome::Answered(Response::Rewound(report)) => {
+            let db = &report.database;
+            let state = report.upstream.clone().unwrap_or_default();
+            let value = serde_json::json!({
+                "db": db,
+                "upstream": state,
+                "last_error": report.last_error,
+                "rolled_back": report.last_rollback,
+                "committed": report.committed,
+            });
+            let rolled_back = match &report.last_rollback {
+                Some(r) => format!("{db}: rolled back {}", rollback_text(r)),
+                None => format!("{db}: nothing rolled back"),
+            };
+            if state == "streaming" {
+                pick(
+                    value,
+                    format!(
+                        "{rolled_back}\nstreaming from its source again\ntxID: {}\nhash: {}",
+                        report.committed.tx_id, report.committed.hash
+                    ),
+                )
+            } else {
+                let why = report.last_error.clone().unwrap_or_default();
+                Rendered {
+                    stdout: json.then(|| value.to_string()),
+                    stderr: Some(format!(
+                        "error: {rolled_back}; the source link is {state}: {why}\n(the \
+                         rewind stays allowed until the database restarts)"
+                    )),
+                    code: 1,
+                }
+            }
         }
         Outcome::Answered(Response::Members {
             db,
@@ -271,6 +302,18 @@ pub fn render(outcome: Outcome, is_write: bool, json: bool) -> Result<Rendered> 
         }
         Outcome::Answered(Response::Ok) => pick(serde_json::json!({"ok": true}), "ok".into()),
     })
+}
+
+/// A rollback as one line: the range, how much of it was committed, and the file.
+fn rollback_text(r: &RollbackReport) -> String {
+    let committed = match r.committed_to_tx_id {
+        Some(to) => format!(" (committed up to {to})"),
+        None => String::new(),
+    };
+    format!(
+        "txs {}..={}{committed}, kept in {}",
+        r.from_tx_id, r.to_tx_id, r.file
+    )
 }
 
 #[cfg(test)]

@@ -174,6 +174,7 @@ pub(crate) async fn open(
     settings: DbSettings,
     log_dir: &Path,
     transport: Arc<QuicTransport>,
+    allow_rewind: bool,
 ) -> Result<Database, OpenError> {
     let policy = policy_of(&settings)?;
     let role = match &settings.replica_of {
@@ -191,6 +192,8 @@ pub(crate) async fn open(
         config.prefetch_buffer = prefetch.max(1);
     }
     config.allow_tx_discarding = settings.allow_tx_discarding.unwrap_or(false);
+    // Never a setting: an operator allows one rewind, for this run of the engine.
+    config.allow_rewind = allow_rewind;
     config.min_epoch = Epoch(settings.min_epoch.unwrap_or(0));
     config.allowed_replicators = settings
         .replicators

@@ -74,6 +74,9 @@ pub enum ServerError {
         "database {0:?} is not a replica with a source (a primary, or fed by an external replicator): nothing to promote"
     )]
     NotAReplica(String),
+    /// `--allow-rewind` on a database that does not follow a source.
+    #[error("database {0:?} follows no source: --allow-rewind applies to a replica")]
+    RewindNeedsReplica(String),
     /// A member to remove that is not `node/database` or not a member.
     #[error("{0}")]
     BadMember(String),
@@ -128,7 +131,9 @@ impl ServerError {
             ServerError::Write(WriteError::NotPrimary { .. })
             | ServerError::NotPrimary { .. }
             | ServerError::SwitchingOver { .. } => ErrorKind::NotPrimary,
-            ServerError::NotAReplica(_) | ServerError::NotPrimaryHere(_) => ErrorKind::Refused,
+            ServerError::NotAReplica(_)
+            | ServerError::NotPrimaryHere(_)
+            | ServerError::RewindNeedsReplica(_) => ErrorKind::Refused,
             // Appended (or possibly appended) but not known to be committed.
             ServerError::Write(
                 WriteError::Timeout { .. }

@@ -81,12 +81,23 @@ impl Server {
 
     /// Builds database `name` from `settings`, with its log where the catalog keeps it.
     async fn open(&self, name: &str, settings: DbSettings) -> Result<Database, OpenError> {
+        self.open_with(name, settings, false).await
+    }
+
+    /// [`open`](Server::open), allowing one rewind when `allow_rewind`.
+    async fn open_with(
+        &self,
+        name: &str,
+        settings: DbSettings,
+        allow_rewind: bool,
+    ) -> Result<Database, OpenError> {
         database::open(
             &self.name,
             name,
             settings,
             &self.catalog.layout().log(name),
             self.transport.clone(),
+            allow_rewind,
         )
         .await
     }

@@ -226,7 +226,17 @@ impl Server {
     ///
     /// # Errors
     /// An unknown database, bad settings, or a failure to persist or reopen.
-    pub async fn update(&self, name: &str, changes: DbSettings) -> Result<(), ServerError> {
+    ///
+    /// With `allow_rewind` the engine restarts allowing one rewind: a replica that committed
+    /// transactions its source's history lacks drops them (into a rollback file) instead of
+    /// stopping. The permission is not stored; [`rewind_outcome`](Server::rewind_outcome)
+    /// reports what happened.
+    pub async fn update(
+        &self,
+        name: &str,
+        changes: DbSettings,
+        allow_rewind: bool,
+    ) -> Result<(), ServerError> {
         let unknown = || ServerError::UnknownDatabase(name.to_string());
         let slot = self.catalog.slot(name).ok_or_else(unknown)?;
         let mut guard = slot.write().await;
@@ -238,7 +248,8 @@ impl Server {
             settings.sync_acks = changes.sync_acks;
         }
         let policy = policy_of(&settings).map_err(bad)?;
-        let restart = changes.replica_of.is_some() && changes.replica_of != settings.replica_of
+        let restart = allow_rewind
+            || changes.replica_of.is_some() && changes.replica_of != settings.replica_of
             || changes
                 .prefetch_buffer
                 .is_some_and(|p| Some(p) != settings.prefetch_buffer)
@@ -253,9 +264,12 @@ impl Server {
         settings.prefetch_buffer = changes.prefetch_buffer.or(settings.prefetch_buffer);
         settings.replicators = changes.replicators.or(settings.replicators);
         settings.allow_tx_discarding = changes.allow_tx_discarding.or(settings.allow_tx_discarding);
+        if allow_rewind && (settings.replica_of.is_none() || settings.external_replicator) {
+            return Err(ServerError::RewindNeedsReplica(name.to_string()));
+        }
         self.catalog.persist(name, &settings)?;
         if restart {
-            self.restart(name, database, settings).await?;
+            self.restart(name, database, settings, allow_rewind).await?;
         } else {
             database
                 .node
@@ -273,16 +287,42 @@ impl Server {
         name: &str,
         database: &mut Database,
         settings: DbSettings,
+        allow_rewind: bool,
     ) -> Result<(), ServerError> {
         // Only this database's slot is held: requests for it wait, others go on. A reopen
         // that fails leaves the stopped engine in place, answering that it is shutting down,
         // until the database is unloaded and loaded again.
         database.node.shutdown().await;
         *database = self
-            .open(name, settings)
+            .open_with(name, settings, allow_rewind)
             .await
             .map_err(ServerError::OpenFailed)?;
         Ok(())
+    }
+
+    /// After an update that allowed a rewind: waits (at most `wait`) until the replica
+    /// streams from its source again or replication stops, and returns its status, which
+    /// names what was rolled back and where it is kept.
+    ///
+    /// # Errors
+    /// An unknown database, or its engine stopped.
+    pub async fn rewind_outcome(
+        &self,
+        name: &str,
+        wait: std::time::Duration,
+    ) -> Result<StatusReport, ServerError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let status = self.status(name).await?;
+            let settled = status
+                .upstream
+                .as_deref()
+                .is_none_or(|state| state == "streaming" || state.starts_with("stopped"));
+            if settled || tokio::time::Instant::now() >= deadline {
+                return Ok(status);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
     }
 
     /// Promotes the replica database `name` to a primary: its source is cleared from its
@@ -323,7 +363,7 @@ impl Server {
             }
             policy_of(&settings).map_err(|e| ServerError::BadSettings(e.into()))?;
             self.catalog.persist(name, &settings)?;
-            self.restart(name, database, settings).await?;
+            self.restart(name, database, settings, false).await?;
             tracing::warn!(database = name, "promoted to primary by an operator");
             database.node.clone()
         };
@@ -480,7 +520,7 @@ impl Server {
             {
                 Ok(())
             }
-            Some(_) => self.update(name, settings).await,
+            Some(_) => self.update(name, settings, false).await,
         };
         done.map_err(|error| ServerError::InDatabase {
             name: name.to_string(),
@@ -522,6 +562,7 @@ fn status_report(db: &str, status: EngineStatus) -> StatusReport {
         last_rollback: status.last_rollback.map(|r| RollbackReport {
             from_tx_id: r.from.0,
             to_tx_id: r.to.0,
+            committed_to_tx_id: r.committed_to.map(|tx| tx.0),
             file: r.location,
         }),
     }

@@ -14,6 +14,10 @@ use crate::wire::{Request, Response};
 
 use super::{Server, ServerError};
 
+/// How long `db update --allow-rewind` waits for the replica to stream again (the rewind
+/// included) before it answers with the status as it is.
+const REWIND_WAIT: Duration = Duration::from_secs(30);
+
 impl Server {
     /// Answers requests on `channel`, one at a time, until it closes.
     pub(super) async fn client_session(self: Arc<Server>, mut channel: Channel) {
@@ -112,9 +116,18 @@ impl Server {
                 self.create(&name, settings).await?;
                 Response::Ok
             }
-            Request::UpdateDb { name, settings } => {
-                self.update(&name, settings).await?;
-                Response::Ok
+            Request::UpdateDb {
+                name,
+                settings,
+                allow_rewind,
+            } => {
+                self.update(&name, settings, allow_rewind).await?;
+                if allow_rewind {
+                    let status = self.rewind_outcome(&name, REWIND_WAIT).await?;
+                    Response::Rewound(Box::new(status))
+                } else {
+                    Response::Ok
+                }
             }
             Request::ListDbs => Response::Dbs(self.list().await),
             Request::LoadDb { name } => {

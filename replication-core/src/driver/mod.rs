@@ -20,7 +20,7 @@ use crate::engine::{
     Command, ConnId, Direction, Engine, EngineConfig, EngineStatus, Event, Recovered, Rollback,
     WriteError, WriteId, WriteReceipt,
 };
-use crate::log::{LogError, LogFailure, LogOperation, TxLog};
+use crate::log::{LogError, LogFailure, LogFailureKind, LogOperation, TxLog};
 use crate::protocol::{self, MAX_FRAME_SIZE, Message};
 use crate::quorum::QuorumPolicy;
 use crate::state_machine::StateMachine;
@@ -129,6 +129,9 @@ pub enum StartError {
     /// The log could not be read.
     #[error(transparent)]
     Log(#[from] LogError),
+    /// The configuration allows a rewind that this node could not carry out safely.
+    #[error("cannot allow a rewind: {0}")]
+    CannotRewind(&'static str),
 }
 
 impl Node {
@@ -145,6 +148,18 @@ impl Node {
         mut state_machine: S,
         options: NodeOptions,
     ) -> Result<Node, StartError> {
+        if config.allow_rewind {
+            if !state_machine.can_rewind() {
+                return Err(StartError::CannotRewind(
+                    "the state machine cannot forget applied transactions (StateMachine::rewind)",
+                ));
+            }
+            if options.rollback.is_none() {
+                return Err(StartError::CannotRewind(
+                    "no rollback sink to keep the dropped transactions (NodeOptions::rollback)",
+                ));
+            }
+        }
         let log = Arc::new(log);
         let transport = Arc::new(transport);
         let state = log.state().await?;
@@ -603,6 +618,58 @@ impl<L: TxLog, T: Transport, S: StateMachine> Driver<L, T, S> {
         }
     }
 
+    /// Executes a [`Command::Truncate`]: keeps what goes in the rollback sink, makes the
+    /// state machine forget committed transactions among them (a rewind), then cuts the log.
+    async fn truncate(&mut self, after: TxId, rewind: bool) -> Result<(), LogFailure> {
+        let failed = |error: LogError| LogFailure::new(LogOperation::Truncate, &error);
+        let state = self.log.state().await.map_err(failed)?;
+        let last = state.last.tx_id;
+        // Kept before they are dropped: a failure to keep them drops nothing.
+        let kept = match &self.options.rollback {
+            Some(sink) if last > after => {
+                let from = after.next();
+                let location = rollback::keep(&*self.log, sink, from, last)
+                    .await
+                    .map_err(failed)?;
+                Some(Rollback {
+                    from,
+                    to: last,
+                    location,
+                    committed_to: (state.committed.tx_id > after).then_some(state.committed.tx_id),
+                })
+            }
+            _ => None,
+        };
+        if rewind {
+            if self.state_machine.applied() > after {
+                let still_applied = self.state_machine.rewind(after);
+                if still_applied > after {
+                    return Err(LogFailure {
+                        operation: LogOperation::Truncate,
+                        kind: LogFailureKind::Contract,
+                        message: format!(
+                            "the state machine still holds transactions up to {still_applied} \
+                             after a rewind to {after}; the log keeps them"
+                        ),
+                    });
+                }
+                // The log still holds everything up to `after`: replay it.
+                apply_committed(&*self.log, &mut self.state_machine, None, after)
+                    .await
+                    .map_err(|error| LogFailure::new(LogOperation::Read, &error))?;
+                self.applied_tx.send_replace(self.state_machine.applied());
+            }
+            self.log.rewind_after(after).await.map_err(failed)?;
+        } else {
+            self.log.truncate_after(after).await.map_err(failed)?;
+        }
+        if let Some(rollback) = kept {
+            let now = self.clock.now();
+            self.engine.handle(now, Event::RolledBack(rollback));
+        }
+        Ok(())
+    }
+
     /// Executes one command; a log error is returned with the operation that failed.
     async fn execute(&mut self, command: Command) -> Result<(), LogFailure> {
         let failed = |operation| move |error: LogError| LogFailure::new(operation, &error);
@@ -626,37 +693,8 @@ impl<L: TxLog, T: Transport, S: StateMachine> Driver<L, T, S> {
                     let _ = events.send(Internal::Engine(event)).await;
                 });
             }
-            Command::Truncate { after } => {
-                // Kept before they are dropped: a failure to keep them drops nothing.
-                let last = self
-                    .log
-                    .state()
-                    .await
-                    .map_err(failed(LogOperation::Truncate))?
-                    .last
-                    .tx_id;
-                let kept = match &self.options.rollback {
-                    Some(sink) if last > after => {
-                        let from = after.next();
-                        let location = rollback::keep(&*self.log, sink, from, last)
-                            .await
-                            .map_err(failed(LogOperation::Truncate))?;
-                        Some(Rollback {
-                            from,
-                            to: last,
-                            location,
-                        })
-                    }
-                    _ => None,
-                };
-                self.log
-                    .truncate_after(after)
-                    .await
-                    .map_err(failed(LogOperation::Truncate))?;
-                if let Some(rollback) = kept {
-                    let now = self.clock.now();
-                    self.engine.handle(now, Event::RolledBack(rollback));
-                }
+            Command::Truncate { after, rewind } => {
+                self.truncate(after, rewind).await?;
             }
             Command::SaveEpoch(claim) => self
                 .log

@@ -20,6 +20,11 @@ pub enum Command {
     Truncate {
         /// The new last transaction.
         after: TxId,
+        /// Committed transactions are among those removed (an operator allowed a rewind):
+        /// the state machine forgets them first, then
+        /// [`TxLog::rewind_after`](crate::TxLog::rewind_after) lowers the commit point to
+        /// `after` and cuts.
+        rewind: bool,
     },
     /// Durably record the epoch and who claims it ([`TxLog::save_epoch`](crate::TxLog::save_epoch)).
     SaveEpoch(EpochClaim),

@@ -46,6 +46,13 @@ pub struct EngineConfig {
     /// when the source's epoch does not already supersede them (immudb's
     /// `--replication-allow-tx-discarding`).
     pub allow_tx_discarding: bool,
+    /// Whether a replica may drop transactions it had committed when it rejoins a history
+    /// that lacks them (after a forced promotion, or under an asynchronous policy), once:
+    /// the first rewind spends the permission until the engine is built again. Without it,
+    /// replication stops naming the range and both hashes. The dropped transactions go to
+    /// the rollback sink first; the driver refuses to start with it unless the state machine
+    /// can rewind ([`StateMachine::rewind`](crate::StateMachine::rewind)).
+    pub allow_rewind: bool,
     /// Most transactions on the primary that are appended but not yet committed. Writes beyond
     /// it are refused with [`WriteError::Backlog`](super::WriteError::Backlog) instead of queueing without bound.
     pub max_uncommitted: u64,
@@ -107,6 +114,7 @@ impl EngineConfig {
             allowed_replicators: None,
             prefetch_buffer: 4096,
             allow_tx_discarding: false,
+            allow_rewind: false,
             max_uncommitted: 100_000,
             write_timeout: None,
             max_batch_txs: 1024,

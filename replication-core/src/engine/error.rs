@@ -109,6 +109,26 @@ pub enum ReplicationError {
         /// The source's hash there, if it has that transaction.
         source_hash: Option<TxHash>,
     },
+    /// Transactions this replica committed are missing from its source's history (the source
+    /// was promoted without them, or committed alone under an asynchronous policy), and
+    /// dropping them is not allowed.
+    #[error(
+        "committed history diverged from the source at transaction {tx_id}: local hash \
+         {local_hash}, source hash {}; transactions {tx_id} to {committed} were committed here \
+         and the source's history lacks them; set allow_rewind to drop them (they are kept in \
+         the rollback first)",
+        source_hash.map(|h| h.to_hex()).unwrap_or_else(|| "none (source ends before)".into())
+    )]
+    CommittedDivergence {
+        /// The first transaction that differs.
+        tx_id: TxId,
+        /// The replica's hash there.
+        local_hash: TxHash,
+        /// The source's hash there, if it has that transaction.
+        source_hash: Option<TxHash>,
+        /// The replica's commit point: the last committed transaction a rewind would drop.
+        committed: TxId,
+    },
     /// A received transaction failed the hash chain: the stream was tampered with.
     #[error("received transaction breaks the hash chain: {0}")]
     Chain(#[from] ChainError),

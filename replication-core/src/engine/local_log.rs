@@ -3,8 +3,9 @@
 //!
 //! Every part of the engine (the source, the upstream, external pushes) appends, truncates and
 //! commits through here, so the rules hold in one place: the commit point never passes the
-//! durable position and never moves back, durability reported for an append that a truncation
-//! overtook counts only up to the truncation, and the recent cache holds only what the log holds.
+//! durable position and never moves back (except in a rewind an operator allowed), durability
+//! reported for an append that a truncation overtook counts only up to the truncation, and the
+//! recent cache holds only what the log holds.
 
 use std::collections::VecDeque;
 
@@ -233,7 +234,31 @@ impl LocalLog {
     ) {
         out.push_back(Command::Truncate {
             after: position.tx_id,
+            rewind: false,
         });
+        self.cut(position, last_epoch);
+    }
+
+    /// Removes every transaction after `position` although some are committed (an operator
+    /// allowed the rewind): the commit point moves back to `position`.
+    pub(super) fn rewind(
+        &mut self,
+        position: LogPosition,
+        last_epoch: Epoch,
+        out: &mut VecDeque<Command>,
+    ) {
+        out.push_back(Command::Truncate {
+            after: position.tx_id,
+            rewind: true,
+        });
+        if self.committed > position.tx_id {
+            self.committed = position.tx_id;
+            self.committed_position = position;
+        }
+        self.cut(position, last_epoch);
+    }
+
+    fn cut(&mut self, position: LogPosition, last_epoch: Epoch) {
         self.last = position;
         self.last_epoch = last_epoch;
         if self.durable.tx_id > position.tx_id {

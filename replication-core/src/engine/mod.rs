@@ -168,8 +168,13 @@ impl Engine {
         let (writes, upstream, pushes) = match &config.role {
             Role::Primary => (Some(WritePath::default()), None, None),
             Role::Replica { address } => {
-                let upstream =
-                    Upstream::new(address.clone(), now, config.reconnect_min, config.seed);
+                let upstream = Upstream::new(
+                    address.clone(),
+                    now,
+                    config.reconnect_min,
+                    config.seed,
+                    config.allow_rewind,
+                );
                 (None, Some(upstream), None)
             }
             Role::ExternalReplica => (None, None, Some(Pushes::default())),
@@ -262,7 +267,11 @@ impl Engine {
             },
             Event::ReadDone { conn, txs } => match &mut self.upstream {
                 Some(upstream) if upstream.is_resolving_on(conn) => {
-                    upstream.on_read(cx!(self), conn, txs)
+                    let committed = self.log.committed();
+                    upstream.on_read(cx!(self), conn, txs);
+                    if self.log.committed() < committed {
+                        self.source.drop_downstreams(cx!(self));
+                    }
                 }
                 _ => {
                     let primary = self.upstream.as_ref().map(Upstream::primary_address);

@@ -283,6 +283,18 @@ impl Source {
         }
     }
 
+    /// This node rewound below what it served: its replicas may hold transactions it no longer
+    /// has, so every channel closes and each replica resolves the difference when it
+    /// subscribes again.
+    pub(super) fn drop_downstreams(&mut self, cx: &mut Ctx<'_>) {
+        let conns: Vec<ConnId> = self.downstreams.keys().copied().collect();
+        for conn in conns {
+            tracing::info!(?conn, "closing a replica's channel after a rewind");
+            cx.out.push_back(Command::Close { conn });
+            self.on_disconnected(cx, conn);
+        }
+    }
+
     fn refuse(&mut self, cx: &mut Ctx<'_>, conn: ConnId, refusal: Refusal) {
         tracing::warn!(?conn, %refusal, "refusing replica");
         cx.out.push_back(Command::Send {

@@ -96,4 +96,7 @@ pub struct Rollback {
     pub to: TxId,
     /// Where they were kept (the driver's [`RollbackSink`](crate::driver::RollbackSink)).
     pub location: String,
+    /// The last of them that this node had committed, when an operator allowed a rewind;
+    /// `None` when every one of them was uncommitted.
+    pub committed_to: Option<TxId>,
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use super::local_log::NotExtending;
 use super::{Command, ConnId, Ctx, ReplicationError, Timestamp, UpstreamState};
-use crate::protocol::{Message, PROTOCOL_VERSION, Refusal};
+use crate::protocol::{DIVERGENCE_WINDOW, Message, PROTOCOL_VERSION, Refusal};
 use crate::types::{Epoch, EpochClaim, LogPosition, Tx, TxHash, TxId};
 
 /// The link to the source.
@@ -22,6 +22,11 @@ enum Link {
     },
     Connecting {
         backoff: Duration,
+    },
+    /// Reading our own transaction at `probe`, to offer it as common ground.
+    Probing {
+        conn: ConnId,
+        probe: TxId,
     },
     Subscribing {
         conn: ConnId,
@@ -67,11 +72,23 @@ pub(super) struct Upstream {
     last_refusal: Option<String>,
     /// Reconnection jitter: xorshift64* from the configured seed.
     rng: u64,
+    /// While the source's history lacks our commit point: the lower position the next
+    /// subscription offers instead, searching back for the last transaction we share.
+    search_from: Option<TxId>,
+    /// Whether one rewind is allowed ([`EngineConfig::allow_rewind`](super::EngineConfig)):
+    /// spent by the first, so that a later divergence stops again for an operator to look.
+    rewind_allowed: bool,
 }
 
 impl Upstream {
     /// Follows the source at `address`, dialling it at `now`.
-    pub(super) fn new(address: String, now: Timestamp, backoff: Duration, seed: u64) -> Upstream {
+    pub(super) fn new(
+        address: String,
+        now: Timestamp,
+        backoff: Duration,
+        seed: u64,
+        rewind_allowed: bool,
+    ) -> Upstream {
         Upstream {
             address,
             link: Link::Idle {
@@ -81,6 +98,8 @@ impl Upstream {
             primary_hint: None,
             last_refusal: None,
             rng: seed ^ 0x9e37_79b9_7f4a_7c15,
+            search_from: None,
+            rewind_allowed,
         }
     }
 
@@ -89,7 +108,7 @@ impl Upstream {
         match &self.link {
             Link::Idle { .. } => UpstreamState::Disconnected,
             Link::Connecting { .. } => UpstreamState::Connecting,
-            Link::Subscribing { .. } => UpstreamState::Subscribing,
+            Link::Probing { .. } | Link::Subscribing { .. } => UpstreamState::Subscribing,
             Link::Resolving { .. } => UpstreamState::ResolvingDivergence,
             Link::Streaming { .. } => UpstreamState::Streaming,
             Link::Stopped(error) => UpstreamState::Stopped(error.to_string()),
@@ -115,16 +134,22 @@ impl Upstream {
     /// The channel to the source, while one is open.
     pub(super) fn conn(&self) -> Option<ConnId> {
         match &self.link {
-            Link::Subscribing { conn, .. }
+            Link::Probing { conn, .. }
+            | Link::Subscribing { conn, .. }
             | Link::Resolving { conn, .. }
             | Link::Streaming { conn, .. } => Some(*conn),
             _ => None,
         }
     }
 
-    /// Whether a read for divergence resolution on `conn` is outstanding.
+    /// Whether a read of our own log for divergence resolution on `conn` is outstanding.
     pub(super) fn is_resolving_on(&self, conn: ConnId) -> bool {
-        matches!(self.link, Link::Resolving { conn: resolving, .. } if resolving == conn)
+        match self.link {
+            Link::Resolving { conn: reading, .. } | Link::Probing { conn: reading, .. } => {
+                reading == conn
+            }
+            _ => false,
+        }
     }
 
     /// When to dial the source next, while waiting to.
@@ -216,7 +241,20 @@ impl Upstream {
             cx.out.push_back(Command::Close { conn });
             return;
         }
-        self.subscribe(cx, conn, cx.log.committed_position());
+        match self.search_from {
+            // Our hash there is needed first.
+            Some(probe) if probe > TxId::ZERO => {
+                self.link = Link::Probing { conn, probe };
+                cx.out.push_back(Command::Read {
+                    conn,
+                    from: probe,
+                    max_count: 1,
+                    max_bytes: usize::MAX,
+                });
+            }
+            Some(_) => self.subscribe(cx, conn, LogPosition::START),
+            None => self.subscribe(cx, conn, cx.log.committed_position()),
+        }
     }
 
     fn subscribe(&mut self, cx: &mut Ctx<'_>, conn: ConnId, known_common: LogPosition) {
@@ -264,6 +302,7 @@ impl Upstream {
                 primary,
             } => {
                 self.primary_hint = Some(primary.unwrap_or_else(|| self.address.clone()));
+                self.search_from = None;
                 // Recorded before the acknowledgement below: from here this replica belongs
                 // to the claim's primary for its epoch.
                 if let Err(refusal) = cx.log.adopt_claim(&claim, cx.out) {
@@ -391,7 +430,23 @@ impl Upstream {
     fn refused(&mut self, cx: &mut Ctx<'_>, conn: ConnId, refusal: Refusal) {
         tracing::warn!(%refusal, "source refused the subscription");
         cx.out.push_back(Command::Close { conn });
+        let offered = match self.link {
+            Link::Subscribing { known_common, .. } => Some(known_common.tx_id),
+            _ => None,
+        };
         match refusal {
+            // The source's history lacks the position we offered, which we committed: search
+            // back for the last transaction we share, to name exactly what differs (and, if
+            // allowed, rewind to it).
+            Refusal::CommittedDivergence { .. } if offered.is_some_and(|at| at > TxId::ZERO) => {
+                let offered = offered.unwrap_or(TxId::ZERO);
+                let step =
+                    (cx.log.committed().0.saturating_sub(offered.0)).max(DIVERGENCE_WINDOW as u64);
+                let probe = TxId(offered.0.saturating_sub(step));
+                tracing::info!(%offered, %probe, "source lacks our committed position; searching back");
+                self.search_from = Some(probe);
+                self.wait_before_retry(cx, cx.config.reconnect_min);
+            }
             // The history itself is at stake: an operator must look.
             Refusal::CommittedDivergence { .. } | Refusal::ProtocolVersion { .. } => {
                 self.stop(cx, ReplicationError::Refused(refusal));
@@ -407,6 +462,7 @@ impl Upstream {
 
     /// Stops replication until an operator acts.
     pub(super) fn stop(&mut self, cx: &mut Ctx<'_>, error: ReplicationError) {
+        self.search_from = None;
         tracing::error!(%error, "replication stopped");
         if let Some(conn) = self.conn() {
             cx.out.push_back(Command::Close { conn });
@@ -472,6 +528,20 @@ impl Upstream {
 
     /// Our log's transactions from the divergence base, read to compare with the source's.
     pub(super) fn on_read(&mut self, cx: &mut Ctx<'_>, conn: ConnId, ours: Vec<Tx>) {
+        if let Link::Probing { probe, .. } = self.link {
+            return match ours.into_iter().find(|tx| tx.id == probe) {
+                Some(tx) => self.subscribe(cx, conn, tx.position()),
+                // Removed by retention: nothing older can be offered.
+                None => {
+                    let error = ReplicationError::Refused(Refusal::CommittedDivergence {
+                        tx_id: probe,
+                        replica_hash: cx.log.committed_position().hash,
+                        source_hash: None,
+                    });
+                    self.stop(cx, error)
+                }
+            };
+        }
         // Every outcome below replaces this: a new subscription on `conn`, or a stop that
         // closes it.
         let placeholder = Link::Subscribing {
@@ -540,19 +610,22 @@ impl Upstream {
             // Everything compared matches: the difference lies beyond this window.
             return self.subscribe(cx, conn, common);
         };
-        if tx_id <= cx.log.committed() {
-            let refusal = Refusal::CommittedDivergence {
+        let committed = cx.log.committed();
+        let rewind = tx_id <= committed;
+        if rewind && !self.rewind_allowed {
+            let error = ReplicationError::CommittedDivergence {
                 tx_id,
-                replica_hash: local_hash,
+                local_hash,
                 source_hash,
+                committed,
             };
-            return self.stop(cx, ReplicationError::Refused(refusal));
+            return self.stop(cx, error);
         }
         // A source of a higher epoch than our last transaction supersedes our suffix: those
         // transactions were streamed by a primary that since restarted without them, so they
         // were never committed.
         let superseded = source_epoch > cx.log.last_epoch();
-        if !(superseded || cx.config.allow_tx_discarding) {
+        if !(rewind || superseded || cx.config.allow_tx_discarding) {
             return self.stop(
                 cx,
                 ReplicationError::Diverged {
@@ -562,10 +635,17 @@ impl Upstream {
                 },
             );
         }
-        tracing::warn!(
-            %tx_id, %local_hash, keep = %common.tx_id, discard_to = %cx.log.last().tx_id,
-            "discarding uncommitted transactions that diverge from the source"
-        );
+        if rewind {
+            tracing::warn!(
+                %tx_id, %local_hash, keep = %common.tx_id, %committed, discard_to = %cx.log.last().tx_id,
+                "rewinding: discarding committed transactions the source's history lacks, as allowed"
+            );
+        } else {
+            tracing::warn!(
+                %tx_id, %local_hash, keep = %common.tx_id, discard_to = %cx.log.last().tx_id,
+                "discarding uncommitted transactions that diverge from the source"
+            );
+        }
         let common_epoch = ours
             .iter()
             .rev()
@@ -573,7 +653,13 @@ impl Upstream {
             .map(|tx| tx.epoch)
             .or(base_epoch)
             .unwrap_or(Epoch(0));
-        cx.log.truncate(common, common_epoch, cx.out);
+        self.search_from = None;
+        if rewind {
+            self.rewind_allowed = false;
+            cx.log.rewind(common, common_epoch, cx.out);
+        } else {
+            cx.log.truncate(common, common_epoch, cx.out);
+        }
         self.subscribe(cx, conn, common);
     }
 }

@@ -73,6 +73,7 @@ pub async fn txlog_conformance<F: LogFactory>(factory: &F) {
     crash_leaves_a_prefix(factory).await;
     commit_point(factory).await;
     truncation(factory).await;
+    rewind(factory).await;
     epoch(factory).await;
     membership(factory).await;
 }
@@ -258,6 +259,62 @@ async fn truncation<F: LogFactory>(factory: &F) {
     )
     .await;
     assert_eq!(log.state().await.expect("state").last.tx_id, TxId(11));
+}
+
+async fn rewind<F: LogFactory>(factory: &F) {
+    let log = factory.create().await;
+    let txs = chain(LogPosition::START, Epoch(1), 10, 16);
+    append_durably(factory, &log, txs.clone()).await;
+    log.commit(TxId(8)).await.expect("commit");
+    match log.rewind_after(TxId(5)).await {
+        // The default: a log that cannot lower its commit point refuses and keeps everything.
+        Err(LogError::TruncateCommitted { .. }) => {
+            assert_holds(&log, &txs, "after a refused rewind").await;
+            assert_eq!(
+                log.state().await.expect("state").committed.tx_id,
+                TxId(8),
+                "a refused rewind keeps the commit point"
+            );
+            return;
+        }
+        result => result.expect("rewind"),
+    }
+    let state = log.state().await.expect("state");
+    assert_eq!(
+        state.last,
+        txs[4].position(),
+        "a rewind removes what follows"
+    );
+    assert_eq!(
+        state.committed,
+        txs[4].position(),
+        "a rewind lowers the commit point to the last transaction kept"
+    );
+    // Another history follows and commits; the rewind and the new commit point hold across a
+    // crash.
+    let other = chain(txs[4].position(), Epoch(2), 3, 16);
+    append_durably(factory, &log, other.clone()).await;
+    log.commit(TxId(7)).await.expect("commit the new history");
+    let log = factory.crash_and_reopen(log).await;
+    let expected = [txs[..5].to_vec(), other].concat();
+    assert_holds(&log, &expected, "after rewind, append and crash").await;
+    let committed = log.state().await.expect("state").committed;
+    assert!(
+        committed.tx_id <= TxId(7),
+        "a reopened commit point is never beyond what was recorded"
+    );
+    if committed.tx_id > TxId::ZERO {
+        assert_eq!(
+            committed,
+            expected[committed.tx_id.0 as usize - 1].position(),
+            "the commit point names the new history's hash"
+        );
+    }
+    // Rewinding at or above the commit point is a plain truncation.
+    log.rewind_after(TxId(7))
+        .await
+        .expect("rewind at or above the commit point");
+    assert_eq!(log.state().await.expect("state").last.tx_id, TxId(7));
 }
 
 async fn epoch<F: LogFactory>(factory: &F) {

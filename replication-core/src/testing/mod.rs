@@ -15,6 +15,7 @@ pub use log_suite::{LogFactory, txlog_conformance};
 pub use mem_transport::{MemEndpoint, MemNetwork};
 pub use transport_suite::{TransportFactory, transport_conformance};
 
+use crate::driver::{RollbackFile, RollbackSink};
 use crate::engine::EngineConfig;
 use crate::state_machine::StateMachine;
 use crate::types::{LogPosition, Tx, TxId};
@@ -55,6 +56,63 @@ impl StateMachine for RecordingStateMachine {
 
     fn applied(&self) -> TxId {
         TxId(self.applied.lock().map(|a| a.len() as u64).unwrap_or(0))
+    }
+
+    fn can_rewind(&self) -> bool {
+        true
+    }
+
+    /// Forgets the positions after `last`: the record is its own history.
+    fn rewind(&mut self, last: TxId) -> TxId {
+        if let Ok(mut applied) = self.applied.lock() {
+            applied.truncate(last.0 as usize);
+        }
+        self.applied()
+    }
+}
+
+/// A rollback sink that keeps the dropped transactions in memory, one list per rollback, for
+/// tests to inspect through a clone.
+#[derive(Clone, Debug, Default)]
+pub struct MemRollback {
+    rollbacks: Arc<Mutex<Vec<Vec<Tx>>>>,
+}
+
+impl MemRollback {
+    /// Every finished rollback, oldest first.
+    pub fn rollbacks(&self) -> Vec<Vec<Tx>> {
+        self.rollbacks.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+}
+
+impl RollbackSink for MemRollback {
+    fn create(&self, _from: TxId, _to: TxId) -> std::io::Result<Box<dyn RollbackFile>> {
+        Ok(Box::new(MemRollbackFile {
+            sink: self.clone(),
+            txs: Vec::new(),
+        }))
+    }
+}
+
+struct MemRollbackFile {
+    sink: MemRollback,
+    txs: Vec<Tx>,
+}
+
+impl RollbackFile for MemRollbackFile {
+    fn write(&mut self, txs: &[Tx]) -> std::io::Result<()> {
+        self.txs.extend_from_slice(txs);
+        Ok(())
+    }
+
+    fn finish(self: Box<Self>) -> std::io::Result<String> {
+        let mut rollbacks = self
+            .sink
+            .rollbacks
+            .lock()
+            .map_err(|_| std::io::Error::other("rollback store poisoned"))?;
+        rollbacks.push(self.txs);
+        Ok(format!("memory #{}", rollbacks.len()))
     }
 }
 

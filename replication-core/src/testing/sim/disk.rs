@@ -114,6 +114,8 @@ impl Disk {
     }
 
     pub(super) fn truncate(&mut self, after: TxId) {
+        // Only a rewind reaches below the commit point, and it lowers it first.
+        self.committed = self.committed.min(after.0);
         self.txs.truncate(after.0 as usize);
         self.durable = self.durable.min(after.0);
         self.truncations += 1;

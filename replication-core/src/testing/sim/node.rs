@@ -29,6 +29,9 @@ pub(super) struct SimNode {
     pub(super) tick_at: Option<u64>,
     /// Set by the operator on an old primary that rejoins after a failover.
     pub(super) allow_tx_discarding: bool,
+    /// Set by the operator on a node that rejoins a history lacking transactions it committed
+    /// (after a forced promotion).
+    pub(super) allow_rewind: bool,
     config_rng: Rng,
 }
 
@@ -44,6 +47,7 @@ impl SimNode {
             incarnation: 0,
             tick_at: None,
             allow_tx_discarding: false,
+            allow_rewind: false,
             config_rng: Rng::stream(seed, Stream::Config(index)),
         }
     }
@@ -68,6 +72,7 @@ impl SimNode {
             .then(|| Duration::from_millis(rng.range(200, 3000)));
         config.tags.insert("zone".into(), self.zone.clone());
         config.allow_tx_discarding = self.allow_tx_discarding;
+        config.allow_rewind = self.allow_rewind;
         config.seed = rng.next();
         config
     }

@@ -69,6 +69,15 @@ pub(super) fn truncation_spares_committed(node: &SimNode, after: TxId) -> Check 
     }
 }
 
+/// Committed transactions are dropped only where an operator allowed a rewind.
+pub(super) fn rewind_allowed(node: &SimNode, rewind: bool) -> Check {
+    if rewind && !node.allow_rewind {
+        Err(format!("{}: rewinds without permission", node.name))
+    } else {
+        Ok(())
+    }
+}
+
 /// A node's commit point never moves backwards (the engine only reports advances).
 pub(super) fn commit_never_regresses(node: &SimNode, up_to: TxId) -> Check {
     if up_to.0 < node.disk.committed() {

@@ -278,11 +278,17 @@ impl World {
                 };
                 self.schedule(pending.at - self.now, event);
             }
-            Command::Truncate { after } => {
-                oracle::truncation_spares_committed(&self.nodes[node], after)?;
+            Command::Truncate { after, rewind } => {
+                oracle::rewind_allowed(&self.nodes[node], rewind)?;
+                if !rewind {
+                    oracle::truncation_spares_committed(&self.nodes[node], after)?;
+                }
                 self.nodes[node].disk.truncate(after);
+                // The state machine forgets what a rewind drops.
+                self.nodes[node].applied.truncate(after.0 as usize);
                 let name = self.nodes[node].name.clone();
-                self.log(format!("{name} truncates after {after}"));
+                let how = if rewind { "rewinds" } else { "truncates" };
+                self.log(format!("{name} {how} after {after}"));
             }
             Command::SaveEpoch(claim) => self.nodes[node].disk.save_epoch(&claim),
             Command::SaveMembers(members) => {
