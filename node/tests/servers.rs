@@ -457,8 +457,8 @@ fn promotion_is_refused_on_a_primary_while_the_primary_lives_and_when_behind() {
 
     // The old primary, its source set in its settings file before it starts (so that it is
     // never a primary again), holds what n3 acknowledged and the forced n2 lacks: it does not
-    // follow, says why (its committed history differs, naming its hash), and discards nothing
-    // committed.
+    // follow, says why (its committed history diverged, naming the range and both hashes), and
+    // discards nothing committed.
     let settings = root.join("n1/databases/app/settings.toml");
     let text = std::fs::read_to_string(&settings).expect("settings");
     std::fs::write(&settings, format!("replica_of = \"{a2}/app\"\n{text}")).expect("write");
@@ -467,7 +467,8 @@ fn promotion_is_refused_on_a_primary_while_the_primary_lives_and_when_behind() {
         let error = s["last_error"].as_str().unwrap_or_default();
         s["role"] == "replica"
             && s["committed"]["tx_id"].as_u64() == Some(ahead)
-            && error.contains("committed history differs")
+            && error.contains("committed history diverged")
+            && error.contains(&format!("transactions {} to {ahead}", first + 1))
     });
     assert_eq!(
         json(&cli(root, &a1, &["get", "--db", "app", "only-n3-2"]))["value"],

@@ -580,12 +580,17 @@ fn replica_with(log: &[Tx], allow_tx_discarding: bool) -> Engine {
 /// A replica engine under `config` connected to its source, with `log` stored and durable and
 /// its first `committed` transactions committed.
 fn replica_committed(log: &[Tx], committed: usize, config: EngineConfig) -> Engine {
+    replica_in_epoch(log, committed, config, 1)
+}
+
+/// [`replica_committed`], its log's epoch `epoch` (claimed by `p`).
+fn replica_in_epoch(log: &[Tx], committed: usize, config: EngineConfig, epoch: u64) -> Engine {
     let last = log.last().map(Tx::position).unwrap_or(LogPosition::START);
     let committed = committed
         .checked_sub(1)
         .map_or(LogPosition::START, |index| log[index].position());
     let state = LogState {
-        epoch: Epoch(1),
+        epoch: Epoch(epoch),
         last,
         durable: last,
         committed,
@@ -612,7 +617,7 @@ fn replica_committed(log: &[Tx], committed: usize, config: EngineConfig) -> Engi
     );
     assert_eq!(
         drain(&mut engine),
-        vec![subscribe_to_source(last, committed)]
+        vec![subscribe_in_epoch(epoch, last, committed)]
     );
     engine
 }
@@ -620,12 +625,17 @@ fn replica_committed(log: &[Tx], committed: usize, config: EngineConfig) -> Engi
 /// The subscription a replica of epoch 1 whose log ends at `last`, and whose commit point is
 /// `known_common`, sends its source.
 fn subscribe_to_source(last: LogPosition, known_common: LogPosition) -> Command {
+    subscribe_in_epoch(1, last, known_common)
+}
+
+/// [`subscribe_to_source`] from a replica of `epoch`.
+fn subscribe_in_epoch(epoch: u64, last: LogPosition, known_common: LogPosition) -> Command {
     send(
         SOURCE,
         Message::Subscribe {
             version: PROTOCOL_VERSION,
             database: "db".into(),
-            claim: claim(1),
+            claim: claim(epoch),
             last,
             known_common,
             window: EngineConfig::new("r1", "db", Role::Primary).prefetch_buffer,
@@ -1508,4 +1518,59 @@ fn the_search_for_a_shared_transaction_steps_back_by_growing_distances() {
             LogPosition::START
         )]
     );
+}
+
+/// A relay asked for more than it committed tells a lag from another history: a replica that
+/// never saw the epoch of the relay's last committed transaction cannot hold it, so what it
+/// committed beyond is not the relay's history (and it searches back); one that saw it waits.
+#[test]
+fn a_relay_tells_a_replica_of_another_history_from_one_it_lags() {
+    let mut log = chain(Epoch(1), &["a", "b"], LogPosition::START);
+    log.extend(chain(Epoch(2), &["new"], log[1].position()));
+    let theirs = chain(Epoch(1), &["c", "d", "e"], log[1].position());
+    for (replica_epoch, diverged) in [(1, true), (2, false)] {
+        let mut relay = replica_in_epoch(&log, 3, rewind_config(false), 2);
+        connect_downstream(&mut relay, REPLICA, "r2");
+        let mut message = subscribe(theirs[2].position(), Epoch(replica_epoch));
+        if let Message::Subscribe { known_common, .. } = &mut message {
+            *known_common = theirs[2].position();
+        }
+        relay.handle(
+            T0,
+            Event::Received {
+                conn: REPLICA,
+                message,
+            },
+        );
+        assert_eq!(
+            drain(&mut relay),
+            vec![Command::Read {
+                conn: REPLICA,
+                from: TxId(3),
+                max_count: 3,
+                max_bytes: usize::MAX,
+            }],
+            "the relay reads its last committed transaction"
+        );
+        let txs = vec![log[2].clone()];
+        relay.handle(T0, Event::ReadDone { conn: REPLICA, txs });
+        let refusal = if diverged {
+            Refusal::CommittedDivergence {
+                tx_id: TxId(5),
+                replica_hash: theirs[2].hash,
+                source_hash: None,
+            }
+        } else {
+            Refusal::SourceBehind {
+                source_last: TxId(3),
+            }
+        };
+        assert_eq!(
+            drain(&mut relay),
+            vec![
+                send(REPLICA, Message::Refused(refusal)),
+                Command::Close { conn: REPLICA }
+            ]
+        );
+    }
 }

@@ -17,7 +17,24 @@ fn env_u64(name: &str) -> Option<u64> {
 struct Totals {
     failovers: usize,
     reseeds: usize,
+    forced_promotions: usize,
+    forgiven_writes: usize,
+    rewinds: usize,
     majority_acks_with_members_away: usize,
+}
+
+impl Totals {
+    fn failover_summary(&self) -> String {
+        format!(
+            "{} failovers ({} old primaries re-seeded; {} promotions forced, giving up {} \
+             acknowledged writes at risk; {} rewinds)",
+            self.failovers,
+            self.reseeds,
+            self.forced_promotions,
+            self.forgiven_writes,
+            self.rewinds
+        )
+    }
 }
 
 /// Acknowledgements under quorum, asynchronous ones, and crashes, summed over the seeds; the
@@ -43,6 +60,9 @@ fn run_seeds(
                 crashes += report.crashes;
                 totals.failovers += report.failovers;
                 totals.reseeds += report.reseeds;
+                totals.forced_promotions += report.forced_promotions;
+                totals.forgiven_writes += report.forgiven_writes;
+                totals.rewinds += report.rewinds;
                 totals.majority_acks_with_members_away += report.majority_acks_with_members_away;
                 if std::env::var("SIM_SEED").is_ok() {
                     println!(
@@ -75,21 +95,27 @@ fn cluster_survives_faults_across_seeds() {
     let (quorum, async_acks, crashes) = run_seeds(&topology, seeds.into_iter(), &mut totals);
     // The runs must actually have exercised both kinds of commit and crashes.
     assert!(
-        quorum > 0 && async_acks > 0 && crashes > 0,
+        replay || (quorum > 0 && async_acks > 0 && crashes > 0),
         "{quorum} {async_acks} {crashes}"
     );
     // ... and failovers: a primary lost for good, the safe candidate promoted, the old primary
-    // rejoining.
+    // rejoining; forced promotions of a member lacking acknowledged writes, and the rewinds
+    // an operator then allows.
     assert!(replay || totals.failovers > 0, "no failover in any seed");
+    assert!(
+        replay || (totals.forced_promotions > 0 && totals.rewinds > 0),
+        "no forced promotion with a rewind in any seed"
+    );
     // ... and `majority` with members away (a restarted primary, a partition).
     assert!(
         replay || totals.majority_acks_with_members_away > 0,
         "no majority acknowledgement with a member away"
     );
     println!(
-        "acknowledged {quorum} under quorum, {async_acks} async; {crashes} crashes; {} failovers \
-         ({} old primaries re-seeded); {} majority acknowledgements with a member away",
-        totals.failovers, totals.reseeds, totals.majority_acks_with_members_away
+        "acknowledged {quorum} under quorum, {async_acks} async; {crashes} crashes; {}; {} \
+         majority acknowledgements with a member away",
+        totals.failover_summary(),
+        totals.majority_acks_with_members_away
     );
 }
 
@@ -110,8 +136,8 @@ fn other_topologies_survive_faults() {
         assert!(totals.failovers > 0, "{name}: no failover in any seed");
         println!(
             "{name}: acknowledged {quorum} under quorum, {async_acks} async; {crashes} crashes; \
-             {} failovers ({} re-seeded)",
-            totals.failovers, totals.reseeds
+             {}",
+            totals.failover_summary()
         );
     }
 }

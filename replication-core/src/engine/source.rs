@@ -16,13 +16,15 @@ use super::writes::WritePath;
 use super::{AckKind, Command, ConnId, Ctx, ReplicaStatus, Timestamp, WriteError, WriteId};
 use crate::protocol::{DIVERGENCE_WINDOW, Message, PROTOCOL_VERSION, Refusal};
 use crate::quorum::QuorumPolicy;
-use crate::types::{LogPosition, NodeId, ReplicaId, Tx, TxId};
+use crate::types::{Epoch, LogPosition, NodeId, ReplicaId, Tx, TxId};
 
 /// A replica's subscription, between `Subscribe` and the handshake read.
 #[derive(Debug, Clone)]
 struct Subscription {
     last: LogPosition,
     known_common: LogPosition,
+    /// The highest epoch the replica has seen: no transaction of its log is of a later one.
+    replica_epoch: Epoch,
 }
 
 #[derive(Debug)]
@@ -344,7 +346,11 @@ impl Source {
         else {
             return;
         };
-        let subscription = Subscription { last, known_common };
+        let subscription = Subscription {
+            last,
+            known_common,
+            replica_epoch: claim.epoch,
+        };
         let Some(downstream) = self.downstreams.get(&conn) else {
             return;
         };
@@ -383,6 +389,7 @@ impl Source {
             }
             return self.refuse(cx, conn, taken);
         }
+        let serve_limit = self.serve_limit(cx);
         let Some(downstream) = self.downstreams.get_mut(&conn) else {
             return;
         };
@@ -397,7 +404,13 @@ impl Source {
         downstream.window = u64::from(window.max(1));
         downstream.read_in_flight = true;
         let known = subscription.known_common.tx_id.0;
-        let from = known.max(1);
+        // Beyond what a relay serves, its last served transaction tells a lagging relay from
+        // a history the replica does not share (see `finish_handshake`).
+        let from = if self.writes.is_some() {
+            known.max(1)
+        } else {
+            known.min(serve_limit.0).max(1)
+        };
         let to = subscription
             .last
             .tx_id
@@ -505,6 +518,17 @@ impl Source {
                 // that committed beyond it followed another history (an old primary
                 // rejoining after a forced promotion, say), and an operator must decide.
                 _ if self.writes.is_some() => {
+                    let refusal = Refusal::CommittedDivergence {
+                        tx_id: known.tx_id,
+                        replica_hash: known.hash,
+                        source_hash: None,
+                    };
+                    return self.refuse(cx, conn, refusal);
+                }
+                // The relay's last committed transaction is of an epoch the replica never saw,
+                // so the replica's log lacks it, and what the replica committed beyond it is
+                // another history: not a lag to wait out.
+                Some(tx) if tx.id < known.tx_id && tx.epoch > subscription.replica_epoch => {
                     let refusal = Refusal::CommittedDivergence {
                         tx_id: known.tx_id,
                         replica_hash: known.hash,

@@ -37,6 +37,8 @@ pub(super) enum Failover {
     Pending {
         /// The lost primary.
         old: usize,
+        /// Whether the operator promotes by force, without waiting for a safe candidate.
+        forced: bool,
     },
     /// A replica was promoted; `old` rejoins as its replica.
     Done {
@@ -46,6 +48,8 @@ pub(super) enum Failover {
         rejoined: bool,
         /// Whether the operator re-seeded it to rejoin.
         reseeded: bool,
+        /// Whether the promotion was forced.
+        forced: bool,
     },
 }
 
@@ -65,33 +69,42 @@ pub(super) fn guaranteed_copies(policy: &Quorum) -> usize {
 impl World {
     /// Whether `node` is the lost primary, which only the failover brings back.
     pub(super) fn is_lost(&self, node: usize) -> bool {
-        matches!(self.failover, Failover::Pending { old } if old == node)
+        matches!(self.failover, Failover::Pending { old, .. } if old == node)
     }
 
-    /// The primary is lost for good, if the run may fail over: no failover yet, a replica has
-    /// joined it, and every commit so far was on at least one replica.
+    /// The primary is lost for good, if the run may fail over: no failover yet, and a replica
+    /// has joined it. If some commit so far may be on the primary alone (an asynchronous
+    /// policy was in force), or one time in four otherwise, the operator will promote by force.
     pub(super) fn lose_primary(&mut self) {
         let primary = self.primary();
         if !matches!(self.failover, Failover::None)
-            || self.fewest_copies == 0
             || !self.nodes[primary].is_up()
             || self.nodes[primary].disk.members().is_empty()
         {
             return;
         }
+        let forced = self.fewest_copies == 0 || self.faults.force_promotion();
         let name = self.nodes[primary].name.clone();
+        let waiting_for = if forced {
+            "a member to promote by force"
+        } else {
+            "a safe candidate"
+        };
         self.log(format!(
-            "{name} is LOST for good; waiting for a safe candidate"
+            "{name} is LOST for good; waiting for {waiting_for}"
         ));
         self.crash(primary);
-        self.failover = Failover::Pending { old: primary };
+        self.failover = Failover::Pending {
+            old: primary,
+            forced,
+        };
         self.schedule(50_000, SimEvent::Promote);
     }
 
     /// The operator's plan and promotion: waits until every member of the lost primary
     /// answers, then promotes the most advanced.
     pub(super) fn promote(&mut self) -> Check {
-        let Failover::Pending { old } = self.failover else {
+        let Failover::Pending { old, forced } = self.failover else {
             return Ok(());
         };
         if self.nodes[old].is_up() {
@@ -106,15 +119,25 @@ impl World {
             .iter()
             .filter_map(|m| self.topology.index(m.node.as_str()))
             .collect();
-        if members.is_empty() || members.iter().any(|&m| !self.nodes[m].is_up()) {
+        let up: Vec<usize> = members
+            .iter()
+            .copied()
+            .filter(|&m| self.nodes[m].is_up())
+            .collect();
+        // The plan's rule waits for every member; a forced promotion takes any that answers.
+        if up.is_empty() || (!forced && up.len() < members.len()) {
             self.schedule(100_000, SimEvent::Promote);
             return Ok(());
         }
         let advanced = |disk: &Disk| (disk.durable_epoch(), disk.durable());
-        let Some(&candidate) = members
-            .iter()
-            .max_by_key(|&&m| (advanced(&self.nodes[m].disk), std::cmp::Reverse(m)))
-        else {
+        let rank = |m: usize| (advanced(&self.nodes[m].disk), std::cmp::Reverse(m));
+        // Forced, the least advanced: the worst an operator can pick, and the most to rewind.
+        let candidate = if forced {
+            up.iter().copied().min_by_key(|&m| rank(m))
+        } else {
+            up.iter().copied().max_by_key(|&m| rank(m))
+        };
+        let Some(candidate) = candidate else {
             return Ok(());
         };
         // Above every epoch an answering node has seen, so that no replica refuses the new
@@ -130,7 +153,8 @@ impl World {
         let repointed = self.topology.promote(candidate, old);
         let policy = self.faults.policy_for(&self.topology);
         self.log(format!(
-            "PROMOTE {} (durable {:?}) above epoch {seen}; repoint {:?}; policy `{policy}`",
+            "PROMOTE{} {} (durable {:?}) above epoch {seen}; repoint {:?}; policy `{policy}`",
+            if forced { " BY FORCE" } else { "" },
             self.nodes[candidate].name,
             advanced(&self.nodes[candidate].disk),
             repointed
@@ -140,6 +164,9 @@ impl World {
         ));
         self.policy = policy;
         self.restart_as(candidate, Role::Primary);
+        if forced {
+            self.forced_promotion(candidate, old, &repointed);
+        }
         let address = self.nodes[candidate].name.clone();
         for node in repointed {
             let role = Role::Replica {
@@ -155,10 +182,72 @@ impl World {
             old,
             rejoined: false,
             reseeded: false,
+            forced,
         };
         let revive_in = self.faults.revive_delay();
         self.schedule(revive_in, SimEvent::Restart { node: old });
         Ok(())
+    }
+
+    /// After `candidate` was promoted by force (and restarted over its durable log): the
+    /// acknowledged writes it lacks are given up, as the plan reported them at risk; the
+    /// committed history keeps only what its log shares; and every other node may rewind
+    /// once, as the operator allows with `db update --allow-rewind`, which restarts a running
+    /// one (the repointed ones and the old primary get it as they restart).
+    fn forced_promotion(&mut self, candidate: usize, old: usize, repointed: &[usize]) {
+        let disk = &self.nodes[candidate].disk;
+        let forgiven = self
+            .workload
+            .forgive(|write| !disk.holds_durably(write.position.tx_id, write.position.hash));
+        let kept = self.oracle.forced_promotion(&disk.hashes());
+        self.forgiven_writes += forgiven;
+        self.log(format!(
+            "forced: {forgiven} acknowledged writes at risk given up; the committed history \
+             keeps {kept} txs"
+        ));
+        for node in 0..self.nodes.len() {
+            if node == candidate {
+                continue;
+            }
+            self.nodes[node].allow_rewind = true;
+            if node != old && !repointed.contains(&node) {
+                let role = self.nodes[node].role.clone();
+                self.restart_as(node, role);
+            }
+        }
+    }
+
+    /// Once every node answers after a forced promotion: a member that was down when it was
+    /// promoted may have seen the new primary's epoch under the old one (or a later epoch),
+    /// and then refuses it (one writer per epoch). As its error says, the operator promotes
+    /// again, which begins an epoch above every one the new primary has seen; the member's
+    /// claim is of a lower epoch then, and it rejoins.
+    pub(super) fn promote_again_if_taken(&mut self) {
+        let Failover::Done {
+            old, forced: true, ..
+        } = self.failover
+        else {
+            return;
+        };
+        let new = self.primary();
+        let claim = self.nodes[new].disk.epoch_claim().clone();
+        let taken = (0..self.nodes.len())
+            .filter(|&n| n != new && n != old)
+            .map(|n| self.nodes[n].disk.epoch_claim().clone())
+            .find(|other| other.epoch > claim.epoch || other.conflicts_with(&claim));
+        if let Some(taken) = taken {
+            self.nodes[new]
+                .disk
+                .save_epoch(&EpochClaim::new(taken.epoch, None));
+            let name = self.nodes[new].name.clone();
+            self.log(format!(
+                "{name}'s epoch {} is taken ({taken}): PROMOTE it again above",
+                claim.epoch
+            ));
+            self.restart_as(new, Role::Primary);
+            // Its writers never hear back from the engine that stopped.
+            self.workload.primary_lost();
+        }
     }
 
     /// Restarts `node` (if it runs) with `role`, keeping what its disk made durable.
@@ -201,6 +290,7 @@ impl World {
                 old,
                 rejoined: true,
                 reseeded,
+                forced: matches!(self.failover, Failover::Done { forced: true, .. }),
             };
         }
         self.boot(node);

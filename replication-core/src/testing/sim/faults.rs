@@ -66,6 +66,13 @@ impl Faults {
     }
 
     /// How long after a promotion the old primary is revived.
+    /// Whether the operator promotes by force (`db promote --force`) a member that may lack
+    /// acknowledged writes, without waiting for the plan's safe candidate: one failover in
+    /// four.
+    pub(super) fn force_promotion(&mut self) -> bool {
+        self.rng.chance(25)
+    }
+
     pub(super) fn revive_delay(&mut self) -> u64 {
         self.rng.range(50_000, 1_500_000)
     }

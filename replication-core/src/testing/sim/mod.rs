@@ -13,8 +13,9 @@
 //! - `world`: the event queue and the step loop that runs the engines' commands;
 //! - `node`, `disk`, `network`: a node's engine and state machine, its log, the channels;
 //! - `faults`: crashes, partitions, cut channels, policy changes, and the loss of the primary
-//!   for good, after which `failover` promotes the plan's safe candidate, repoints the other
-//!   replicas and has the old primary rejoin;
+//!   for good, after which `failover` promotes the plan's safe candidate (or, forced, the
+//!   least advanced member, giving up the acknowledged writes it lacks and letting every other
+//!   node rewind once), repoints the other replicas and has the old primary rejoin;
 //! - `workload`: the clients' writes and what became of them;
 //! - `oracle`: the invariants, one function each — checked after every append, truncation,
 //!   commit and acknowledgement (appends are contiguous, truncations spare committed data,
@@ -81,6 +82,14 @@ pub struct SimReport {
     pub failovers: usize,
     /// Old primaries the operator had to re-seed to rejoin after a failover.
     pub reseeds: usize,
+    /// Failovers that promoted by force a member that may lack acknowledged writes.
+    pub forced_promotions: usize,
+    /// Acknowledged writes a forced promotion gave up: the new primary lacked them, and the
+    /// plan reported them at risk. No other acknowledged write may be lost.
+    pub forgiven_writes: usize,
+    /// Nodes that rewound (dropped committed transactions of the old history) to rejoin after
+    /// a forced promotion, as the operator allowed.
+    pub rewinds: usize,
     /// Writes acknowledged under `majority` while a member was away (not connected to the
     /// primary, as after a restart before it reconnects): each was checked against a majority
     /// of all members, not of those connected.

@@ -6,7 +6,9 @@
 //! message loss is on — when a message sent on it is lost: a lost message is never silently
 //! skipped, since the protocol relies on TCP's in-order delivery, so the channel is cut
 //! instead. Each surviving end learns of the break a random time later, as with a TCP reset
-//! or timeout. Dials to a crashed or partitioned node are refused.
+//! or timeout. Dials to a crashed or partitioned node are refused. A node that closes a channel
+//! closes it gracefully, as a QUIC stream finishes: what it sent before still arrives (a
+//! refusal, say), nothing more reaches it, and the link breaks after its last delivery.
 
 use std::collections::BTreeMap;
 
@@ -27,6 +29,16 @@ pub(super) struct End {
 pub(super) struct Broken {
     pub(super) end: End,
     pub(super) delay: u64,
+}
+
+/// What closing a channel does.
+#[derive(Debug)]
+pub(super) enum Closing {
+    /// The link broke at once (nothing was in flight from the closing end).
+    Cut(Vec<Broken>),
+    /// Messages from the closing end are in flight: break `link` after `delay`, with
+    /// [`Network::finish_close`].
+    After { link: usize, delay: u64 },
 }
 
 /// What became of a sent message.
@@ -51,6 +63,8 @@ struct Link {
     alive: bool,
     /// Per direction, the time of the last scheduled delivery, to keep channels FIFO.
     last_delivery: [u64; 2],
+    /// The end that closed the link, which receives nothing more.
+    closed_end: Option<usize>,
 }
 
 /// What the network knows of one node.
@@ -115,6 +129,7 @@ impl Network {
             ends,
             alive: true,
             last_delivery: [0, 0],
+            closed_end: None,
         });
         (ends[0].conn, ends[1].conn)
     }
@@ -149,7 +164,7 @@ impl Network {
     /// The end a message in flight on `link` arrives at, unless the link broke meanwhile.
     pub(super) fn arrival(&self, link: usize, to_end: usize) -> Option<End> {
         let link = &self.links[link];
-        link.alive.then_some(link.ends[to_end])
+        (link.alive && link.closed_end != Some(to_end)).then_some(link.ends[to_end])
     }
 
     /// Breaks `link`; the ends on live incarnations are to be told.
@@ -182,11 +197,27 @@ impl Network {
 
     /// `node` closes its channel `conn`. Its own end is told too, as a socket reports its
     /// own close.
-    pub(super) fn close(&mut self, node: usize, conn: ConnId) -> Vec<Broken> {
-        match self.endpoints[node].conns.remove(&conn) {
-            Some(link) => self.cut(link),
-            None => Vec::new(),
+    pub(super) fn close(&mut self, node: usize, conn: ConnId, now: u64) -> Closing {
+        let Some(link) = self.endpoints[node].conns.remove(&conn) else {
+            return Closing::Cut(Vec::new());
+        };
+        let state = &mut self.links[link];
+        let from_end = usize::from(state.ends[1].node == node && state.ends[1].conn == conn);
+        state.closed_end = Some(from_end);
+        let last = state.last_delivery[from_end];
+        if !state.alive || last <= now {
+            Closing::Cut(self.cut(link))
+        } else {
+            Closing::After {
+                link,
+                delay: last - now + 1,
+            }
         }
+    }
+
+    /// Breaks a link closed gracefully once what was in flight arrived.
+    pub(super) fn finish_close(&mut self, link: usize) -> Vec<Broken> {
+        self.cut(link)
     }
 
     /// Breaks every link of `node`.

@@ -57,6 +57,11 @@ impl Workload {
         }
     }
 
+    /// `count` more writes to propose.
+    pub(super) fn more(&mut self, count: usize) {
+        self.writes_left += count;
+    }
+
     /// Whether every write has been proposed.
     pub(super) fn proposed_all(&self) -> bool {
         self.writes_left == 0
@@ -120,6 +125,14 @@ impl Workload {
 
     pub(super) fn refused(&mut self) {
         self.not_acked += 1;
+    }
+
+    /// A forced promotion gave up the acknowledged writes `lost` says the new primary lacks,
+    /// as the plan reported them at risk: they are no longer owed. Returns how many.
+    pub(super) fn forgive(&mut self, lost: impl Fn(&AckedWrite) -> bool) -> usize {
+        let before = self.acked.len();
+        self.acked.retain(|write| !lost(write));
+        before - self.acked.len()
     }
 
     /// Records an acknowledgement the oracle accepted.

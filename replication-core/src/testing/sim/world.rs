@@ -13,7 +13,7 @@ use std::sync::Arc;
 use super::disk::Pending;
 use super::failover::{Failover, guaranteed_copies};
 use super::faults::Faults;
-use super::network::{Broken, Network, Transmission};
+use super::network::{Broken, Closing, Network, Transmission};
 use super::node::SimNode;
 use super::oracle::{self, Check, Oracle};
 use super::rng::{Rng, Stream};
@@ -69,6 +69,8 @@ pub(super) enum SimEvent {
     Promote,
     /// A partition ends.
     Heal { a: usize, b: usize },
+    /// A link closed gracefully breaks, after what was in flight on it.
+    FinishClose { link: usize },
 }
 
 /// An event and when it happens; events due at the same time happen in scheduling order.
@@ -138,7 +140,7 @@ pub(super) struct World {
     pub(super) network: Network,
     pub(super) faults: Faults,
     pub(super) workload: Workload,
-    oracle: Oracle,
+    pub(super) oracle: Oracle,
     /// The quorum policy in force on the primary.
     pub(super) policy: Quorum,
     pub(super) trace: Trace,
@@ -148,6 +150,10 @@ pub(super) struct World {
     pub(super) failover: Failover,
     /// The fewest replicas a commit so far is on: the least `k` of every policy in force.
     pub(super) fewest_copies: usize,
+    /// Acknowledged writes a forced promotion gave up.
+    pub(super) forgiven_writes: usize,
+    /// Rewinds the nodes made.
+    pub(super) rewinds: usize,
 }
 
 impl World {
@@ -187,6 +193,8 @@ impl World {
             majority_acks_with_members_away: 0,
             failover: Failover::None,
             fewest_copies,
+            forgiven_writes: 0,
+            rewinds: 0,
         }
     }
 
@@ -280,7 +288,13 @@ impl World {
             }
             Command::Truncate { after, rewind } => {
                 oracle::rewind_allowed(&self.nodes[node], rewind)?;
-                if !rewind {
+                if rewind {
+                    self.oracle
+                        .rewind_spares_the_history(&self.nodes[node], after)?;
+                    // The operator allowed one rewind; it is spent.
+                    self.nodes[node].allow_rewind = false;
+                    self.rewinds += 1;
+                } else {
                     oracle::truncation_spares_committed(&self.nodes[node], after)?;
                 }
                 self.nodes[node].disk.truncate(after);
@@ -323,10 +337,12 @@ impl World {
                 };
                 self.schedule(delay, event);
             }
-            Command::Close { conn } => {
-                let broken = self.network.close(node, conn);
-                self.notify_broken(broken);
-            }
+            Command::Close { conn } => match self.network.close(node, conn, self.now) {
+                Closing::Cut(broken) => self.notify_broken(broken),
+                Closing::After { link, delay } => {
+                    self.schedule(delay, SimEvent::FinishClose { link });
+                }
+            },
             Command::Reply { write, result } => self.reply(write, result)?,
         }
         Ok(())
@@ -540,6 +556,10 @@ impl World {
             }
             SimEvent::Promote => self.promote()?,
             SimEvent::Heal { a, b } => self.network.heal(a, b),
+            SimEvent::FinishClose { link } => {
+                let broken = self.network.finish_close(link);
+                self.notify_broken(broken);
+            }
         }
         Ok(true)
     }
@@ -558,6 +578,14 @@ impl World {
         self.promote()?;
         if let Failover::Pending { .. } = self.failover {
             self.failover = Failover::None;
+        }
+        // After a forced promotion the clients go on writing: a cascaded replica that
+        // committed beyond the new history learns so only once that history passes it, since
+        // until then its relay cannot tell the difference from a lag.
+        if let Failover::Done { forced: true, .. } = self.failover {
+            self.promote_again_if_taken();
+            self.workload.more(4);
+            self.schedule(1_000, SimEvent::ClientWrite);
         }
         for node in 0..self.nodes.len() {
             if !self.nodes[node].is_up() {
@@ -626,6 +654,12 @@ impl World {
                 self.failover,
                 Failover::Done { reseeded: true, .. }
             )),
+            forced_promotions: usize::from(matches!(
+                self.failover,
+                Failover::Done { forced: true, .. }
+            )),
+            forgiven_writes: self.forgiven_writes,
+            rewinds: self.rewinds,
             committed: self.nodes[self.primary()].disk.len(),
             trace: self.trace.dump(),
         }
