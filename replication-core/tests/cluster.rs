@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use replication_core::driver::{Node, NodeOptions, StartError};
-use replication_core::engine::{AckKind, EngineConfig, Role, WriteError};
+use replication_core::engine::{
+    AckKind, EngineConfig, EngineStatus, Role, UpstreamState, WriteError,
+};
 use replication_core::quorum::Quorum;
 use replication_core::testing::{MemNetwork, MemRollback, RecordingStateMachine, fast_timers};
 use replication_core::{TxId, TxLog};
@@ -79,16 +81,30 @@ async fn eventually<F: Fn() -> bool>(what: &str, check: F) {
         .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
 }
 
-/// Waits until `count` writes wait for their quorum on `node`.
-async fn until_waiting(node: &Node, count: usize) {
+/// Waits until `node`'s status satisfies `ready`, and returns it.
+async fn until_status(
+    node: &Node,
+    what: &str,
+    ready: impl Fn(&EngineStatus) -> bool,
+) -> EngineStatus {
     let polled = async {
-        while node.status().await.expect("status").waiting_writes != count {
+        loop {
+            let status = node.status().await.expect("status");
+            if ready(&status) {
+                return status;
+            }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     };
     tokio::time::timeout(Duration::from_secs(10), polled)
         .await
-        .unwrap_or_else(|_| panic!("timed out waiting for {count} waiting writes"));
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
+
+/// Waits until `count` writes wait for their quorum on `node`.
+async fn until_waiting(node: &Node, count: usize) {
+    let what = format!("{count} waiting writes");
+    until_status(node, &what, |status| status.waiting_writes == count).await;
 }
 
 async fn put(
@@ -423,23 +439,11 @@ async fn a_rewind_drops_committed_transactions_only_when_allowed_and_keeps_them(
         old_log.clone(),
     )
     .await;
-    let error = async {
-        loop {
-            let status = rejoined.node.status().await.expect("status");
-            if let Some(error) = status.last_error.filter(|_| {
-                matches!(
-                    status.upstream,
-                    Some(replication_core::engine::UpstreamState::Stopped(_))
-                )
-            }) {
-                return error;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    };
-    let error = tokio::time::timeout(Duration::from_secs(10), error)
-        .await
-        .expect("replication stops");
+    let stopped = until_status(&rejoined.node, "replication to stop", |status| {
+        matches!(status.upstream, Some(UpstreamState::Stopped(_)))
+    })
+    .await;
+    let error = stopped.last_error.expect("the stop names its cause");
     assert!(
         error.contains("transactions 4 to 5")
             && error.contains(&lost[0].hash.to_hex())

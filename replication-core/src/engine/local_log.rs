@@ -224,41 +224,25 @@ impl LocalLog {
         out.push_back(Command::Append { txs, token });
     }
 
-    /// Removes every transaction after `position`, which must not be before the commit point;
-    /// `last_epoch` is the epoch of the transaction at `position`.
+    /// Removes every transaction after `position`; `last_epoch` is the epoch of the
+    /// transaction at `position`. Unless `rewind` (an operator allowed dropping committed
+    /// transactions, and the commit point moves back to `position`), `position` must not be
+    /// before the commit point.
     pub(super) fn truncate(
         &mut self,
         position: LogPosition,
         last_epoch: Epoch,
+        rewind: bool,
         out: &mut VecDeque<Command>,
     ) {
         out.push_back(Command::Truncate {
             after: position.tx_id,
-            rewind: false,
+            rewind,
         });
-        self.cut(position, last_epoch);
-    }
-
-    /// Removes every transaction after `position` although some are committed (an operator
-    /// allowed the rewind): the commit point moves back to `position`.
-    pub(super) fn rewind(
-        &mut self,
-        position: LogPosition,
-        last_epoch: Epoch,
-        out: &mut VecDeque<Command>,
-    ) {
-        out.push_back(Command::Truncate {
-            after: position.tx_id,
-            rewind: true,
-        });
-        if self.committed > position.tx_id {
+        if rewind && self.committed > position.tx_id {
             self.committed = position.tx_id;
             self.committed_position = position;
         }
-        self.cut(position, last_epoch);
-    }
-
-    fn cut(&mut self, position: LogPosition, last_epoch: Epoch) {
         self.last = position;
         self.last_epoch = last_epoch;
         if self.durable.tx_id > position.tx_id {

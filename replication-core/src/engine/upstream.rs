@@ -656,10 +656,8 @@ impl Upstream {
         self.search_from = None;
         if rewind {
             self.rewind_allowed = false;
-            cx.log.rewind(common, common_epoch, cx.out);
-        } else {
-            cx.log.truncate(common, common_epoch, cx.out);
         }
+        cx.log.truncate(common, common_epoch, rewind, cx.out);
         self.subscribe(cx, conn, common);
     }
 }

@@ -294,12 +294,17 @@ pub(super) fn converged(nodes: &[SimNode], primary: usize, workload: &Workload) 
     let Some(primary) = nodes[primary].engine.as_ref() else {
         return false;
     };
-    let target = primary.last().tx_id.0;
+    // By position, hash included: after a forced promotion a node may hold as many
+    // transactions of the old history as the new one has.
+    let target = primary.last();
     workload.outstanding() == 0
         && nodes.iter().all(|n| {
-            n.engine.as_ref().is_some_and(|e| e.committed().0 == target)
-                && n.applied.len() as u64 == target
-                && n.disk.len() == target
+            n.engine
+                .as_ref()
+                .is_some_and(|e| e.last() == target && e.committed() == target.tx_id)
+                && n.applied.len() as u64 == target.tx_id.0
+                && n.applied.last().is_none_or(|applied| *applied == target)
+                && n.disk.len() == target.tx_id.0
         })
 }
 
