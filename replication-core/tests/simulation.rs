@@ -20,6 +20,14 @@ struct Totals {
     forced_promotions: usize,
     forgiven_writes: usize,
     rewinds: usize,
+    switchovers: usize,
+    switchovers_aborted: usize,
+    longest_switchover_us: u64,
+    switchover_us: u64,
+    races: usize,
+    races_won_by_rival: usize,
+    racers_fenced: usize,
+    race_repoints: usize,
     majority_acks_with_members_away: usize,
 }
 
@@ -33,6 +41,22 @@ impl Totals {
             self.forced_promotions,
             self.forgiven_writes,
             self.rewinds
+        )
+    }
+
+    fn switchover_summary(&self) -> String {
+        format!(
+            "{} switchovers under load ({} aborted; writes refused for {} ms on average, {} ms \
+             at most, simulated); {} racing promotions ({} won by the second racer, {} racers fenced, \
+             {} replicas repointed between racers)",
+            self.switchovers,
+            self.switchovers_aborted,
+            self.switchover_us / 1_000 / self.switchovers.max(1) as u64,
+            self.longest_switchover_us / 1_000,
+            self.races,
+            self.races_won_by_rival,
+            self.racers_fenced,
+            self.race_repoints
         )
     }
 }
@@ -63,6 +87,16 @@ fn run_seeds(
                 totals.forced_promotions += report.forced_promotions;
                 totals.forgiven_writes += report.forgiven_writes;
                 totals.rewinds += report.rewinds;
+                totals.switchovers += report.switchovers;
+                totals.switchovers_aborted += report.switchovers_aborted;
+                totals.longest_switchover_us = totals
+                    .longest_switchover_us
+                    .max(report.longest_switchover_us);
+                totals.switchover_us += report.switchover_us;
+                totals.races += report.racing_promotions;
+                totals.races_won_by_rival += report.races_won_by_rival;
+                totals.racers_fenced += report.racers_fenced;
+                totals.race_repoints += report.race_repoints;
                 totals.majority_acks_with_members_away += report.majority_acks_with_members_away;
                 if std::env::var("SIM_SEED").is_ok() {
                     println!(
@@ -106,15 +140,22 @@ fn cluster_survives_faults_across_seeds() {
         replay || (totals.forced_promotions > 0 && totals.rewinds > 0),
         "no forced promotion with a rewind in any seed"
     );
+    // ... and switchovers under load, and two promotions racing to one epoch.
+    assert!(
+        replay || (totals.switchovers > 0 && totals.races > 0 && totals.race_repoints > 0),
+        "no switchover or no racing promotions in any seed: {}",
+        totals.switchover_summary()
+    );
     // ... and `majority` with members away (a restarted primary, a partition).
     assert!(
         replay || totals.majority_acks_with_members_away > 0,
         "no majority acknowledgement with a member away"
     );
     println!(
-        "acknowledged {quorum} under quorum, {async_acks} async; {crashes} crashes; {}; {} \
+        "acknowledged {quorum} under quorum, {async_acks} async; {crashes} crashes; {}; {}; {} \
          majority acknowledgements with a member away",
         totals.failover_summary(),
+        totals.switchover_summary(),
         totals.majority_acks_with_members_away
     );
 }
@@ -136,8 +177,9 @@ fn other_topologies_survive_faults() {
         assert!(totals.failovers > 0, "{name}: no failover in any seed");
         println!(
             "{name}: acknowledged {quorum} under quorum, {async_acks} async; {crashes} crashes; \
-             {}",
-            totals.failover_summary()
+             {}; {}",
+            totals.failover_summary(),
+            totals.switchover_summary()
         );
     }
 }

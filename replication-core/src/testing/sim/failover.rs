@@ -140,6 +140,14 @@ impl World {
         let Some(candidate) = candidate else {
             return Ok(());
         };
+        // One failover in three, if another member ranks equal (the plan calls both safe),
+        // a second operator promotes that one at the same time.
+        let racing = !forced && self.faults.race_promotions();
+        let rival = up
+            .iter()
+            .copied()
+            .filter(|_| racing)
+            .find(|&m| m != candidate && rank(m).0 == rank(candidate).0);
         // Above every epoch an answering node has seen, so that no replica refuses the new
         // primary as older.
         let seen = (0..self.nodes.len())
@@ -147,11 +155,17 @@ impl World {
             .map(|n| self.nodes[n].disk.state().epoch)
             .max()
             .unwrap_or(Epoch(0));
-        self.nodes[candidate]
-            .disk
-            .save_epoch(&EpochClaim::new(seen, None));
-        let repointed = self.topology.promote(candidate, old);
-        let policy = self.faults.policy_for(&self.topology);
+        for promoted in [Some(candidate), rival].into_iter().flatten() {
+            self.nodes[promoted]
+                .disk
+                .save_epoch(&EpochClaim::new(seen, None));
+        }
+        let mut repointed = self.topology.promote(candidate, old);
+        repointed.retain(|&n| Some(n) != rival);
+        let policy = match rival {
+            Some(_) => self.racing_policy(),
+            None => self.faults.policy_for(&self.topology),
+        };
         self.log(format!(
             "PROMOTE{} {} (durable {:?}) above epoch {seen}; repoint {:?}; policy `{policy}`",
             if forced { " BY FORCE" } else { "" },
@@ -162,13 +176,16 @@ impl World {
                 .map(|&n| self.nodes[n].name.as_str())
                 .collect::<Vec<_>>()
         ));
-        self.policy = policy;
+        self.adopt_policy(policy);
         self.restart_as(candidate, Role::Primary);
+        if let Some(rival) = rival {
+            self.restart_as(rival, Role::Primary);
+        }
         if forced {
-            self.forced_promotion(candidate, old, &repointed);
+            self.forced_promotion(candidate, old, &repointed, seen);
         }
         let address = self.nodes[candidate].name.clone();
-        for node in repointed {
+        for &node in &repointed {
             let role = Role::Replica {
                 address: address.clone(),
             };
@@ -184,6 +201,9 @@ impl World {
             reseeded: false,
             forced,
         };
+        if let Some(rival) = rival {
+            self.start_race(rival, old, &repointed);
+        }
         let revive_in = self.faults.revive_delay();
         self.schedule(revive_in, SimEvent::Restart { node: old });
         Ok(())
@@ -194,12 +214,12 @@ impl World {
     /// committed history keeps only what its log shares; and every other node may rewind
     /// once, as the operator allows with `db update --allow-rewind`, which restarts a running
     /// one (the repointed ones and the old primary get it as they restart).
-    fn forced_promotion(&mut self, candidate: usize, old: usize, repointed: &[usize]) {
+    fn forced_promotion(&mut self, candidate: usize, old: usize, repointed: &[usize], seen: Epoch) {
         let disk = &self.nodes[candidate].disk;
         let forgiven = self
             .workload
             .forgive(|write| !disk.holds_durably(write.position.tx_id, write.position.hash));
-        let kept = self.oracle.forced_promotion(&disk.hashes());
+        let kept = self.oracle.forced_promotion(&disk.hashes(), seen);
         self.forgiven_writes += forgiven;
         self.log(format!(
             "forced: {forgiven} acknowledged writes at risk given up; the committed history \
@@ -223,16 +243,14 @@ impl World {
     /// again, which begins an epoch above every one the new primary has seen; the member's
     /// claim is of a lower epoch then, and it rejoins.
     pub(super) fn promote_again_if_taken(&mut self) {
-        let Failover::Done {
-            old, forced: true, ..
-        } = self.failover
-        else {
+        let Failover::Done { old, rejoined, .. } = self.failover else {
             return;
         };
         let new = self.primary();
         let claim = self.nodes[new].disk.epoch_claim().clone();
+        // The old primary, before it rejoins, is re-seeded if it needs to be.
         let taken = (0..self.nodes.len())
-            .filter(|&n| n != new && n != old)
+            .filter(|&n| n != new && (n != old || rejoined))
             .map(|n| self.nodes[n].disk.epoch_claim().clone())
             .find(|other| other.epoch > claim.epoch || other.conflicts_with(&claim));
         if let Some(taken) = taken {
@@ -245,15 +263,15 @@ impl World {
                 claim.epoch
             ));
             self.restart_as(new, Role::Primary);
-            // Its writers never hear back from the engine that stopped.
-            self.workload.primary_lost();
         }
     }
 
-    /// Restarts `node` (if it runs) with `role`, keeping what its disk made durable.
-    fn restart_as(&mut self, node: usize, role: Role) {
+    /// Restarts `node` (if it runs) with `role`, keeping what its disk made durable. Its
+    /// writers never hear back from the engine that stopped.
+    pub(super) fn restart_as(&mut self, node: usize, role: Role) {
         self.nodes[node].role = role;
         if self.nodes[node].is_up() {
+            self.workload.lost_at(node);
             self.nodes[node].crash();
             let broken = self.network.crashed(node);
             self.notify_broken(broken);
@@ -273,7 +291,12 @@ impl World {
         } = self.failover
             && old == node
         {
-            let new = self.primary();
+            // Its source: the new primary, or during racing promotions either racer.
+            let new = self.topology.nodes()[old]
+                .upstream
+                .as_deref()
+                .and_then(|name| self.topology.index(name))
+                .unwrap_or(self.primary());
             let (ours, theirs) = (
                 self.nodes[old].disk.state().epoch,
                 self.nodes[new].disk.state().epoch,

@@ -2,7 +2,8 @@
 //!
 //! Every few hundred milliseconds of the fault phase one of these strikes (or nothing):
 //! a node crashes and restarts later, two nodes are partitioned and healed later, every
-//! channel of a node is cut, or the primary's quorum policy changes. The choice and its
+//! channel of a node is cut, the primary's quorum policy changes, the primary is lost for
+//! good (a failover follows), or a switchover begins. The choice and its
 //! parameters come from the faults stream alone, drawn the same way whatever the cluster's
 //! state, so that the same seed strikes the same faults at the same times however the engines
 //! behave; the policies come from a stream of their own. (Message loss is the network's.)
@@ -36,6 +37,10 @@ enum Fault {
     Policy(Quorum),
     /// The primary is lost for good: a failover follows.
     LosePrimary,
+    /// A planned switchover to the primary's direct replica `pick` chooses.
+    Switchover {
+        pick: u64,
+    },
     Nothing,
 }
 
@@ -65,7 +70,6 @@ impl Faults {
         random_policy(&mut self.policy_rng, topology)
     }
 
-    /// How long after a promotion the old primary is revived.
     /// Whether the operator promotes by force (`db promote --force`) a member that may lack
     /// acknowledged writes, without waiting for the plan's safe candidate: one failover in
     /// four.
@@ -73,6 +77,13 @@ impl Faults {
         self.rng.chance(25)
     }
 
+    /// Whether a second operator promotes, at the same time, another member the plan ranks
+    /// equal to the candidate: one failover in three.
+    pub(super) fn race_promotions(&mut self) -> bool {
+        self.rng.chance(33)
+    }
+
+    /// How long after a promotion the old primary is revived.
     pub(super) fn revive_delay(&mut self) -> u64 {
         self.rng.range(50_000, 1_500_000)
     }
@@ -105,6 +116,9 @@ impl Faults {
             },
             5 | 6 => Fault::Policy(random_policy(&mut self.policy_rng, topology)),
             7 => Fault::LosePrimary,
+            8 => Fault::Switchover {
+                pick: self.rng.next(),
+            },
             _ => Fault::Nothing,
         };
         (delay, fault)
@@ -140,8 +154,11 @@ impl World {
                 let broken = self.network.cut_all(node);
                 self.notify_broken(broken);
             }
+            // Racing primaries keep the policy whose quorums intersect.
+            Fault::Policy(_) if self.race.is_some() => {}
             Fault::Policy(policy) => self.set_policy(policy)?,
             Fault::LosePrimary => self.lose_primary(),
+            Fault::Switchover { pick } => self.begin_switchover(pick),
             Fault::Nothing => {}
         }
         Ok(())
@@ -161,8 +178,10 @@ impl World {
         self.nodes[node].crash();
         let broken = self.network.crashed(node);
         self.notify_broken(broken);
-        if node == self.primary() {
-            self.workload.primary_lost();
+        self.workload.lost_at(node);
+        self.hold_if_racer(node);
+        if node == self.primary() && self.switching_over() {
+            self.abort_switchover("the primary crashed");
         }
     }
 }

@@ -16,10 +16,13 @@
 //!   for good, after which `failover` promotes the plan's safe candidate (or, forced, the
 //!   least advanced member, giving up the acknowledged writes it lacks and letting every other
 //!   node rewind once), repoints the other replicas and has the old primary rejoin;
+//!   `race` has a second operator promote another equally advanced member at the same time,
+//!   and `switchover` hands the primary over to a replica under load;
 //! - `workload`: the clients' writes and what became of them;
 //! - `oracle`: the invariants, one function each — checked after every append, truncation,
 //!   commit and acknowledgement (appends are contiguous, truncations spare committed data,
-//!   commits never move back, are durable, applied in order and agree across nodes, a reply
+//!   commits never move back, are durable, applied in order and agree across nodes, no two
+//!   nodes commit as primary in one epoch, a reply
 //!   answers an outstanding write, an acknowledged write is committed and durable on the
 //!   primary, labelled by the policy in force and, under a synchronous policy, durable on the
 //!   replicas the policy demands), and at the
@@ -33,7 +36,9 @@ mod faults;
 mod network;
 mod node;
 mod oracle;
+mod race;
 mod rng;
+mod switchover;
 mod topology;
 mod workload;
 mod world;
@@ -90,6 +95,24 @@ pub struct SimReport {
     /// Nodes that rewound (dropped committed transactions of the old history) to rejoin after
     /// a forced promotion, as the operator allowed.
     pub rewinds: usize,
+    /// Switchovers completed under load: writes refused, the target caught up and promoted,
+    /// the old primary its replica.
+    pub switchovers: usize,
+    /// Switchovers aborted before the promotion (the primary crashed, or the target did not
+    /// catch up in time), writes taken again.
+    pub switchovers_aborted: usize,
+    /// The longest time a completed switchover refused writes, in simulated microseconds.
+    pub longest_switchover_us: u64,
+    /// The time completed switchovers refused writes, summed, in simulated microseconds.
+    pub switchover_us: u64,
+    /// Failovers in which two members were promoted at once, in one epoch.
+    pub racing_promotions: usize,
+    /// Races won by the second racer (it committed in the raced epoch, the first could not).
+    pub races_won_by_rival: usize,
+    /// Racers found fenced by the other's claim when the race ended.
+    pub racers_fenced: usize,
+    /// Replicas repointed from one racer to the other during races.
+    pub race_repoints: usize,
     /// Writes acknowledged under `majority` while a member was away (not connected to the
     /// primary, as after a restart before it reconnects): each was checked against a majority
     /// of all members, not of those connected.

@@ -10,7 +10,9 @@ use super::topology::Topology;
 use super::workload::{AckedWrite, Workload};
 use crate::engine::{AckKind, Engine, WriteId, WriteReceipt};
 use crate::quorum::{Quorum, QuorumPolicy, ReplicaFilter};
-use crate::types::{NodeId, ReplicaId, Tx, TxHash, TxId};
+use std::collections::BTreeMap;
+
+use crate::types::{Epoch, NodeId, ReplicaId, Tx, TxHash, TxId};
 
 /// `Err` names the broken invariant.
 pub(super) type Check = Result<(), String>;
@@ -24,6 +26,8 @@ pub(super) struct Oracle {
     /// The committed history before a forced promotion replaced what followed the new
     /// primary's log: a node that has not rewound yet may still commit from it.
     old_history: Vec<TxHash>,
+    /// The node that committed as primary in each epoch.
+    epoch_writers: BTreeMap<Epoch, String>,
 }
 
 impl Oracle {
@@ -54,10 +58,28 @@ impl Oracle {
 }
 
 impl Oracle {
-    /// A forced promotion of a node whose log is `new_log`: the committed history keeps only
-    /// its prefix shared with that log, and what followed may be committed anew. Returns the
+    /// One writer per epoch: no two nodes commit as primary in one epoch, whatever promotions
+    /// raced. Records `node` as the epoch's writer otherwise.
+    pub(super) fn one_writer_per_epoch(&mut self, node: &str, epoch: Epoch) -> Check {
+        match self.epoch_writers.get(&epoch) {
+            Some(writer) if writer != node => Err(format!(
+                "{node} commits as primary in epoch {epoch}, in which {writer} committed"
+            )),
+            Some(_) => Ok(()),
+            None => {
+                self.epoch_writers.insert(epoch, node.to_string());
+                Ok(())
+            }
+        }
+    }
+
+    /// A forced promotion, above epoch `seen`, of a node whose log is `new_log`: the committed
+    /// history keeps only its prefix shared with that log, and what followed may be committed
+    /// anew; the epochs above `seen` begin anew too (the lost primary may have committed in
+    /// one alone, under an asynchronous policy, where no answering node saw it). Returns the
     /// length of the prefix kept.
-    pub(super) fn forced_promotion(&mut self, new_log: &[TxHash]) -> usize {
+    pub(super) fn forced_promotion(&mut self, new_log: &[TxHash], seen: Epoch) -> usize {
+        self.epoch_writers.retain(|epoch, _| *epoch <= seen);
         let common = self
             .committed_history
             .iter()
@@ -219,23 +241,22 @@ pub(super) fn ack_kind_matches_policy(receipt: &WriteReceipt, current: &Quorum) 
     }
 }
 
-/// A write acknowledged under a synchronous policy is held durably by the primary's direct
-/// replicas that policy demands — the one in force when it was proposed or the one in force
+/// A write acknowledged under a synchronous policy is held durably by the primary's members
+/// (among `replicas`, indices into `nodes`) that policy demands — the one in force when it was proposed or the one in force
 /// when it was answered, whichever it satisfies, since the policy may change in between.
 /// `members` is the primary's durable membership when it answered: `majority` needs a true
 /// majority of it, whichever members are connected or known to the primary since its restart.
 pub(super) fn quorum_ack_held_by_replicas(
     nodes: &[SimNode],
-    topology: &Topology,
+    replicas: &[usize],
     members: &[ReplicaId],
     receipt: &WriteReceipt,
     proposed: &Quorum,
     current: &Quorum,
 ) -> Check {
-    let holders: Vec<&SimNode> = topology
-        .direct_replicas()
-        .filter_map(|spec| topology.index(&spec.name))
-        .map(|index| &nodes[index])
+    let holders: Vec<&SimNode> = replicas
+        .iter()
+        .map(|&index| &nodes[index])
         .filter(|node| node.disk.holds_durably(receipt.tx_id, receipt.hash))
         .collect();
     if holders_satisfy(proposed, &holders, members) || holders_satisfy(current, &holders, members) {
@@ -309,18 +330,26 @@ pub(super) fn converged(nodes: &[SimNode], primary: usize, workload: &Workload) 
 }
 
 /// A node's membership holds only replicas that subscribe to it directly: a replica of a
-/// replica is never a member of the primary.
+/// replica is never a member of the primary. (A member an operator repointed to another
+/// primary, or promoted, as switchovers and racing promotions do, stays a member until
+/// removed.)
 pub(super) fn members_replicate_from_it(
     topology: &Topology,
     node: usize,
     members: &[ReplicaId],
 ) -> Check {
     let name = &topology.nodes()[node].name;
+    let is_primary = |upstream: &String| {
+        topology
+            .index(upstream)
+            .is_some_and(|index| topology.nodes()[index].upstream.is_none())
+    };
     for member in members {
         let upstream = topology
             .index(member.node.as_str())
             .and_then(|index| topology.nodes()[index].upstream.as_ref());
-        if upstream != Some(name) {
+        // Cascaded: it replicates from a replica other than this node.
+        if upstream.is_some_and(|upstream| upstream != name && !is_primary(upstream)) {
             return Err(format!(
                 "{name} counts {member} as a member, but it replicates from {upstream:?}"
             ));

@@ -22,6 +22,8 @@ pub(super) enum Stream {
     Disk(usize),
     /// One node's engine configuration, including the engine's own jitter seed.
     Config(usize),
+    /// The racing operators' choices after two promotions at once.
+    Race,
 }
 
 impl Stream {
@@ -34,6 +36,7 @@ impl Stream {
             Stream::MessageLoss => 0x6c6f_7373_0000_0003,
             Stream::Disk(node) => 0x6469_736b_0000_0000 ^ ((node as u64) << 8),
             Stream::Config(node) => 0x636f_6e66_6967_0000 ^ ((node as u64) << 8),
+            Stream::Race => 0x7261_6365_0000_0004,
         }
     }
 }

@@ -35,6 +35,9 @@ pub struct NodeSpec {
 pub struct Topology {
     name: String,
     nodes: Vec<NodeSpec>,
+    /// The node that takes writes. During racing promotions a second node has no upstream
+    /// either; this one is the primary the operator keeps.
+    primary: usize,
 }
 
 impl Topology {
@@ -51,6 +54,7 @@ impl Topology {
                 upstream: None,
                 zone: zone_of(0),
             }],
+            primary: 0,
         }
     }
 
@@ -149,35 +153,55 @@ impl Topology {
 
     /// The primary's index (the builder puts it first; a promotion may move it).
     pub fn primary_index(&self) -> usize {
-        self.nodes
-            .iter()
-            .position(|n| n.upstream.is_none())
-            .unwrap_or(0)
+        self.primary
     }
 
     /// Promotes `new` in place of `old`: `new` becomes the primary, the nodes that replicated
     /// from `old` now replicate from `new` (returned), and `old` will replicate from `new`.
     pub(super) fn promote(&mut self, new: usize, old: usize) -> Vec<usize> {
-        let (old_name, new_name) = (self.nodes[old].name.clone(), self.nodes[new].name.clone());
+        let repointed = self.repoint(old, new);
+        self.crown(new);
+        self.set_upstream(old, Some(new));
+        repointed
+    }
+
+    /// The nodes that replicated from `from` (but `to`) now replicate from `to`; returns them.
+    pub(super) fn repoint(&mut self, from: usize, to: usize) -> Vec<usize> {
+        let (from_name, to_name) = (self.nodes[from].name.clone(), self.nodes[to].name.clone());
         let mut repointed = Vec::new();
         for (index, node) in self.nodes.iter_mut().enumerate() {
-            if index != new && node.upstream.as_ref() == Some(&old_name) {
-                node.upstream = Some(new_name.clone());
+            if index != to && node.upstream.as_ref() == Some(&from_name) {
+                node.upstream = Some(to_name.clone());
                 repointed.push(index);
             }
         }
-        self.nodes[new].upstream = None;
-        self.nodes[old].upstream = Some(new_name);
         repointed
+    }
+
+    /// `index` takes writes: the primary from now on.
+    pub(super) fn crown(&mut self, index: usize) {
+        self.nodes[index].upstream = None;
+        self.primary = index;
+    }
+
+    /// `index` replicates from `upstream` (`None`: it is a primary, as a racing promotion's
+    /// rival is, but not the one [`Topology::primary_index`] names).
+    pub(super) fn set_upstream(&mut self, index: usize, upstream: Option<usize>) {
+        self.nodes[index].upstream = upstream.map(|u| self.nodes[u].name.clone());
+    }
+
+    /// The nodes that replicate straight from `index`.
+    pub(super) fn replicas_of(&self, index: usize) -> impl Iterator<Item = &NodeSpec> {
+        let source = &self.nodes[index].name;
+        self.nodes
+            .iter()
+            .filter(move |n| n.upstream.as_ref() == Some(source))
     }
 
     /// The nodes that replicate straight from the primary: the only ones whose
     /// acknowledgements a quorum policy counts.
     pub fn direct_replicas(&self) -> impl Iterator<Item = &NodeSpec> {
-        let primary = &self.nodes[self.primary_index()].name;
-        self.nodes
-            .iter()
-            .filter(move |n| n.upstream.as_ref() == Some(primary))
+        self.replicas_of(self.primary)
     }
 }
 

@@ -35,8 +35,9 @@ pub(super) struct Workload {
     rng: Rng,
     writes_left: usize,
     next_write: u64,
-    /// Writes proposed and not answered, with the policy in force when they were proposed.
-    outstanding: BTreeMap<WriteId, Quorum>,
+    /// Writes proposed and not answered, with the policy in force when they were proposed
+    /// and the node they were proposed to.
+    outstanding: BTreeMap<WriteId, (Quorum, usize)>,
     acked: Vec<AckedWrite>,
     pub(super) acked_quorum: usize,
     pub(super) acked_async: usize,
@@ -80,10 +81,11 @@ impl Workload {
         &self.acked
     }
 
-    /// The next batch of one to four writes, under `policy`. Writes meant for a primary that
-    /// is down count as not acknowledged. The draws do not depend on whether it is up, so the
-    /// clients' schedule and payloads are a function of the seed alone.
-    pub(super) fn next_batch(&mut self, primary_up: bool, policy: &Quorum) -> Batch {
+    /// The next batch of one to four writes, under `policy`, for the primary `to`. Writes
+    /// meant for no primary (`None`: it is down, or refuses writes during a switchover) count
+    /// as not acknowledged. The draws do not depend on `to`, so the clients' schedule and
+    /// payloads are a function of the seed alone.
+    pub(super) fn next_batch(&mut self, to: Option<usize>, policy: &Quorum) -> Batch {
         if self.writes_left == 0 {
             return Batch::default();
         }
@@ -98,29 +100,36 @@ impl Workload {
                 (write, payload)
             })
             .collect();
-        if !primary_up {
+        let Some(to) = to else {
             self.not_acked += count;
             return Batch {
                 next_in,
                 writes: Vec::new(),
             };
-        }
+        };
         for (write, _) in &writes {
-            self.outstanding.insert(*write, policy.clone());
+            self.outstanding.insert(*write, (policy.clone(), to));
         }
         Batch { next_in, writes }
     }
 
-    /// The primary crashed: its writers will never hear back, and the outcome is unknown
-    /// rather than a failure.
-    pub(super) fn primary_lost(&mut self) {
-        self.not_acked += std::mem::take(&mut self.outstanding).len();
+    /// `node` crashed or restarted: the writers waiting on it will never hear back, and the
+    /// outcome is unknown rather than a failure.
+    pub(super) fn lost_at(&mut self, node: usize) {
+        let before = self.outstanding.len();
+        self.outstanding.retain(|_, (_, to)| *to != node);
+        self.not_acked += before - self.outstanding.len();
     }
 
-    /// Takes `write` off the outstanding ones; returns the policy it was proposed under, or
-    /// `None` if it was not outstanding.
-    pub(super) fn answer(&mut self, write: WriteId) -> Option<Quorum> {
-        self.outstanding.remove(&write)
+    /// Takes `write`, answered by `node`, off the outstanding ones; returns the policy it was
+    /// proposed under, or `None` if it was not outstanding there.
+    pub(super) fn answer(&mut self, write: WriteId, node: usize) -> Option<Quorum> {
+        match self.outstanding.get(&write) {
+            Some((_, to)) if *to == node => {
+                self.outstanding.remove(&write).map(|(policy, _)| policy)
+            }
+            _ => None,
+        }
     }
 
     pub(super) fn refused(&mut self) {

@@ -16,13 +16,15 @@ use super::faults::Faults;
 use super::network::{Broken, Closing, Network, Transmission};
 use super::node::SimNode;
 use super::oracle::{self, Check, Oracle};
+use super::race::{Race, RaceStats};
 use super::rng::{Rng, Stream};
+use super::switchover::{Switchover, SwitchoverStats};
 use super::topology::Topology;
 use super::workload::Workload;
 use super::{SimOptions, SimReport};
 use crate::engine::{
-    AckKind, AppendToken, Command, ConnId, Direction, Event, Timestamp, WriteError, WriteId,
-    WriteReceipt,
+    AckKind, AppendToken, Command, ConnId, Direction, Engine, Event, Role, Timestamp, WriteError,
+    WriteId, WriteReceipt,
 };
 use crate::protocol::Message;
 use crate::quorum::Quorum;
@@ -71,6 +73,12 @@ pub(super) enum SimEvent {
     Heal { a: usize, b: usize },
     /// A link closed gracefully breaks, after what was in flight on it.
     FinishClose { link: usize },
+    /// The switchover under way looks whether the target caught up.
+    SwitchoverStep,
+    /// During racing promotions, an operator repoints a replica to the other racer.
+    RaceRepoint,
+    /// An operator ends racing promotions.
+    EndRace,
 }
 
 /// An event and when it happens; events due at the same time happen in scheduling order.
@@ -154,6 +162,12 @@ pub(super) struct World {
     pub(super) forgiven_writes: usize,
     /// Rewinds the nodes made.
     pub(super) rewinds: usize,
+    /// The switchover under way, if any.
+    pub(super) switchover: Option<Switchover>,
+    pub(super) switchovers: SwitchoverStats,
+    /// Racing promotions under way, if any.
+    pub(super) race: Option<Race>,
+    pub(super) races: RaceStats,
 }
 
 impl World {
@@ -195,6 +209,10 @@ impl World {
             fewest_copies,
             forgiven_writes: 0,
             rewinds: 0,
+            switchover: None,
+            switchovers: SwitchoverStats::default(),
+            race: None,
+            races: RaceStats::default(),
         }
     }
 
@@ -343,7 +361,7 @@ impl World {
                     self.schedule(delay, SimEvent::FinishClose { link });
                 }
             },
-            Command::Reply { write, result } => self.reply(write, result)?,
+            Command::Reply { write, result } => self.reply(node, write, result)?,
         }
         Ok(())
     }
@@ -374,6 +392,17 @@ impl World {
     fn commit(&mut self, node: usize, up_to: TxId) -> Check {
         oracle::commit_never_regresses(&self.nodes[node], up_to)?;
         oracle::commit_within_durable(&self.nodes[node], up_to)?;
+        let writing_epoch = self.nodes[node]
+            .engine
+            .as_ref()
+            .filter(|engine| matches!(engine.config().role, Role::Primary))
+            .map(Engine::epoch);
+        if let Some(epoch) = writing_epoch
+            && up_to.0 > self.nodes[node].disk.committed()
+        {
+            self.oracle
+                .one_writer_per_epoch(&self.nodes[node].name, epoch)?;
+        }
         self.nodes[node].disk.commit(up_to);
         while (self.nodes[node].applied.len() as u64) < up_to.0 {
             let n = &self.nodes[node];
@@ -386,8 +415,15 @@ impl World {
         Ok(())
     }
 
-    fn reply(&mut self, write: WriteId, result: Result<WriteReceipt, WriteError>) -> Check {
-        let proposed = oracle::reply_is_for_outstanding(write, self.workload.answer(write))?;
+    /// `primary` answers `write`.
+    fn reply(
+        &mut self,
+        primary: usize,
+        write: WriteId,
+        result: Result<WriteReceipt, WriteError>,
+    ) -> Check {
+        let proposed =
+            oracle::reply_is_for_outstanding(write, self.workload.answer(write, primary))?;
         let receipt = match result {
             Ok(receipt) => receipt,
             Err(error) => {
@@ -396,32 +432,36 @@ impl World {
                 return Ok(());
             }
         };
-        let primary = &self.nodes[self.primary()];
-        oracle::ack_durable_on_primary(primary, &receipt)?;
-        oracle::commit_before_reply(primary, &receipt)?;
+        let node = &self.nodes[primary];
+        oracle::ack_durable_on_primary(node, &receipt)?;
+        oracle::commit_before_reply(node, &receipt)?;
         oracle::ack_kind_matches_policy(&receipt, &self.policy)?;
         if receipt.ack == AckKind::Quorum && matches!(self.policy, Quorum::Majority) {
-            let away = primary.engine.as_ref().is_some_and(|engine| {
+            let away = node.engine.as_ref().is_some_and(|engine| {
                 let status = engine.status(Timestamp(self.now));
                 status.replicas.iter().any(|r| r.member && !r.connected)
             });
             self.majority_acks_with_members_away += usize::from(away);
         }
-        let primary = &self.nodes[self.primary()];
         if receipt.ack == AckKind::Quorum {
+            // Its members, wherever they replicate from now: one an operator repointed away
+            // (switching racers) still holds what it acknowledged.
+            let replicas: Vec<usize> = (0..self.nodes.len()).filter(|&n| n != primary).collect();
             oracle::quorum_ack_held_by_replicas(
                 &self.nodes,
-                &self.topology,
-                primary.disk.members(),
+                &replicas,
+                self.nodes[primary].disk.members(),
                 &receipt,
                 &proposed,
                 &self.policy,
             )?;
         }
-        self.log(format!(
-            "write {write:?} acknowledged as {} ({:?})",
+        let name = &self.nodes[primary].name;
+        let line = format!(
+            "write {write:?} acknowledged by {name} as {} ({:?})",
             receipt.tx_id, receipt.ack
-        ));
+        );
+        self.log(line);
         self.workload.acknowledged(&receipt);
         Ok(())
     }
@@ -463,9 +503,12 @@ impl World {
     }
 
     fn client_write(&mut self) -> Check {
-        let primary = self.primary();
-        let primary_up = self.nodes[primary].is_up();
-        let batch = self.workload.next_batch(primary_up, &self.policy);
+        let primary = self.racer_for_writes().unwrap_or_else(|| self.primary());
+        // A switching primary refuses new writes, naming the target.
+        let takes = self.nodes[primary].is_up() && !self.switching_over();
+        let batch = self
+            .workload
+            .next_batch(takes.then_some(primary), &self.policy);
         if let Some(delay) = batch.next_in {
             self.schedule(delay, SimEvent::ClientWrite);
         }
@@ -478,9 +521,14 @@ impl World {
     /// The primary's policy becomes `policy`.
     pub(super) fn set_policy(&mut self, policy: Quorum) -> Check {
         self.log(format!("policy becomes `{policy}`"));
-        self.fewest_copies = self.fewest_copies.min(guaranteed_copies(&policy));
-        self.policy = policy.clone();
+        self.adopt_policy(policy.clone());
         self.deliver(self.primary(), Event::SetPolicy(Arc::new(policy)))
+    }
+
+    /// `policy` is the one in force from now on (a primary booting gets it).
+    pub(super) fn adopt_policy(&mut self, policy: Quorum) {
+        self.fewest_copies = self.fewest_copies.min(guaranteed_copies(&policy));
+        self.policy = policy;
     }
 
     /// Runs the next event; `false` when none is left.
@@ -550,7 +598,7 @@ impl World {
             SimEvent::ClientWrite => self.client_write()?,
             SimEvent::Fault => self.fault()?,
             SimEvent::Restart { node } => {
-                if !self.nodes[node].is_up() && !self.is_lost(node) {
+                if !self.nodes[node].is_up() && !self.is_lost(node) && !self.is_held(node) {
                     self.boot_or_rejoin(node);
                 }
             }
@@ -560,6 +608,9 @@ impl World {
                 let broken = self.network.finish_close(link);
                 self.notify_broken(broken);
             }
+            SimEvent::SwitchoverStep => self.switchover_step(),
+            SimEvent::RaceRepoint => self.race_repoint(),
+            SimEvent::EndRace => self.end_race()?,
         }
         Ok(true)
     }
@@ -568,6 +619,7 @@ impl World {
     fn heal_everything(&mut self) -> Check {
         self.faults.stop();
         self.network.heal_all();
+        self.end_race()?;
         for node in 0..self.nodes.len() {
             if !self.nodes[node].is_up() && !self.is_lost(node) {
                 self.boot_or_rejoin(node);
@@ -660,6 +712,14 @@ impl World {
             )),
             forgiven_writes: self.forgiven_writes,
             rewinds: self.rewinds,
+            switchovers: self.switchovers.completed,
+            switchovers_aborted: self.switchovers.aborted,
+            longest_switchover_us: self.switchovers.longest_window,
+            switchover_us: self.switchovers.total_window,
+            racing_promotions: self.races.races,
+            races_won_by_rival: self.races.rival_won,
+            racers_fenced: self.races.fenced,
+            race_repoints: self.races.repoints,
             committed: self.nodes[self.primary()].disk.len(),
             trace: self.trace.dump(),
         }
