@@ -504,6 +504,135 @@ fn a_higher_epoch_fences_the_primary() {
     assert_eq!(write(&mut engine, 1, "a"), vec![reply_err(1, fenced)]);
 }
 
+/// A primary writing under a coordinator's lease, streaming at once under every policy.
+fn leased_primary(policy: Quorum) -> Engine {
+    let mut config = EngineConfig::new("p", "db", Role::Primary);
+    config.leased = true;
+    config.async_stream_delay = Duration::ZERO;
+    primary_with(policy, config)
+}
+
+fn propose_at(engine: &mut Engine, at: u64, id: u64, payload: &'static str) -> Vec<Command> {
+    let write = (WriteId(id), Bytes::from_static(payload.as_bytes()));
+    engine.handle(Timestamp(at), Event::Propose(vec![write]));
+    drain(engine)
+}
+
+#[test]
+fn a_leased_primary_takes_writes_only_within_its_lease() {
+    let mut engine = leased_primary(Quorum::Async);
+    // No lease granted yet: refused, nothing appended.
+    assert_eq!(
+        propose_at(&mut engine, 0, 1, "a"),
+        vec![reply_err(1, WriteError::NoLease)]
+    );
+    engine.handle(
+        T0,
+        Event::Lease {
+            until: Timestamp(1_000),
+        },
+    );
+    assert_eq!(drain(&mut engine), vec![]);
+    assert_eq!(engine.status(T0).lease_until, Some(Timestamp(1_000)));
+    let a = primary_txs(&["a"]);
+    assert_eq!(propose_at(&mut engine, 10, 2, "a"), vec![append(&a, 0)]);
+    engine.handle(Timestamp(20), durable(0, 1));
+    assert_eq!(
+        drain(&mut engine),
+        vec![commit(1), reply_ok(2, &a[0], AckKind::Async)]
+    );
+    // A renewal answered late reports an earlier end: the later one stands.
+    engine.handle(
+        Timestamp(30),
+        Event::Lease {
+            until: Timestamp(900),
+        },
+    );
+    assert_eq!(engine.status(T0).lease_until, Some(Timestamp(1_000)));
+}
+
+#[test]
+fn a_primary_resuming_after_its_lease_ended_acknowledges_and_commits_nothing() {
+    // Asynchronous: its own sync alone would commit the write.
+    let mut engine = leased_primary(Quorum::Async);
+    engine.handle(
+        T0,
+        Event::Lease {
+            until: Timestamp(1_000),
+        },
+    );
+    let a = primary_txs(&["a"]);
+    assert_eq!(propose_at(&mut engine, 10, 1, "a"), vec![append(&a, 0)]);
+    // Paused (SIGSTOP, a stall) until the lease ended; then its sync completes.
+    engine.handle(Timestamp(1_000), durable(0, 1));
+    assert_eq!(
+        drain(&mut engine),
+        vec![reply_err(1, WriteError::LeaseEnded { tx_id: TxId(1) })]
+    );
+    assert_eq!(engine.committed(), TxId(0), "no commit point moved");
+    assert_eq!(
+        propose_at(&mut engine, 1_001, 2, "b"),
+        vec![reply_err(2, WriteError::NoLease)]
+    );
+}
+
+#[test]
+fn waiting_writes_end_with_the_lease_and_a_renewal_resumes_writes() {
+    let mut engine = leased_primary(Quorum::AckCount { n: 1, among: None });
+    attach_replica(&mut engine, REPLICA, "r1");
+    engine.handle(
+        T0,
+        Event::Lease {
+            until: Timestamp(1_000),
+        },
+    );
+    let a = primary_txs(&["a"]);
+    assert_eq!(
+        propose_at(&mut engine, 10, 1, "a"),
+        vec![append(&a, 0), txs_to(REPLICA, &a, 0)]
+    );
+    engine.handle(Timestamp(20), durable(0, 1));
+    assert_eq!(
+        drain(&mut engine),
+        vec![],
+        "the replica has not acknowledged"
+    );
+    // The lease ends with the write waiting: its outcome is unknown.
+    assert!(engine.poll_timeout() <= Timestamp(1_000));
+    engine.handle(Timestamp(1_000), Event::Tick);
+    assert_eq!(
+        drain(&mut engine),
+        vec![reply_err(1, WriteError::LeaseEnded { tx_id: TxId(1) })]
+    );
+    // The acknowledgement comes late: no commit without a lease.
+    let ack = Message::Ack {
+        durable: a[0].position(),
+    };
+    engine.handle(
+        Timestamp(1_100),
+        Event::Received {
+            conn: REPLICA,
+            message: ack,
+        },
+    );
+    assert_eq!(drain(&mut engine), vec![]);
+    assert_eq!(engine.committed(), TxId(0));
+    // The coordinator renews the lease (the key stayed ours): the commit point moves, and
+    // writes are taken again.
+    engine.handle(
+        Timestamp(1_200),
+        Event::Lease {
+            until: Timestamp(5_000),
+        },
+    );
+    assert_eq!(drain(&mut engine), vec![commit(1)]);
+    let b = chain(Epoch(1), &["b"], a[0].position());
+    assert_eq!(
+        propose_at(&mut engine, 1_300, 2, "b"),
+        vec![append(&b, 1), txs_to(REPLICA, &b, 1)]
+    );
+}
+
 #[test]
 fn unknown_database_and_unauthorised_identity_are_refused() {
     let mut config = EngineConfig::new("p", "db", Role::Primary);

@@ -137,6 +137,7 @@ impl ServerError {
             // Appended (or possibly appended) but not known to be committed.
             ServerError::Write(
                 WriteError::Timeout { .. }
+                | WriteError::LeaseEnded { .. }
                 | WriteError::ShuttingDown
                 | WriteError::LogFailed(_)
                 | WriteError::Fenced { .. },

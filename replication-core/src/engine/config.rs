@@ -100,6 +100,13 @@ pub struct EngineConfig {
     /// that none of them refuses the new primary as older, nor fences it by subscribing with
     /// an epoch it never saw.
     pub min_epoch: Epoch,
+    /// Whether this primary writes under a coordinator's lease, as under automatic failover:
+    /// it acknowledges writes only until the end of the lease the driver last reported
+    /// ([`Event::Lease`](super::Event::Lease)). Without one, or once it has passed, it accepts
+    /// no write, moves no commit point and answers waiting writes as of unknown outcome, under
+    /// any policy, so that a primary cut from its coordinator, or paused past its lease,
+    /// acknowledges nothing once another node may have been elected.
+    pub leased: bool,
 }
 
 impl EngineConfig {
@@ -129,6 +136,7 @@ impl EngineConfig {
             reconnect_max: Duration::from_secs(2),
             seed: 0,
             min_epoch: Epoch(0),
+            leased: false,
         }
     }
 }

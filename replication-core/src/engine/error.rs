@@ -52,6 +52,23 @@ pub enum WriteError {
         /// The other primary claiming it.
         other: ReplicaId,
     },
+    /// This primary writes under a coordinator's lease and holds none: it was not granted
+    /// yet, or it ended (another node may be primary by now). Nothing was appended.
+    #[error(
+        "this primary holds no leader lease (not granted yet, or expired); the node holding \
+         the leader key takes writes"
+    )]
+    NoLease,
+    /// The write was appended as transaction `tx_id`, but this primary's leader lease ended
+    /// before it committed. Its outcome is unknown: the next primary may hold it.
+    #[error(
+        "transaction {tx_id} was not committed before this primary's leader lease ended; its \
+         outcome is unknown"
+    )]
+    LeaseEnded {
+        /// The transaction it became.
+        tx_id: TxId,
+    },
     /// The log failed. The outcome of writes already appended is unknown.
     #[error("the log failed: {0}")]
     LogFailed(LogFailure),

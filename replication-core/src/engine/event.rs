@@ -94,6 +94,14 @@ pub enum Event {
     LogFailed(LogFailure),
     /// The driver kept the transactions a [`super::Command::Truncate`] dropped (for status).
     RolledBack(super::Rollback),
+    /// The coordinator granted or renewed this node's lease: a
+    /// [`leased`](super::EngineConfig::leased) primary may acknowledge writes until `until`
+    /// (exclusive). The driver computes it from when it *sent* the renewal, plus the lease's
+    /// time to live, minus a margin, so that it ends before the coordinator's copy can.
+    Lease {
+        /// The end of the lease, in the engine's time.
+        until: super::Timestamp,
+    },
     /// Time passed.
     Tick,
 }

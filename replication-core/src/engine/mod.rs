@@ -166,7 +166,7 @@ impl Engine {
             64 * config.max_batch_bytes,
         );
         let (writes, upstream, pushes) = match &config.role {
-            Role::Primary => (Some(WritePath::default()), None, None),
+            Role::Primary => (Some(WritePath::new(config.leased)), None, None),
             Role::Replica { address } => {
                 let upstream = Upstream::new(
                     address.clone(),
@@ -296,6 +296,7 @@ impl Engine {
                 );
                 self.last_rollback = Some(rollback);
             }
+            Event::Lease { until } => self.source.renew_lease(cx!(self), until),
             Event::Tick => {
                 self.source.on_tick(cx!(self));
                 let next = self.now.plus(self.config.heartbeat_interval / 2);
@@ -313,6 +314,8 @@ impl Engine {
         let write_deadline = self.source.writes().and_then(WritePath::next_deadline);
         self.timers
             .set_or_stop(Timer::WriteDeadline, write_deadline);
+        let lease_end = self.source.writes().and_then(WritePath::lease_end);
+        self.timers.set_or_stop(Timer::LeaseEnd, lease_end);
         let reconnect = self.upstream.as_ref().and_then(Upstream::retry_at);
         self.timers.set_or_stop(Timer::Reconnect, reconnect);
     }
@@ -401,6 +404,7 @@ impl Engine {
             committed_position: self.log.committed_position(),
             policy: writes.map(|_| format!("{:?}", self.source.policy())),
             fenced: writes.and_then(WritePath::fenced),
+            lease_until: writes.and_then(WritePath::lease_until),
             waiting_writes: writes.map_or(0, WritePath::waiting),
             upstream: self.upstream.as_ref().map(Upstream::state),
             last_error: match (&self.upstream, &self.pushes) {

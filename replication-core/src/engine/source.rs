@@ -159,6 +159,15 @@ impl Source {
         }
     }
 
+    /// The coordinator renewed this primary's lease until `until` (nothing on a replica).
+    pub(super) fn renew_lease(&mut self, cx: &mut Ctx<'_>, until: Timestamp) {
+        if let Some(writes) = &mut self.writes {
+            writes.renew_lease(until);
+            // Writes may have committed while the lease was lapsing: answer them now.
+            self.advance_commit(cx);
+        }
+    }
+
     /// Replaces the policy; it applies to waiting writes at once.
     pub(super) fn set_policy(&mut self, cx: &mut Ctx<'_>, policy: Arc<dyn QuorumPolicy>) {
         self.policy = policy;
@@ -181,10 +190,14 @@ impl Source {
     }
 
     /// Recomputes the commit point from the policy (primary only) and answers committed
-    /// writes.
+    /// writes. A primary whose lease ended moves no commit point: under an asynchronous
+    /// policy its replicas would otherwise learn as committed what the next primary may lack.
     pub(super) fn advance_commit(&mut self, cx: &mut Ctx<'_>) {
-        if self.writes.is_none() {
+        let Some(writes) = &mut self.writes else {
             return;
+        };
+        if !writes.may_acknowledge(cx.now) {
+            return writes.end_lease_if_passed(cx);
         }
         let satisfied = self.policy.satisfied(&self.replicas.progress());
         if cx.log.set_committed(satisfied, cx.out) {
@@ -695,6 +708,7 @@ impl Source {
         }
         if let Some(writes) = &mut self.writes {
             writes.expire(cx);
+            writes.end_lease_if_passed(cx);
         }
         let now = cx.now;
         let mut lost = Vec::new();

@@ -71,6 +71,9 @@ pub struct EngineStatus {
     pub policy: Option<String>,
     /// Whether a higher epoch fenced this primary.
     pub fenced: Option<Epoch>,
+    /// On a primary writing under a coordinator's lease, when the lease it was last granted
+    /// ends (`None`: none granted, or not leased).
+    pub lease_until: Option<super::Timestamp>,
     /// Writes waiting for their commit.
     pub waiting_writes: usize,
     /// The replica's link to its source (replica only).

@@ -33,9 +33,11 @@ pub(super) enum Timer {
     WriteDeadline,
     /// Reconnect to the source (replica only).
     Reconnect,
+    /// A leased primary's lease ends while writes wait: they are answered then.
+    LeaseEnd,
 }
 
-const TIMERS: usize = 5;
+const TIMERS: usize = 6;
 
 impl Timer {
     fn index(self) -> usize {
@@ -45,6 +47,7 @@ impl Timer {
             Timer::StreamBatch => 2,
             Timer::WriteDeadline => 3,
             Timer::Reconnect => 4,
+            Timer::LeaseEnd => 5,
         }
     }
 }

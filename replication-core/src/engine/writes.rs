@@ -50,7 +50,8 @@ impl Waiting {
     }
 }
 
-/// The writes a primary has appended and not yet answered, and whether it is fenced.
+/// The writes a primary has appended and not yet answered, whether it is fenced, and the
+/// lease it writes under, if any.
 #[derive(Debug, Default)]
 pub(super) struct WritePath {
     /// In proposal order; deadlines are proposal time plus one fixed timeout, so the first
@@ -59,9 +60,67 @@ pub(super) struct WritePath {
     /// Why this primary is fenced, as every write is then refused; with the epoch that
     /// fenced it.
     fenced: Option<(Epoch, WriteError)>,
+    /// Whether it writes under a coordinator's lease
+    /// ([`EngineConfig::leased`](super::EngineConfig::leased)).
+    leased: bool,
+    /// The end of that lease, once granted.
+    lease_until: Option<Timestamp>,
 }
 
 impl WritePath {
+    /// The write path of a primary that writes under a coordinator's lease (`leased`) or not.
+    pub(super) fn new(leased: bool) -> WritePath {
+        WritePath {
+            leased,
+            ..WritePath::default()
+        }
+    }
+
+    /// Whether this primary may acknowledge at `now`: it writes under no lease, or its lease
+    /// has not ended.
+    pub(super) fn may_acknowledge(&self, now: Timestamp) -> bool {
+        !self.leased || self.lease_until.is_some_and(|until| now < until)
+    }
+
+    /// The end of the lease, on a leased primary that was granted one.
+    pub(super) fn lease_until(&self) -> Option<Timestamp> {
+        self.lease_until.filter(|_| self.leased)
+    }
+
+    /// The coordinator renewed the lease until `until`. A renewal answered late reports an
+    /// earlier end than one answered before it: the later end stands.
+    pub(super) fn renew_lease(&mut self, until: Timestamp) {
+        if self.leased {
+            self.lease_until = self.lease_until.max(Some(until));
+        }
+    }
+
+    /// When the lease ends while writes wait for their commit: they are answered then.
+    pub(super) fn lease_end(&self) -> Option<Timestamp> {
+        self.lease_until().filter(|_| !self.pending.0.is_empty())
+    }
+
+    /// Once the lease has ended, answers every waiting write as of unknown outcome: it may
+    /// commit under the next primary, or not.
+    pub(super) fn end_lease_if_passed(&mut self, cx: &mut Ctx<'_>) {
+        if self.may_acknowledge(cx.now) || self.pending.0.is_empty() {
+            return;
+        }
+        tracing::warn!(
+            waiting = self.pending.0.len(),
+            "leader lease ended: waiting writes answered as of unknown outcome"
+        );
+        for pending in std::mem::take(&mut self.pending.0) {
+            let error = WriteError::LeaseEnded {
+                tx_id: pending.position.tx_id,
+            };
+            cx.out.push_back(Command::Reply {
+                write: pending.write,
+                result: Err(error),
+            });
+        }
+    }
+
     /// The higher epoch that fenced this primary, if any.
     pub(super) fn fenced(&self) -> Option<Epoch> {
         self.fenced.as_ref().map(|(epoch, _)| *epoch)
@@ -87,7 +146,11 @@ impl WritePath {
     /// the transactions to append.
     pub(super) fn accept(&mut self, cx: &mut Ctx<'_>, writes: Vec<(WriteId, Bytes)>) -> Vec<Tx> {
         let epoch = cx.log.epoch();
-        let refusal = self.fenced.as_ref().map(|(_, error)| error.clone());
+        let refusal = match &self.fenced {
+            Some((_, error)) => Some(error.clone()),
+            None if !self.may_acknowledge(cx.now) => Some(WriteError::NoLease),
+            None => None,
+        };
         let mut txs: Vec<Tx> = Vec::with_capacity(writes.len());
         for (write, payload) in writes {
             if let Some(error) = &refusal {
@@ -122,8 +185,11 @@ impl WritePath {
         txs
     }
 
-    /// Answers every waiting write up to the commit point.
+    /// Answers every waiting write up to the commit point (none once the lease ended).
     pub(super) fn answer_committed(&mut self, cx: &mut Ctx<'_>, ack: AckKind) {
+        if !self.may_acknowledge(cx.now) {
+            return self.end_lease_if_passed(cx);
+        }
         let committed = cx.log.committed();
         self.pending.answer_up_to(cx, committed, ack);
     }
