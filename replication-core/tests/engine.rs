@@ -512,6 +512,12 @@ fn leased_primary(policy: Quorum) -> Engine {
     primary_with(policy, config)
 }
 
+/// The coordinator reports at `at` the lease renewed until `until`.
+fn grant_lease(engine: &mut Engine, at: Timestamp, until: u64) {
+    let until = Timestamp(until);
+    engine.handle(at, Event::Lease { until });
+}
+
 fn propose_at(engine: &mut Engine, at: u64, id: u64, payload: &'static str) -> Vec<Command> {
     let write = (WriteId(id), Bytes::from_static(payload.as_bytes()));
     engine.handle(Timestamp(at), Event::Propose(vec![write]));
@@ -526,12 +532,7 @@ fn a_leased_primary_takes_writes_only_within_its_lease() {
         propose_at(&mut engine, 0, 1, "a"),
         vec![reply_err(1, WriteError::NoLease)]
     );
-    engine.handle(
-        T0,
-        Event::Lease {
-            until: Timestamp(1_000),
-        },
-    );
+    grant_lease(&mut engine, T0, 1_000);
     assert_eq!(drain(&mut engine), vec![]);
     assert_eq!(engine.status(T0).lease_until, Some(Timestamp(1_000)));
     let a = primary_txs(&["a"]);
@@ -542,12 +543,7 @@ fn a_leased_primary_takes_writes_only_within_its_lease() {
         vec![commit(1), reply_ok(2, &a[0], AckKind::Async)]
     );
     // A renewal answered late reports an earlier end: the later one stands.
-    engine.handle(
-        Timestamp(30),
-        Event::Lease {
-            until: Timestamp(900),
-        },
-    );
+    grant_lease(&mut engine, Timestamp(30), 900);
     assert_eq!(engine.status(T0).lease_until, Some(Timestamp(1_000)));
 }
 
@@ -555,12 +551,7 @@ fn a_leased_primary_takes_writes_only_within_its_lease() {
 fn a_primary_resuming_after_its_lease_ended_acknowledges_and_commits_nothing() {
     // Asynchronous: its own sync alone would commit the write.
     let mut engine = leased_primary(Quorum::Async);
-    engine.handle(
-        T0,
-        Event::Lease {
-            until: Timestamp(1_000),
-        },
-    );
+    grant_lease(&mut engine, T0, 1_000);
     let a = primary_txs(&["a"]);
     assert_eq!(propose_at(&mut engine, 10, 1, "a"), vec![append(&a, 0)]);
     // Paused (SIGSTOP, a stall) until the lease ended; then its sync completes.
@@ -580,12 +571,7 @@ fn a_primary_resuming_after_its_lease_ended_acknowledges_and_commits_nothing() {
 fn waiting_writes_end_with_the_lease_and_a_renewal_resumes_writes() {
     let mut engine = leased_primary(Quorum::AckCount { n: 1, among: None });
     attach_replica(&mut engine, REPLICA, "r1");
-    engine.handle(
-        T0,
-        Event::Lease {
-            until: Timestamp(1_000),
-        },
-    );
+    grant_lease(&mut engine, T0, 1_000);
     let a = primary_txs(&["a"]);
     assert_eq!(
         propose_at(&mut engine, 10, 1, "a"),
@@ -619,12 +605,7 @@ fn waiting_writes_end_with_the_lease_and_a_renewal_resumes_writes() {
     assert_eq!(engine.committed(), TxId(0));
     // The coordinator renews the lease (the key stayed ours): the commit point moves, and
     // writes are taken again.
-    engine.handle(
-        Timestamp(1_200),
-        Event::Lease {
-            until: Timestamp(5_000),
-        },
-    );
+    grant_lease(&mut engine, Timestamp(1_200), 5_000);
     assert_eq!(drain(&mut engine), vec![commit(1)]);
     let b = chain(Epoch(1), &["b"], a[0].position());
     assert_eq!(
