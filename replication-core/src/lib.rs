@@ -30,6 +30,7 @@
 //! # }
 //! ```
 
+pub mod coordinator;
 pub mod driver;
 pub mod engine;
 pub mod log;

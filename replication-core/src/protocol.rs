@@ -14,8 +14,8 @@ use crate::quorum::Tags;
 use crate::types::{Epoch, EpochClaim, LogPosition, ReplicaId, Tx, TxHash, TxId};
 
 /// The version of this protocol. A peer speaking another version is refused with
-/// [`Refusal::ProtocolVersion`].
-pub const PROTOCOL_VERSION: u16 = 3;
+/// [`Refusal::ProtocolVersion`]. Version 4 added [`Refusal::NoLease`].
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// The default largest frame, in bytes. Larger frames are refused without being read whole.
 pub const MAX_FRAME_SIZE: usize = 16 * 1024 * 1024;
@@ -157,6 +157,12 @@ pub enum Refusal {
         /// The source's hash there, if it has that transaction.
         source_hash: Option<TxHash>,
     },
+    /// The source is a primary under automatic failover that holds no leader lease (not
+    /// granted yet, or expired): it serves no replica, so that none records a claim to an
+    /// epoch the coordinator did not grant. Try again shortly, or follow the leader the
+    /// coordinator names.
+    #[error("the source holds no leader lease; it serves replicas once the coordinator grants one")]
+    NoLease,
 }
 
 impl Refusal {

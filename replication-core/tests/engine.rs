@@ -570,8 +570,8 @@ fn a_primary_resuming_after_its_lease_ended_acknowledges_and_commits_nothing() {
 #[test]
 fn waiting_writes_end_with_the_lease_and_a_renewal_resumes_writes() {
     let mut engine = leased_primary(Quorum::AckCount { n: 1, among: None });
-    attach_replica(&mut engine, REPLICA, "r1");
     grant_lease(&mut engine, T0, 1_000);
+    attach_replica(&mut engine, REPLICA, "r1");
     let a = primary_txs(&["a"]);
     assert_eq!(
         propose_at(&mut engine, 10, 1, "a"),
@@ -612,6 +612,32 @@ fn waiting_writes_end_with_the_lease_and_a_renewal_resumes_writes() {
         propose_at(&mut engine, 1_300, 2, "b"),
         vec![append(&b, 1), txs_to(REPLICA, &b, 1)]
     );
+}
+
+#[test]
+fn a_leased_primary_serves_no_replica_before_its_lease() {
+    let mut engine = leased_primary(Quorum::Async);
+    // It began its epoch on its own: a replica recording that claim would refuse the epoch
+    // the coordinator grants next.
+    connect_downstream(&mut engine, REPLICA, "r1");
+    engine.handle(
+        T0,
+        Event::Received {
+            conn: REPLICA,
+            message: subscribe(LogPosition::START, Epoch(0)),
+        },
+    );
+    assert_eq!(
+        drain(&mut engine),
+        vec![
+            send(REPLICA, Message::Refused(Refusal::NoLease)),
+            Command::Close { conn: REPLICA }
+        ]
+    );
+    // Once granted, the same replica is served.
+    grant_lease(&mut engine, T0, 1_000);
+    attach_replica(&mut engine, ConnId(9), "r1");
+    assert_eq!(engine.status(Timestamp(10)).replicas.len(), 1);
 }
 
 #[test]

@@ -24,6 +24,11 @@ impl Clock {
         Timestamp(self.origin.elapsed().as_micros() as u64)
     }
 
+    /// The timestamp of an instant (the origin for an earlier one).
+    pub fn timestamp_of(&self, at: tokio::time::Instant) -> Timestamp {
+        Timestamp(at.saturating_duration_since(self.origin).as_micros() as u64)
+    }
+
     /// The instant a timestamp stands for.
     pub fn instant_of(&self, at: Timestamp) -> tokio::time::Instant {
         self.origin + Duration::from_micros(at.0)

@@ -7,6 +7,7 @@
 //! [`Clock`], and the engine sees time only as the `now` the driver passes in.
 
 mod clock;
+pub mod failover;
 mod rollback;
 
 use std::collections::HashMap;
@@ -86,6 +87,7 @@ enum Request {
     },
     Status(oneshot::Sender<EngineStatus>),
     SetPolicy(Arc<dyn QuorumPolicy>, oneshot::Sender<()>),
+    Lease(tokio::time::Instant, oneshot::Sender<()>),
     RemoveMember(ReplicaId, oneshot::Sender<bool>),
     Attach(Channel),
     Shutdown(oneshot::Sender<()>),
@@ -262,6 +264,22 @@ impl Node {
         let (reply, answer) = oneshot::channel();
         self.requests
             .send(Request::SetPolicy(policy, reply))
+            .await
+            .map_err(|_| NodeError::ShuttingDown)?;
+        answer.await.map_err(|_| NodeError::ShuttingDown)
+    }
+
+    /// Tells a [`leased`](crate::engine::EngineConfig::leased) primary that the coordinator
+    /// granted or renewed its leader lease: it may acknowledge writes until `until`. The
+    /// caller computes `until` from when it *sent* the renewal, plus the lease's time to live,
+    /// minus a margin (see [`crate::coordinator`]).
+    ///
+    /// # Errors
+    /// [`NodeError::ShuttingDown`] once the node stopped.
+    pub async fn renew_lease(&self, until: tokio::time::Instant) -> Result<(), NodeError> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(Request::Lease(until, reply))
             .await
             .map_err(|_| NodeError::ShuttingDown)?;
         answer.await.map_err(|_| NodeError::ShuttingDown)
@@ -498,6 +516,11 @@ impl<L: TxLog, T: Transport, S: StateMachine> Driver<L, T, S> {
             }
             Request::SetPolicy(policy, reply) => {
                 self.engine.handle(now, Event::SetPolicy(policy));
+                let _ = reply.send(());
+            }
+            Request::Lease(until, reply) => {
+                let until = self.clock.timestamp_of(until);
+                self.engine.handle(now, Event::Lease { until });
                 let _ = reply.send(());
             }
             Request::RemoveMember(replica, reply) => {

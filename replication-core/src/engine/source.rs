@@ -383,6 +383,16 @@ impl Source {
         {
             return self.refuse(cx, conn, Refusal::NotAllowed(peer.0));
         }
+        // A leased primary without a lease began its epoch on its own (at a restart, or
+        // before the coordinator answered): a replica that recorded that claim would refuse
+        // the epoch the coordinator grants next. Serve no one until the lease comes.
+        if self
+            .writes
+            .as_ref()
+            .is_some_and(|writes| !writes.may_acknowledge(cx.now))
+        {
+            return self.refuse(cx, conn, Refusal::NoLease);
+        }
         if claim.epoch > cx.log.epoch() {
             if let Some(writes) = &mut self.writes {
                 writes.fence(cx, claim.epoch);

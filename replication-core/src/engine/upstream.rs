@@ -451,6 +451,11 @@ impl Upstream {
             Refusal::CommittedDivergence { .. } | Refusal::ProtocolVersion { .. } => {
                 self.stop(cx, ReplicationError::Refused(refusal));
             }
+            // A new primary waits for its lease for milliseconds only: retry soon.
+            Refusal::NoLease => {
+                self.wait_before_retry(cx, cx.config.reconnect_min);
+                self.last_refusal = Some(refusal.to_string());
+            }
             // These may resolve themselves (the database created, the source catching up, the
             // permission granted), so keep trying, slowly, and show the reason.
             _ => {

@@ -1,9 +1,12 @@
-//! Test support that other crates reuse: the [`TxLog`](crate::TxLog) and
+//! Test support that other crates reuse: the [`TxLog`](crate::TxLog),
+//! [`Coordinator`](crate::coordinator::Coordinator) and
 //! [`Transport`](crate::Transport) conformance suites, an in-memory transport with fault
 //! injection, a recording state machine, fast timers for clusters in tests, and the
 //! deterministic cluster simulator.
 
+mod coordinator_suite;
 mod log_suite;
+mod mem_coordinator;
 mod mem_transport;
 pub mod sim;
 mod transport_suite;
@@ -11,7 +14,9 @@ mod transport_suite;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+pub use coordinator_suite::coordinator_conformance;
 pub use log_suite::{LogFactory, txlog_conformance};
+pub use mem_coordinator::{CoordinatorState, MemCoordinator, MemCoordinatorClient};
 pub use mem_transport::{MemEndpoint, MemNetwork};
 pub use transport_suite::{TransportFactory, transport_conformance};
 

@@ -1,0 +1,426 @@
+//! [`FailoverAgent`]: what one member of one database does, each cycle, with what the
+//! coordinator holds. Sans-IO: it takes what was read and answered, and returns [`Action`]s.
+
+use std::time::Duration;
+
+use super::{Campaign, ClusterView, CommitRecord, CoordinatorError, LeaderRecord, LeaseId};
+use super::{MemberRecord, MemberRole};
+use crate::engine::Timestamp;
+use crate::types::{Epoch, LogPosition};
+
+/// How one member takes part in automatic failover.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentConfig {
+    /// This member's name, unique in the cluster.
+    pub member: String,
+    /// Where replicas subscribe to it (for repnode, `HOST:PORT/DB`).
+    pub address: String,
+    /// The lease's time to live: how long a lost primary keeps the key.
+    pub ttl: Duration,
+    /// Under an asynchronous policy, how many transactions a candidate may lack of the last
+    /// published commit point (0: none; more is a choice to lose them).
+    pub max_lag_on_failover: u64,
+}
+
+impl AgentConfig {
+    /// A member with the defaults: no lag allowed on failover.
+    pub fn new(member: impl Into<String>, address: impl Into<String>, ttl: Duration) -> Self {
+        AgentConfig {
+            member: member.into(),
+            address: address.into(),
+            ttl,
+            max_lag_on_failover: 0,
+        }
+    }
+
+    /// How often the agent renews its lease and reconciles: a quarter of the time to live,
+    /// so that three renewals in a row may fail before the lease is at risk.
+    pub fn cycle(&self) -> Duration {
+        self.ttl / 4
+    }
+
+    /// How long before the coordinator could expire the lease the primary stops
+    /// acknowledging: a fifth of the time to live, which covers clock rate differences and
+    /// a renewal answered late.
+    pub fn margin(&self) -> Duration {
+        self.ttl / 5
+    }
+
+    /// How long the leader key stays vacant before anyone campaigns, so that every live
+    /// member has published its final position: two cycles.
+    pub fn settle(&self) -> Duration {
+        self.cycle() * 2
+    }
+}
+
+/// What the local database is, as the agent needs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalView {
+    /// Its role.
+    pub role: MemberRole,
+    /// Its epoch.
+    pub epoch: Epoch,
+    /// The epoch of its last durable transaction.
+    pub last_epoch: Epoch,
+    /// Its durable (precommitted) position.
+    pub durable: LogPosition,
+    /// Its commit point.
+    pub committed: LogPosition,
+    /// The address it replicates from (a replica).
+    pub following: Option<String>,
+    /// Whether its policy is synchronous.
+    pub synchronous: bool,
+    /// Under its policy, how many members' positions prove where every acknowledged write is
+    /// ([`CommitRecord::members_needed`]).
+    pub members_needed: u32,
+}
+
+/// What the agent asks its runner to do, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Publish this member's position under its lease.
+    Publish(MemberRecord),
+    /// Campaign for the leader key, in an epoch above `above`.
+    Campaign {
+        /// The highest epoch this member knows of.
+        above: Epoch,
+    },
+    /// Make the local database the primary of exactly `epoch` (a promotion, or a primary's
+    /// restart in the coordinator's epoch).
+    Lead {
+        /// The epoch the coordinator granted.
+        epoch: Epoch,
+    },
+    /// The local primary may acknowledge writes until `until`.
+    Lease {
+        /// The deadline, in the agent's time.
+        until: Timestamp,
+    },
+    /// Publish the leader's commit point.
+    PublishCommit(CommitRecord),
+    /// Make the local database a replica of this leader.
+    Follow(LeaderRecord),
+}
+
+/// What an operator sees of the agent.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AgentStatus {
+    /// The leader key's holder, as last read.
+    pub leader: Option<LeaderRecord>,
+    /// This member's lease, if it holds one.
+    pub lease: Option<LeaseId>,
+    /// When the last successful grant or renewal was sent.
+    pub last_renewal: Option<Timestamp>,
+    /// As leader: until when the local primary may acknowledge.
+    pub lease_until: Option<Timestamp>,
+    /// The last coordinator error, until a call succeeds again.
+    pub coordinator_error: Option<String>,
+    /// Why this member does not campaign for a vacant key.
+    pub not_campaigning: Option<String>,
+    /// Campaigns won.
+    pub elections_won: u64,
+    /// Lease grants or renewals that failed.
+    pub renew_failures: u64,
+    /// Times the local primary's lease deadline passed without a renewal: it stopped
+    /// acknowledging.
+    pub self_fencings: u64,
+}
+
+/// The lease step a cycle begins with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LeaseStep {
+    /// Ask for a new lease.
+    Grant,
+    /// Renew this one.
+    Renew(LeaseId),
+}
+
+/// One member's failover logic for one database (Patroni's HA loop, sans IO).
+///
+/// Each cycle: [`begin_cycle`](FailoverAgent::begin_cycle) names the lease call to make,
+/// [`on_lease`](FailoverAgent::on_lease) takes its answer, [`decide`](FailoverAgent::decide)
+/// takes the local view and the coordinator's and returns what to do;
+/// [`on_campaign`](FailoverAgent::on_campaign) takes a campaign's outcome.
+#[derive(Debug)]
+pub struct FailoverAgent {
+    config: AgentConfig,
+    /// The lease and when its last successful grant or renewal was sent.
+    lease: Option<(LeaseId, Timestamp)>,
+    /// Since when the leader key has been seen vacant.
+    vacant_since: Option<Timestamp>,
+    status: AgentStatus,
+}
+
+impl FailoverAgent {
+    /// An agent that holds no lease yet.
+    pub fn new(config: AgentConfig) -> FailoverAgent {
+        FailoverAgent {
+            config,
+            lease: None,
+            vacant_since: None,
+            status: AgentStatus::default(),
+        }
+    }
+
+    /// Its configuration.
+    pub fn config(&self) -> &AgentConfig {
+        &self.config
+    }
+
+    /// What an operator sees.
+    pub fn status(&self) -> &AgentStatus {
+        &self.status
+    }
+
+    /// The lease it holds.
+    pub fn lease(&self) -> Option<LeaseId> {
+        self.lease.map(|(lease, _)| lease)
+    }
+
+    /// Starts a cycle at `now`: counts a lease deadline that passed, and names the lease call.
+    pub fn begin_cycle(&mut self, now: Timestamp) -> LeaseStep {
+        if let Some(until) = self.status.lease_until
+            && now >= until
+        {
+            self.status.lease_until = None;
+            self.status.self_fencings += 1;
+            tracing::warn!(
+                member = %self.config.member,
+                "leader lease not renewed in time: this primary acknowledges nothing more"
+            );
+        }
+        match self.lease {
+            Some((lease, _)) => LeaseStep::Renew(lease),
+            None => LeaseStep::Grant,
+        }
+    }
+
+    /// The answer to the cycle's lease call, sent at `sent`.
+    pub fn on_lease(&mut self, sent: Timestamp, answer: Result<LeaseId, CoordinatorError>) {
+        match answer {
+            Ok(lease) => {
+                self.lease = Some((lease, sent));
+                self.status.lease = Some(lease);
+                self.status.last_renewal = Some(sent);
+                self.status.coordinator_error = None;
+            }
+            Err(error) => {
+                self.status.renew_failures += 1;
+                if let CoordinatorError::LeaseExpired(_) = error {
+                    self.lease = None;
+                    self.status.lease = None;
+                }
+                self.on_error(error);
+            }
+        }
+    }
+
+    /// A coordinator call failed.
+    pub fn on_error(&mut self, error: CoordinatorError) {
+        let text = error.to_string();
+        if self.status.coordinator_error.as_ref() != Some(&text) {
+            tracing::warn!(member = %self.config.member, %error, "coordinator call failed");
+        }
+        self.status.coordinator_error = Some(text);
+    }
+
+    /// What to do, given the local database and what the coordinator holds.
+    pub fn decide(&mut self, now: Timestamp, local: &LocalView, view: &ClusterView) -> Vec<Action> {
+        self.status.leader = view.leader.clone();
+        self.status.not_campaigning = None;
+        let mut out = Vec::new();
+        let Some((lease, sent)) = self.lease else {
+            // Without a lease nothing is published or claimed, but a leader is followed.
+            if let Some(leader) = view
+                .leader
+                .as_ref()
+                .filter(|l| l.member != self.config.member)
+            {
+                self.follow(local, leader, &mut out);
+            }
+            return out;
+        };
+        out.push(Action::Publish(self.record(local)));
+        match &view.leader {
+            Some(leader) if leader.member == self.config.member && leader.lease == lease => {
+                self.vacant_since = None;
+                if local.role == MemberRole::Primary && local.epoch == leader.epoch {
+                    let until = sent.plus(self.config.ttl.saturating_sub(self.config.margin()));
+                    self.status.lease_until = Some(until);
+                    out.push(Action::Lease { until });
+                    out.push(Action::PublishCommit(CommitRecord {
+                        member: self.config.member.clone(),
+                        epoch: leader.epoch,
+                        committed: local.committed,
+                        synchronous: local.synchronous,
+                        members_needed: local.members_needed,
+                    }));
+                } else {
+                    out.push(Action::Lead {
+                        epoch: leader.epoch,
+                    });
+                }
+            }
+            Some(leader) if leader.member == self.config.member => {
+                self.vacant_since = None;
+                self.status.not_campaigning = Some(format!(
+                    "the leader key is held by an earlier lease of this member ({:?}); it is \
+                     taken again once that lease expires",
+                    leader.lease
+                ));
+            }
+            Some(leader) => {
+                self.vacant_since = None;
+                self.follow(local, leader, &mut out);
+            }
+            None => {
+                let since = *self.vacant_since.get_or_insert(now);
+                if now.since(since) < self.config.settle() {
+                    self.status.not_campaigning = Some(
+                        "the leader key is vacant: waiting for every member's position".into(),
+                    );
+                } else {
+                    match self.eligibility(local, view) {
+                        Ok(above) => out.push(Action::Campaign { above }),
+                        Err(why) => self.status.not_campaigning = Some(why),
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// The outcome of a campaign the last [`decide`](FailoverAgent::decide) asked for.
+    pub fn on_campaign(
+        &mut self,
+        local: &LocalView,
+        outcome: Result<Campaign, CoordinatorError>,
+    ) -> Vec<Action> {
+        let mut out = Vec::new();
+        match outcome {
+            Ok(Campaign::Won { epoch }) => {
+                self.status.elections_won += 1;
+                tracing::warn!(member = %self.config.member, %epoch, "won the leader key");
+                self.vacant_since = None;
+                out.push(Action::Lead { epoch });
+            }
+            Ok(Campaign::Held(leader)) => {
+                self.follow(local, &leader, &mut out);
+                self.status.leader = Some(leader);
+            }
+            Err(error) => self.on_error(error),
+        }
+        out
+    }
+
+    /// Follows `leader` unless the local database already does.
+    fn follow(&mut self, local: &LocalView, leader: &LeaderRecord, out: &mut Vec<Action>) {
+        self.status.lease_until = None;
+        if local.role == MemberRole::Primary
+            || local.following.as_deref() != Some(leader.address.as_str())
+        {
+            out.push(Action::Follow(leader.clone()));
+        }
+    }
+
+    fn record(&self, local: &LocalView) -> MemberRecord {
+        MemberRecord {
+            member: self.config.member.clone(),
+            address: self.config.address.clone(),
+            role: local.role,
+            epoch: local.epoch,
+            last_epoch: local.last_epoch,
+            durable: local.durable,
+            committed: local.committed,
+        }
+    }
+
+    /// Whether this member may campaign for the vacant key, and above which epoch; or why
+    /// not.
+    fn eligibility(&self, local: &LocalView, view: &ClusterView) -> Result<Epoch, String> {
+        let mine = (local.last_epoch, local.durable.tx_id.0);
+        let others: Vec<&MemberRecord> = view
+            .members
+            .iter()
+            .filter(|m| m.member != self.config.member)
+            .collect();
+        match &view.last_commit {
+            // No leader ever: the database created as the primary takes the key first.
+            None if local.role != MemberRole::Primary => {
+                return Err(
+                    "no leader was ever elected: the member created as the primary \
+                            takes the key first"
+                        .into(),
+                );
+            }
+            None => {}
+            Some(commit) if commit.synchronous => {
+                // The commit point's own epoch is not published (it may predate the leader's
+                // epoch): a later epoch's log holds it, as does one that reaches it in the
+                // leader's history (the same hash there; past it, the ranking among the
+                // members below rules out a superseded history).
+                let at = commit.committed;
+                let holds = local.last_epoch > commit.epoch
+                    || local.durable.tx_id > at.tx_id
+                    || local.durable == at;
+                if !holds {
+                    return Err(format!(
+                        "lacks the last published commit point (transaction {} of epoch {})",
+                        commit.committed.tx_id, commit.epoch
+                    ));
+                }
+                let seen = others.len() + 1;
+                if seen < commit.members_needed as usize {
+                    return Err(format!(
+                        "sees {seen} live members of the {} needed to prove it holds every \
+                         acknowledged write",
+                        commit.members_needed
+                    ));
+                }
+            }
+            Some(commit) => {
+                let lag = if local.last_epoch > commit.epoch {
+                    0
+                } else {
+                    commit
+                        .committed
+                        .tx_id
+                        .0
+                        .saturating_sub(local.durable.tx_id.0)
+                };
+                if lag > self.config.max_lag_on_failover {
+                    return Err(format!(
+                        "lags the last published commit point by {lag} transactions, more than \
+                         max-lag-on-failover {}",
+                        self.config.max_lag_on_failover
+                    ));
+                }
+            }
+        }
+        for other in &others {
+            if other.rank() > mine {
+                return Err(format!(
+                    "{} is more advanced (transaction {} of epoch {})",
+                    other.member, other.durable.tx_id, other.last_epoch
+                ));
+            }
+            if other.rank() == mine && other.durable.hash != local.durable.hash {
+                return Err(format!(
+                    "{} holds another transaction {}: the logs diverged",
+                    other.member, other.durable.tx_id
+                ));
+            }
+        }
+        let above = others
+            .iter()
+            .map(|m| m.epoch)
+            .chain(view.last_commit.as_ref().map(|c| c.epoch))
+            .chain([local.epoch, view.epoch])
+            .max()
+            .unwrap_or(local.epoch);
+        Ok(above)
+    }
+}
+
+#[cfg(test)]
+mod tests;
