@@ -1,0 +1,158 @@
+//! A real etcd for tests: one member on loopback in a temporary directory, stopped on drop,
+//! that a test can pause (SIGSTOP) to make the coordinator unavailable.
+//!
+//! It runs the `etcd` binary of Debian's `etcd-server` package; without it, starting fails
+//! with a message that names the package (tests never skip silently).
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// A running etcd member.
+#[derive(Debug)]
+pub struct EtcdServer {
+    child: Child,
+    client_port: u16,
+    _dir: Option<TempDir>,
+}
+
+/// A directory removed on drop.
+#[derive(Debug)]
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// The etcd binary: `$ETCD_BIN`, or `etcd` on the `PATH`.
+fn etcd_binary() -> Result<PathBuf, String> {
+    if let Some(bin) = std::env::var_os("ETCD_BIN") {
+        return Ok(PathBuf::from(bin));
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join("etcd"))
+        .find(|candidate| candidate.is_file())
+        .ok_or_else(|| {
+            "the etcd binary was not found on PATH: install Debian's etcd-server package \
+             (apt-get install etcd-server), or set ETCD_BIN"
+                .to_string()
+        })
+}
+
+impl EtcdServer {
+    /// Starts a single-member etcd on free loopback ports, in a new directory under the
+    /// system's temporary directory, and waits until it answers.
+    ///
+    /// # Errors
+    /// No etcd binary (the message names the package), or etcd did not come up.
+    pub fn start() -> Result<EtcdServer, String> {
+        let unique = format!(
+            "repnode-etcd-{}-{}",
+            std::process::id(),
+            free_port().map_err(|e| e.to_string())?
+        );
+        let dir = std::env::temp_dir().join(unique);
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let dir = TempDir(dir);
+        let mut server = EtcdServer::start_in(&dir.0)?;
+        server._dir = Some(dir);
+        Ok(server)
+    }
+
+    /// Starts a single-member etcd whose data lives in `dir`.
+    ///
+    /// # Errors
+    /// As [`start`](EtcdServer::start).
+    pub fn start_in(dir: &Path) -> Result<EtcdServer, String> {
+        let binary = etcd_binary()?;
+        let client_port = free_port().map_err(|e| e.to_string())?;
+        let peer_port = free_port().map_err(|e| e.to_string())?;
+        let client = format!("http://127.0.0.1:{client_port}");
+        let peer = format!("http://127.0.0.1:{peer_port}");
+        let log = std::fs::File::create(dir.join("etcd.log")).map_err(|e| e.to_string())?;
+        let child = Command::new(&binary)
+            .arg("--name=test")
+            .arg(format!("--data-dir={}", dir.join("data").display()))
+            .arg(format!("--listen-client-urls={client}"))
+            .arg(format!("--advertise-client-urls={client}"))
+            .arg(format!("--listen-peer-urls={peer}"))
+            .arg(format!("--initial-advertise-peer-urls={peer}"))
+            .arg(format!("--initial-cluster=test={peer}"))
+            .arg("--heartbeat-interval=50")
+            .arg("--election-timeout=500")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("cannot run {}: {e}", binary.display()))?;
+        let mut server = EtcdServer {
+            child,
+            client_port,
+            _dir: None,
+        };
+        server.wait_ready(dir)?;
+        Ok(server)
+    }
+
+    /// Waits until the client port accepts connections and the member is healthy.
+    fn wait_ready(&mut self, dir: &Path) -> Result<(), String> {
+        for _ in 0..200 {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                let log = std::fs::read_to_string(dir.join("etcd.log")).unwrap_or_default();
+                return Err(format!("etcd exited ({status}): {log}"));
+            }
+            let health = std::net::TcpStream::connect(("127.0.0.1", self.client_port)).and_then(
+                |mut stream| {
+                    use std::io::{Read, Write};
+                    stream.set_read_timeout(Some(Duration::from_secs(1)))?;
+                    stream.write_all(b"GET /health HTTP/1.0\r\n\r\n")?;
+                    let mut answer = String::new();
+                    stream.read_to_string(&mut answer)?;
+                    Ok(answer)
+                },
+            );
+            if health.is_ok_and(|answer| answer.contains("\"health\":\"true\"")) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err("etcd did not become healthy within 10 s".into())
+    }
+
+    /// `127.0.0.1:PORT` of its client endpoint.
+    pub fn endpoint(&self) -> String {
+        format!("127.0.0.1:{}", self.client_port)
+    }
+
+    /// Freezes etcd (SIGSTOP): calls hang, as when it is unreachable.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a paused etcd run again (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let _ = Command::new("kill")
+            .arg(signal)
+            .arg(self.child.id().to_string())
+            .status();
+    }
+}
+
+impl Drop for EtcdServer {
+    fn drop(&mut self) {
+        self.resume();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
