@@ -8,7 +8,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use replication_core::coordinator::{AgentConfig, LeaderRecord, LocalView, MemberRole};
+use replication_core::coordinator::{AgentConfig, LeaderRecord, LocalView, MemberRole, Proof};
 use replication_core::driver::failover::{self, FailoverHandle, FailoverTarget, TargetError};
 use replication_core::testing::{MemCoordinator, coordinator_conformance};
 use replication_core::types::{Epoch, LogPosition, TxHash, TxId};
@@ -51,7 +51,10 @@ impl FakeDb {
                 committed: position,
                 following: following.map(str::to_string),
                 synchronous: true,
-                members_needed: 2,
+                proofs: vec![Proof {
+                    voters: vec!["r1".into(), "r2".into()],
+                    needed: 2,
+                }],
             },
             windows: Vec::new(),
             led: Vec::new(),
@@ -178,6 +181,13 @@ async fn a_primary_cut_from_the_coordinator_fences_itself_before_the_most_advanc
 async fn nobody_leads_while_the_coordinator_is_down_and_the_primary_stops_acknowledging() {
     let coordinator = MemCoordinator::new();
     let p = FakeDb::new(MemberRole::Primary, 5, None);
+    // Its policy counts r1 alone ("any 1 (r1)").
+    p.state(|s| {
+        s.local.proofs = vec![Proof {
+            voters: vec!["r1".into()],
+            needed: 1,
+        }]
+    });
     let r1 = FakeDb::new(MemberRole::Replica, 5, Some("p:1/app"));
     let agents = [start(&coordinator, "p", &p), start(&coordinator, "r1", &r1)];
     wait_for("p to lead", || p.state(|s| !s.windows.is_empty())).await;

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use super::{Campaign, ClusterView, CommitRecord, CoordinatorError, LeaderRecord, LeaseId};
-use super::{MemberRecord, MemberRole};
+use super::{MemberRecord, MemberRole, Proof};
 use crate::engine::Timestamp;
 use crate::types::{Epoch, LogPosition};
 
@@ -70,9 +70,9 @@ pub struct LocalView {
     pub following: Option<String>,
     /// Whether its policy is synchronous.
     pub synchronous: bool,
-    /// Under its policy, how many members' positions prove where every acknowledged write is
-    /// ([`CommitRecord::members_needed`]).
-    pub members_needed: u32,
+    /// Under its policy, which members' positions prove where every acknowledged write is
+    /// ([`CommitRecord::proofs`]).
+    pub proofs: Vec<Proof>,
 }
 
 /// What the agent asks its runner to do, in order.
@@ -253,7 +253,7 @@ impl FailoverAgent {
                         epoch: leader.epoch,
                         committed: local.committed,
                         synchronous: local.synchronous,
-                        members_needed: local.members_needed,
+                        proofs: local.proofs.clone(),
                     }));
                 } else {
                     out.push(Action::Lead {
@@ -369,12 +369,27 @@ impl FailoverAgent {
                         commit.committed.tx_id, commit.epoch
                     ));
                 }
-                let seen = others.len() + 1;
-                if seen < commit.members_needed as usize {
+                let seen = || {
+                    others
+                        .iter()
+                        .map(|m| m.member.as_str())
+                        .chain([self.config.member.as_str()])
+                };
+                if !commit.proofs.iter().any(|proof| proof.holds(seen())) {
+                    let needs: Vec<String> = commit
+                        .proofs
+                        .iter()
+                        .map(|p| format!("{} of {}", p.needed, p.voters.join(",")))
+                        .collect();
                     return Err(format!(
-                        "sees {seen} live members of the {} needed to prove it holds every \
-                         acknowledged write",
-                        commit.members_needed
+                        "the live members ({}) cannot prove that they hold every acknowledged \
+                         write: the last leader's policy needs {}",
+                        seen().collect::<Vec<_>>().join(","),
+                        if needs.is_empty() {
+                            "copies it did not name".to_string()
+                        } else {
+                            needs.join(" or ")
+                        }
                     ));
                 }
             }

@@ -111,10 +111,34 @@ pub struct CommitRecord {
     pub committed: LogPosition,
     /// Whether its policy was synchronous (acknowledged writes are on replicas).
     pub synchronous: bool,
-    /// How many members' published positions (a candidate's own included) a candidate must
-    /// see so that every write the policy acknowledged is held by one of them: `n − k + 1`
-    /// for `k` acknowledgements out of `n` replicas (see `repnode failover plan`).
-    pub members_needed: u32,
+    /// Under a synchronous policy, the ways a candidate can prove that the members whose
+    /// positions it sees (its own included) hold every write the policy acknowledged: one
+    /// proof that holds is enough (`A and B` policies have one per part).
+    pub proofs: Vec<Proof>,
+}
+
+/// Any `needed` of `voters` include one member that holds every acknowledged write: for a
+/// policy that needs `k` acknowledgements among `n` voters, `needed` is `n − k + 1` (the rule
+/// of `repnode failover plan`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proof {
+    /// The members (node names) whose acknowledgements the policy counts.
+    pub voters: Vec<String>,
+    /// How many of them must be seen.
+    pub needed: u32,
+}
+
+impl Proof {
+    /// Whether the members `seen` prove it.
+    pub fn holds<'a>(&self, seen: impl IntoIterator<Item = &'a str>) -> bool {
+        let seen: std::collections::BTreeSet<&str> = seen.into_iter().collect();
+        let count = self
+            .voters
+            .iter()
+            .filter(|v| seen.contains(v.as_str()))
+            .count();
+        count >= self.needed as usize
+    }
 }
 
 /// What the coordinator holds of one database, read at once.

@@ -6,6 +6,7 @@ use futures::StreamExt;
 
 use crate::coordinator::{
     Campaign, CommitRecord, Coordinator, CoordinatorError, LeaderRecord, MemberRecord, MemberRole,
+    Proof,
 };
 use crate::driver::Clock;
 use crate::types::{Epoch, LogPosition, TxId};
@@ -135,7 +136,10 @@ async fn commit_only_by_the_leader<A: Coordinator + ?Sized, B: Coordinator + ?Si
             ..LogPosition::START
         },
         synchronous: true,
-        members_needed: 2,
+        proofs: vec![Proof {
+            voters: vec!["b".into()],
+            needed: 1,
+        }],
     };
     let refused = b.publish_commit(db, &commit, lease_b).await;
     assert_eq!(

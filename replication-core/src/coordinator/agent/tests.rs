@@ -25,7 +25,10 @@ fn local(role: MemberRole, epoch: u64, durable: u64) -> LocalView {
         committed: position(durable),
         following: (role == MemberRole::Replica).then(|| "p:1/db".to_string()),
         synchronous: true,
-        members_needed: 2,
+        proofs: vec![Proof {
+            voters: vec!["r1".into(), "r2".into()],
+            needed: 2,
+        }],
     }
 }
 
@@ -47,7 +50,10 @@ fn commit(epoch: u64, tx: u64, synchronous: bool) -> CommitRecord {
         epoch: Epoch(epoch),
         committed: position(tx),
         synchronous,
-        members_needed: 2,
+        proofs: vec![Proof {
+            voters: vec!["r1".into(), "r2".into()],
+            needed: 2,
+        }],
     }
 }
 
@@ -245,17 +251,26 @@ fn under_a_synchronous_policy_a_candidate_needs_the_commit_point_and_enough_memb
         why.unwrap_err()
             .contains("lacks the last published commit point")
     );
-    // It holds it, but alone it cannot prove no other member holds a later acknowledged write.
-    let view = vacant(vec![], Some(commit(3, 20, true)));
+    // It holds it, but alone it cannot prove that r2 holds no later acknowledged write;
+    // another member that is not a voter (r3, an asynchronous replica) proves nothing either.
+    let view = vacant(vec![member("r3", 3, 20)], Some(commit(3, 20, true)));
     let why = after_settling(
         &mut agent("r1", at(0)),
         &local(MemberRole::Replica, 3, 20),
         &view,
     );
     assert!(
-        why.unwrap_err()
-            .contains("sees 1 live members of the 2 needed")
+        why.as_ref().unwrap_err().contains("cannot prove"),
+        "{why:?}"
     );
+    // With r2 seen, it can.
+    let view = vacant(vec![member("r2", 3, 20)], Some(commit(3, 20, true)));
+    let ok = after_settling(
+        &mut agent("r1", at(0)),
+        &local(MemberRole::Replica, 3, 20),
+        &view,
+    );
+    assert_eq!(ok, Ok(Epoch(3)));
 }
 
 #[test]
