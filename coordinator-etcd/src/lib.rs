@@ -302,7 +302,10 @@ impl Coordinator for EtcdCoordinator {
         let options = GetOptions::new().with_prefix();
         let read = self.call(client.get(prefix.as_str(), Some(options))).await;
         let read = read.map_err(|e| unavailable(&e))?;
-        let mut view = ClusterView::default();
+        let mut view = ClusterView {
+            revision: read.header().map_or(0, |h| h.revision()) as u64,
+            ..ClusterView::default()
+        };
         for kv in read.kvs() {
             let key = String::from_utf8_lossy(kv.key());
             let Some(name) = key.strip_prefix(prefix.as_str()) else {
@@ -312,7 +315,13 @@ impl Coordinator for EtcdCoordinator {
                 "leader" => view.leader = Some(leader_of(kv)?),
                 "epoch" => view.epoch = decode(kv)?,
                 "commit" => view.last_commit = Some(decode(kv)?),
-                _ if name.starts_with("members/") => view.members.push(decode(kv)?),
+                _ if name.starts_with("members/") => {
+                    let record: MemberRecord = decode(kv)?;
+                    view.members.push(MemberRecord {
+                        revision: kv.mod_revision() as u64,
+                        ..record
+                    });
+                }
                 // Keys of a newer version: not ours to read.
                 _ => {}
             }

@@ -17,6 +17,17 @@ pub struct EtcdServer {
     _dir: Option<TempDir>,
 }
 
+/// PEM files for an etcd that requires mutual TLS from its clients.
+#[derive(Clone, Debug)]
+pub struct EtcdTlsFiles {
+    /// The CA that signs client certificates (and etcd's own).
+    pub ca: PathBuf,
+    /// etcd's certificate (valid for 127.0.0.1).
+    pub cert: PathBuf,
+    /// Its key.
+    pub key: PathBuf,
+}
+
 /// A directory removed on drop.
 #[derive(Debug)]
 struct TempDir(PathBuf);
@@ -54,6 +65,14 @@ impl EtcdServer {
     /// # Errors
     /// No etcd binary (the message names the package), or etcd did not come up.
     pub fn start() -> Result<EtcdServer, String> {
+        EtcdServer::start_tls(None)
+    }
+
+    /// [`start`](EtcdServer::start), requiring mutual TLS from clients when `tls` is given.
+    ///
+    /// # Errors
+    /// As [`start`](EtcdServer::start).
+    pub fn start_tls(tls: Option<&EtcdTlsFiles>) -> Result<EtcdServer, String> {
         let unique = format!(
             "repnode-etcd-{}-{}",
             std::process::id(),
@@ -62,23 +81,33 @@ impl EtcdServer {
         let dir = std::env::temp_dir().join(unique);
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
         let dir = TempDir(dir);
-        let mut server = EtcdServer::start_in(&dir.0)?;
+        let mut server = EtcdServer::start_in(&dir.0, tls)?;
         server._dir = Some(dir);
         Ok(server)
     }
 
-    /// Starts a single-member etcd whose data lives in `dir`.
+    /// Starts a single-member etcd whose data lives in `dir`, requiring mutual TLS from
+    /// clients when `tls` is given.
     ///
     /// # Errors
     /// As [`start`](EtcdServer::start).
-    pub fn start_in(dir: &Path) -> Result<EtcdServer, String> {
+    pub fn start_in(dir: &Path, tls: Option<&EtcdTlsFiles>) -> Result<EtcdServer, String> {
         let binary = etcd_binary()?;
         let client_port = free_port().map_err(|e| e.to_string())?;
         let peer_port = free_port().map_err(|e| e.to_string())?;
-        let client = format!("http://127.0.0.1:{client_port}");
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let client = format!("{scheme}://127.0.0.1:{client_port}");
         let peer = format!("http://127.0.0.1:{peer_port}");
         let log = std::fs::File::create(dir.join("etcd.log")).map_err(|e| e.to_string())?;
-        let child = Command::new(&binary)
+        let mut command = Command::new(&binary);
+        if let Some(tls) = tls {
+            command
+                .arg("--client-cert-auth")
+                .arg(format!("--trusted-ca-file={}", tls.ca.display()))
+                .arg(format!("--cert-file={}", tls.cert.display()))
+                .arg(format!("--key-file={}", tls.key.display()));
+        }
+        let child = command
             .arg("--name=test")
             .arg(format!("--data-dir={}", dir.join("data").display()))
             .arg(format!("--listen-client-urls={client}"))
@@ -97,16 +126,21 @@ impl EtcdServer {
             client_port,
             _dir: None,
         };
-        server.wait_ready(dir)?;
+        server.wait_ready(dir, tls.is_some())?;
         Ok(server)
     }
 
-    /// Waits until the client port accepts connections and the member is healthy.
-    fn wait_ready(&mut self, dir: &Path) -> Result<(), String> {
+    /// Waits until the client port accepts connections and the member is healthy (under
+    /// TLS, until the port accepts connections: the client's calls retry).
+    fn wait_ready(&mut self, dir: &Path, tls: bool) -> Result<(), String> {
         for _ in 0..200 {
             if let Ok(Some(status)) = self.child.try_wait() {
                 let log = std::fs::read_to_string(dir.join("etcd.log")).unwrap_or_default();
                 return Err(format!("etcd exited ({status}): {log}"));
+            }
+            let port_open = std::net::TcpStream::connect(("127.0.0.1", self.client_port)).is_ok();
+            if tls && port_open {
+                return Ok(());
             }
             let health = std::net::TcpStream::connect(("127.0.0.1", self.client_port)).and_then(
                 |mut stream| {

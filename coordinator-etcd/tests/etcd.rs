@@ -1,14 +1,15 @@
 //! The etcd coordinator against a real etcd on loopback: the conformance suite, campaigns
-//! racing from many clients, and calls while etcd is frozen.
+//! racing from many clients, calls while etcd is frozen, and mutual TLS.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use coordinator_etcd::testing::EtcdServer;
-use coordinator_etcd::{EtcdCoordinator, EtcdOptions};
-use replication_core::coordinator::{Campaign, Coordinator, CoordinatorError};
+use coordinator_etcd::testing::{EtcdServer, EtcdTlsFiles};
+use coordinator_etcd::{EtcdCoordinator, EtcdOptions, EtcdTls};
+use replication_core::coordinator::{Campaign, Coordinator, CoordinatorError, LeaseId};
 use replication_core::testing::coordinator_conformance;
 use replication_core::types::Epoch;
+use transport_quic::{DevCa, IssuedCert};
 
 async fn coordinator(etcd: &EtcdServer, cluster: &str) -> EtcdCoordinator {
     let options = EtcdOptions::new(vec![etcd.endpoint()], cluster);
@@ -101,5 +102,74 @@ async fn a_bad_cluster_name_is_refused() {
     let refused = EtcdCoordinator::connect(options).await;
     assert!(
         matches!(refused, Err(CoordinatorError::Unavailable(m)) if m.contains("bad cluster name"))
+    );
+}
+
+/// Grants a lease, retrying while etcd is still starting (its TLS port opens before it
+/// answers).
+async fn grant_when_ready(etcd: &EtcdCoordinator) -> Result<LeaseId, CoordinatorError> {
+    let mut last = Err(CoordinatorError::Unavailable(String::new()));
+    for _ in 0..50 {
+        last = etcd.grant_lease(Duration::from_secs(5)).await;
+        if last.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    last
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_takes_the_clusters_certificate_and_refuses_another() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = DevCa::generate("etcd test CA").expect("a CA");
+    let server = ca.issue("etcd").expect("etcd's certificate");
+    let files = EtcdTlsFiles {
+        ca: dir.path().join("ca.pem"),
+        cert: dir.path().join("etcd.pem"),
+        key: dir.path().join("etcd.key"),
+    };
+    std::fs::write(&files.ca, ca.cert_pem()).expect("write");
+    std::fs::write(&files.cert, &server.cert_pem).expect("write");
+    std::fs::write(&files.key, &server.key_pem).expect("write");
+    let etcd = EtcdServer::start_tls(Some(&files)).expect("start etcd with TLS");
+    let with_client = |client: &IssuedCert| {
+        let mut options = EtcdOptions::new(vec![etcd.endpoint()], "tls");
+        options.tls = Some(EtcdTls {
+            ca_pem: ca.cert_pem().into_bytes(),
+            cert_pem: client.cert_pem.clone().into_bytes(),
+            key_pem: client.key_pem.clone().into_bytes(),
+        });
+        options
+    };
+    let member = ca.issue("n1").expect("a client certificate");
+    let trusted = EtcdCoordinator::connect(with_client(&member))
+        .await
+        .expect("connect");
+    let lease = grant_when_ready(&trusted)
+        .await
+        .expect("a lease over mutual TLS");
+    let won = trusted.campaign("db", "n1", "a", lease, Epoch(0)).await;
+    assert_eq!(won, Ok(Campaign::Won { epoch: Epoch(1) }));
+    // A certificate of another CA is refused by etcd; so is a plain connection.
+    let rogue = DevCa::generate("another CA")
+        .and_then(|other| other.issue("n1"))
+        .expect("a rogue certificate");
+    let refused = match EtcdCoordinator::connect(with_client(&rogue)).await {
+        Ok(client) => client.grant_lease(Duration::from_secs(5)).await.map(|_| ()),
+        Err(error) => Err(error),
+    };
+    assert!(
+        matches!(refused, Err(CoordinatorError::Unavailable(_))),
+        "{refused:?}"
+    );
+    let plain = EtcdOptions::new(vec![etcd.endpoint()], "tls");
+    let refused = match EtcdCoordinator::connect(plain).await {
+        Ok(client) => client.grant_lease(Duration::from_secs(5)).await.map(|_| ()),
+        Err(error) => Err(error),
+    };
+    assert!(
+        matches!(refused, Err(CoordinatorError::Unavailable(_))),
+        "{refused:?}"
     );
 }

@@ -129,7 +129,47 @@ pub fn render(snapshots: &[Snapshot]) -> String {
             );
         }
     }
+    render_failover(&mut out, snapshots);
     out
+}
+
+/// The counters of automatic failover, for the databases under it.
+fn render_failover(out: &mut String, snapshots: &[Snapshot]) {
+    type Read = fn(&crate::wire::FailoverReport) -> Option<f64>;
+    let metrics: [(&str, &str, &str, Read); 4] = [
+        (
+            "repnode_failover_elections_won_total",
+            "counter",
+            "Leader key campaigns this member won.",
+            |f| Some(f.elections_won as f64),
+        ),
+        (
+            "repnode_failover_renew_failures_total",
+            "counter",
+            "Lease grants or renewals that failed.",
+            |f| Some(f.renew_failures as f64),
+        ),
+        (
+            "repnode_failover_self_fencings_total",
+            "counter",
+            "Times this primary's lease deadline passed without a renewal: it stopped acknowledging.",
+            |f| Some(f.self_fencings as f64),
+        ),
+        (
+            "repnode_failover_lease_remaining_seconds",
+            "gauge",
+            "As leader, how long this primary may still acknowledge without a renewal.",
+            |f| f.lease_remaining_ms.map(|ms| ms as f64 / 1000.0),
+        ),
+    ];
+    for (name, kind, help, read) in metrics {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for snapshot in snapshots {
+            if let Some(value) = snapshot.failover.as_ref().and_then(read) {
+                let _ = writeln!(out, "{name}{{db=\"{}\"}} {value}", snapshot.db);
+            }
+        }
+    }
 }
 
 /// What the metrics endpoint reads of one database.
@@ -150,6 +190,8 @@ pub struct Snapshot {
     pub applied_bytes: u64,
     /// Its replicas.
     pub replicas: Vec<crate::wire::ReplicaReport>,
+    /// Its automatic failover, if under it.
+    pub failover: Option<crate::wire::FailoverReport>,
 }
 
 /// Serves `GET /metrics` (any path) until the listener fails, rendering what `snapshots`
@@ -219,6 +261,12 @@ mod tests {
                 lag_ms: 1500,
                 connected: true,
             }],
+            failover: Some(crate::wire::FailoverReport {
+                elections_won: 2,
+                self_fencings: 1,
+                lease_remaining_ms: Some(2500),
+                ..Default::default()
+            }),
         };
         let text = render(&[snapshot]);
         for line in [
@@ -230,6 +278,10 @@ mod tests {
             "repnode_applied_bytes_total{db=\"app\"} 640",
             "repnode_replica_lag_seconds{db=\"app\",replica=\"n2\"} 1.5",
             "repnode_replica_connected{db=\"app\",replica=\"n2\"} 1",
+            "repnode_failover_elections_won_total{db=\"app\"} 2",
+            "repnode_failover_self_fencings_total{db=\"app\"} 1",
+            "repnode_failover_renew_failures_total{db=\"app\"} 0",
+            "repnode_failover_lease_remaining_seconds{db=\"app\"} 2.5",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
         }

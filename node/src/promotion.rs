@@ -408,6 +408,7 @@ mod tests {
             epoch: 1,
             epoch_primary: None,
             last_rollback: None,
+            failover: None,
             last_epoch: 1,
             committed: position(durable.saturating_sub(1)),
             precommitted: position(durable),

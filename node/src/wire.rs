@@ -36,6 +36,26 @@ pub struct DbSettings {
     /// which has no field names to skip by; TOML leaves `None` out by itself.)
     #[serde(default)]
     pub min_epoch: Option<u64>,
+    /// `auto`: the coordinator (`serve --coordinator`) elects the primary, and this database
+    /// follows whoever holds its leader key; `manual` or absent: operators promote.
+    #[serde(default)]
+    pub failover: Option<String>,
+    /// Under automatic failover, the leader lease's time to live in seconds (default 5): how
+    /// long a lost primary keeps the key, and so roughly how long writes wait for a new one.
+    #[serde(default)]
+    pub lease_ttl: Option<u64>,
+    /// Under automatic failover and an asynchronous policy, how many transactions behind the
+    /// last published commit point a replica may be and still be elected (default 0: none
+    /// lost; more is a choice to lose them).
+    #[serde(default)]
+    pub max_lag_on_failover: Option<u64>,
+}
+
+impl DbSettings {
+    /// Whether the coordinator elects this database's primary.
+    pub fn automatic_failover(&self) -> bool {
+        self.failover.as_deref() == Some("auto")
+    }
 }
 
 /// A client request.
@@ -188,6 +208,38 @@ pub struct StatusReport {
     /// The last transactions this database dropped from its log (rejoining a newer history)
     /// since it started, and the rollback file that keeps them.
     pub last_rollback: Option<RollbackReport>,
+    /// Under automatic failover, what this member's failover agent sees and does.
+    pub failover: Option<FailoverReport>,
+}
+
+/// A database's automatic failover, as its member's agent sees it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailoverReport {
+    /// The member holding the leader key, as last read.
+    pub leader: Option<String>,
+    /// Where its replicas subscribe (`HOST:PORT/DB`).
+    pub leader_address: Option<String>,
+    /// The epoch the coordinator granted it.
+    pub leader_epoch: Option<u64>,
+    /// The lease's time to live.
+    pub lease_ttl_ms: u64,
+    /// As leader: how long this primary may still acknowledge writes without a renewal.
+    pub lease_remaining_ms: Option<u64>,
+    /// How long ago the last successful renewal was sent.
+    pub last_renewal_ms_ago: Option<u64>,
+    /// The last coordinator error, until a call succeeds again.
+    pub coordinator_error: Option<String>,
+    /// Why this member does not campaign for a vacant leader key.
+    pub not_campaigning: Option<String>,
+    /// The last error of the local database carrying out the agent's decision.
+    pub local_error: Option<String>,
+    /// Campaigns this member won since it started.
+    pub elections_won: u64,
+    /// Lease grants or renewals that failed.
+    pub renew_failures: u64,
+    /// Times this primary's lease deadline passed without a renewal: it stopped
+    /// acknowledging writes (self-fencing).
+    pub self_fencings: u64,
 }
 
 /// Transactions dropped from a log, and the rollback file that keeps them.

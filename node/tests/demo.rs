@@ -30,6 +30,12 @@ fn the_demo_runs_and_loses_nothing() {
         ),
         "{stdout}"
     );
+    // The automatic act: etcd is installed by ci/deps.sh, so it must run, not be skipped.
+    assert!(!stdout.contains("Skipped"), "{stdout}");
+    assert!(
+        stdout.contains("After the automatic failover nothing was lost: n1 reads all four keys."),
+        "{stdout}"
+    );
 }
 
 #[test]

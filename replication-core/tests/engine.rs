@@ -515,7 +515,13 @@ fn leased_primary(policy: Quorum) -> Engine {
 /// The coordinator reports at `at` the lease renewed until `until`.
 fn grant_lease(engine: &mut Engine, at: Timestamp, until: u64) {
     let until = Timestamp(until);
-    engine.handle(at, Event::Lease { until });
+    engine.handle(
+        at,
+        Event::Lease {
+            until,
+            voters: None,
+        },
+    );
 }
 
 fn propose_at(engine: &mut Engine, at: u64, id: u64, payload: &'static str) -> Vec<Command> {
@@ -612,6 +618,46 @@ fn waiting_writes_end_with_the_lease_and_a_renewal_resumes_writes() {
         propose_at(&mut engine, 1_300, 2, "b"),
         vec![append(&b, 1), txs_to(REPLICA, &b, 1)]
     );
+}
+
+#[test]
+fn a_leased_primary_counts_only_the_voters_its_coordinator_holds() {
+    let mut engine = leased_primary(Quorum::AckCount { n: 1, among: None });
+    // The coordinator holds no voter yet (the replica joined since the last publication).
+    engine.handle(
+        T0,
+        Event::Lease {
+            until: Timestamp(10_000),
+            voters: Some(vec![]),
+        },
+    );
+    attach_replica(&mut engine, REPLICA, "r1");
+    let a = primary_txs(&["a"]);
+    assert_eq!(
+        propose_at(&mut engine, 10, 1, "a"),
+        vec![append(&a, 0), txs_to(REPLICA, &a, 0)]
+    );
+    engine.handle(Timestamp(20), durable(0, 1));
+    let ack = Message::Ack {
+        durable: a[0].position(),
+    };
+    engine.handle(
+        Timestamp(30),
+        Event::Received {
+            conn: REPLICA,
+            message: ack,
+        },
+    );
+    assert_eq!(drain(&mut engine), vec![], "r1 is not a published voter");
+    // Published: its acknowledgement now counts.
+    engine.handle(
+        Timestamp(40),
+        Event::Lease {
+            until: Timestamp(10_000),
+            voters: Some(vec![NodeId::new("r1")]),
+        },
+    );
+    assert_eq!(drain(&mut engine)[0], commit(1));
 }
 
 #[test]

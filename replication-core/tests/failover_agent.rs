@@ -51,6 +51,7 @@ impl FakeDb {
                 committed: position,
                 following: following.map(str::to_string),
                 synchronous: true,
+                policy: None,
                 proofs: vec![Proof {
                     voters: vec!["r1".into(), "r2".into()],
                     needed: 2,
@@ -72,7 +73,7 @@ impl FailoverTarget for FakeDb {
         Ok(self.state(|s| s.local.clone()))
     }
 
-    async fn lead(&self, epoch: Epoch) -> Result<(), TargetError> {
+    async fn lead(&self, epoch: Epoch, _policy: Option<&str>) -> Result<(), TargetError> {
         self.state(|s| {
             s.local.role = MemberRole::Primary;
             s.local.epoch = epoch;
@@ -91,7 +92,7 @@ impl FailoverTarget for FakeDb {
         Ok(())
     }
 
-    async fn grant(&self, until: Instant) -> Result<(), TargetError> {
+    async fn grant(&self, until: Instant, _voters: &[String]) -> Result<(), TargetError> {
         self.state(|s| s.windows.push((Instant::now(), until)));
         Ok(())
     }

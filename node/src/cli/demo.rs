@@ -1,7 +1,8 @@
 //! `repnode demo`: a local cluster on loopback with real QUIC and files in a temporary
 //! directory — a primary, a synchronous replica, an asynchronous replica and a replica of a
 //! replica — narrating writes, a lost synchronous replica and its return, then the loss of the
-//! primary: the most advanced replica promoted, the others repointed, nothing lost.
+//! primary: the most advanced replica promoted, the others repointed, nothing lost. When etcd
+//! is installed, a last act (`demo_auto`) shows the same done automatically.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -299,7 +300,7 @@ pub async fn run(dir: Option<&Path>) -> Result<()> {
         member.node.shutdown().await;
         member.transport.shutdown().await;
     }
-    Ok(())
+    super::demo_auto::run(&dir).await
 }
 
 /// Act 4: the primary is lost; the most advanced member is promoted above every epoch seen,

@@ -10,6 +10,7 @@
 
 mod bench;
 mod demo;
+mod demo_auto;
 mod log;
 mod output;
 mod plan;
@@ -224,6 +225,17 @@ struct SettingsArgs {
     /// than by a replicator of its own.
     #[arg(long)]
     external_replicator: bool,
+    /// `auto`: the coordinator of `serve --coordinator` elects the primary and every member
+    /// follows the holder of the leader key; `manual` (default): operators promote.
+    #[arg(long, value_parser = ["auto", "manual"])]
+    failover: Option<String>,
+    /// Under `--failover auto`, the leader lease's time to live in seconds (default 5).
+    #[arg(long, value_name = "SECONDS")]
+    lease_ttl: Option<u64>,
+    /// Under `--failover auto` and an asynchronous policy, how many transactions behind the
+    /// last published commit point a replica may be elected (default 0).
+    #[arg(long, value_name = "TXS")]
+    max_lag_on_failover: Option<u64>,
 }
 
 impl From<SettingsArgs> for DbSettings {
@@ -238,6 +250,9 @@ impl From<SettingsArgs> for DbSettings {
             store: args.store,
             external_replicator: args.external_replicator,
             min_epoch: None,
+            failover: args.failover,
+            lease_ttl: args.lease_ttl,
+            max_lag_on_failover: args.max_lag_on_failover,
         }
     }
 }

@@ -2,11 +2,14 @@
 //! config file, and running the server until a signal.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow};
 use clap::Args;
-use node::server::Server;
+use coordinator_etcd::{EtcdCoordinator, EtcdOptions, EtcdTls};
+use node::server::{Server, ServerOptions};
 use node::wire::DbSettings;
+use replication_core::coordinator::Coordinator;
 use serde::Deserialize;
 use transport_quic::{QuicOptions, QuicTransport, TlsIdentity};
 
@@ -42,8 +45,33 @@ pub struct ServeArgs {
     /// idle workers waking one another costs context switches on every request.
     #[arg(long, env = "REPNODE_THREADS")]
     threads: Option<usize>,
-    /// A TOML file with any of: name, dir, listen, tls_dir, metrics_listen, threads (flags
-    /// and environment win).
+    /// The coordinator of automatic failover: `etcd=HOST:PORT[,HOST:PORT...]` (databases
+    /// created with `--failover auto` need one).
+    #[arg(long, env = "REPNODE_COORDINATOR", value_name = "etcd=HOST:PORT,...")]
+    coordinator: Option<String>,
+    /// The cluster's name in the coordinator: keys live under `/repnode/<cluster>/`.
+    #[arg(long, env = "REPNODE_CLUSTER")]
+    cluster: Option<String>,
+    /// `HOST:PORT` other servers reach this one at, as published to the coordinator
+    /// (default: the `--listen` address).
+    #[arg(long, env = "REPNODE_ADVERTISE")]
+    advertise: Option<String>,
+    /// etcd's CA certificate (PEM), for mutual TLS to etcd.
+    #[arg(long, env = "REPNODE_COORDINATOR_CACERT", requires_all = ["coordinator_cert", "coordinator_key"])]
+    coordinator_cacert: Option<PathBuf>,
+    /// This server's client certificate for etcd (PEM).
+    #[arg(
+        long,
+        env = "REPNODE_COORDINATOR_CERT",
+        requires = "coordinator_cacert"
+    )]
+    coordinator_cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long, env = "REPNODE_COORDINATOR_KEY", requires = "coordinator_cacert")]
+    coordinator_key: Option<PathBuf>,
+    /// A TOML file with any of: name, dir, listen, tls_dir, metrics_listen, threads,
+    /// coordinator, cluster, advertise, coordinator_cacert, coordinator_cert,
+    /// coordinator_key (flags and environment win).
     #[arg(long, env = "REPNODE_CONFIG")]
     config: Option<PathBuf>,
 }
@@ -58,6 +86,12 @@ pub struct ServeFile {
     tls_dir: Option<PathBuf>,
     metrics_listen: Option<String>,
     threads: Option<usize>,
+    coordinator: Option<String>,
+    cluster: Option<String>,
+    advertise: Option<String>,
+    coordinator_cacert: Option<PathBuf>,
+    coordinator_cert: Option<PathBuf>,
+    coordinator_key: Option<PathBuf>,
 }
 
 impl ServeFile {
@@ -86,6 +120,40 @@ pub struct ServeSettings {
     pub threads: Option<usize>,
     /// `--default-db` and the settings it is ensured with.
     pub default_db: Option<(String, DbSettings)>,
+    /// The coordinator of automatic failover, when given.
+    pub coordinator: Option<CoordinatorSettings>,
+    /// `--advertise`.
+    pub advertise: Option<String>,
+}
+
+/// `--coordinator` and what goes with it.
+#[derive(Debug, PartialEq)]
+pub struct CoordinatorSettings {
+    /// etcd's endpoints, `HOST:PORT`.
+    pub etcd: Vec<String>,
+    /// `--cluster`.
+    pub cluster: String,
+    /// `(ca, cert, key)` files for mutual TLS to etcd.
+    pub tls: Option<(PathBuf, PathBuf, PathBuf)>,
+}
+
+/// Parses `--coordinator etcd=HOST:PORT,...` into etcd's endpoints.
+fn parse_coordinator(text: &str) -> Result<Vec<String>> {
+    let endpoints = text.strip_prefix("etcd=").ok_or_else(|| {
+        anyhow!("--coordinator {text:?}: expected etcd=HOST:PORT[,HOST:PORT...] (etcd is the only coordinator)")
+    })?;
+    let endpoints: Vec<String> = endpoints.split(',').map(|e| e.trim().to_string()).collect();
+    for endpoint in &endpoints {
+        let port = endpoint
+            .rsplit_once(':')
+            .map(|(_, port)| port.parse::<u16>());
+        if !matches!(port, Some(Ok(p)) if p > 0) || endpoint.contains('/') {
+            return Err(anyhow!(
+                "--coordinator: {endpoint:?} is not HOST:PORT (no scheme: etcd=127.0.0.1:2379)"
+            ));
+        }
+    }
+    Ok(endpoints)
 }
 
 /// Combines flags (or their environment variables) with the config file: the flags win.
@@ -110,7 +178,36 @@ pub fn resolve(args: ServeArgs, file: ServeFile) -> Result<ServeSettings> {
         };
         (db, settings)
     });
+    let coordinator = match args.coordinator.or(file.coordinator) {
+        None => None,
+        Some(text) => {
+            let cluster = args
+                .cluster
+                .or(file.cluster)
+                .ok_or_else(|| anyhow!("--coordinator needs --cluster NAME"))?;
+            let ca = args.coordinator_cacert.or(file.coordinator_cacert);
+            let cert = args.coordinator_cert.or(file.coordinator_cert);
+            let key = args.coordinator_key.or(file.coordinator_key);
+            let tls = match (ca, cert, key) {
+                (Some(ca), Some(cert), Some(key)) => Some((ca, cert, key)),
+                (None, None, None) => None,
+                _ => {
+                    return Err(anyhow!(
+                        "mutual TLS to etcd needs all of --coordinator-cacert, \
+                         --coordinator-cert and --coordinator-key"
+                    ));
+                }
+            };
+            Some(CoordinatorSettings {
+                etcd: parse_coordinator(&text)?,
+                cluster,
+                tls,
+            })
+        }
+    };
     Ok(ServeSettings {
+        coordinator,
+        advertise: args.advertise.or(file.advertise),
         name,
         dir,
         listen: args
@@ -136,8 +233,14 @@ pub async fn serve(settings: ServeSettings) -> Result<()> {
         tls_dir,
         metrics_listen,
         default_db,
+        coordinator,
+        advertise,
         ..
     } = settings;
+    let coordinator = match coordinator {
+        Some(settings) => Some(connect_coordinator(settings).await?),
+        None => None,
+    };
     let identity = TlsIdentity::load(&tls_dir, &name)?;
     let transport = QuicTransport::bind(
         listen
@@ -147,7 +250,11 @@ pub async fn serve(settings: ServeSettings) -> Result<()> {
         QuicOptions::default(),
     )
     .await?;
-    let server = Server::start(&name, &dir, transport).await?;
+    let options = ServerOptions {
+        coordinator,
+        advertise,
+    };
+    let server = Server::start_with(&name, &dir, transport, options).await?;
     if let Some((db, settings)) = default_db {
         server.ensure_database(&db, settings).await?;
     }
@@ -174,6 +281,26 @@ pub async fn serve(settings: ServeSettings) -> Result<()> {
     eprintln!("repnode {name}: shutting down");
     server.shutdown().await;
     Ok(())
+}
+
+/// Connects to etcd (lazily: a server starts while etcd is down, and its databases under
+/// automatic failover wait for it).
+async fn connect_coordinator(settings: CoordinatorSettings) -> Result<Arc<dyn Coordinator>> {
+    let mut options = EtcdOptions::new(settings.etcd, settings.cluster);
+    if let Some((ca, cert, key)) = settings.tls {
+        let read = |path: &PathBuf| {
+            std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+        };
+        options.tls = Some(EtcdTls {
+            ca_pem: read(&ca)?,
+            cert_pem: read(&cert)?,
+            key_pem: read(&key)?,
+        });
+    }
+    let etcd = EtcdCoordinator::connect(options)
+        .await
+        .context("--coordinator")?;
+    Ok(Arc::new(etcd))
 }
 
 #[cfg(test)]
@@ -309,6 +436,49 @@ mod tests {
         assert_eq!(db, "app");
         assert_eq!(settings.replica_of.as_deref(), Some("127.0.0.1:7440/app"));
         assert_eq!(settings.sync_acks, None);
+    }
+
+    #[test]
+    fn the_coordinator_is_etcd_endpoints_with_a_cluster() {
+        let base = ["--name", "n1", "--dir", "d"];
+        let with = |extra: &[&str]| {
+            let words: Vec<&str> = base.iter().chain(extra).copied().collect();
+            resolve(args(&words), ServeFile::default())
+        };
+        let settings = with(&[
+            "--coordinator",
+            "etcd=127.0.0.1:2379,10.0.0.2:2379",
+            "--cluster",
+            "prod",
+        ])
+        .expect("resolves");
+        let coordinator = settings.coordinator.expect("a coordinator");
+        assert_eq!(coordinator.etcd, vec!["127.0.0.1:2379", "10.0.0.2:2379"]);
+        assert_eq!(coordinator.cluster, "prod");
+        assert_eq!(coordinator.tls, None);
+        let refused = |extra: &[&str]| with(extra).expect_err("refused").to_string();
+        assert!(refused(&["--coordinator", "etcd=127.0.0.1:2379"]).contains("--cluster"));
+        assert!(refused(&["--coordinator", "consul=1:2", "--cluster", "c"]).contains("etcd="));
+        assert!(
+            refused(&[
+                "--coordinator",
+                "etcd=http://127.0.0.1:2379",
+                "--cluster",
+                "c"
+            ])
+            .contains("not HOST:PORT")
+        );
+        assert!(
+            refused(&["--coordinator", "etcd=h:0", "--cluster", "c"]).contains("not HOST:PORT")
+        );
+        let file =
+            file("coordinator = \"etcd=h:2379\"\ncluster = \"from-file\"\nadvertise = \"h:7440\"");
+        let settings = resolve(args(&base), file).expect("resolves");
+        assert_eq!(
+            settings.coordinator.expect("from the file").cluster,
+            "from-file"
+        );
+        assert_eq!(settings.advertise.as_deref(), Some("h:7440"));
     }
 
     #[test]

@@ -12,6 +12,7 @@ fn report(role: &str, epoch: u64, committed: u64, durable: u64, hash: &str) -> S
         epoch,
         epoch_primary: None,
         last_rollback: None,
+        failover: None,
         last_epoch: epoch,
         committed: Position {
             tx_id: committed,
@@ -524,4 +525,35 @@ fn a_log_of_an_older_epoch_could_miss_everything_past_its_commit_point() {
         .collect();
     // n2's transactions 6 to 9 are of epoch 1, which n3's primary superseded after tx 5.
     assert_eq!(missing, [("n3", 0, true), ("n2", 2, false)]);
+}
+
+#[test]
+fn failover_proofs_follow_the_plans_rule() {
+    use replication_core::coordinator::Proof;
+    let members = vec!["n2/app".to_string(), "n3/app".into(), "n4/app".into()];
+    let proof = |voters: &[&str], needed| Proof {
+        voters: voters.iter().map(|v| v.to_string()).collect(),
+        needed,
+    };
+    let of = |text: &str| proofs(&text.parse::<Quorum>().expect("a policy"), &members);
+    // k of the named voters: n - k + 1 of them.
+    assert_eq!(of("any 1 (n2,n3)"), vec![proof(&["n2", "n3"], 2)]);
+    assert_eq!(
+        of("first 2 (n2,n3,n4)"),
+        vec![proof(&["n2", "n3", "n4"], 2)]
+    );
+    // k of the membership.
+    assert_eq!(of("acks 2"), vec![proof(&["n2", "n3", "n4"], 2)]);
+    // `majority` may have committed on one copy while the membership was smaller: all.
+    assert_eq!(of("majority"), vec![proof(&["n2", "n3", "n4"], 3)]);
+    assert_eq!(
+        of("majority (n2,n3,n4)"),
+        vec![proof(&["n2", "n3", "n4"], 2)]
+    );
+    // Each part of `A and B` is a proof of its own; async proves nothing.
+    assert_eq!(
+        of("any 1 (n2) and acks 2"),
+        vec![proof(&["n2"], 1), proof(&["n2", "n3", "n4"], 2)]
+    );
+    assert!(of("async").is_empty());
 }

@@ -105,6 +105,9 @@ pub enum SettingError {
     /// A store other than `file` or `mem`.
     #[error("--store {0:?}: expected file or mem")]
     Store(String),
+    /// Failover settings that cannot work.
+    #[error("{0}")]
+    Failover(String),
 }
 
 /// Why a database could not be opened.
@@ -163,8 +166,38 @@ pub(crate) fn check(settings: &DbSettings) -> Result<(), SettingError> {
     if let Some(text) = &settings.replica_of {
         parse_replica_of(text)?;
     }
+    let refused = |why: &str| Err(SettingError::Failover(why.to_string()));
+    match settings.failover.as_deref() {
+        None | Some("manual") => {}
+        Some("auto") if settings.external_replicator => {
+            return refused(
+                "--failover auto: a database fed by an external replicator cannot be elected",
+            );
+        }
+        Some("auto") => {}
+        Some(other) => {
+            return Err(SettingError::Failover(format!(
+                "--failover {other:?}: expected auto or manual"
+            )));
+        }
+    }
+    // etcd grants no lease shorter than its own minimum (about 2 s with its defaults).
+    if settings
+        .lease_ttl
+        .is_some_and(|ttl| !(2..=3600).contains(&ttl))
+    {
+        return refused("--lease-ttl: expected 2 to 3600 seconds");
+    }
     Ok(())
 }
+
+/// The lease time to live of a database under automatic failover.
+pub(crate) fn lease_ttl(settings: &DbSettings) -> std::time::Duration {
+    std::time::Duration::from_secs(settings.lease_ttl.unwrap_or(DEFAULT_LEASE_TTL_SECS))
+}
+
+/// The default `--lease-ttl`.
+pub(crate) const DEFAULT_LEASE_TTL_SECS: u64 = 5;
 
 /// Opens database `db` of server `server_name` with its log in `log_dir`, replaying the
 /// log into a new store; replicas reach their source, and are reached, through `transport`.
@@ -191,7 +224,13 @@ pub(crate) async fn open(
     if let Some(prefetch) = settings.prefetch_buffer {
         config.prefetch_buffer = prefetch.max(1);
     }
-    config.allow_tx_discarding = settings.allow_tx_discarding.unwrap_or(false);
+    // Under automatic failover an old primary rejoins the elected one: what it holds beyond
+    // its commit point was never acknowledged, and is dropped (kept in a rollback file).
+    let automatic = settings.automatic_failover();
+    config.allow_tx_discarding = settings.allow_tx_discarding.unwrap_or(automatic);
+    // The coordinator grants the writes: nothing acknowledged, nor any replica served, before
+    // the agent reports a lease.
+    config.leased = automatic;
     // Never a setting: an operator allows one rewind, for this run of the engine.
     config.allow_rewind = allow_rewind;
     config.min_epoch = Epoch(settings.min_epoch.unwrap_or(0));

@@ -63,6 +63,28 @@ pub enum ServerError {
         /// The new primary (`HOST:PORT`).
         to: String,
     },
+    /// The local address could not be read.
+    #[error("reading the listening address: {0}")]
+    Listen(String),
+    /// An elected database whose engine began another epoch than the coordinator granted.
+    #[error(
+        "database {db:?} was granted epoch {granted} but its log made it begin {began}; it \
+         campaigns again above it"
+    )]
+    EpochNotGranted {
+        /// The database.
+        db: String,
+        /// The epoch the coordinator granted.
+        granted: u64,
+        /// The epoch the engine began.
+        began: u64,
+    },
+    /// A manual promotion or switchover of a database the coordinator elects.
+    #[error(
+        "database {0:?} fails over automatically: the coordinator elects its primary (db \
+         update --failover manual first)"
+    )]
+    AutomaticFailover(String),
     /// A switchover of a database that is not a primary here.
     #[error("database {0:?} is not a primary here: nothing to switch over")]
     NotPrimaryHere(String),
@@ -128,12 +150,14 @@ impl ServerError {
             | ServerError::BadSettings(_)
             | ServerError::BadMember(_)
             | ServerError::BadTarget(_) => ErrorKind::BadSetting,
-            ServerError::Write(WriteError::NotPrimary { .. })
+            // No lease: nothing was appended, and the elected primary takes the write.
+            ServerError::Write(WriteError::NotPrimary { .. } | WriteError::NoLease)
             | ServerError::NotPrimary { .. }
             | ServerError::SwitchingOver { .. } => ErrorKind::NotPrimary,
             ServerError::NotAReplica(_)
             | ServerError::NotPrimaryHere(_)
-            | ServerError::RewindNeedsReplica(_) => ErrorKind::Refused,
+            | ServerError::RewindNeedsReplica(_)
+            | ServerError::AutomaticFailover(_) => ErrorKind::Refused,
             // Appended (or possibly appended) but not known to be committed.
             ServerError::Write(
                 WriteError::Timeout { .. }

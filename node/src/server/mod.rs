@@ -15,12 +15,15 @@
 mod catalog;
 mod database;
 mod error;
+mod failover;
 mod ops;
 mod router;
 mod session;
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
+
+use replication_core::coordinator::Coordinator;
 
 use transport_quic::QuicTransport;
 
@@ -32,12 +35,27 @@ pub(crate) use error::chain as error_chain;
 use crate::wire::DbSettings;
 use catalog::Catalog;
 use database::Database;
+use failover::Coordination;
 
 /// A running server.
 pub struct Server {
     name: String,
     transport: Arc<QuicTransport>,
     catalog: Catalog,
+    /// The coordinator of automatic failover, and the agents of the databases under it.
+    coordination: Option<Coordination>,
+    /// This server, for the tasks it starts (failover agents), which must not keep it alive.
+    me: Weak<Server>,
+}
+
+/// What a server runs with beyond its name, directory and transport.
+#[derive(Clone, Default)]
+pub struct ServerOptions {
+    /// The coordinator of automatic failover (`serve --coordinator`); without one, a database
+    /// with `--failover auto` is refused.
+    pub coordinator: Option<Arc<dyn Coordinator>>,
+    /// `HOST:PORT` other servers reach this one at (default: the address it listens on).
+    pub advertise: Option<String>,
 }
 
 impl Server {
@@ -50,10 +68,35 @@ impl Server {
         dir: &Path,
         transport: QuicTransport,
     ) -> Result<Arc<Server>, ServerError> {
-        let server = Arc::new(Server {
+        Server::start_with(name, dir, transport, ServerOptions::default()).await
+    }
+
+    /// [`start`](Server::start), with a coordinator for automatic failover.
+    ///
+    /// # Errors
+    /// As [`start`](Server::start); a database under automatic failover without a
+    /// coordinator.
+    pub async fn start_with(
+        name: &str,
+        dir: &Path,
+        transport: QuicTransport,
+        options: ServerOptions,
+    ) -> Result<Arc<Server>, ServerError> {
+        let advertise = match options.advertise {
+            Some(address) => address,
+            None => transport
+                .local_addr()
+                .map_err(|e| ServerError::Listen(e.to_string()))?
+                .to_string(),
+        };
+        let server = Arc::new_cyclic(|me| Server {
             name: name.to_string(),
             transport: Arc::new(transport),
             catalog: Catalog::new(Layout::new(dir)),
+            coordination: options
+                .coordinator
+                .map(|coordinator| Coordination::new(coordinator, advertise)),
+            me: me.clone(),
         });
         for db in server.catalog.to_load()? {
             let settings = server.catalog.read_settings(&db)?;
@@ -62,10 +105,11 @@ impl Server {
                 .reserve(&db)
                 .ok_or_else(|| ServerError::AlreadyLoaded(db.clone()))?;
             let database = server
-                .open(&db, settings)
+                .open(&db, settings.clone())
                 .await
                 .map_err(ServerError::OpenFailed)?;
             reservation.fill(database);
+            server.start_agent(&db, &settings)?;
         }
         tokio::spawn(server.clone().route_channels());
         Ok(server)
@@ -104,6 +148,9 @@ impl Server {
 
     /// Stops every database: waiting writes are answered as of unknown outcome, logs closed.
     pub async fn shutdown(&self) {
+        // First the agents: a leader's lease is revoked, and no agent acts on a database
+        // being closed.
+        self.stop_agents().await;
         for slot in self.catalog.take_all() {
             // Waits for a database still opening, then stops it.
             let database = slot.write().await.take();

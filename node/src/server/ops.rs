@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use replication_core::engine::{EngineStatus, Role, UpstreamState, WriteReceipt};
+use replication_core::engine::{EngineStatus, Role, UpstreamState, WriteError, WriteReceipt};
 use replication_core::types::ParseReplicaIdError;
 use replication_core::{ReplicaId, Tx, TxId};
 
@@ -50,10 +50,16 @@ impl Server {
             to,
         })?;
         let started = Instant::now();
-        let receipt = node
-            .write(KvTx { ops }.encode())
-            .await
-            .map_err(ServerError::Write)?;
+        let receipt = match node.write(KvTx { ops }.encode()).await {
+            Ok(receipt) => receipt,
+            // Not the elected primary (any more): the client follows the one that is.
+            Err(WriteError::NoLease) if self.elected_elsewhere(db).is_some() => {
+                return Err(ServerError::NotPrimary {
+                    via: self.elected_elsewhere(db),
+                });
+            }
+            Err(error) => return Err(ServerError::Write(error)),
+        };
         latency.observe(started.elapsed());
         Ok(receipt)
     }
@@ -117,6 +123,7 @@ impl Server {
         Ok(StatusReport {
             policy,
             waiting_writes,
+            failover: self.failover_report(db, &settings),
             ..status_report(db, status)
         })
     }
@@ -134,6 +141,7 @@ impl Server {
         if !to.contains(':') || to.contains(char::is_whitespace) || to.contains('/') {
             return Err(ServerError::BadTarget(to.to_string()));
         }
+        self.refuse_if_automatic(db).await?;
         let (settings, gate) = self
             .with_database(db, |d| (d.settings.clone(), d.gate.clone()))
             .await?;
@@ -209,6 +217,7 @@ impl Server {
             return Err(exists());
         }
         database::check(&settings).map_err(|e| ServerError::BadSettings(e.into()))?;
+        self.check_coordinator(&settings)?;
         let database = self
             .open(name, settings.clone())
             .await
@@ -218,7 +227,7 @@ impl Server {
             return Err(error.into());
         }
         reservation.fill(database);
-        Ok(())
+        self.start_agent(name, &settings)
     }
 
     /// Applies new settings: a new policy takes effect at once, on waiting writes too; other
@@ -238,6 +247,24 @@ impl Server {
         allow_rewind: bool,
     ) -> Result<(), ServerError> {
         let unknown = || ServerError::UnknownDatabase(name.to_string());
+        // The agent is stopped before the database's slot is taken: it may be waiting for
+        // that slot itself.
+        let current = self.with_database(name, |d| d.settings.clone()).await?;
+        let failover_changed = changes.failover.is_some() && changes.failover != current.failover
+            || changes.lease_ttl.is_some() && changes.lease_ttl != current.lease_ttl
+            || changes.max_lag_on_failover.is_some()
+                && changes.max_lag_on_failover != current.max_lag_on_failover;
+        if failover_changed {
+            // Refused settings leave the agent running.
+            let proposed = DbSettings {
+                failover: changes.failover.clone().or(current.failover.clone()),
+                lease_ttl: changes.lease_ttl.or(current.lease_ttl),
+                ..current.clone()
+            };
+            database::check(&proposed).map_err(|e| ServerError::BadSettings(e.into()))?;
+            self.check_coordinator(&proposed)?;
+            self.stop_agent(name).await;
+        }
         let slot = self.catalog.slot(name).ok_or_else(unknown)?;
         let mut guard = slot.write().await;
         let database = guard.as_mut().ok_or_else(unknown)?;
@@ -267,22 +294,62 @@ impl Server {
         if allow_rewind && (settings.replica_of.is_none() || settings.external_replicator) {
             return Err(ServerError::RewindNeedsReplica(name.to_string()));
         }
+        // A change of failover settings restarts the agent (stopped above; stopping a
+        // leader's hands its key over); of mode, the engine too (a primary under automatic
+        // failover writes only under a lease).
+        let was_automatic = settings.automatic_failover();
+        settings.failover = changes.failover.or(settings.failover);
+        settings.lease_ttl = changes.lease_ttl.or(settings.lease_ttl);
+        settings.max_lag_on_failover = changes.max_lag_on_failover.or(settings.max_lag_on_failover);
+        database::check(&settings).map_err(bad)?;
+        self.check_coordinator(&settings)?;
+        let restart = restart || was_automatic != settings.automatic_failover();
         self.catalog.persist(name, &settings)?;
         if restart {
-            self.restart(name, database, settings, allow_rewind).await?;
+            self.restart(name, database, settings.clone(), allow_rewind)
+                .await?;
         } else {
             database
                 .node
                 .set_policy(Arc::new(policy))
                 .await
                 .map_err(|_| ServerError::PolicyNotApplied)?;
-            database.settings = settings;
+            database.settings = settings.clone();
+        }
+        if failover_changed {
+            self.start_agent(name, &settings)?;
         }
         Ok(())
     }
 
+    /// Refuses settings under automatic failover on a server without a coordinator.
+    fn check_coordinator(&self, settings: &DbSettings) -> Result<(), ServerError> {
+        if settings.automatic_failover() && self.coordination.is_none() {
+            return Err(ServerError::BadSettings(
+                database::SettingError::Failover(
+                    "--failover auto needs a coordinator: serve --coordinator etcd=HOST:PORT \
+                     --cluster NAME"
+                        .into(),
+                )
+                .into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Refuses an operator's promotion or switchover of a database the coordinator elects.
+    async fn refuse_if_automatic(&self, db: &str) -> Result<(), ServerError> {
+        let automatic = self
+            .with_database(db, |d| d.settings.automatic_failover())
+            .await?;
+        match automatic {
+            true => Err(ServerError::AutomaticFailover(db.to_string())),
+            false => Ok(()),
+        }
+    }
+
     /// Restarts `database` with `settings`, which are persisted already.
-    async fn restart(
+    pub(super) async fn restart(
         &self,
         name: &str,
         database: &mut Database,
@@ -346,6 +413,7 @@ impl Server {
         sync_acks: Option<u32>,
         above_epoch: Option<u64>,
     ) -> Result<StatusReport, ServerError> {
+        self.refuse_if_automatic(name).await?;
         let unknown = || ServerError::UnknownDatabase(name.to_string());
         let slot = self.catalog.slot(name).ok_or_else(unknown)?;
         let node = {
@@ -420,13 +488,14 @@ impl Server {
             return Err(ServerError::UnknownDatabase(name.to_string()));
         }
         let settings = self.catalog.read_settings(name)?;
+        self.check_coordinator(&settings)?;
         let database = self
-            .open(name, settings)
+            .open(name, settings.clone())
             .await
             .map_err(ServerError::OpenFailed)?;
         self.catalog.clear_unloaded(name);
         reservation.fill(database);
-        Ok(())
+        self.start_agent(name, &settings)
     }
 
     /// Stops serving a database, keeping its data; it stays unloaded across restarts.
@@ -437,6 +506,7 @@ impl Server {
     pub async fn unload(&self, name: &str) -> Result<(), ServerError> {
         let unknown = || ServerError::UnknownDatabase(name.to_string());
         let slot = self.catalog.slot(name).ok_or_else(unknown)?;
+        self.stop_agent(name).await;
         let database = {
             let mut guard = slot.write().await;
             let database = guard.take().ok_or_else(unknown)?;
@@ -470,17 +540,18 @@ impl Server {
     pub async fn metric_snapshots(&self) -> Vec<Snapshot> {
         let mut snapshots = Vec::new();
         for (db, slot) in self.catalog.slots() {
-            let Some((node, store, commit_latency)) = slot
-                .read()
-                .await
-                .as_ref()
-                .map(|d| (d.node.clone(), d.store.clone(), d.commit_latency.clone()))
+            let Some((node, store, commit_latency, settings)) =
+                slot.read().await.as_ref().map(|d| {
+                    let latency = d.commit_latency.clone();
+                    (d.node.clone(), d.store.clone(), latency, d.settings.clone())
+                })
             else {
                 continue;
             };
             let Ok(status) = node.status().await else {
                 continue;
             };
+            let failover = self.failover_report(&db, &settings);
             snapshots.push(Snapshot {
                 db,
                 commit_latency,
@@ -490,6 +561,7 @@ impl Server {
                 applied: store.applied_tx().0,
                 applied_bytes: store.applied_bytes(),
                 replicas: replica_reports(status.replicas),
+                failover,
             });
         }
         snapshots
@@ -565,6 +637,7 @@ fn status_report(db: &str, status: EngineStatus) -> StatusReport {
             committed_to_tx_id: r.committed_to.map(|tx| tx.0),
             file: r.location,
         }),
+        failover: None,
     }
 }
 

@@ -47,9 +47,10 @@ impl AgentConfig {
     }
 
     /// How long the leader key stays vacant before anyone campaigns, so that every live
-    /// member has published its final position: two cycles.
+    /// member has published its position since (a cycle; the last leader stopped
+    /// acknowledging before its lease, and so its key, could expire).
     pub fn settle(&self) -> Duration {
-        self.cycle() * 2
+        self.cycle()
     }
 }
 
@@ -73,6 +74,8 @@ pub struct LocalView {
     /// Under its policy, which members' positions prove where every acknowledged write is
     /// ([`CommitRecord::proofs`]).
     pub proofs: Vec<Proof>,
+    /// Its policy's text form, published for the next leader ([`CommitRecord::policy`]).
+    pub policy: Option<String>,
 }
 
 /// What the agent asks its runner to do, in order.
@@ -90,8 +93,12 @@ pub enum Action {
     Lead {
         /// The epoch the coordinator granted.
         epoch: Epoch,
+        /// The last leader's policy, to adopt unless the local database has one of its own.
+        policy: Option<String>,
     },
-    /// The local primary may acknowledge writes until `until`.
+    /// The local primary may acknowledge writes until `until`, counting the acknowledgements
+    /// of the voters of the last commit record the coordinator accepted (the runner knows
+    /// which: it carried out the [`Action::PublishCommit`] before this).
     Lease {
         /// The deadline, in the agent's time.
         until: Timestamp,
@@ -146,8 +153,11 @@ pub struct FailoverAgent {
     config: AgentConfig,
     /// The lease and when its last successful grant or renewal was sent.
     lease: Option<(LeaseId, Timestamp)>,
-    /// Since when the leader key has been seen vacant.
-    vacant_since: Option<Timestamp>,
+    /// Since when the leader key has been seen vacant, and the coordinator's revision then:
+    /// only records published after it count as fresh.
+    vacant_since: Option<(Timestamp, u64)>,
+    /// The last leader's policy, as last read: what a new leader adopts.
+    last_policy: Option<String>,
     status: AgentStatus,
 }
 
@@ -158,6 +168,7 @@ impl FailoverAgent {
             config,
             lease: None,
             vacant_since: None,
+            last_policy: None,
             status: AgentStatus::default(),
         }
     }
@@ -170,6 +181,13 @@ impl FailoverAgent {
     /// What an operator sees.
     pub fn status(&self) -> &AgentStatus {
         &self.status
+    }
+
+    /// Whether the next cycle should come soon rather than a whole cycle later: the leader
+    /// key is vacant and this member waits for the others' positions (they publish as soon
+    /// as they see the key vacated).
+    pub fn poll_soon(&self) -> bool {
+        self.vacant_since.is_some()
     }
 
     /// The lease it holds.
@@ -228,6 +246,9 @@ impl FailoverAgent {
     pub fn decide(&mut self, now: Timestamp, local: &LocalView, view: &ClusterView) -> Vec<Action> {
         self.status.leader = view.leader.clone();
         self.status.not_campaigning = None;
+        if let Some(commit) = &view.last_commit {
+            self.last_policy = commit.policy.clone();
+        }
         let mut out = Vec::new();
         let Some((lease, sent)) = self.lease else {
             // Without a lease nothing is published or claimed, but a leader is followed.
@@ -245,19 +266,23 @@ impl FailoverAgent {
             Some(leader) if leader.member == self.config.member && leader.lease == lease => {
                 self.vacant_since = None;
                 if local.role == MemberRole::Primary && local.epoch == leader.epoch {
-                    let until = sent.plus(self.config.ttl.saturating_sub(self.config.margin()));
-                    self.status.lease_until = Some(until);
-                    out.push(Action::Lease { until });
+                    // The commit point and its voters first: the lease that follows lets
+                    // the engine count only the voters the coordinator holds.
                     out.push(Action::PublishCommit(CommitRecord {
                         member: self.config.member.clone(),
                         epoch: leader.epoch,
                         committed: local.committed,
                         synchronous: local.synchronous,
                         proofs: local.proofs.clone(),
+                        policy: local.policy.clone(),
                     }));
+                    let until = sent.plus(self.config.ttl.saturating_sub(self.config.margin()));
+                    self.status.lease_until = Some(until);
+                    out.push(Action::Lease { until });
                 } else {
                     out.push(Action::Lead {
                         epoch: leader.epoch,
+                        policy: self.last_policy.clone(),
                     });
                 }
             }
@@ -274,13 +299,21 @@ impl FailoverAgent {
                 self.follow(local, leader, &mut out);
             }
             None => {
-                let since = *self.vacant_since.get_or_insert(now);
-                if now.since(since) < self.config.settle() {
+                let (since, vacated) = *self.vacant_since.get_or_insert((now, view.revision));
+                // Every other member published since the vacancy was seen: their positions
+                // are final, no need to wait out the settle time (a member that stopped
+                // publishing, dead with its lease still alive, is waited for until then).
+                let all_fresh = view
+                    .members
+                    .iter()
+                    .filter(|m| m.member != self.config.member)
+                    .all(|m| m.revision > vacated);
+                if now.since(since) < self.config.settle() && !all_fresh {
                     self.status.not_campaigning = Some(
                         "the leader key is vacant: waiting for every member's position".into(),
                     );
                 } else {
-                    match self.eligibility(local, view) {
+                    match self.eligibility(local, view, vacated) {
                         Ok(above) => out.push(Action::Campaign { above }),
                         Err(why) => self.status.not_campaigning = Some(why),
                     }
@@ -302,7 +335,10 @@ impl FailoverAgent {
                 self.status.elections_won += 1;
                 tracing::warn!(member = %self.config.member, %epoch, "won the leader key");
                 self.vacant_since = None;
-                out.push(Action::Lead { epoch });
+                out.push(Action::Lead {
+                    epoch,
+                    policy: self.last_policy.clone(),
+                });
             }
             Ok(Campaign::Held(leader)) => {
                 self.follow(local, &leader, &mut out);
@@ -332,18 +368,40 @@ impl FailoverAgent {
             last_epoch: local.last_epoch,
             durable: local.durable,
             committed: local.committed,
+            revision: 0,
         }
     }
 
     /// Whether this member may campaign for the vacant key, and above which epoch; or why
-    /// not.
-    fn eligibility(&self, local: &LocalView, view: &ClusterView) -> Result<Epoch, String> {
+    /// not. Records of revision `vacated` or older may predate the last leader's end: they
+    /// rank (a member may be more advanced than it published), but prove nothing (a member
+    /// that stopped publishing may hold writes acknowledged since).
+    fn eligibility(
+        &self,
+        local: &LocalView,
+        view: &ClusterView,
+        vacated: u64,
+    ) -> Result<Epoch, String> {
         let mine = (local.last_epoch, local.durable.tx_id.0);
         let others: Vec<&MemberRecord> = view
             .members
             .iter()
             .filter(|m| m.member != self.config.member)
             .collect();
+        for other in &others {
+            if other.rank() > mine {
+                return Err(format!(
+                    "{} is more advanced (transaction {} of epoch {})",
+                    other.member, other.durable.tx_id, other.last_epoch
+                ));
+            }
+            if other.rank() == mine && other.durable.hash != local.durable.hash {
+                return Err(format!(
+                    "{} holds another transaction {}: the logs diverged",
+                    other.member, other.durable.tx_id
+                ));
+            }
+        }
         match &view.last_commit {
             // No leader ever: the database created as the primary takes the key first.
             None if local.role != MemberRole::Primary => {
@@ -372,6 +430,7 @@ impl FailoverAgent {
                 let seen = || {
                     others
                         .iter()
+                        .filter(|m| m.revision > vacated)
                         .map(|m| m.member.as_str())
                         .chain([self.config.member.as_str()])
                 };
@@ -382,8 +441,9 @@ impl FailoverAgent {
                         .map(|p| format!("{} of {}", p.needed, p.voters.join(",")))
                         .collect();
                     return Err(format!(
-                        "the live members ({}) cannot prove that they hold every acknowledged \
-                         write: the last leader's policy needs {}",
+                        "the members that published since the leader key was vacated ({}) \
+                         cannot prove that they hold every acknowledged write: the last \
+                         leader's policy needs {}",
                         seen().collect::<Vec<_>>().join(","),
                         if needs.is_empty() {
                             "copies it did not name".to_string()
@@ -410,20 +470,6 @@ impl FailoverAgent {
                         self.config.max_lag_on_failover
                     ));
                 }
-            }
-        }
-        for other in &others {
-            if other.rank() > mine {
-                return Err(format!(
-                    "{} is more advanced (transaction {} of epoch {})",
-                    other.member, other.durable.tx_id, other.last_epoch
-                ));
-            }
-            if other.rank() == mine && other.durable.hash != local.durable.hash {
-                return Err(format!(
-                    "{} holds another transaction {}: the logs diverged",
-                    other.member, other.durable.tx_id
-                ));
             }
         }
         let above = others

@@ -91,6 +91,11 @@ pub struct MemberRecord {
     pub durable: LogPosition,
     /// Its commit point.
     pub committed: LogPosition,
+    /// The coordinator's revision of the record as read (0 when publishing): a record newer
+    /// than the revision at which a reader first saw the leader key vacant was published
+    /// after the last leader stopped, so it holds every write acknowledged through it.
+    #[serde(default)]
+    pub revision: u64,
 }
 
 impl MemberRecord {
@@ -115,6 +120,9 @@ pub struct CommitRecord {
     /// positions it sees (its own included) hold every write the policy acknowledged: one
     /// proof that holds is enough (`A and B` policies have one per part).
     pub proofs: Vec<Proof>,
+    /// The leader's quorum policy, in its node's text form: the next leader adopts it unless
+    /// it was given one of its own.
+    pub policy: Option<String>,
 }
 
 /// Any `needed` of `voters` include one member that holds every acknowledged write: for a
@@ -152,6 +160,9 @@ pub struct ClusterView {
     pub last_commit: Option<CommitRecord>,
     /// The highest epoch the coordinator granted.
     pub epoch: Epoch,
+    /// The coordinator's revision this view reflects: every record published after it was
+    /// read has a higher one.
+    pub revision: u64,
 }
 
 /// The outcome of a campaign for the leader key.

@@ -27,12 +27,14 @@ pub trait FailoverTarget: Send + Sync + 'static {
     /// Its role, epoch and positions, and what its policy needs.
     async fn local(&self) -> Result<LocalView, TargetError>;
     /// Makes it the primary of exactly `epoch`, writing under a lease (no write is
-    /// acknowledged before [`grant`](FailoverTarget::grant)).
-    async fn lead(&self, epoch: Epoch) -> Result<(), TargetError>;
+    /// acknowledged before [`grant`](FailoverTarget::grant)), under `policy` (the last
+    /// leader's) unless it has a policy of its own.
+    async fn lead(&self, epoch: Epoch, policy: Option<&str>) -> Result<(), TargetError>;
     /// Makes it a replica of `leader`, by the rejoin rules.
     async fn follow(&self, leader: &LeaderRecord) -> Result<(), TargetError>;
-    /// The primary may acknowledge writes until `until`.
-    async fn grant(&self, until: Instant) -> Result<(), TargetError>;
+    /// The primary may acknowledge writes until `until`, counting only the acknowledgements
+    /// of `voters` (node names): those the coordinator holds as the policy's voters.
+    async fn grant(&self, until: Instant, voters: &[String]) -> Result<(), TargetError>;
 }
 
 /// What an operator sees of a running agent, with its times as instants.
@@ -99,6 +101,7 @@ pub fn spawn<C: Coordinator + ?Sized, T: FailoverTarget>(
         agent: FailoverAgent::new(config),
         status: status_tx,
         target_error: None,
+        published_voters: Vec::new(),
     };
     let task = tokio::spawn(runner.run(stopped));
     FailoverHandle {
@@ -116,6 +119,9 @@ struct Runner<C: ?Sized, T> {
     agent: FailoverAgent,
     status: watch::Sender<FailoverStatus>,
     target_error: Option<String>,
+    /// The voters of the last commit record the coordinator accepted from this member: the
+    /// only members whose acknowledgements the local primary counts.
+    published_voters: Vec<String>,
 }
 
 impl<C: Coordinator + ?Sized, T: FailoverTarget> Runner<C, T> {
@@ -141,7 +147,8 @@ impl<C: Coordinator + ?Sized, T: FailoverTarget> Runner<C, T> {
             };
             tokio::select! {
                 _ = &mut stopped => break,
-                () = tokio::time::sleep(self.agent.config().cycle()) => {}
+                () = tokio::time::sleep(self.next_cycle()) => {}
+                () = self.voters_changed() => {}
                 change = changed => {
                     if !matches!(change, Some(Ok(()))) {
                         leader_watch = None;
@@ -151,6 +158,35 @@ impl<C: Coordinator + ?Sized, T: FailoverTarget> Runner<C, T> {
         }
         if let Some(lease) = self.agent.lease() {
             let _ = self.call(self.coordinator.revoke_lease(lease)).await;
+        }
+    }
+
+    /// When the next cycle runs, unless woken earlier.
+    fn next_cycle(&self) -> std::time::Duration {
+        match self.agent.poll_soon() {
+            true => self.agent.config().cycle() / 8,
+            false => self.agent.config().cycle(),
+        }
+    }
+
+    /// Returns once the local primary's voters differ from those published (a replica
+    /// joined): it counts a new member only once the coordinator holds it, so the next cycle
+    /// runs at once rather than a whole cycle later. Never returns when not leading.
+    async fn voters_changed(&self) {
+        if self.agent.status().lease_until.is_none() {
+            return std::future::pending().await;
+        }
+        loop {
+            tokio::time::sleep(self.agent.config().cycle() / 8).await;
+            if let Ok(local) = self.target.local().await {
+                let mut voters: Vec<&String> =
+                    local.proofs.iter().flat_map(|p| p.voters.iter()).collect();
+                voters.sort();
+                voters.dedup();
+                if !voters.iter().copied().eq(self.published_voters.iter()) {
+                    return;
+                }
+            }
         }
     }
 
@@ -221,8 +257,18 @@ impl<C: Coordinator + ?Sized, T: FailoverTarget> Runner<C, T> {
             Action::PublishCommit(record) => {
                 if let Some(lease) = lease {
                     let published = self.coordinator.publish_commit(&self.db, &record, lease);
-                    if let Err(error) = self.call(published).await {
-                        self.agent.on_error(error);
+                    match self.call(published).await {
+                        Ok(()) => {
+                            let mut voters: Vec<String> = record
+                                .proofs
+                                .iter()
+                                .flat_map(|proof| proof.voters.iter().cloned())
+                                .collect();
+                            voters.sort();
+                            voters.dedup();
+                            self.published_voters = voters;
+                        }
+                        Err(error) => self.agent.on_error(error),
                     }
                 }
                 false
@@ -244,9 +290,9 @@ impl<C: Coordinator + ?Sized, T: FailoverTarget> Runner<C, T> {
                 }
                 again
             }
-            Action::Lead { epoch } => {
+            Action::Lead { epoch, policy } => {
                 tracing::warn!(db = %self.db, %epoch, "leading: restarting as the primary of the coordinator's epoch");
-                let led = self.target.lead(epoch).await;
+                let led = self.target.lead(epoch, policy.as_deref()).await;
                 self.target_done(led)
             }
             Action::Follow(leader) => {
@@ -255,7 +301,8 @@ impl<C: Coordinator + ?Sized, T: FailoverTarget> Runner<C, T> {
                 self.target_done(followed)
             }
             Action::Lease { until } => {
-                let granted = self.target.grant(self.clock.instant_of(until)).await;
+                let until = self.clock.instant_of(until);
+                let granted = self.target.grant(until, &self.published_voters).await;
                 if let Err(error) = granted {
                     self.target_failed(error);
                 }

@@ -26,7 +26,7 @@ use crate::protocol::{self, MAX_FRAME_SIZE, Message};
 use crate::quorum::QuorumPolicy;
 use crate::state_machine::StateMachine;
 use crate::transport::{Channel, Transport};
-use crate::types::{Epoch, ReplicaId, Tx, TxId};
+use crate::types::{Epoch, NodeId, ReplicaId, Tx, TxId};
 
 pub use clock::Clock;
 pub use rollback::{RollbackFile, RollbackSink};
@@ -87,7 +87,11 @@ enum Request {
     },
     Status(oneshot::Sender<EngineStatus>),
     SetPolicy(Arc<dyn QuorumPolicy>, oneshot::Sender<()>),
-    Lease(tokio::time::Instant, oneshot::Sender<()>),
+    Lease(
+        tokio::time::Instant,
+        Option<Vec<NodeId>>,
+        oneshot::Sender<()>,
+    ),
     RemoveMember(ReplicaId, oneshot::Sender<bool>),
     Attach(Channel),
     Shutdown(oneshot::Sender<()>),
@@ -272,14 +276,19 @@ impl Node {
     /// Tells a [`leased`](crate::engine::EngineConfig::leased) primary that the coordinator
     /// granted or renewed its leader lease: it may acknowledge writes until `until`. The
     /// caller computes `until` from when it *sent* the renewal, plus the lease's time to live,
-    /// minus a margin (see [`crate::coordinator`]).
+    /// minus a margin (see [`crate::coordinator`]); only the acknowledgements of `voters`
+    /// count (`None`: every member's).
     ///
     /// # Errors
     /// [`NodeError::ShuttingDown`] once the node stopped.
-    pub async fn renew_lease(&self, until: tokio::time::Instant) -> Result<(), NodeError> {
+    pub async fn renew_lease(
+        &self,
+        until: tokio::time::Instant,
+        voters: Option<Vec<NodeId>>,
+    ) -> Result<(), NodeError> {
         let (reply, answer) = oneshot::channel();
         self.requests
-            .send(Request::Lease(until, reply))
+            .send(Request::Lease(until, voters, reply))
             .await
             .map_err(|_| NodeError::ShuttingDown)?;
         answer.await.map_err(|_| NodeError::ShuttingDown)
@@ -518,9 +527,9 @@ impl<L: TxLog, T: Transport, S: StateMachine> Driver<L, T, S> {
                 self.engine.handle(now, Event::SetPolicy(policy));
                 let _ = reply.send(());
             }
-            Request::Lease(until, reply) => {
+            Request::Lease(until, voters, reply) => {
                 let until = self.clock.timestamp_of(until);
-                self.engine.handle(now, Event::Lease { until });
+                self.engine.handle(now, Event::Lease { until, voters });
                 let _ = reply.send(());
             }
             Request::RemoveMember(replica, reply) => {

@@ -101,6 +101,11 @@ pub enum Event {
     Lease {
         /// The end of the lease, in the engine's time.
         until: super::Timestamp,
+        /// The members the coordinator holds as the policy's voters (published with the
+        /// commit point): only their acknowledgements count, so that no write is
+        /// acknowledged through a member a new leader could not know to look for. `None`
+        /// counts every member.
+        voters: Option<Vec<crate::types::NodeId>>,
     },
     /// Time passed.
     Tick,

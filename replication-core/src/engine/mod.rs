@@ -296,7 +296,7 @@ impl Engine {
                 );
                 self.last_rollback = Some(rollback);
             }
-            Event::Lease { until } => self.source.renew_lease(cx!(self), until),
+            Event::Lease { until, voters } => self.source.renew_lease(cx!(self), until, voters),
             Event::Tick => {
                 self.source.on_tick(cx!(self));
                 let next = self.now.plus(self.config.heartbeat_interval / 2);

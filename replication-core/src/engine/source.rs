@@ -160,9 +160,14 @@ impl Source {
     }
 
     /// The coordinator renewed this primary's lease until `until` (nothing on a replica).
-    pub(super) fn renew_lease(&mut self, cx: &mut Ctx<'_>, until: Timestamp) {
+    pub(super) fn renew_lease(
+        &mut self,
+        cx: &mut Ctx<'_>,
+        until: Timestamp,
+        voters: Option<Vec<crate::types::NodeId>>,
+    ) {
         if let Some(writes) = &mut self.writes {
-            writes.renew_lease(until);
+            writes.renew_lease(until, voters);
             // Writes may have committed while the lease was lapsing: answer them now.
             self.advance_commit(cx);
         }
@@ -199,7 +204,11 @@ impl Source {
         if !writes.may_acknowledge(cx.now) {
             return writes.end_lease_if_passed(cx);
         }
-        let satisfied = self.policy.satisfied(&self.replicas.progress());
+        let mut progress = self.replicas.progress();
+        if let Some(voters) = writes.counted() {
+            progress.retain(|replica| voters.contains(replica.id));
+        }
+        let satisfied = self.policy.satisfied(&progress);
         if cx.log.set_committed(satisfied, cx.out) {
             self.on_commit_advanced(cx);
         }

@@ -65,6 +65,8 @@ pub(super) struct WritePath {
     leased: bool,
     /// The end of that lease, once granted.
     lease_until: Option<Timestamp>,
+    /// The members whose acknowledgements count, as the coordinator last held them.
+    counted: Option<std::collections::BTreeSet<crate::types::NodeId>>,
 }
 
 impl WritePath {
@@ -89,10 +91,20 @@ impl WritePath {
 
     /// The coordinator renewed the lease until `until`. A renewal answered late reports an
     /// earlier end than one answered before it: the later end stands.
-    pub(super) fn renew_lease(&mut self, until: Timestamp) {
+    pub(super) fn renew_lease(
+        &mut self,
+        until: Timestamp,
+        voters: Option<Vec<crate::types::NodeId>>,
+    ) {
         if self.leased {
             self.lease_until = self.lease_until.max(Some(until));
+            self.counted = voters.map(|voters| voters.into_iter().collect());
         }
+    }
+
+    /// On a leased primary, the members whose acknowledgements count (`None`: all).
+    pub(super) fn counted(&self) -> Option<&std::collections::BTreeSet<crate::types::NodeId>> {
+        self.counted.as_ref().filter(|_| self.leased)
     }
 
     /// When the lease ends while writes wait for their commit: they are answered then.

@@ -28,6 +28,14 @@ pub async fn coordinator_conformance<A: Coordinator + ?Sized, B: Coordinator + ?
     watch_sees_changes(a, b, &format!("{prefix}-watch"), ttl).await;
 }
 
+/// A record as published, without the revision the coordinator gave it.
+fn unrevised(record: &MemberRecord) -> MemberRecord {
+    MemberRecord {
+        revision: 0,
+        ..record.clone()
+    }
+}
+
 fn record(member: &str, tx: u64) -> MemberRecord {
     MemberRecord {
         member: member.to_string(),
@@ -40,6 +48,7 @@ fn record(member: &str, tx: u64) -> MemberRecord {
             ..LogPosition::START
         },
         committed: LogPosition::START,
+        revision: 0,
     }
 }
 
@@ -136,6 +145,7 @@ async fn commit_only_by_the_leader<A: Coordinator + ?Sized, B: Coordinator + ?Si
             ..LogPosition::START
         },
         synchronous: true,
+        policy: Some("acks 1".into()),
         proofs: vec![Proof {
             voters: vec!["b".into()],
             needed: 1,
@@ -156,12 +166,21 @@ async fn commit_only_by_the_leader<A: Coordinator + ?Sized, B: Coordinator + ?Si
     b.publish_member(db, &record("b", 40), lease_b)
         .await
         .expect("publish");
+    let before = b.view(db).await.expect("view");
     b.publish_member(db, &record("b", 41), lease_b)
         .await
         .expect("publish again");
     let view = b.view(db).await.expect("view");
     assert_eq!(view.last_commit.as_ref(), Some(&commit));
-    let mut members = view.members.clone();
+    // Freshness, which candidates rely on: a record published after a view was read has a
+    // higher revision than that view, and no view is older than what it shows.
+    let b41 = view.members.iter().find(|m| m.member == "b").expect("b");
+    assert!(
+        b41.revision > before.revision,
+        "a later record is not newer than a view"
+    );
+    assert!(view.members.iter().all(|m| m.revision <= view.revision));
+    let mut members: Vec<MemberRecord> = view.members.iter().map(unrevised).collect();
     members.sort_by(|x, y| x.member.cmp(&y.member));
     assert_eq!(
         members,
@@ -172,7 +191,7 @@ async fn commit_only_by_the_leader<A: Coordinator + ?Sized, B: Coordinator + ?Si
     a.revoke_lease(lease_a).await.expect("revoke");
     let view = b.view(db).await.expect("view");
     assert_eq!(
-        view.members,
+        view.members.iter().map(unrevised).collect::<Vec<_>>(),
         vec![record("b", 41)],
         "a record outlived its lease"
     );

@@ -20,6 +20,8 @@ use crate::types::Epoch;
 #[derive(Debug, Default)]
 pub struct CoordinatorState {
     next_lease: i64,
+    /// Bumped on every change, as etcd's revision.
+    revision: u64,
     /// Each live lease: its time to live and when it expires.
     leases: HashMap<LeaseId, (Duration, Timestamp)>,
     databases: HashMap<String, DatabaseKeys>,
@@ -63,6 +65,7 @@ impl CoordinatorState {
 
     fn drop_lease(&mut self, lease: LeaseId) {
         self.leases.remove(&lease);
+        self.revision += 1;
         for keys in self.databases.values_mut() {
             keys.members.retain(|_, (_, bound)| *bound != lease);
             if keys.leader.as_ref().is_some_and(|l| l.lease == lease) {
@@ -122,10 +125,11 @@ impl CoordinatorState {
         above: Epoch,
     ) -> Result<Campaign, CoordinatorError> {
         self.alive(lease)?;
-        let keys = self.keys(db);
-        if let Some(leader) = &keys.leader {
+        if let Some(leader) = &self.keys(db).leader {
             return Ok(Campaign::Held(leader.clone()));
         }
+        self.revision += 1;
+        let keys = self.keys(db);
         let epoch = keys.epoch.max(above).next();
         keys.epoch = epoch;
         keys.leader = Some(LeaderRecord {
@@ -148,6 +152,7 @@ impl CoordinatorState {
             members: keys.members.values().map(|(r, _)| r.clone()).collect(),
             last_commit: keys.last_commit.clone(),
             epoch: keys.epoch,
+            revision: self.revision,
         }
     }
 
@@ -162,9 +167,13 @@ impl CoordinatorState {
         lease: LeaseId,
     ) -> Result<(), CoordinatorError> {
         self.alive(lease)?;
+        self.revision += 1;
+        let record = MemberRecord {
+            revision: self.revision,
+            ..record.clone()
+        };
         let keys = self.keys(db);
-        keys.members
-            .insert(record.member.clone(), (record.clone(), lease));
+        keys.members.insert(record.member.clone(), (record, lease));
         Ok(())
     }
 
@@ -183,6 +192,7 @@ impl CoordinatorState {
             return Err(CoordinatorError::NotLeader(db.to_string()));
         }
         keys.last_commit = Some(record.clone());
+        self.revision += 1;
         Ok(())
     }
 

@@ -25,6 +25,7 @@ fn local(role: MemberRole, epoch: u64, durable: u64) -> LocalView {
         committed: position(durable),
         following: (role == MemberRole::Replica).then(|| "p:1/db".to_string()),
         synchronous: true,
+        policy: Some("acks 1".into()),
         proofs: vec![Proof {
             voters: vec!["r1".into(), "r2".into()],
             needed: 2,
@@ -41,6 +42,8 @@ fn member(name: &str, epoch: u64, durable: u64) -> MemberRecord {
         last_epoch: Epoch(epoch),
         durable: position(durable),
         committed: position(durable),
+        // Published after the key was seen vacant (at revision 0, see `vacant`).
+        revision: 1,
     }
 }
 
@@ -50,6 +53,7 @@ fn commit(epoch: u64, tx: u64, synchronous: bool) -> CommitRecord {
         epoch: Epoch(epoch),
         committed: position(tx),
         synchronous,
+        policy: Some("acks 1".into()),
         proofs: vec![Proof {
             voters: vec!["r1".into(), "r2".into()],
             needed: 2,
@@ -78,6 +82,7 @@ fn vacant(members: Vec<MemberRecord>, last_commit: Option<CommitRecord>) -> Clus
         members,
         last_commit,
         epoch: Epoch(3),
+        revision: 0,
     }
 }
 
@@ -122,7 +127,10 @@ fn a_primary_in_another_epoch_than_its_key_leads_again_before_any_lease() {
     };
     // Restarted, it began epoch 4 on its own: it must restart in the granted epoch 5 first.
     let actions = agent.decide(at(10), &local(MemberRole::Primary, 4, 10), &view);
-    assert!(actions.contains(&Action::Lead { epoch: Epoch(5) }));
+    assert!(actions.contains(&Action::Lead {
+        epoch: Epoch(5),
+        policy: None
+    }));
     assert!(!actions.iter().any(|a| matches!(a, Action::Lease { .. })));
 }
 
@@ -181,7 +189,13 @@ fn another_leader_is_followed_by_a_primary_and_by_a_replica_of_someone_else() {
 #[test]
 fn nobody_campaigns_before_the_key_has_been_vacant_for_the_settle_time() {
     let mut agent = agent("r1", at(0));
-    let view = vacant(vec![member("r2", 3, 10)], Some(commit(3, 10, true)));
+    // r2 has not published since the vacancy (dead, its lease not yet expired): it is
+    // waited for until the settle time, then proves nothing (the policy needs 1 of r1, r2).
+    let mut r2 = member("r2", 3, 10);
+    r2.revision = 0;
+    let mut commit = commit(3, 10, true);
+    commit.proofs[0].needed = 1;
+    let view = vacant(vec![r2], Some(commit));
     let me = local(MemberRole::Replica, 3, 10);
     assert_eq!(campaigns(&agent.decide(at(100), &me, &view)), None);
     let settle = agent.config().settle().as_millis() as u64;
@@ -191,6 +205,28 @@ fn nobody_campaigns_before_the_key_has_been_vacant_for_the_settle_time() {
     );
     assert_eq!(
         campaigns(&agent.decide(at(100 + settle), &me, &view)),
+        Some(Epoch(3))
+    );
+}
+
+#[test]
+fn once_every_member_published_since_the_vacancy_the_settle_time_is_not_waited_out() {
+    let mut agent = agent("r1", at(0));
+    let me = local(MemberRole::Replica, 3, 10);
+    let mut stale = member("r2", 3, 10);
+    stale.revision = 5;
+    let mut view = vacant(vec![stale], Some(commit(3, 10, true)));
+    view.revision = 7;
+    assert_eq!(campaigns(&agent.decide(at(100), &me, &view)), None);
+    assert!(
+        agent.poll_soon(),
+        "it looks again soon while the key is vacant"
+    );
+    // r2 publishes after the vacancy was seen (revision 8 > 7): campaign at once.
+    view.members[0].revision = 8;
+    view.revision = 8;
+    assert_eq!(
+        campaigns(&agent.decide(at(150), &me, &view)),
         Some(Epoch(3))
     );
 }
@@ -263,7 +299,30 @@ fn under_a_synchronous_policy_a_candidate_needs_the_commit_point_and_enough_memb
         why.as_ref().unwrap_err().contains("cannot prove"),
         "{why:?}"
     );
-    // With r2 seen, it can.
+    // A record of r2 older than the vacancy ranks but proves nothing: r2 may have stopped
+    // publishing (died) after acknowledging writes it never published.
+    let mut stale = member("r2", 3, 20);
+    stale.revision = 0;
+    let view = vacant(vec![stale], Some(commit(3, 20, true)));
+    let why = after_settling(
+        &mut agent("r1", at(0)),
+        &local(MemberRole::Replica, 3, 20),
+        &view,
+    );
+    assert!(
+        why.as_ref().unwrap_err().contains("cannot prove"),
+        "{why:?}"
+    );
+    let mut stale_ahead = member("r2", 3, 21);
+    stale_ahead.revision = 0;
+    let view = vacant(vec![stale_ahead], Some(commit(3, 20, true)));
+    let why = after_settling(
+        &mut agent("r1", at(0)),
+        &local(MemberRole::Replica, 3, 20),
+        &view,
+    );
+    assert!(why.unwrap_err().contains("r2 is more advanced"));
+    // With r2 seen since, it can.
     let view = vacant(vec![member("r2", 3, 20)], Some(commit(3, 20, true)));
     let ok = after_settling(
         &mut agent("r1", at(0)),
@@ -339,8 +398,16 @@ fn the_epoch_asked_is_above_every_epoch_known() {
 fn a_won_campaign_leads_and_a_lost_one_follows() {
     let me = local(MemberRole::Replica, 3, 10);
     let mut winner = agent("r1", at(0));
+    // It adopts the last leader's policy, as it read it.
+    winner.decide(at(0), &me, &vacant(vec![], Some(commit(3, 10, true))));
     let actions = winner.on_campaign(&me, Ok(Campaign::Won { epoch: Epoch(4) }));
-    assert_eq!(actions, vec![Action::Lead { epoch: Epoch(4) }]);
+    assert_eq!(
+        actions,
+        vec![Action::Lead {
+            epoch: Epoch(4),
+            policy: Some("acks 1".into())
+        }]
+    );
     assert_eq!(winner.status().elections_won, 1);
     let leader = LeaderRecord {
         member: "r1".into(),

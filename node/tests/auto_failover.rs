@@ -1,0 +1,413 @@
+//! Automatic failover with a real etcd: three `repnode serve` processes on loopback with
+//! `--coordinator etcd=...`, `app` created with `--failover auto` under `acks 1` (a policy
+//! by count, which stays meaningful whichever member leads).
+//!
+//! - kill -9 of the primary under writes: a replica is elected within the lease TTL and a
+//!   little, every acknowledged write survives, and the old primary, restarted, rejoins as a
+//!   replica of the new one;
+//! - SIGSTOP of the primary past its TTL, then SIGCONT: another is elected meanwhile, and
+//!   the resumed primary acknowledges nothing more: it follows the new one.
+//!
+//! The measured failover time is printed, never asserted (the machine is shared).
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use coordinator_etcd::testing::EtcdServer;
+use coordinator_etcd::{EtcdCoordinator, EtcdOptions};
+use replication_core::coordinator::Coordinator;
+
+const TTL_SECS: &str = "2";
+
+/// Three servers under `etcd`, and `app` on them under automatic failover, n1 its first
+/// primary; returns once n1 holds the key and takes writes.
+fn auto_cluster(root: &Path, etcd: &EtcdServer) -> Vec<Server> {
+    init_certs(root, "certs", "n1,n2,n3");
+    let coordinator = format!("etcd={}", etcd.endpoint());
+    let extra = ["--coordinator", &coordinator, "--cluster", "test"];
+    let servers: Vec<Server> = ["n1", "n2", "n3"]
+        .iter()
+        .map(|name| Server::start_with(name, free_port(), root, &extra))
+        .collect();
+    let a1 = servers[0].address();
+    let auto = ["--failover", "auto", "--lease-ttl", TTL_SECS];
+    let mut create = vec!["db", "create", "app", "--quorum", "acks 1"];
+    create.extend(auto);
+    until_ok(root, &a1, &create);
+    let source = format!("{a1}/app");
+    for replica in &servers[1..] {
+        let mut create = vec!["db", "create", "app", "--replica-of", &source];
+        create.extend(auto);
+        until_ok(root, &replica.address(), &create);
+    }
+    until_status(root, &a1, "app", |s| {
+        s["failover"]["leader"] == "n1" && s["members"].as_array().map(Vec::len) == Some(2)
+    });
+    // The leader publishes its membership with its commit point every cycle: until it names
+    // both replicas, no candidate could prove it holds every acknowledged write.
+    published_voters(etcd, &["n2", "n3"]);
+    servers
+}
+
+/// Waits until the leader's published commit point proves with exactly `voters`.
+fn published_voters(etcd: &EtcdServer, voters: &[&str]) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    runtime.block_on(async {
+        let options = EtcdOptions::new(vec![etcd.endpoint()], "test");
+        let coordinator = EtcdCoordinator::connect(options).await.expect("etcd");
+        for _ in 0..200 {
+            let view = coordinator.view("app").await.expect("a view of app");
+            let published = view.last_commit.map(|c| c.proofs).unwrap_or_default();
+            if published.iter().any(|p| p.voters == voters) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the leader never published its membership {voters:?}");
+    });
+}
+
+fn addresses(servers: &[Server]) -> Vec<String> {
+    servers.iter().map(Server::address).collect()
+}
+
+/// Puts `key` through `servers`, retrying while no primary takes it; returns its
+/// transaction, or `None` if none did within `within`.
+fn put_within(root: &Path, servers: &[&str], key: &str, within: Duration) -> Option<u64> {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        let value = format!("{key}-value");
+        let output = cli_to(
+            root,
+            servers,
+            &["put", "--db", "app", key, &value, "--timeout", "2"],
+        );
+        if output.status.success() {
+            return json(&output)["tx_id"].as_u64();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+fn status(root: &Path, server: &str) -> serde_json::Value {
+    json(&until_ok(root, server, &["status", "--db", "app"]))
+}
+
+fn signal(server: &Server, signal: &str) {
+    let sent = Command::new("kill")
+        .arg(signal)
+        .arg(server.child.id().to_string())
+        .status()
+        .expect("kill");
+    assert!(sent.success());
+}
+
+#[test]
+fn a_killed_primary_is_replaced_automatically_and_rejoins_as_a_replica() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path();
+    let etcd = EtcdServer::start().expect("start etcd");
+    let mut servers = auto_cluster(root, &etcd);
+    let all = addresses(&servers);
+    let all: Vec<&str> = all.iter().map(String::as_str).collect();
+    let mut written = Vec::new();
+    for i in 0..20 {
+        let key = format!("before-{i}");
+        let tx = put_within(root, &all, &key, Duration::from_secs(10)).expect("a write");
+        written.push((key, tx));
+    }
+    let old_epoch = status(root, all[0])["epoch"].as_u64().expect("epoch");
+
+    servers[0].kill_9();
+    let killed = Instant::now();
+    let survivors = [all[1], all[2]];
+    let tx =
+        put_within(root, &survivors, "after-kill", Duration::from_secs(30)).unwrap_or_else(|| {
+            let statuses: Vec<_> = survivors.iter().map(|s| status(root, s)).collect();
+            panic!("no new primary takes writes: {statuses:#?}")
+        });
+    let took = killed.elapsed();
+    eprintln!(
+        "automatic failover: a write acknowledged {took:?} after kill -9 (lease TTL {TTL_SECS} s)"
+    );
+    written.push(("after-kill".into(), tx));
+
+    let statuses: Vec<serde_json::Value> = survivors.iter().map(|s| status(root, s)).collect();
+    let leaders: Vec<usize> = (0..2)
+        .filter(|&i| statuses[i]["role"] == "primary")
+        .collect();
+    assert_eq!(leaders.len(), 1, "one new primary: {statuses:?}");
+    let leader = survivors[leaders[0]];
+    let new = &statuses[leaders[0]];
+    assert!(
+        new["epoch"].as_u64() > Some(old_epoch),
+        "a higher epoch: {new}"
+    );
+    assert_eq!(new["failover"]["elections_won"], 1);
+    assert_all_readable(root, leader, &written);
+
+    // The old primary comes back: it follows the new one, and holds everything.
+    let port = servers[0].port;
+    let coordinator = format!("etcd={}", etcd.endpoint());
+    servers[0] = Server::start_with(
+        "n1",
+        port,
+        root,
+        &["--coordinator", &coordinator, "--cluster", "test"],
+    );
+    let leader_app = format!("{leader}/app");
+    until_status(root, all[0], "app", |s| {
+        s["role"] == "replica"
+            && s["upstream"] == "streaming"
+            && s["failover"]["leader_address"] == leader_app.as_str()
+    });
+    assert_all_readable(root, all[0], &written);
+    // Writes sent to it first go to the new primary, which kept the policy.
+    let tx = put_within(root, &all, "through-old", Duration::from_secs(10))
+        .expect("redirected to the new primary");
+    let leader_status = status(root, leader);
+    assert_eq!(leader_status["policy"], "acks 1", "{leader_status}");
+    written.push(("through-old".into(), tx));
+    assert_all_readable(root, leader, &written);
+}
+
+#[test]
+fn a_paused_primary_acknowledges_nothing_once_another_is_elected() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path();
+    let etcd = EtcdServer::start().expect("start etcd");
+    let servers = auto_cluster(root, &etcd);
+    let all = addresses(&servers);
+    let all: Vec<&str> = all.iter().map(String::as_str).collect();
+    let mut written = Vec::new();
+    for i in 0..10 {
+        let key = format!("before-{i}");
+        let tx = put_within(root, &all, &key, Duration::from_secs(10)).expect("a write");
+        written.push((key, tx));
+    }
+    let old_epoch = status(root, all[0])["epoch"].as_u64().expect("epoch");
+
+    // Frozen past its lease (a long stall): the others elect one of them.
+    signal(&servers[0], "-STOP");
+    let survivors = [all[1], all[2]];
+    let tx = put_within(root, &survivors, "during-pause", Duration::from_secs(30))
+        .expect("a new primary takes writes while the old one is frozen");
+    written.push(("during-pause".into(), tx));
+    signal(&servers[0], "-CONT");
+
+    // Resumed, it takes no write of its own: asked alone (no redirection), it refuses, and
+    // the write is not in anyone's log.
+    let output = cli(
+        root,
+        all[0],
+        &["put", "--db", "app", "resumed", "v", "--timeout", "2"],
+    );
+    assert!(
+        !output.status.success(),
+        "the resumed primary acknowledged a write: {}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    let leader_epoch = survivors
+        .iter()
+        .map(|s| status(root, s))
+        .find(|s| s["role"] == "primary")
+        .and_then(|s| s["epoch"].as_u64())
+        .expect("a new primary");
+    assert!(leader_epoch > old_epoch);
+    until_status(root, all[0], "app", |s| {
+        s["role"] == "replica" && s["upstream"] == "streaming"
+    });
+    let resumed = status(root, all[0]);
+    assert!(
+        resumed["failover"]["self_fencings"].as_u64() >= Some(1),
+        "the lapse of its lease is counted: {resumed}"
+    );
+    assert_all_readable(root, all[0], &written);
+    let read = json(&until_ok(root, all[1], &["get", "--db", "app", "resumed"]));
+    assert_eq!(
+        read["value"],
+        serde_json::Value::Null,
+        "the refused write is nowhere"
+    );
+}
+
+/// How many rounds `killing_whichever_node_is_primary_loses_nothing` runs:
+/// `REPNODE_FAILOVER_ROUNDS`, or 50.
+fn rounds() -> usize {
+    std::env::var("REPNODE_FAILOVER_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50)
+}
+
+/// The member that answers as the primary of `app`, by index, if exactly one does.
+fn primary_of(root: &Path, servers: &[String]) -> Option<usize> {
+    let primaries: Vec<usize> = (0..servers.len())
+        .filter(|&i| {
+            let output = cli(root, &servers[i], &["status", "--db", "app"]);
+            output.status.success()
+                && json(&output)["role"] == "primary"
+                && json(&output)["failover"]["lease_remaining_ms"].as_u64() > Some(0)
+        })
+        .collect();
+    (primaries.len() == 1).then(|| primaries[0])
+}
+
+#[test]
+fn killing_whichever_node_is_primary_loses_nothing() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().to_path_buf();
+    let etcd = EtcdServer::start().expect("start etcd");
+    let mut servers = auto_cluster(&root, &etcd);
+    let all = addresses(&servers);
+    let coordinator = format!("etcd={}", etcd.endpoint());
+    let names = ["n1", "n2", "n3"];
+
+    // A client writes through every member all along; what it was told committed must
+    // survive every kill.
+    let stop = Arc::new(AtomicBool::new(false));
+    let acknowledged = Arc::new(Mutex::new(Vec::<(String, u64)>::new()));
+    let writer = {
+        let (stop, acknowledged, root, all) = (
+            stop.clone(),
+            acknowledged.clone(),
+            root.clone(),
+            all.join(","),
+        );
+        std::thread::spawn(move || {
+            let mut next = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let key = format!("k{next}");
+                next += 1;
+                let output = cli(
+                    &root,
+                    &all,
+                    &[
+                        "put",
+                        "--db",
+                        "app",
+                        &key,
+                        &format!("{key}-value"),
+                        "--timeout",
+                        "2",
+                    ],
+                );
+                if output.status.success() {
+                    let tx = json(&output)["tx_id"].as_u64().expect("tx_id");
+                    acknowledged.lock().unwrap().push((key, tx));
+                } else {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        })
+    };
+
+    let started = Instant::now();
+    let mut failovers = Vec::new();
+    let mut elections = Vec::new();
+    for round in 0..rounds() {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let victim = loop {
+            if let Some(primary) = primary_of(&root, &all) {
+                break primary;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: no single primary"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        servers[victim].kill_9();
+        let killed = Instant::now();
+        // Another member is elected (a write in flight may still have been acknowledged by
+        // the victim just before it died: it does not count) ...
+        let survivors: Vec<String> = (0..all.len())
+            .filter(|&i| i != victim)
+            .map(|i| all[i].clone())
+            .collect();
+        while primary_of(&root, &survivors).is_none() {
+            if killed.elapsed() > Duration::from_secs(60) {
+                let statuses: Vec<String> = all
+                    .iter()
+                    .map(|s| {
+                        let output = cli(&root, s, &["status", "--db", "app"]);
+                        String::from_utf8_lossy(&output.stdout).into_owned()
+                    })
+                    .collect();
+                panic!(
+                    "round {round}: nobody elected after killing {}: {statuses:#?}",
+                    names[victim]
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        elections.push(killed.elapsed());
+        // ... and acknowledges the client's writes.
+        let acked_before = acknowledged.lock().unwrap().len();
+        while acknowledged.lock().unwrap().len() == acked_before {
+            assert!(
+                killed.elapsed() < Duration::from_secs(60),
+                "round {round}: the new primary acknowledged nothing"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        failovers.push(killed.elapsed());
+        let port = servers[victim].port;
+        servers[victim] = Server::start_with(
+            names[victim],
+            port,
+            &root,
+            &["--coordinator", &coordinator, "--cluster", "test"],
+        );
+        until_status(&root, &all[victim], "app", |s| {
+            s["role"] == "replica" && s["upstream"] == "streaming"
+        });
+    }
+    stop.store(true, Ordering::Relaxed);
+    writer.join().expect("the writer");
+    let written = acknowledged.lock().unwrap().clone();
+    failovers.sort();
+    elections.sort();
+    eprintln!(
+        "{} rounds in {:?}: {} writes acknowledged; after a kill, a new primary holding its \
+         lease: median {:?}, max {:?}; the client's first acknowledged write: median {:?}, \
+         max {:?}",
+        failovers.len(),
+        started.elapsed(),
+        written.len(),
+        elections[elections.len() / 2],
+        elections.last().expect("a round"),
+        failovers[failovers.len() / 2],
+        failovers.last().expect("a round")
+    );
+    assert!(!written.is_empty());
+    // Every member holds every acknowledged write.
+    let last = written.iter().map(|(_, tx)| *tx).max().unwrap_or(0);
+    for server in &all {
+        assert_all_readable(&root, server, &written);
+    }
+    // The same history everywhere: every member reaches the primary's commit point, hash
+    // included.
+    let leader = all
+        .iter()
+        .map(|s| status(&root, s))
+        .find(|s| s["role"] == "primary")
+        .expect("a primary");
+    assert!(leader["committed"]["tx_id"].as_u64() >= Some(last));
+    for server in &all {
+        until_status(&root, server, "app", |s| {
+            s["committed"] == leader["committed"]
+        });
+    }
+}
