@@ -18,61 +18,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use coordinator_etcd::testing::EtcdServer;
-use coordinator_etcd::{EtcdCoordinator, EtcdOptions};
-use replication_core::coordinator::Coordinator;
-
-const TTL_SECS: &str = "2";
-
-/// Three servers under `etcd`, and `app` on them under automatic failover, n1 its first
-/// primary; returns once n1 holds the key and takes writes.
-fn auto_cluster(root: &Path, etcd: &EtcdServer) -> Vec<Server> {
-    init_certs(root, "certs", "n1,n2,n3");
-    let coordinator = format!("etcd={}", etcd.endpoint());
-    let extra = ["--coordinator", &coordinator, "--cluster", "test"];
-    let servers: Vec<Server> = ["n1", "n2", "n3"]
-        .iter()
-        .map(|name| Server::start_with(name, free_port(), root, &extra))
-        .collect();
-    let a1 = servers[0].address();
-    let auto = ["--failover", "auto", "--lease-ttl", TTL_SECS];
-    let mut create = vec!["db", "create", "app", "--quorum", "acks 1"];
-    create.extend(auto);
-    until_ok(root, &a1, &create);
-    let source = format!("{a1}/app");
-    for replica in &servers[1..] {
-        let mut create = vec!["db", "create", "app", "--replica-of", &source];
-        create.extend(auto);
-        until_ok(root, &replica.address(), &create);
-    }
-    until_status(root, &a1, "app", |s| {
-        s["failover"]["leader"] == "n1" && s["members"].as_array().map(Vec::len) == Some(2)
-    });
-    // The leader publishes its membership with its commit point every cycle: until it names
-    // both replicas, no candidate could prove it holds every acknowledged write.
-    published_voters(etcd, &["n2", "n3"]);
-    servers
-}
-
-/// Waits until the leader's published commit point proves with exactly `voters`.
-fn published_voters(etcd: &EtcdServer, voters: &[&str]) {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a runtime");
-    runtime.block_on(async {
-        let options = EtcdOptions::new(vec![etcd.endpoint()], "test");
-        let coordinator = EtcdCoordinator::connect(options).await.expect("etcd");
-        for _ in 0..200 {
-            let view = coordinator.view("app").await.expect("a view of app");
-            let published = view.last_commit.map(|c| c.proofs).unwrap_or_default();
-            if published.iter().any(|p| p.voters == voters) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("the leader never published its membership {voters:?}");
-    });
-}
 
 fn addresses(servers: &[Server]) -> Vec<String> {
     servers.iter().map(Server::address).collect()
@@ -136,7 +81,8 @@ fn a_killed_primary_is_replaced_automatically_and_rejoins_as_a_replica() {
         });
     let took = killed.elapsed();
     eprintln!(
-        "automatic failover: a write acknowledged {took:?} after kill -9 (lease TTL {TTL_SECS} s)"
+        "automatic failover: a write acknowledged {took:?} after kill -9 (lease TTL {} s)",
+        ttl_secs()
     );
     written.push(("after-kill".into(), tx));
 
@@ -156,13 +102,7 @@ fn a_killed_primary_is_replaced_automatically_and_rejoins_as_a_replica() {
 
     // The old primary comes back: it follows the new one, and holds everything.
     let port = servers[0].port;
-    let coordinator = format!("etcd={}", etcd.endpoint());
-    servers[0] = Server::start_with(
-        "n1",
-        port,
-        root,
-        &["--coordinator", &coordinator, "--cluster", "test"],
-    );
+    servers[0] = start_under(root, &etcd, "n1", port);
     let leader_app = format!("{leader}/app");
     until_status(root, all[0], "app", |s| {
         s["role"] == "replica"
@@ -271,7 +211,6 @@ fn killing_whichever_node_is_primary_loses_nothing() {
     let etcd = EtcdServer::start().expect("start etcd");
     let mut servers = auto_cluster(&root, &etcd);
     let all = addresses(&servers);
-    let coordinator = format!("etcd={}", etcd.endpoint());
     let names = ["n1", "n2", "n3"];
 
     // A client writes through every member all along; what it was told committed must
@@ -364,12 +303,7 @@ fn killing_whichever_node_is_primary_loses_nothing() {
         }
         failovers.push(killed.elapsed());
         let port = servers[victim].port;
-        servers[victim] = Server::start_with(
-            names[victim],
-            port,
-            &root,
-            &["--coordinator", &coordinator, "--cluster", "test"],
-        );
+        servers[victim] = start_under(&root, &etcd, names[victim], port);
         until_status(&root, &all[victim], "app", |s| {
             s["role"] == "replica" && s["upstream"] == "streaming"
         });

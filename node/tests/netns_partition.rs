@@ -20,6 +20,8 @@ use std::time::{Duration, Instant};
 use common::{init_certs, json};
 
 const PORT: u16 = 7000;
+/// The etcd namespace's host number: `10.77.0.8`.
+const ETCD_HOST: usize = 8;
 const NODES: [&str; 3] = ["n1", "n2", "n3"];
 
 /// Runs a setup command; panics with its output if it fails.
@@ -61,11 +63,12 @@ impl Net {
 
     /// A switch namespace holding a bridge, and one namespace per node plus the client's,
     /// each linked to the bridge by a veth pair; `n{i}` is `10.77.0.{i}`, the client `.9`.
-    fn build() -> Net {
+    fn build(tag: &str) -> Net {
         require("ip", "iproute2");
         require("nft", "nftables");
         let net = Net {
-            prefix: format!("rp{}", std::process::id()),
+            // Tests run in parallel: each has namespaces of its own.
+            prefix: format!("rp{}{tag}", std::process::id()),
         };
         let switch = net.ns("sw");
         run("ip", &["netns", "add", &switch]);
@@ -81,7 +84,7 @@ impl Net {
             .collect::<String>()
             + "127.0.0.1 localhost\n";
         let members = NODES.iter().enumerate().map(|(i, n)| (*n, i + 1));
-        for (name, host) in members.chain([("client", 9)]) {
+        for (name, host) in members.chain([("client", 9), ("etcd", ETCD_HOST)]) {
             let ns = net.ns(name);
             let port = format!("p{host}");
             run("ip", &["netns", "add", &ns]);
@@ -109,11 +112,18 @@ impl Net {
 
     /// Drops every packet between `name` and the other nodes (not the client).
     fn isolate(&self, name: &str) {
+        self.isolate_also(name, &[]);
+    }
+
+    /// Drops every packet between `name` and the other nodes and the `also` hosts.
+    fn isolate_also(&self, name: &str, also: &[usize]) {
         let others: Vec<String> = NODES
             .iter()
             .enumerate()
             .filter(|(_, n)| **n != name)
-            .map(|(i, _)| format!("10.77.0.{}", i + 1))
+            .map(|(i, _)| i + 1)
+            .chain(also.iter().copied())
+            .map(|host| format!("10.77.0.{host}"))
             .collect();
         let set = format!("{{ {} }}", others.join(", "));
         let ruleset = format!(
@@ -144,7 +154,7 @@ impl Net {
 
 impl Drop for Net {
     fn drop(&mut self) {
-        for name in NODES.iter().chain(&["client", "sw"]) {
+        for name in NODES.iter().chain(&["client", "etcd", "sw"]) {
             let ns = self.ns(name);
             let _ = Command::new("ip").args(["netns", "del", &ns]).status();
             let _ = std::fs::remove_dir_all(PathBuf::from("/etc/netns").join(&ns));
@@ -159,6 +169,10 @@ struct Server {
 
 impl Server {
     fn start(net: &Net, root: &Path, name: &str, host: usize) -> Server {
+        Server::start_with(net, root, name, host, &[])
+    }
+
+    fn start_with(net: &Net, root: &Path, name: &str, host: usize, extra: &[&str]) -> Server {
         let log = std::fs::File::create(root.join(format!("{name}.log"))).expect("log");
         let child = Command::new("ip")
             .args(["netns", "exec", &net.ns(name)])
@@ -169,6 +183,7 @@ impl Server {
             .arg(root.join(name))
             .arg("--tls-dir")
             .arg(root.join("certs"))
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -273,12 +288,43 @@ fn write_keys(
     (acknowledged, not)
 }
 
+/// Every acknowledged key reads back on every node once the last of them is applied there;
+/// none of the `dropped` keys (never acknowledged) does.
+fn assert_readable_everywhere(
+    net: &Net,
+    root: &Path,
+    acknowledged: &[(String, u64)],
+    dropped: &[&str],
+) {
+    let last = acknowledged
+        .iter()
+        .map(|(_, tx)| *tx)
+        .max()
+        .expect("writes");
+    for name in NODES {
+        let server = address(name);
+        for (key, _) in acknowledged {
+            let args = ["get", "--db", "app", key, "--min-tx", &last.to_string()];
+            let read = json(&until_ok(net, root, "client", &server, &args));
+            assert_eq!(read["value"], format!("{key}-value"), "{key} at {server}");
+        }
+        for key in dropped {
+            let args = ["get", "--db", "app", key, "--min-tx", &last.to_string()];
+            let read = json(&until_ok(net, root, "client", &server, &args));
+            assert!(
+                read["value"].is_null(),
+                "{key}, never acknowledged, was dropped at {server}: {read}"
+            );
+        }
+    }
+}
+
 #[test]
 fn a_partitioned_primary_is_replaced_acknowledges_nothing_and_rejoins_losing_nothing() {
     let root = tempfile::tempdir().expect("tempdir");
     let root = root.path();
     init_certs(root, "certs", "n1,n2,n3");
-    let net = Net::build();
+    let net = Net::build("m");
     let _servers: Vec<Server> = NODES
         .iter()
         .enumerate()
@@ -457,21 +503,8 @@ fn a_partitioned_primary_is_replaced_acknowledges_nothing_and_rejoins_losing_not
         .map(|(_, tx)| *tx)
         .max()
         .expect("writes");
-    for server in [&a1, &a2, &a3] {
-        for (key, _) in &acknowledged {
-            let args = ["get", "--db", "app", key, "--min-tx", &last.to_string()];
-            let read = json(&until_ok(&net, root, "client", server, &args));
-            assert_eq!(read["value"], format!("{key}-value"), "{key} at {server}");
-        }
-        for key in ["isolated-0", "stale-0", "healed-0"] {
-            let args = ["get", "--db", "app", key, "--min-tx", &last.to_string()];
-            let read = json(&until_ok(&net, root, "client", server, &args));
-            assert!(
-                read["value"].is_null(),
-                "{key}, never acknowledged, was dropped at {server}: {read}"
-            );
-        }
-    }
+    let dropped = ["isolated-0", "stale-0", "healed-0"];
+    assert_readable_everywhere(&net, root, &acknowledged, &dropped);
     let statuses: Vec<serde_json::Value> = [&a1, &a2, &a3]
         .iter()
         .map(|server| {
@@ -485,4 +518,158 @@ fn a_partitioned_primary_is_replaced_acknowledges_nothing_and_rejoins_losing_not
         committed.windows(2).all(|w| w[0] == w[1]),
         "every node holds the same history: {committed:?}"
     );
+}
+
+/// etcd in its own namespace (`10.77.0.8:2379`), stopped on drop.
+struct Etcd {
+    child: Child,
+}
+
+impl Etcd {
+    fn start(net: &Net, root: &Path) -> Etcd {
+        require("etcd", "etcd-server");
+        let client = format!("http://10.77.0.{ETCD_HOST}:2379");
+        let log = std::fs::File::create(root.join("etcd.log")).expect("log");
+        let child = Command::new("ip")
+            .args(["netns", "exec", &net.ns("etcd"), "etcd", "--name=e"])
+            .arg(format!("--data-dir={}", root.join("etcd").display()))
+            .arg(format!("--listen-client-urls={client}"))
+            .arg(format!("--advertise-client-urls={client}"))
+            .args([
+                "--listen-peer-urls=http://127.0.0.1:2380",
+                "--initial-advertise-peer-urls=http://127.0.0.1:2380",
+                "--initial-cluster=e=http://127.0.0.1:2380",
+                "--heartbeat-interval=50",
+                "--election-timeout=500",
+            ])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start etcd");
+        Etcd { child }
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Automatic failover across a partition: the primary is cut from its replicas and from
+/// etcd (the client still reaches it). It acknowledges nothing once cut, fences itself at its
+/// lease deadline; the majority side elects a new primary with no operator; healed, the old
+/// primary follows it by itself, dropping (into a rollback file) only what it never
+/// acknowledged; every acknowledged write is on every node.
+#[test]
+fn a_primary_cut_from_etcd_and_its_replicas_is_replaced_automatically() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let root = root.path();
+    init_certs(root, "certs", "n1,n2,n3");
+    let net = Net::build("a");
+    let _etcd = Etcd::start(&net, root);
+    let coordinator = format!("etcd=10.77.0.{ETCD_HOST}:2379");
+    // Each advertises its name, which its certificate holds (not its IP address).
+    let _servers: Vec<Server> = NODES
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let advertise = address(name);
+            let flags = [
+                "--coordinator",
+                coordinator.as_str(),
+                "--cluster",
+                "netns",
+                "--advertise",
+                advertise.as_str(),
+            ];
+            Server::start_with(&net, root, name, i + 1, &flags)
+        })
+        .collect();
+    let (a1, a2, a3) = (address("n1"), address("n2"), address("n3"));
+    let all = format!("{a2},{a3},{a1}");
+    let auto = ["--failover", "auto", "--lease-ttl", "2"];
+    let mut create = vec!["db", "create", "app", "--quorum", "acks 1"];
+    create.extend(auto);
+    until_ok(&net, root, "client", &a1, &create);
+    let source = format!("{a1}/app");
+    for replica in [&a2, &a3] {
+        let mut create = vec!["db", "create", "app", "--replica-of", &source];
+        create.extend(auto);
+        until_ok(&net, root, "client", replica, &create);
+    }
+    let old = until_status(&net, root, "client", &a1, |s| {
+        s["failover"]["leader"] == "n1" && s["members"].as_array().map(Vec::len) == Some(2)
+    });
+    let old_epoch = old["epoch"].as_u64().expect("epoch");
+    // A write is acknowledged only through voters the leader has published to etcd, so once
+    // these are, a candidate can prove it holds them.
+    let (mut acknowledged, _) = write_keys(&net, root, &all, "before", 20);
+    assert_eq!(acknowledged.len(), 20, "{acknowledged:?}");
+
+    net.isolate_also("n1", &[ETCD_HOST]);
+    let (to_isolated, refused) = write_keys(&net, root, &a1, "isolated", 3);
+    assert!(
+        to_isolated.is_empty() && refused == 3,
+        "the isolated primary acknowledges nothing: {to_isolated:?}"
+    );
+    // The majority side elects one of its own, in a higher epoch, with no operator.
+    let majority = format!("{a2},{a3}");
+    let (during, _) = write_keys(&net, root, &majority, "elected", 1);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut during = during;
+    while during.is_empty() {
+        assert!(Instant::now() < deadline, "no primary on the majority side");
+        during = write_keys(&net, root, &majority, "elected", 1).0;
+    }
+    let (more, _) = write_keys(&net, root, &majority, "elected-more", 20);
+    assert_eq!(more.len(), 20, "the new primary takes writes");
+    acknowledged.extend(during);
+    acknowledged.extend(more);
+    let leader = [&a2, &a3]
+        .into_iter()
+        .map(|a| until_status(&net, root, "client", a, |_| true))
+        .find(|s| s["role"] == "primary")
+        .expect("a new primary");
+    let epoch = leader["epoch"].as_u64().expect("epoch");
+    assert!(epoch > old_epoch, "a higher epoch: {leader}");
+    // The old primary fenced itself at its lease deadline and says so.
+    let fenced = until_status(&net, root, "client", &a1, |s| {
+        s["failover"]["self_fencings"].as_u64() >= Some(1)
+    });
+    assert!(
+        fenced["failover"]["lease_remaining_ms"].is_null(),
+        "{fenced}"
+    );
+    assert!(
+        fenced["failover"]["coordinator_error"].is_string(),
+        "etcd's loss is shown: {fenced}"
+    );
+    let (stale, _) = write_keys(&net, root, &a1, "stale", 2);
+    assert!(
+        stale.is_empty(),
+        "the fenced primary acknowledges nothing: {stale:?}"
+    );
+
+    // Healed: it finds the key held by another and follows it, with no operator.
+    net.heal("n1");
+    let rejoined = until_status(&net, root, "client", &a1, |s| {
+        s["role"] == "replica"
+            && s["upstream"] == "streaming"
+            && s["epoch"].as_u64() == Some(epoch)
+            && s["last_rollback"].is_object()
+    });
+    let kept = std::fs::read_to_string(rejoined["last_rollback"]["file"].as_str().expect("file"))
+        .expect("the rollback file");
+    let hex = |text: &str| -> String { text.bytes().map(|b| format!("{b:02x}")).collect() };
+    assert!(
+        kept.contains(&hex("isolated-0")),
+        "what it dropped, never acknowledged, is in the rollback file"
+    );
+    let (after, _) = write_keys(&net, root, &all, "rejoined", 10);
+    assert_eq!(after.len(), 10, "writes go on through any server");
+    acknowledged.extend(after);
+
+    assert_readable_everywhere(&net, root, &acknowledged, &["isolated-0", "stale-0"]);
 }

@@ -59,6 +59,18 @@ impl DbTarget {
     }
 }
 
+/// A database under automatic failover on a server without a coordinator.
+pub(crate) fn no_coordinator() -> ServerError {
+    ServerError::BadSettings(
+        database::SettingError::Failover(
+            "--failover auto needs a coordinator: serve --coordinator etcd=HOST:PORT --cluster \
+             NAME"
+                .into(),
+        )
+        .into(),
+    )
+}
+
 fn target_error(error: ServerError) -> TargetError {
     TargetError(super::error_chain(&error))
 }
@@ -121,14 +133,7 @@ impl Server {
             return Ok(());
         }
         let Some(coordination) = &self.coordination else {
-            return Err(ServerError::BadSettings(
-                database::SettingError::Failover(
-                    "--failover auto needs a coordinator: serve --coordinator etcd=HOST:PORT \
-                     --cluster NAME"
-                        .into(),
-                )
-                .into(),
-            ));
+            return Err(no_coordinator());
         };
         let mut agents = coordination.agents();
         if agents.contains_key(db) {
@@ -210,6 +215,23 @@ impl Server {
         let leader = coordination.agents().get(db)?.status().agent.leader?;
         let (address, _) = leader.address.rsplit_once('/')?;
         (address != coordination.advertise).then(|| address.to_string())
+    }
+
+    /// Whether this member leads `db` under a lease that has not run out, as its agent last
+    /// granted it: only then may it answer reads as the primary (a primary past its lease
+    /// may have been replaced, and would serve stale reads).
+    pub(crate) fn holds_lease(&self, db: &str) -> bool {
+        let Some(coordination) = &self.coordination else {
+            return false;
+        };
+        let Some(status) = coordination.agents().get(db).map(FailoverHandle::status) else {
+            return false;
+        };
+        let leads = status
+            .agent
+            .leader
+            .is_some_and(|leader| leader.member == self.name);
+        leads && status.lease_until > Some(tokio::time::Instant::now())
     }
 
     /// The engine of a loaded database.

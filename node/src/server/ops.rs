@@ -325,14 +325,7 @@ impl Server {
     /// Refuses settings under automatic failover on a server without a coordinator.
     fn check_coordinator(&self, settings: &DbSettings) -> Result<(), ServerError> {
         if settings.automatic_failover() && self.coordination.is_none() {
-            return Err(ServerError::BadSettings(
-                database::SettingError::Failover(
-                    "--failover auto needs a coordinator: serve --coordinator etcd=HOST:PORT \
-                     --cluster NAME"
-                        .into(),
-                )
-                .into(),
-            ));
+            return Err(super::failover::no_coordinator());
         }
         Ok(())
     }
@@ -450,6 +443,12 @@ impl Server {
             return Err(ServerError::NotPrimary { via: None });
         }
         match settings.replica_of {
+            // Under automatic failover, a primary answers only within its lease.
+            None if settings.automatic_failover() && !self.holds_lease(db) => {
+                Err(ServerError::NotPrimary {
+                    via: self.elected_elsewhere(db),
+                })
+            }
             None => Ok(()),
             Some(text) => Err(ServerError::NotPrimary {
                 via: database::parse_replica_of(&text)

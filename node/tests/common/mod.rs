@@ -8,6 +8,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
+use coordinator_etcd::testing::EtcdServer;
+use coordinator_etcd::{EtcdCoordinator, EtcdOptions};
+use replication_core::coordinator::Coordinator;
+
 pub struct Server {
     pub child: Child,
     pub port: u16,
@@ -185,4 +189,71 @@ pub fn assert_all_readable(root: &Path, server: &str, written: &[(String, u64)])
             "acknowledged write {key} is readable at {server}"
         );
     }
+}
+
+/// The lease TTL of the automatic-failover tests: `REPNODE_TEST_LEASE_TTL` seconds, or 2
+/// (etcd's minimum here; the default of `--lease-ttl` is 5).
+pub fn ttl_secs() -> String {
+    std::env::var("REPNODE_TEST_LEASE_TTL").unwrap_or_else(|_| "2".into())
+}
+
+/// Three servers under `etcd`, and `app` on them under automatic failover, n1 its first
+/// primary; returns once n1 holds the key and takes writes.
+pub fn auto_cluster(root: &Path, etcd: &EtcdServer) -> Vec<Server> {
+    init_certs(root, "certs", "n1,n2,n3");
+    let servers: Vec<Server> = ["n1", "n2", "n3"]
+        .iter()
+        .map(|name| start_under(root, etcd, name, free_port()))
+        .collect();
+    let a1 = servers[0].address();
+    let ttl = ttl_secs();
+    let auto = ["--failover", "auto", "--lease-ttl", ttl.as_str()];
+    let mut create = vec!["db", "create", "app", "--quorum", "acks 1"];
+    create.extend(auto);
+    until_ok(root, &a1, &create);
+    let source = format!("{a1}/app");
+    for replica in &servers[1..] {
+        let mut create = vec!["db", "create", "app", "--replica-of", &source];
+        create.extend(auto);
+        until_ok(root, &replica.address(), &create);
+    }
+    until_status(root, &a1, "app", |s| {
+        s["failover"]["leader"] == "n1" && s["members"].as_array().map(Vec::len) == Some(2)
+    });
+    // The leader publishes its membership with its commit point every cycle: until it names
+    // both replicas, no candidate could prove it holds every acknowledged write.
+    published_voters(etcd, &["n2", "n3"]);
+    servers
+}
+
+/// Starts (again) server `name` on `port` under `etcd`, as `auto_cluster` does.
+pub fn start_under(root: &Path, etcd: &EtcdServer, name: &str, port: u16) -> Server {
+    let coordinator = format!("etcd={}", etcd.endpoint());
+    Server::start_with(
+        name,
+        port,
+        root,
+        &["--coordinator", &coordinator, "--cluster", "test"],
+    )
+}
+
+/// Waits until the leader's published commit point proves with exactly `voters`.
+pub fn published_voters(etcd: &EtcdServer, voters: &[&str]) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    runtime.block_on(async {
+        let options = EtcdOptions::new(vec![etcd.endpoint()], "test");
+        let coordinator = EtcdCoordinator::connect(options).await.expect("etcd");
+        for _ in 0..200 {
+            let view = coordinator.view("app").await.expect("a view of app");
+            let published = view.last_commit.map(|c| c.proofs).unwrap_or_default();
+            if published.iter().any(|p| p.voters == voters) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the leader never published its membership {voters:?}");
+    });
 }
