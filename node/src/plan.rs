@@ -659,42 +659,8 @@ fn view(listed: &Listed) -> MemberView {
 #[cfg(test)]
 mod tests;
 
-/// What automatic failover publishes with a leader's commit point so that a candidate can
-/// apply this module's rule without the operator: for each part of `policy`, its voters
-/// (node names) and how many of them must be seen (`n − k + 1`). `members` is the durable
-/// membership (`node/database`). Parts that need no acknowledgement prove nothing and are
-/// left out; a part that needs more acknowledgements than it has voters needs them all.
+/// What automatic failover publishes with a leader's commit point:
+/// [`Quorum::failover_proofs`], this module's rule for each part of `policy`.
 pub fn proofs(policy: &Quorum, members: &[String]) -> Vec<Proof> {
-    let mut split = Vec::new();
-    parts(policy, &mut split);
-    split
-        .into_iter()
-        .filter_map(|part| {
-            let voters: Vec<String> = match part.voters {
-                Voters::Names(list) => list,
-                Voters::Members => {
-                    let mut seen = BTreeSet::new();
-                    members
-                        .iter()
-                        .map(|m| m.split_once('/').map_or(m.as_str(), |(node, _)| node))
-                        .filter(|node| seen.insert(*node))
-                        .map(str::to_string)
-                        .collect()
-                }
-            };
-            let n = voters.len();
-            let k = match part.need {
-                Need::Count(k) => k,
-                Need::Majority => n.div_ceil(2).max(1),
-            };
-            if k == 0 || n == 0 {
-                return None;
-            }
-            let needed = if k > n { n } else { n - k + 1 };
-            Some(Proof {
-                voters,
-                needed: needed as u32,
-            })
-        })
-        .collect()
+    policy.failover_proofs(members)
 }

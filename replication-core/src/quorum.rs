@@ -175,6 +175,69 @@ pub enum Quorum {
 }
 
 /// The `n`-th highest durable position among the replicas the filter admits.
+impl Quorum {
+    /// What automatic failover publishes with a leader's commit point, so that a candidate
+    /// can tell whether the members it sees hold every write this policy acknowledged: for
+    /// each part (`A and B` has two; an acknowledged write satisfied both, so one proof that
+    /// holds is enough), its voters (node names) and how many of them must be seen,
+    /// `n − k + 1` for `k` acknowledgements among `n` voters (the rule of `repnode failover
+    /// plan`). `members` is the durable membership (`node/database`). `majority` may have
+    /// committed on one copy while the membership was smaller, so it needs every member;
+    /// parts that need no acknowledgement prove nothing and are left out; a part that needs
+    /// more acknowledgements than it has voters needs them all.
+    ///
+    /// ```
+    /// # use replication_core::quorum::Quorum;
+    /// let members = ["n2/app".to_string(), "n3/app".to_string()];
+    /// let proofs = "acks 1".parse::<Quorum>().unwrap().failover_proofs(&members);
+    /// assert_eq!((proofs[0].voters.len(), proofs[0].needed), (2, 2));
+    /// ```
+    pub fn failover_proofs(&self, members: &[String]) -> Vec<crate::coordinator::Proof> {
+        let distinct = |names: &mut dyn Iterator<Item = String>| {
+            let mut seen = std::collections::BTreeSet::new();
+            names.filter(|n| seen.insert(n.clone())).collect::<Vec<_>>()
+        };
+        let of_members = || {
+            let mut nodes = members.iter().map(|m| {
+                m.split_once('/')
+                    .map_or(m.as_str(), |(node, _)| node)
+                    .to_string()
+            });
+            distinct(&mut nodes)
+        };
+        let named = |list: &[NodeId]| distinct(&mut list.iter().map(|n| n.as_str().to_string()));
+        let (voters, k) = match self {
+            Quorum::AllOf(parts) => {
+                return parts
+                    .iter()
+                    .flat_map(|p| p.failover_proofs(members))
+                    .collect();
+            }
+            Quorum::Async => return Vec::new(),
+            Quorum::AckCount {
+                n,
+                among: Some(ReplicaFilter::Names(list)),
+            }
+            | Quorum::Any { n, names: list }
+            | Quorum::First { n, names: list } => (named(list), *n),
+            // A tag filter only narrows which members could acknowledge: counting among all
+            // of them stays sound.
+            Quorum::AckCount { n, .. } => (of_members(), *n),
+            Quorum::Majority => (of_members(), 1),
+            Quorum::MajorityOf(list) => (named(list), list.len().div_ceil(2).max(1)),
+        };
+        let n = voters.len();
+        if k == 0 || n == 0 {
+            return Vec::new();
+        }
+        let needed = if k > n { n } else { n - k + 1 };
+        vec![crate::coordinator::Proof {
+            voters,
+            needed: needed as u32,
+        }]
+    }
+}
+
 fn nth_highest<'a>(replicas: impl Iterator<Item = &'a ReplicaProgress<'a>>, n: usize) -> TxId {
     if n == 0 {
         return TxId(u64::MAX);

@@ -236,3 +236,88 @@ fn without_faults_every_write_is_acknowledged() {
         }
     }
 }
+
+/// Automatic failover: the in-memory coordinator and a failover agent per node, under
+/// crashes of the leader, stalls past the lease, nodes cut from the coordinator, the
+/// coordinator down, partitions, cut channels and policy changes, with no operator.
+/// `SIM_AUTO_SEEDS=N` runs N seeds per preset topology (default 300 of `four`, 100 of each
+/// other); `SIM_AUTO_SEED=S` replays one, printing its trace, in `SIM_TOPOLOGY`.
+#[test]
+fn automatic_failover_survives_faults_across_seeds() {
+    let replay = env_u64("SIM_AUTO_SEED");
+    let count = env_u64("SIM_AUTO_SEEDS");
+    let presets: Vec<(Topology, u64)> = match std::env::var("SIM_TOPOLOGY") {
+        Ok(name) => vec![(
+            Topology::preset(&name).expect("a preset"),
+            count.unwrap_or(300),
+        )],
+        Err(_) => vec![
+            (Topology::four(), count.unwrap_or(300)),
+            (Topology::three(), count.map_or(100, |n| (n / 10).max(100))),
+            (
+                Topology::five_cascade(),
+                count.map_or(100, |n| (n / 10).max(100)),
+            ),
+        ],
+    };
+    for (topology, seeds) in presets {
+        let options = SimOptions {
+            topology: topology.clone(),
+            automatic: true,
+            trace_lines: env_u64("SIM_TRACE_LINES").map_or(400, |n| n as usize),
+            ..SimOptions::default()
+        };
+        let name = topology.name();
+        let seeds: Vec<u64> = match replay {
+            Some(seed) => vec![seed],
+            None => (0..seeds).collect(),
+        };
+        let mut totals = sim::AutoStats::default();
+        let (mut quorum, mut crashes) = (0, 0);
+        for &seed in &seeds {
+            match sim::run(seed, &options) {
+                Ok(report) => {
+                    quorum += report.acked_quorum;
+                    crashes += report.crashes;
+                    let a = report.automatic;
+                    totals.elections += a.elections;
+                    totals.self_fencings += a.self_fencings;
+                    totals.stalls += a.stalls;
+                    totals.coordinator_cuts += a.coordinator_cuts;
+                    totals.coordinator_outages += a.coordinator_outages;
+                    totals.leader_crashes += a.leader_crashes;
+                    if replay.is_some() {
+                        println!("--- seed {seed} ({name}) ---\n{}", report.trace);
+                    }
+                }
+                Err(failure) => panic!(
+                    "{failure}\nreplay with: SIM_AUTO_SEED={seed} SIM_TOPOLOGY={name} cargo test \
+                     --release -p replication-core --test simulation automatic"
+                ),
+            }
+        }
+        assert!(quorum > 0, "{name}: no write acknowledged");
+        if replay.is_none() {
+            assert!(
+                totals.elections > seeds.len(),
+                "{name}: too few elections: {totals:?}"
+            );
+            assert!(
+                totals.self_fencings > 0,
+                "{name}: no leader ever fenced itself"
+            );
+        }
+        println!(
+            "automatic failover, {name}, {} seeds: {quorum} writes acknowledged under quorum, \
+             {crashes} crashes ({} of the leader), {} elections, {} self-fencings, {} stalls, \
+             {} nodes cut from the coordinator, {} coordinator outages",
+            seeds.len(),
+            totals.leader_crashes,
+            totals.elections,
+            totals.self_fencings,
+            totals.stalls,
+            totals.coordinator_cuts,
+            totals.coordinator_outages
+        );
+    }
+}

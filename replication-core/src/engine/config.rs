@@ -105,7 +105,9 @@ pub struct EngineConfig {
     /// ([`Event::Lease`](super::Event::Lease)). Without one, or once it has passed, it accepts
     /// no write, moves no commit point and answers waiting writes as of unknown outcome, under
     /// any policy, so that a primary cut from its coordinator, or paused past its lease,
-    /// acknowledges nothing once another node may have been elected.
+    /// acknowledges nothing once another node may have been elected. It serves no replica
+    /// without a lease, and at a restart begins no epoch of its own unless `min_epoch`
+    /// reaches its log's (the coordinator grants epochs).
     pub leased: bool,
 }
 

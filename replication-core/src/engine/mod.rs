@@ -192,7 +192,15 @@ impl Engine {
             last_rollback: None,
             config,
         };
-        if is_primary {
+        // A leased primary (automatic failover) begins no epoch of its own at a restart: the
+        // coordinator grants the next one, and a number it chose alone could be the one the
+        // coordinator grants another node meanwhile. It begins one when asked to go above its
+        // log (`min_epoch`, the granted epoch less one) or when its log's epoch names no
+        // primary (a floor saved before a promotion, or a new log).
+        let begins = !engine.config.leased
+            || engine.config.min_epoch >= engine.log.epoch().max(last_epoch)
+            || engine.log.claim().primary.is_none();
+        if is_primary && begins {
             // A new epoch on every start: a replica holding transactions this primary streamed
             // but lost in a crash sees they come from an older epoch and may drop them.
             let epoch = engine

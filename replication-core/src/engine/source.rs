@@ -206,7 +206,12 @@ impl Source {
         }
         let mut progress = self.replicas.progress();
         if let Some(voters) = writes.counted() {
-            progress.retain(|replica| voters.contains(replica.id));
+            // A member the coordinator does not hold as a voter yet stays a member (the
+            // policy's majority is still of the whole membership), but nothing it acknowledged
+            // counts until it is published.
+            for replica in progress.iter_mut().filter(|r| !voters.contains(r.id)) {
+                replica.durable = crate::types::TxId::ZERO;
+            }
         }
         let satisfied = self.policy.satisfied(&progress);
         if cx.log.set_committed(satisfied, cx.out) {

@@ -322,6 +322,17 @@ fn under_a_synchronous_policy_a_candidate_needs_the_commit_point_and_enough_memb
         &view,
     );
     assert!(why.unwrap_err().contains("r2 is more advanced"));
+    // A leader whose policy named no voter yet (no replica had joined) counted no
+    // acknowledgement since: holding its commit point is enough.
+    let mut no_voters = commit(3, 20, true);
+    no_voters.proofs.clear();
+    let view = vacant(vec![], Some(no_voters));
+    let ok = after_settling(
+        &mut agent("r1", at(0)),
+        &local(MemberRole::Replica, 3, 20),
+        &view,
+    );
+    assert_eq!(ok, Ok(Epoch(3)));
     // With r2 seen since, it can.
     let view = vacant(vec![member("r2", 3, 20)], Some(commit(3, 20, true)));
     let ok = after_settling(

@@ -154,6 +154,20 @@ impl World {
                 let broken = self.network.cut_all(node);
                 self.notify_broken(broken);
             }
+            // Under automatic failover: its own faults instead of an operator's, and
+            // policies by count.
+            Fault::LosePrimary | Fault::Switchover { .. } | Fault::Nothing
+                if self.auto.is_some() =>
+            {
+                self.auto_fault();
+            }
+            Fault::Policy(_) if self.auto.is_some() => {
+                let replicas = self.nodes.len() - 1;
+                let policy = self.auto.as_mut().map(|a| a.policy(replicas));
+                if let Some(policy) = policy {
+                    self.set_policy(policy)?;
+                }
+            }
             // Racing primaries keep the policy whose quorums intersect.
             Fault::Policy(_) if self.race.is_some() => {}
             Fault::Policy(policy) => self.set_policy(policy)?,

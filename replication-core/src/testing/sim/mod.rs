@@ -28,8 +28,12 @@
 //!   replicas the policy demands), and at the
 //!   end (every write answered, every node holding and having applied exactly the primary's
 //!   history, no acknowledged write lost, no replication stopped);
+//! - `auto`: automatic failover ([`SimOptions::automatic`]): the in-memory coordinator's
+//!   state and a failover agent per node, the faults that matter to them, and the checks that
+//!   at most one node acknowledges at any instant, within its lease;
 //! - `topology`, `rng`: the cluster's shape; the per-subsystem random streams.
 
+mod auto;
 mod disk;
 mod failover;
 mod faults;
@@ -43,6 +47,7 @@ mod topology;
 mod workload;
 mod world;
 
+pub use auto::AutoStats;
 pub use topology::{NodeSpec, Topology};
 
 use world::World;
@@ -59,6 +64,10 @@ pub struct SimOptions {
     pub trace_lines: usize,
     /// The cluster's nodes and who replicates from whom.
     pub topology: Topology,
+    /// Automatic failover: an in-memory coordinator and a failover agent per node elect the
+    /// primary; the faults are those that matter to them (the leader crashed, a node stalled
+    /// or cut from the coordinator, the coordinator down) instead of an operator's.
+    pub automatic: bool,
 }
 
 impl Default for SimOptions {
@@ -68,6 +77,7 @@ impl Default for SimOptions {
             faults: true,
             trace_lines: 400,
             topology: Topology::default(),
+            automatic: false,
         }
     }
 }
@@ -117,6 +127,8 @@ pub struct SimReport {
     /// primary, as after a restart before it reconnects): each was checked against a majority
     /// of all members, not of those connected.
     pub majority_acks_with_members_away: usize,
+    /// Automatic failover's counts (all zero without it).
+    pub automatic: AutoStats,
     /// The final commit point.
     pub committed: u64,
     /// The last events of the run, one per line: the same seed gives the same trace.

@@ -32,6 +32,11 @@ pub(super) struct SimNode {
     /// Set by the operator on a node that rejoins a history lacking transactions it committed
     /// (after a forced promotion).
     pub(super) allow_rewind: bool,
+    /// Under automatic failover: a primary writes only under the coordinator's lease.
+    pub(super) leased: bool,
+    /// As a primary, begin an epoch above this one (automatic failover's granted epoch less
+    /// one, as `repnode` persists it).
+    pub(super) min_epoch: crate::types::Epoch,
     config_rng: Rng,
 }
 
@@ -48,6 +53,8 @@ impl SimNode {
             tick_at: None,
             allow_tx_discarding: false,
             allow_rewind: false,
+            leased: false,
+            min_epoch: crate::types::Epoch(0),
             config_rng: Rng::stream(seed, Stream::Config(index)),
         }
     }
@@ -73,6 +80,8 @@ impl SimNode {
         config.tags.insert("zone".into(), self.zone.clone());
         config.allow_tx_discarding = self.allow_tx_discarding;
         config.allow_rewind = self.allow_rewind;
+        config.leased = self.leased;
+        config.min_epoch = self.min_epoch;
         config.seed = rng.next();
         config
     }

@@ -24,6 +24,8 @@ pub(super) enum Stream {
     Config(usize),
     /// The racing operators' choices after two promotions at once.
     Race,
+    /// Automatic failover: the coordinator's faults, the agents' timing, the clients' pick.
+    Coordinator,
 }
 
 impl Stream {
@@ -37,6 +39,7 @@ impl Stream {
             Stream::Disk(node) => 0x6469_736b_0000_0000 ^ ((node as u64) << 8),
             Stream::Config(node) => 0x636f_6e66_6967_0000 ^ ((node as u64) << 8),
             Stream::Race => 0x7261_6365_0000_0004,
+            Stream::Coordinator => 0x636f_6f72_6469_0005,
         }
     }
 }

@@ -10,6 +10,7 @@ use std::collections::{BinaryHeap, VecDeque};
 use std::fmt::Write as _;
 use std::sync::Arc;
 
+use super::auto::Auto;
 use super::disk::Pending;
 use super::failover::{Failover, guaranteed_copies};
 use super::faults::Faults;
@@ -79,6 +80,14 @@ pub(super) enum SimEvent {
     RaceRepoint,
     /// An operator ends racing promotions.
     EndRace,
+    /// A failover agent's cycle (automatic failover).
+    AgentCycle { node: usize, incarnation: u64 },
+    /// A node reaches the coordinator again.
+    CoordinatorReach { node: usize },
+    /// The coordinator is back.
+    CoordinatorUp,
+    /// A stalled node resumes: what it was sent meanwhile is handled, in order.
+    Resume { node: usize },
 }
 
 /// An event and when it happens; events due at the same time happen in scheduling order.
@@ -168,19 +177,29 @@ pub(super) struct World {
     /// Racing promotions under way, if any.
     pub(super) race: Option<Race>,
     pub(super) races: RaceStats,
+    /// Automatic failover, when the run has it.
+    pub(super) auto: Option<Auto>,
 }
 
 impl World {
     pub(super) fn new(seed: u64, options: &SimOptions) -> World {
         let topology = options.topology.clone();
-        let nodes = topology
+        let mut nodes = topology
             .nodes()
             .iter()
             .enumerate()
             .map(|(index, spec)| SimNode::new(seed, index, spec, topology.role(index)))
             .collect::<Vec<_>>();
         let mut faults = Faults::new(seed, options.faults);
-        let policy = faults.initial_policy(&topology);
+        let mut policy = faults.initial_policy(&topology);
+        let mut auto = None;
+        if options.automatic {
+            let names: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
+            let mut automatic = Auto::new(seed, &names);
+            policy = automatic.policy(topology.direct_replicas().count());
+            nodes.iter_mut().for_each(|n| n.leased = true);
+            auto = Some(automatic);
+        }
         let fewest_copies = guaranteed_copies(&policy);
         World {
             now: 0,
@@ -213,6 +232,7 @@ impl World {
             switchovers: SwitchoverStats::default(),
             race: None,
             races: RaceStats::default(),
+            auto,
         }
     }
 
@@ -239,9 +259,12 @@ impl World {
         let name = self.nodes[node].name.clone();
         self.log(format!("{name} boots at {last:?}"));
         self.schedule_tick(node, self.now);
+        if self.auto.is_some() {
+            self.start_agent(node);
+        }
     }
 
-    fn schedule_tick(&mut self, node: usize, at: u64) {
+    pub(super) fn schedule_tick(&mut self, node: usize, at: u64) {
         let at = at.max(self.now + 1);
         if self.nodes[node]
             .tick_at
@@ -324,7 +347,12 @@ impl World {
             }
             Command::SaveEpoch(claim) => self.nodes[node].disk.save_epoch(&claim),
             Command::SaveMembers(members) => {
-                oracle::members_replicate_from_it(&self.topology, node, &members)?;
+                // Under automatic failover a member that is down keeps the upstream it had
+                // until its agent, back, follows the leader: its place in the topology says
+                // nothing of cascading then.
+                if self.auto.is_none() {
+                    oracle::members_replicate_from_it(&self.topology, node, &members)?;
+                }
                 let name = self.nodes[node].name.clone();
                 self.log(format!("{name} saves members {members:?}"));
                 self.nodes[node].disk.save_members(members);
@@ -456,6 +484,9 @@ impl World {
                 &self.policy,
             )?;
         }
+        if self.auto.is_some() {
+            self.check_auto_ack(primary, &receipt)?;
+        }
         let name = &self.nodes[primary].name;
         let line = format!(
             "write {write:?} acknowledged by {name} as {} ({:?})",
@@ -503,9 +534,18 @@ impl World {
     }
 
     fn client_write(&mut self) -> Check {
-        let primary = self.racer_for_writes().unwrap_or_else(|| self.primary());
+        let auto_target = match self.auto.is_some() {
+            true => Some(self.auto_write_target()),
+            false => None,
+        };
+        let primary = match auto_target {
+            Some(target) => target.unwrap_or_else(|| self.primary()),
+            None => self.racer_for_writes().unwrap_or_else(|| self.primary()),
+        };
         // A switching primary refuses new writes, naming the target.
-        let takes = self.nodes[primary].is_up() && !self.switching_over();
+        let takes = self.nodes[primary].is_up()
+            && !self.switching_over()
+            && auto_target.is_none_or(|target| target.is_some());
         let batch = self
             .workload
             .next_batch(takes.then_some(primary), &self.policy);
@@ -537,6 +577,17 @@ impl World {
             return Ok(false);
         };
         self.now = at;
+        // A stalled node handles nothing until it resumes, then all of it in order.
+        if let Some(node) = self.stalled_target(&event) {
+            self.hold(node, event);
+            return Ok(true);
+        }
+        self.dispatch(event)?;
+        Ok(true)
+    }
+
+    /// Runs one event at `now`.
+    pub(super) fn dispatch(&mut self, event: SimEvent) -> Check {
         let current = |world: &World, node: usize, incarnation: u64| {
             world.nodes[node].incarnation == incarnation
         };
@@ -611,14 +662,49 @@ impl World {
             SimEvent::SwitchoverStep => self.switchover_step(),
             SimEvent::RaceRepoint => self.race_repoint(),
             SimEvent::EndRace => self.end_race()?,
+            SimEvent::AgentCycle { node, incarnation } => {
+                if current(self, node, incarnation) && self.nodes[node].is_up() {
+                    self.agent_cycle(node)?;
+                }
+            }
+            SimEvent::CoordinatorReach { node } => self.coordinator_reach(node),
+            SimEvent::CoordinatorUp => self.coordinator_up(),
+            SimEvent::Resume { node } => self.resume(node)?,
         }
-        Ok(true)
+        Ok(())
+    }
+
+    /// Schedules `event` before any other due at the same time.
+    pub(super) fn schedule_first(&mut self, delay: u64, event: SimEvent) {
+        self.queue.push(Reverse(Scheduled {
+            at: self.now + delay,
+            seq: 0,
+            event,
+        }));
+    }
+
+    /// The node `event` is for, if it is stalled now (automatic failover only).
+    fn stalled_target(&self, event: &SimEvent) -> Option<usize> {
+        let auto = self.auto.as_ref()?;
+        let node = match event {
+            SimEvent::Engine { node, .. }
+            | SimEvent::Tick { node, .. }
+            | SimEvent::DurableDone { node, .. }
+            | SimEvent::Connect { node, .. }
+            | SimEvent::AgentCycle { node, .. } => *node,
+            SimEvent::Deliver { link, to_end, .. } => self.network.arrival(*link, *to_end)?.node,
+            _ => return None,
+        };
+        auto.stalled(node, self.now).map(|_| node)
     }
 
     /// Ends the fault phase: no more faults, no partitions, every node up.
     fn heal_everything(&mut self) -> Check {
         self.faults.stop();
         self.network.heal_all();
+        if let Some(auto) = self.auto.as_mut() {
+            auto.heal_all();
+        }
         self.end_race()?;
         for node in 0..self.nodes.len() {
             if !self.nodes[node].is_up() && !self.is_lost(node) {
@@ -720,6 +806,11 @@ impl World {
             races_won_by_rival: self.races.rival_won,
             racers_fenced: self.races.fenced,
             race_repoints: self.races.repoints,
+            automatic: self
+                .auto
+                .as_ref()
+                .map(|auto| auto.stats.clone())
+                .unwrap_or_default(),
             committed: self.nodes[self.primary()].disk.len(),
             trace: self.trace.dump(),
         }
