@@ -38,6 +38,22 @@ impl Drop for TempDir {
     }
 }
 
+/// A member's client and peer ports.
+#[derive(Clone, Copy, Debug)]
+struct Ports {
+    client: u16,
+    peer: u16,
+}
+
+impl Ports {
+    fn free() -> Result<Ports, String> {
+        Ok(Ports {
+            client: free_port().map_err(|e| e.to_string())?,
+            peer: free_port().map_err(|e| e.to_string())?,
+        })
+    }
+}
+
 fn free_port() -> std::io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
@@ -92,12 +108,26 @@ impl EtcdServer {
     /// # Errors
     /// As [`start`](EtcdServer::start).
     pub fn start_in(dir: &Path, tls: Option<&EtcdTlsFiles>) -> Result<EtcdServer, String> {
+        let ports = Ports::free()?;
+        let initial = format!("test=http://127.0.0.1:{}", ports.peer);
+        let mut server = EtcdServer::spawn(dir, "test", ports, &initial, tls)?;
+        server.wait_ready(dir, tls.is_some())?;
+        Ok(server)
+    }
+
+    /// Spawns member `name` of the cluster `initial` (`name=PEER_URL,...`), its data and log
+    /// in `dir`.
+    fn spawn(
+        dir: &Path,
+        name: &str,
+        ports: Ports,
+        initial: &str,
+        tls: Option<&EtcdTlsFiles>,
+    ) -> Result<EtcdServer, String> {
         let binary = etcd_binary()?;
-        let client_port = free_port().map_err(|e| e.to_string())?;
-        let peer_port = free_port().map_err(|e| e.to_string())?;
         let scheme = if tls.is_some() { "https" } else { "http" };
-        let client = format!("{scheme}://127.0.0.1:{client_port}");
-        let peer = format!("http://127.0.0.1:{peer_port}");
+        let client = format!("{scheme}://127.0.0.1:{}", ports.client);
+        let peer = format!("http://127.0.0.1:{}", ports.peer);
         let log = std::fs::File::create(dir.join("etcd.log")).map_err(|e| e.to_string())?;
         let mut command = Command::new(&binary);
         if let Some(tls) = tls {
@@ -108,26 +138,24 @@ impl EtcdServer {
                 .arg(format!("--key-file={}", tls.key.display()));
         }
         let child = command
-            .arg("--name=test")
+            .arg(format!("--name={name}"))
             .arg(format!("--data-dir={}", dir.join("data").display()))
             .arg(format!("--listen-client-urls={client}"))
             .arg(format!("--advertise-client-urls={client}"))
             .arg(format!("--listen-peer-urls={peer}"))
             .arg(format!("--initial-advertise-peer-urls={peer}"))
-            .arg(format!("--initial-cluster=test={peer}"))
+            .arg(format!("--initial-cluster={initial}"))
             .arg("--heartbeat-interval=50")
             .arg("--election-timeout=500")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .map_err(|e| format!("cannot run {}: {e}", binary.display()))?;
-        let mut server = EtcdServer {
+        Ok(EtcdServer {
             child,
-            client_port,
+            client_port: ports.client,
             _dir: None,
-        };
-        server.wait_ready(dir, tls.is_some())?;
-        Ok(server)
+        })
     }
 
     /// Waits until the client port accepts connections and the member is healthy (under
@@ -180,6 +208,68 @@ impl EtcdServer {
             .arg(signal)
             .arg(self.child.id().to_string())
             .status();
+    }
+}
+
+/// A three-member (or larger) etcd cluster on loopback, for tests where etcd's own quorum
+/// matters: one member may be lost and the coordinator goes on.
+#[derive(Debug)]
+pub struct EtcdCluster {
+    members: Vec<Option<EtcdServer>>,
+    endpoints: Vec<String>,
+    _dir: TempDir,
+}
+
+impl EtcdCluster {
+    /// Starts `size` members and waits until each answers as healthy.
+    ///
+    /// # Errors
+    /// As [`EtcdServer::start`].
+    pub fn start(size: usize) -> Result<EtcdCluster, String> {
+        let unique = format!(
+            "repnode-etcd-cluster-{}-{}",
+            std::process::id(),
+            free_port().map_err(|e| e.to_string())?
+        );
+        let root = TempDir(std::env::temp_dir().join(unique));
+        let ports: Vec<Ports> = (0..size).map(|_| Ports::free()).collect::<Result<_, _>>()?;
+        let initial = ports
+            .iter()
+            .enumerate()
+            .map(|(i, p)| format!("m{i}=http://127.0.0.1:{}", p.peer))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut members = Vec::new();
+        for (i, ports) in ports.iter().enumerate() {
+            let dir = root.0.join(format!("m{i}"));
+            std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+            members.push(EtcdServer::spawn(
+                &dir,
+                &format!("m{i}"),
+                *ports,
+                &initial,
+                None,
+            )?);
+        }
+        // Each answers healthy only once a quorum of them runs: all were started first.
+        for (i, member) in members.iter_mut().enumerate() {
+            member.wait_ready(&root.0.join(format!("m{i}")), false)?;
+        }
+        Ok(EtcdCluster {
+            endpoints: members.iter().map(EtcdServer::endpoint).collect(),
+            members: members.into_iter().map(Some).collect(),
+            _dir: root,
+        })
+    }
+
+    /// Every member's `127.0.0.1:PORT`, comma separated, as `--coordinator etcd=` takes them.
+    pub fn endpoints(&self) -> String {
+        self.endpoints.join(",")
+    }
+
+    /// Kills member `index` (SIGKILL): the others keep etcd's quorum.
+    pub fn kill(&mut self, index: usize) {
+        self.members[index] = None;
     }
 }
 

@@ -60,7 +60,7 @@ fn a_killed_primary_is_replaced_automatically_and_rejoins_as_a_replica() {
     let dir = tempfile::tempdir().expect("tempdir");
     let root = dir.path();
     let etcd = EtcdServer::start().expect("start etcd");
-    let mut servers = auto_cluster(root, &etcd);
+    let mut servers = auto_cluster(root, &etcd.endpoint());
     let all = addresses(&servers);
     let all: Vec<&str> = all.iter().map(String::as_str).collect();
     let mut written = Vec::new();
@@ -102,7 +102,7 @@ fn a_killed_primary_is_replaced_automatically_and_rejoins_as_a_replica() {
 
     // The old primary comes back: it follows the new one, and holds everything.
     let port = servers[0].port;
-    servers[0] = start_under(root, &etcd, "n1", port);
+    servers[0] = start_under(root, &etcd.endpoint(), "n1", port);
     let leader_app = format!("{leader}/app");
     until_status(root, all[0], "app", |s| {
         s["role"] == "replica"
@@ -124,7 +124,7 @@ fn a_paused_primary_acknowledges_nothing_once_another_is_elected() {
     let dir = tempfile::tempdir().expect("tempdir");
     let root = dir.path();
     let etcd = EtcdServer::start().expect("start etcd");
-    let servers = auto_cluster(root, &etcd);
+    let servers = auto_cluster(root, &etcd.endpoint());
     let all = addresses(&servers);
     let all: Vec<&str> = all.iter().map(String::as_str).collect();
     let mut written = Vec::new();
@@ -209,7 +209,7 @@ fn killing_whichever_node_is_primary_loses_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let root = dir.path().to_path_buf();
     let etcd = EtcdServer::start().expect("start etcd");
-    let mut servers = auto_cluster(&root, &etcd);
+    let mut servers = auto_cluster(&root, &etcd.endpoint());
     let all = addresses(&servers);
     let names = ["n1", "n2", "n3"];
 
@@ -303,7 +303,7 @@ fn killing_whichever_node_is_primary_loses_nothing() {
         }
         failovers.push(killed.elapsed());
         let port = servers[victim].port;
-        servers[victim] = start_under(&root, &etcd, names[victim], port);
+        servers[victim] = start_under(&root, &etcd.endpoint(), names[victim], port);
         until_status(&root, &all[victim], "app", |s| {
             s["role"] == "replica" && s["upstream"] == "streaming"
         });
@@ -344,4 +344,42 @@ fn killing_whichever_node_is_primary_loses_nothing() {
             s["committed"] == leader["committed"]
         });
     }
+}
+
+#[test]
+fn with_three_etcd_members_losing_one_and_the_primary_at_once_loses_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path();
+    let mut etcd = coordinator_etcd::testing::EtcdCluster::start(3).expect("three etcd members");
+    let mut servers = auto_cluster(root, &etcd.endpoints());
+    let all = addresses(&servers);
+    let all: Vec<&str> = all.iter().map(String::as_str).collect();
+    let mut written = Vec::new();
+    for i in 0..10 {
+        let key = format!("before-{i}");
+        let tx = put_within(root, &all, &key, Duration::from_secs(10)).expect("a write");
+        written.push((key, tx));
+    }
+    // An etcd member and the primary are lost together: etcd keeps its quorum of two, and
+    // its clients move to the members left.
+    etcd.kill(0);
+    servers[0].kill_9();
+    let killed = Instant::now();
+    let survivors = [all[1], all[2]];
+    let tx = put_within(root, &survivors, "after", Duration::from_secs(30))
+        .expect("a new primary takes writes");
+    eprintln!(
+        "three etcd members, one lost with the primary: a write acknowledged {:?} after the kill",
+        killed.elapsed()
+    );
+    written.push(("after".into(), tx));
+    for server in survivors {
+        assert_all_readable(root, server, &written);
+    }
+    let port = servers[0].port;
+    servers[0] = start_under(root, &etcd.endpoints(), "n1", port);
+    until_status(root, all[0], "app", |s| {
+        s["role"] == "replica" && s["upstream"] == "streaming"
+    });
+    assert_all_readable(root, all[0], &written);
 }

@@ -651,7 +651,7 @@ fn a_history_through_an_automatic_failover_is_linearizable_and_nothing_acknowled
     let root = tempfile::tempdir().expect("tempdir");
     let root = root.path();
     let etcd = coordinator_etcd::testing::EtcdServer::start().expect("start etcd");
-    let mut servers = auto_cluster(root, &etcd);
+    let mut servers = auto_cluster(root, &etcd.endpoint());
     let addresses: Vec<String> = servers.iter().map(Server::address).collect();
     let load = Arc::new(Load {
         root: root.to_path_buf(),
@@ -675,7 +675,7 @@ fn a_history_through_an_automatic_failover_is_linearizable_and_nothing_acknowled
     until_returned(&load, before + 40, "after the election");
     let elected_at = nanos(load.clock);
     let port = servers[0].port;
-    servers[0] = start_under(root, &etcd, "n1", port);
+    servers[0] = start_under(root, &etcd.endpoint(), "n1", port);
     until_status(root, &addresses[0], "app", |s| {
         s["role"] == "replica" && s["upstream"] == "streaming"
     });

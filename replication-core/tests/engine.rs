@@ -520,6 +520,7 @@ fn grant_lease(engine: &mut Engine, at: Timestamp, until: u64) {
         Event::Lease {
             until,
             voters: None,
+            policy: None,
         },
     );
 }
@@ -629,6 +630,7 @@ fn a_leased_primary_counts_only_the_voters_its_coordinator_holds() {
         Event::Lease {
             until: Timestamp(10_000),
             voters: Some(vec![]),
+            policy: None,
         },
     );
     attach_replica(&mut engine, REPLICA, "r1");
@@ -655,6 +657,7 @@ fn a_leased_primary_counts_only_the_voters_its_coordinator_holds() {
         Event::Lease {
             until: Timestamp(10_000),
             voters: Some(vec![NodeId::new("r1")]),
+            policy: None,
         },
     );
     assert_eq!(drain(&mut engine)[0], commit(1));

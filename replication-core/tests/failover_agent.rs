@@ -92,7 +92,12 @@ impl FailoverTarget for FakeDb {
         Ok(())
     }
 
-    async fn grant(&self, until: Instant, _voters: &[String]) -> Result<(), TargetError> {
+    async fn grant(
+        &self,
+        until: Instant,
+        _voters: &[String],
+        _policy: Option<&str>,
+    ) -> Result<(), TargetError> {
         self.state(|s| s.windows.push((Instant::now(), until)));
         Ok(())
     }

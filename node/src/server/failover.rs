@@ -108,6 +108,7 @@ impl FailoverTarget for DbTarget {
         &self,
         until: tokio::time::Instant,
         voters: &[String],
+        policy: Option<&str>,
     ) -> Result<(), TargetError> {
         let node = self
             .server()?
@@ -117,7 +118,12 @@ impl FailoverTarget for DbTarget {
         let voters = voters
             .iter()
             .map(|v| replication_core::NodeId::new(v.as_str()));
-        node.renew_lease(until, Some(voters.collect()))
+        // The published policy in the text form this node wrote; one that does not parse
+        // (another version's) leaves the node's own policy alone in force.
+        let published = policy
+            .and_then(|text| text.parse::<replication_core::quorum::Quorum>().ok())
+            .map(|q| std::sync::Arc::new(q) as std::sync::Arc<dyn QuorumPolicy>);
+        node.renew_lease(until, Some(voters.collect()), published)
             .await
             .map_err(|e| TargetError(e.to_string()))
     }

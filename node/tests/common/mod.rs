@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-use coordinator_etcd::testing::EtcdServer;
 use coordinator_etcd::{EtcdCoordinator, EtcdOptions};
 use replication_core::coordinator::Coordinator;
 
@@ -197,9 +196,9 @@ pub fn ttl_secs() -> String {
     std::env::var("REPNODE_TEST_LEASE_TTL").unwrap_or_else(|_| "2".into())
 }
 
-/// Three servers under `etcd`, and `app` on them under automatic failover, n1 its first
+/// Three servers under `etcd` (its endpoints, comma separated), and `app` on them under automatic failover, n1 its first
 /// primary; returns once n1 holds the key and takes writes.
-pub fn auto_cluster(root: &Path, etcd: &EtcdServer) -> Vec<Server> {
+pub fn auto_cluster(root: &Path, etcd: &str) -> Vec<Server> {
     init_certs(root, "certs", "n1,n2,n3");
     let servers: Vec<Server> = ["n1", "n2", "n3"]
         .iter()
@@ -227,8 +226,8 @@ pub fn auto_cluster(root: &Path, etcd: &EtcdServer) -> Vec<Server> {
 }
 
 /// Starts (again) server `name` on `port` under `etcd`, as `auto_cluster` does.
-pub fn start_under(root: &Path, etcd: &EtcdServer, name: &str, port: u16) -> Server {
-    let coordinator = format!("etcd={}", etcd.endpoint());
+pub fn start_under(root: &Path, etcd: &str, name: &str, port: u16) -> Server {
+    let coordinator = format!("etcd={etcd}");
     Server::start_with(
         name,
         port,
@@ -238,13 +237,14 @@ pub fn start_under(root: &Path, etcd: &EtcdServer, name: &str, port: u16) -> Ser
 }
 
 /// Waits until the leader's published commit point proves with exactly `voters`.
-pub fn published_voters(etcd: &EtcdServer, voters: &[&str]) {
+pub fn published_voters(etcd: &str, voters: &[&str]) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("a runtime");
     runtime.block_on(async {
-        let options = EtcdOptions::new(vec![etcd.endpoint()], "test");
+        let endpoints = etcd.split(',').map(str::to_string).collect();
+        let options = EtcdOptions::new(endpoints, "test");
         let coordinator = EtcdCoordinator::connect(options).await.expect("etcd");
         for _ in 0..200 {
             let view = coordinator.view("app").await.expect("a view of app");

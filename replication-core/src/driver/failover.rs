@@ -34,7 +34,12 @@ pub trait FailoverTarget: Send + Sync + 'static {
     async fn follow(&self, leader: &LeaderRecord) -> Result<(), TargetError>;
     /// The primary may acknowledge writes until `until`, counting only the acknowledgements
     /// of `voters` (node names): those the coordinator holds as the policy's voters.
-    async fn grant(&self, until: Instant, voters: &[String]) -> Result<(), TargetError>;
+    async fn grant(
+        &self,
+        until: Instant,
+        voters: &[String],
+        policy: Option<&str>,
+    ) -> Result<(), TargetError>;
 }
 
 /// What an operator sees of a running agent, with its times as instants.
@@ -102,6 +107,7 @@ pub fn spawn<C: Coordinator + ?Sized, T: FailoverTarget>(
         status: status_tx,
         target_error: None,
         published_voters: Vec::new(),
+        published_policy: None,
     };
     let task = tokio::spawn(runner.run(stopped));
     FailoverHandle {
@@ -122,6 +128,8 @@ struct Runner<C: ?Sized, T> {
     /// The voters of the last commit record the coordinator accepted from this member: the
     /// only members whose acknowledgements the local primary counts.
     published_voters: Vec<String>,
+    /// The policy of that commit record.
+    published_policy: Option<String>,
 }
 
 impl<C: Coordinator + ?Sized, T: FailoverTarget> Runner<C, T> {
@@ -267,6 +275,7 @@ impl<C: Coordinator + ?Sized, T: FailoverTarget> Runner<C, T> {
                             voters.sort();
                             voters.dedup();
                             self.published_voters = voters;
+                            self.published_policy = record.policy.clone();
                         }
                         Err(error) => self.agent.on_error(error),
                     }
@@ -302,7 +311,11 @@ impl<C: Coordinator + ?Sized, T: FailoverTarget> Runner<C, T> {
             }
             Action::Lease { until } => {
                 let until = self.clock.instant_of(until);
-                let granted = self.target.grant(until, &self.published_voters).await;
+                let policy = self.published_policy.as_deref();
+                let granted = self
+                    .target
+                    .grant(until, &self.published_voters, policy)
+                    .await;
                 if let Err(error) = granted {
                     self.target_failed(error);
                 }

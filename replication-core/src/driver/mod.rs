@@ -90,6 +90,7 @@ enum Request {
     Lease(
         tokio::time::Instant,
         Option<Vec<NodeId>>,
+        Option<Arc<dyn QuorumPolicy>>,
         oneshot::Sender<()>,
     ),
     RemoveMember(ReplicaId, oneshot::Sender<bool>),
@@ -277,7 +278,8 @@ impl Node {
     /// granted or renewed its leader lease: it may acknowledge writes until `until`. The
     /// caller computes `until` from when it *sent* the renewal, plus the lease's time to live,
     /// minus a margin (see [`crate::coordinator`]); only the acknowledgements of `voters`
-    /// count (`None`: every member's).
+    /// count (`None`: every member's), and only what `policy` (the one the coordinator holds
+    /// proofs for) satisfies too commits.
     ///
     /// # Errors
     /// [`NodeError::ShuttingDown`] once the node stopped.
@@ -285,10 +287,11 @@ impl Node {
         &self,
         until: tokio::time::Instant,
         voters: Option<Vec<NodeId>>,
+        policy: Option<Arc<dyn QuorumPolicy>>,
     ) -> Result<(), NodeError> {
         let (reply, answer) = oneshot::channel();
         self.requests
-            .send(Request::Lease(until, voters, reply))
+            .send(Request::Lease(until, voters, policy, reply))
             .await
             .map_err(|_| NodeError::ShuttingDown)?;
         answer.await.map_err(|_| NodeError::ShuttingDown)
@@ -527,9 +530,14 @@ impl<L: TxLog, T: Transport, S: StateMachine> Driver<L, T, S> {
                 self.engine.handle(now, Event::SetPolicy(policy));
                 let _ = reply.send(());
             }
-            Request::Lease(until, voters, reply) => {
+            Request::Lease(until, voters, policy, reply) => {
                 let until = self.clock.timestamp_of(until);
-                self.engine.handle(now, Event::Lease { until, voters });
+                let lease = Event::Lease {
+                    until,
+                    voters,
+                    policy,
+                };
+                self.engine.handle(now, lease);
                 let _ = reply.send(());
             }
             Request::RemoveMember(replica, reply) => {

@@ -106,6 +106,10 @@ pub enum Event {
         /// acknowledged through a member a new leader could not know to look for. `None`
         /// counts every member.
         voters: Option<Vec<crate::types::NodeId>>,
+        /// The policy whose proofs the coordinator holds (published with the commit point):
+        /// the primary commits only what it satisfies too, so that a weaker policy set since
+        /// takes effect once published. `None`: the primary's own policy alone.
+        policy: Option<Arc<dyn QuorumPolicy>>,
     },
     /// Time passed.
     Tick,

@@ -304,7 +304,11 @@ impl Engine {
                 );
                 self.last_rollback = Some(rollback);
             }
-            Event::Lease { until, voters } => self.source.renew_lease(cx!(self), until, voters),
+            Event::Lease {
+                until,
+                voters,
+                policy,
+            } => self.source.renew_lease(cx!(self), until, voters, policy),
             Event::Tick => {
                 self.source.on_tick(cx!(self));
                 let next = self.now.plus(self.config.heartbeat_interval / 2);

@@ -165,9 +165,10 @@ impl Source {
         cx: &mut Ctx<'_>,
         until: Timestamp,
         voters: Option<Vec<crate::types::NodeId>>,
+        published: Option<Arc<dyn QuorumPolicy>>,
     ) {
         if let Some(writes) = &mut self.writes {
-            writes.renew_lease(until, voters);
+            writes.renew_lease(until, voters, published);
             // Writes may have committed while the lease was lapsing: answer them now.
             self.advance_commit(cx);
         }
@@ -213,7 +214,10 @@ impl Source {
                 replica.durable = crate::types::TxId::ZERO;
             }
         }
-        let satisfied = self.policy.satisfied(&progress);
+        let mut satisfied = self.policy.satisfied(&progress);
+        if let Some(published) = writes.published_policy() {
+            satisfied = satisfied.min(published.satisfied(&progress));
+        }
         if cx.log.set_committed(satisfied, cx.out) {
             self.on_commit_advanced(cx);
         }

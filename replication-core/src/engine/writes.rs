@@ -67,6 +67,8 @@ pub(super) struct WritePath {
     lease_until: Option<Timestamp>,
     /// The members whose acknowledgements count, as the coordinator last held them.
     counted: Option<std::collections::BTreeSet<crate::types::NodeId>>,
+    /// The policy whose proofs the coordinator holds, as last reported.
+    published_policy: Option<std::sync::Arc<dyn crate::quorum::QuorumPolicy>>,
 }
 
 impl WritePath {
@@ -95,11 +97,20 @@ impl WritePath {
         &mut self,
         until: Timestamp,
         voters: Option<Vec<crate::types::NodeId>>,
+        published: Option<std::sync::Arc<dyn crate::quorum::QuorumPolicy>>,
     ) {
         if self.leased {
             self.lease_until = self.lease_until.max(Some(until));
             self.counted = voters.map(|voters| voters.into_iter().collect());
+            self.published_policy = published;
         }
+    }
+
+    /// On a leased primary, the policy whose proofs the coordinator holds, if reported.
+    pub(super) fn published_policy(
+        &self,
+    ) -> Option<&std::sync::Arc<dyn crate::quorum::QuorumPolicy>> {
+        self.published_policy.as_ref().filter(|_| self.leased)
     }
 
     /// On a leased primary, the members whose acknowledgements count (`None`: all).

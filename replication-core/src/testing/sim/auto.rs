@@ -28,6 +28,7 @@ use crate::engine::{Event, Role, Timestamp, WriteReceipt};
 use crate::quorum::{Quorum, QuorumPolicy};
 use crate::testing::CoordinatorState;
 use crate::types::{Epoch, NodeId};
+use std::sync::Arc;
 
 /// The lease time to live in the simulation.
 const TTL: std::time::Duration = std::time::Duration::from_millis(400);
@@ -67,6 +68,8 @@ pub(super) struct Auto {
     held: Vec<Vec<SimEvent>>,
     /// The voters of the last commit record the coordinator accepted from each node.
     published: Vec<Vec<String>>,
+    /// The policy of that record.
+    published_policy: Vec<Option<Quorum>>,
     /// The end of the last lease window each node's engine was granted, and its epoch.
     windows: Vec<Option<(u64, Epoch)>>,
     /// The highest epoch in which a write was acknowledged.
@@ -87,6 +90,7 @@ impl Auto {
             stalled_until: vec![0; names.len()],
             held: names.iter().map(|_| Vec::new()).collect(),
             published: vec![Vec::new(); names.len()],
+            published_policy: vec![None; names.len()],
             windows: vec![None; names.len()],
             acked_epoch: Epoch(0),
             last_leader: None,
@@ -266,12 +270,19 @@ impl World {
                     .map(|v| NodeId::new(v.as_str()))
                     .collect();
                 let epoch = self.nodes[node].engine.as_ref().map(|e| e.epoch());
+                let name = self.nodes[node].name.clone();
+                self.log(format!(
+                    "{name} leased until {} counting {voters:?}",
+                    until.0
+                ));
                 if let Some(epoch) = epoch {
                     self.auto().windows[node] = Some((until.0, epoch));
                 }
+                let policy = self.auto().published_policy[node].clone();
                 let event = Event::Lease {
                     until,
                     voters: Some(voters),
+                    policy: policy.map(|p| Arc::new(p) as Arc<dyn QuorumPolicy>),
                 };
                 self.deliver(node, event)?;
             }
@@ -291,6 +302,8 @@ impl World {
                 voters.sort();
                 voters.dedup();
                 self.auto().published[node] = voters;
+                self.auto().published_policy[node] =
+                    record.policy.as_deref().and_then(|t| t.parse().ok());
             }
             Err(error) => self.auto().agents[node].on_error(error),
         }
@@ -306,6 +319,7 @@ impl World {
         self.topology.crown(node);
         self.restart_engine(node, Role::Primary);
         self.auto().published[node].clear();
+        self.auto().published_policy[node] = None;
         // As the runner does: the next cycle at once, to publish and grant the lease.
         let incarnation = self.nodes[node].incarnation;
         self.schedule(50, SimEvent::AgentCycle { node, incarnation });
