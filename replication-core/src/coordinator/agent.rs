@@ -158,6 +158,11 @@ pub struct FailoverAgent {
     vacant_since: Option<(Timestamp, u64)>,
     /// The last leader's policy, as last read: what a new leader adopts.
     last_policy: Option<String>,
+    /// As a new leader: the durable position it was elected with. The last leader may have
+    /// acknowledged all of it (it was elected for holding every acknowledged write), so the
+    /// commit points it publishes cover it until its own commit point passes it: otherwise
+    /// a candidate lacking it could be elected after it, and lose those writes.
+    inherited: Option<LogPosition>,
     status: AgentStatus,
 }
 
@@ -169,6 +174,7 @@ impl FailoverAgent {
             lease: None,
             vacant_since: None,
             last_policy: None,
+            inherited: None,
             status: AgentStatus::default(),
         }
     }
@@ -268,10 +274,20 @@ impl FailoverAgent {
                 if local.role == MemberRole::Primary && local.epoch == leader.epoch {
                     // The commit point and its voters first: the lease that follows lets
                     // the engine count only the voters the coordinator holds.
+                    if self
+                        .inherited
+                        .is_some_and(|held| local.committed.tx_id >= held.tx_id)
+                    {
+                        self.inherited = None;
+                    }
+                    let committed = match self.inherited {
+                        Some(held) if held.tx_id > local.committed.tx_id => held,
+                        _ => local.committed,
+                    };
                     out.push(Action::PublishCommit(CommitRecord {
                         member: self.config.member.clone(),
                         epoch: leader.epoch,
-                        committed: local.committed,
+                        committed,
                         synchronous: local.synchronous,
                         proofs: local.proofs.clone(),
                         policy: local.policy.clone(),
@@ -280,6 +296,7 @@ impl FailoverAgent {
                     self.status.lease_until = Some(until);
                     out.push(Action::Lease { until });
                 } else {
+                    self.inherited.get_or_insert(local.durable);
                     out.push(Action::Lead {
                         epoch: leader.epoch,
                         policy: self.last_policy.clone(),
@@ -335,6 +352,7 @@ impl FailoverAgent {
                 self.status.elections_won += 1;
                 tracing::warn!(member = %self.config.member, %epoch, "won the leader key");
                 self.vacant_since = None;
+                self.inherited = Some(local.durable);
                 out.push(Action::Lead {
                     epoch,
                     policy: self.last_policy.clone(),
@@ -352,6 +370,7 @@ impl FailoverAgent {
     /// Follows `leader` unless the local database already does.
     fn follow(&mut self, local: &LocalView, leader: &LeaderRecord, out: &mut Vec<Action>) {
         self.status.lease_until = None;
+        self.inherited = None;
         if local.role == MemberRole::Primary
             || local.following.as_deref() != Some(leader.address.as_str())
         {

@@ -114,6 +114,38 @@ fn the_leader_is_granted_until_the_renewal_it_sent_plus_ttl_minus_margin() {
 }
 
 #[test]
+fn a_new_leader_publishes_the_log_it_was_elected_with_until_it_commits_it() {
+    // Elected holding tx 12, which the last leader may have acknowledged, with its own commit
+    // point at 10: a candidate after it must hold 12.
+    let mut agent = agent("r1", at(0));
+    let mut me = local(MemberRole::Replica, 3, 12);
+    me.committed = position(10);
+    agent.on_campaign(&me, Ok(Campaign::Won { epoch: Epoch(4) }));
+    let view = ClusterView {
+        leader: Some(LeaderRecord {
+            member: "r1".into(),
+            address: "r1:1/db".into(),
+            epoch: Epoch(4),
+            lease: LeaseId(7),
+        }),
+        ..ClusterView::default()
+    };
+    let mut led = local(MemberRole::Primary, 4, 12);
+    led.committed = position(10);
+    let published = |actions: Vec<Action>| {
+        actions.into_iter().find_map(|a| match a {
+            Action::PublishCommit(c) => Some(c.committed.tx_id),
+            _ => None,
+        })
+    };
+    assert_eq!(published(agent.decide(at(10), &led, &view)), Some(TxId(12)));
+    // Once its own commit point passes it, its own is published.
+    led.durable = position(13);
+    led.committed = position(13);
+    assert_eq!(published(agent.decide(at(20), &led, &view)), Some(TxId(13)));
+}
+
+#[test]
 fn a_primary_in_another_epoch_than_its_key_leads_again_before_any_lease() {
     let mut agent = agent("p", at(0));
     let view = ClusterView {
