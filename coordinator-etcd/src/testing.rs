@@ -193,9 +193,22 @@ impl EtcdServer {
         format!("127.0.0.1:{}", self.client_port)
     }
 
-    /// Freezes etcd (SIGSTOP): calls hang, as when it is unreachable.
+    /// Freezes etcd (SIGSTOP): calls hang, as when it is unreachable. Returns once the
+    /// kernel reports it stopped.
     pub fn pause(&self) {
         self.signal("-STOP");
+        let stat = format!("/proc/{}/stat", self.child.id());
+        for _ in 0..200 {
+            // The state is the field after the parenthesised command name.
+            let stopped = std::fs::read_to_string(&stat).is_ok_and(|text| {
+                text.rsplit_once(") ")
+                    .is_some_and(|(_, rest)| rest.starts_with('T'))
+            });
+            if stopped {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// Lets a paused etcd run again (SIGCONT).

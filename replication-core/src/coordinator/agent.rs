@@ -407,7 +407,15 @@ impl FailoverAgent {
             .iter()
             .filter(|m| m.member != self.config.member)
             .collect();
-        for other in &others {
+        // A log that ends before the epoch of the last published commit point holds nothing
+        // acknowledged beyond that point: the leader of that epoch was elected holding every
+        // acknowledged write, and its commit point covers what it was elected with. A longer
+        // log of an older epoch is then a superseded tail, not more advanced.
+        let floor = view.last_commit.as_ref().map(|c| c.epoch);
+        let contenders = others
+            .iter()
+            .filter(|other| floor.is_none_or(|epoch| other.last_epoch >= epoch));
+        for other in contenders {
             if other.rank() > mine {
                 return Err(format!(
                     "{} is more advanced (transaction {} of epoch {})",
@@ -433,13 +441,16 @@ impl FailoverAgent {
             None => {}
             Some(commit) if commit.synchronous => {
                 // The commit point's own epoch is not published (it may predate the leader's
-                // epoch): a later epoch's log holds it, as does one that reaches it in the
-                // leader's history (the same hash there; past it, the ranking among the
-                // members below rules out a superseded history).
+                // epoch). A log that ends in a later epoch holds it (that epoch's leader was
+                // elected holding it); one that ends in the leader's epoch holds it once long
+                // enough (one writer per epoch: it is a prefix of the leader's); an older log
+                // only if it reaches exactly that position, hash included. A longer log of an
+                // older epoch may hold a history the leader superseded.
                 let at = commit.committed;
                 let holds = local.last_epoch > commit.epoch
-                    || local.durable.tx_id > at.tx_id
-                    || local.durable == at;
+                    || (local.last_epoch == commit.epoch && local.durable.tx_id >= at.tx_id)
+                    || local.durable == at
+                    || local.committed == at;
                 if !holds {
                     return Err(format!(
                         "lacks the last published commit point (transaction {} of epoch {})",

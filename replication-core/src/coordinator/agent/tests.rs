@@ -331,6 +331,17 @@ fn under_a_synchronous_policy_a_candidate_needs_the_commit_point_and_enough_memb
         why.as_ref().unwrap_err().contains("cannot prove"),
         "{why:?}"
     );
+    // A longer log of an older epoch may hold a history the leader of epoch 5 superseded.
+    let view = vacant(vec![], Some(commit(5, 8, true)));
+    let why = after_settling(
+        &mut agent("r1", at(0)),
+        &local(MemberRole::Replica, 3, 23),
+        &view,
+    );
+    assert!(
+        why.unwrap_err()
+            .contains("lacks the last published commit point")
+    );
     // A record of r2 older than the vacancy ranks but proves nothing: r2 may have stopped
     // publishing (died) after acknowledging writes it never published.
     let mut stale = member("r2", 3, 20);

@@ -197,7 +197,12 @@ impl World {
             let names: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
             let mut automatic = Auto::new(seed, &names);
             policy = automatic.policy(topology.direct_replicas().count());
-            nodes.iter_mut().for_each(|n| n.leased = true);
+            // As repnode opens a database under automatic failover: leased, and dropping
+            // uncommitted transactions a new leader's history lacks.
+            nodes.iter_mut().for_each(|n| {
+                n.leased = true;
+                n.allow_tx_discarding = true;
+            });
             auto = Some(automatic);
         }
         let fewest_copies = guaranteed_copies(&policy);
