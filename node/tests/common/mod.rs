@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-use coordinator_etcd::{EtcdCoordinator, EtcdOptions};
+use coordinator_etcd::{EtcdCoordinator, EtcdOptions, EtcdTls};
 use replication_core::coordinator::Coordinator;
 
 pub struct Server {
@@ -238,13 +238,19 @@ pub fn start_under(root: &Path, etcd: &str, name: &str, port: u16) -> Server {
 
 /// Waits until the leader's published commit point proves with exactly `voters`.
 pub fn published_voters(etcd: &str, voters: &[&str]) {
+    published_voters_over(etcd, voters, None);
+}
+
+/// As [`published_voters`], through a connection with `tls` when etcd requires it.
+pub fn published_voters_over(etcd: &str, voters: &[&str], tls: Option<EtcdTls>) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("a runtime");
     runtime.block_on(async {
         let endpoints = etcd.split(',').map(str::to_string).collect();
-        let options = EtcdOptions::new(endpoints, "test");
+        let mut options = EtcdOptions::new(endpoints, "test");
+        options.tls = tls;
         let coordinator = EtcdCoordinator::connect(options).await.expect("etcd");
         for _ in 0..200 {
             let view = coordinator.view("app").await.expect("a view of app");

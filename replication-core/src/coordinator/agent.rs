@@ -153,16 +153,18 @@ pub struct FailoverAgent {
     config: AgentConfig,
     /// The lease and when its last successful grant or renewal was sent.
     lease: Option<(LeaseId, Timestamp)>,
-    /// Since when the leader key has been seen vacant, and the coordinator's revision then:
-    /// only records published after it count as fresh.
-    vacant_since: Option<(Timestamp, u64)>,
+    /// Since when the leader key has been seen vacant, and the coordinator's revision and
+    /// epoch counter then: only records published after it count as fresh.
+    vacant_since: Option<(Timestamp, u64, Epoch)>,
     /// The last leader's policy, as last read: what a new leader adopts.
     last_policy: Option<String>,
     /// As a new leader: the durable position it was elected with. The last leader may have
     /// acknowledged all of it (it was elected for holding every acknowledged write), so the
     /// commit points it publishes cover it until its own commit point passes it: otherwise
     /// a candidate lacking it could be elected after it, and lose those writes.
-    inherited: Option<LogPosition>,
+    inherited: Option<(LogPosition, Epoch)>,
+    /// Another member holds the key but does not lead yet: it is looked at again soon.
+    awaiting_leader: bool,
     status: AgentStatus,
 }
 
@@ -175,6 +177,7 @@ impl FailoverAgent {
             vacant_since: None,
             last_policy: None,
             inherited: None,
+            awaiting_leader: false,
             status: AgentStatus::default(),
         }
     }
@@ -191,9 +194,10 @@ impl FailoverAgent {
 
     /// Whether the next cycle should come soon rather than a whole cycle later: the leader
     /// key is vacant and this member waits for the others' positions (they publish as soon
-    /// as they see the key vacated).
+    /// as they see the key vacated), or another member won it and this one waits until it
+    /// leads to follow it.
     pub fn poll_soon(&self) -> bool {
-        self.vacant_since.is_some()
+        self.vacant_since.is_some() || self.awaiting_leader
     }
 
     /// The lease it holds.
@@ -252,6 +256,7 @@ impl FailoverAgent {
     pub fn decide(&mut self, now: Timestamp, local: &LocalView, view: &ClusterView) -> Vec<Action> {
         self.status.leader = view.leader.clone();
         self.status.not_campaigning = None;
+        self.awaiting_leader = false;
         if let Some(commit) = &view.last_commit {
             self.last_policy = commit.policy.clone();
         }
@@ -263,7 +268,7 @@ impl FailoverAgent {
                 .as_ref()
                 .filter(|l| l.member != self.config.member)
             {
-                self.follow(local, leader, &mut out);
+                self.follow(local, leader, view, &mut out);
             }
             return out;
         };
@@ -272,22 +277,38 @@ impl FailoverAgent {
             Some(leader) if leader.member == self.config.member && leader.lease == lease => {
                 self.vacant_since = None;
                 if local.role == MemberRole::Primary && local.epoch == leader.epoch {
+                    // The history this leader builds on is the log it holds now. A tail it
+                    // lost between winning and leading is in no member's future, whatever
+                    // it claims; claiming it would leave every successor ineligible.
+                    if let Some((held, _)) = self.inherited
+                        && held.tx_id > local.durable.tx_id
+                    {
+                        tracing::error!(
+                            member = %self.config.member,
+                            elected_with = %held.tx_id,
+                            holds = %local.durable.tx_id,
+                            "the new leader lost part of the log it was elected with"
+                        );
+                        self.inherited = Some((local.durable, local.last_epoch));
+                    }
                     // The commit point and its voters first: the lease that follows lets
                     // the engine count only the voters the coordinator holds.
                     if self
                         .inherited
-                        .is_some_and(|held| local.committed.tx_id >= held.tx_id)
+                        .is_some_and(|(held, _)| local.committed.tx_id >= held.tx_id)
                     {
                         self.inherited = None;
                     }
-                    let committed = match self.inherited {
-                        Some(held) if held.tx_id > local.committed.tx_id => held,
-                        _ => local.committed,
+                    // The entry at the commit point is of the epoch the log ended in, at most.
+                    let (committed, position_epoch) = match self.inherited {
+                        Some((held, epoch)) if held.tx_id > local.committed.tx_id => (held, epoch),
+                        _ => (local.committed, local.last_epoch.min(leader.epoch)),
                     };
                     out.push(Action::PublishCommit(CommitRecord {
                         member: self.config.member.clone(),
                         epoch: leader.epoch,
                         committed,
+                        position_epoch: Some(position_epoch),
                         synchronous: local.synchronous,
                         proofs: local.proofs.clone(),
                         policy: local.policy.clone(),
@@ -296,7 +317,8 @@ impl FailoverAgent {
                     self.status.lease_until = Some(until);
                     out.push(Action::Lease { until });
                 } else {
-                    self.inherited.get_or_insert(local.durable);
+                    self.inherited
+                        .get_or_insert((local.durable, local.last_epoch));
                     out.push(Action::Lead {
                         epoch: leader.epoch,
                         policy: self.last_policy.clone(),
@@ -313,10 +335,22 @@ impl FailoverAgent {
             }
             Some(leader) => {
                 self.vacant_since = None;
-                self.follow(local, leader, &mut out);
+                self.follow(local, leader, view, &mut out);
             }
             None => {
-                let (since, vacated) = *self.vacant_since.get_or_insert((now, view.revision));
+                // A leader elected and gone since (the epoch counter moved while this member
+                // could not read the view) began a new reign: records published during it
+                // are not fresh for this vacancy, which starts now.
+                if self
+                    .vacant_since
+                    .is_some_and(|(_, _, epoch)| epoch != view.epoch)
+                {
+                    self.vacant_since = None;
+                }
+                let (since, vacated, _) =
+                    *self
+                        .vacant_since
+                        .get_or_insert((now, view.revision, view.epoch));
                 // Every other member published since the vacancy was seen: their positions
                 // are final, no need to wait out the settle time (a member that stopped
                 // publishing, dead with its lease still alive, is waited for until then).
@@ -352,14 +386,16 @@ impl FailoverAgent {
                 self.status.elections_won += 1;
                 tracing::warn!(member = %self.config.member, %epoch, "won the leader key");
                 self.vacant_since = None;
-                self.inherited = Some(local.durable);
+                self.inherited = Some((local.durable, local.last_epoch));
                 out.push(Action::Lead {
                     epoch,
                     policy: self.last_policy.clone(),
                 });
             }
             Ok(Campaign::Held(leader)) => {
-                self.follow(local, &leader, &mut out);
+                // Followed by the next cycle, once the view shows it leads.
+                self.vacant_since = None;
+                self.awaiting_leader = true;
                 self.status.leader = Some(leader);
             }
             Err(error) => self.on_error(error),
@@ -367,10 +403,31 @@ impl FailoverAgent {
         out
     }
 
-    /// Follows `leader` unless the local database already does.
-    fn follow(&mut self, local: &LocalView, leader: &LeaderRecord, out: &mut Vec<Action>) {
+    /// Follows `leader` unless the local database already does, once `view` shows it leads
+    /// (its own record a primary of its epoch). Until then its database may still be a
+    /// replica, and a relay at that: following it then could make two members each other's
+    /// source, and the one serving only what it knows committed would cut the tail of the
+    /// log the new leader was elected with.
+    fn follow(
+        &mut self,
+        local: &LocalView,
+        leader: &LeaderRecord,
+        view: &ClusterView,
+        out: &mut Vec<Action>,
+    ) {
         self.status.lease_until = None;
         self.inherited = None;
+        let leads = view.members.iter().any(|m| {
+            m.member == leader.member && m.role == MemberRole::Primary && m.epoch >= leader.epoch
+        });
+        self.awaiting_leader = !leads;
+        if !leads {
+            self.status.not_campaigning = Some(format!(
+                "the leader key is held by {}: followed once it leads epoch {}",
+                leader.member, leader.epoch
+            ));
+            return;
+        }
         if local.role == MemberRole::Primary
             || local.following.as_deref() != Some(leader.address.as_str())
         {
@@ -430,8 +487,11 @@ impl FailoverAgent {
             }
         }
         match &view.last_commit {
-            // No leader ever: the database created as the primary takes the key first.
-            None if local.role != MemberRole::Primary => {
+            // No leader ever: the database created as the primary takes the key first. A
+            // leader that won but never published a commit point acknowledged nothing (its
+            // engine is granted a lease only once the coordinator accepted one), so then the
+            // most advanced member may take the key.
+            None if view.epoch == Epoch(0) && local.role != MemberRole::Primary => {
                 return Err(
                     "no leader was ever elected: the member created as the primary \
                             takes the key first"
@@ -440,17 +500,8 @@ impl FailoverAgent {
             }
             None => {}
             Some(commit) if commit.synchronous => {
-                // The commit point's own epoch is not published (it may predate the leader's
-                // epoch). A log that ends in a later epoch holds it (that epoch's leader was
-                // elected holding it); one that ends in the leader's epoch holds it once long
-                // enough (one writer per epoch: it is a prefix of the leader's); an older log
-                // only if it reaches exactly that position, hash included. A longer log of an
-                // older epoch may hold a history the leader superseded.
-                let at = commit.committed;
-                let holds = local.last_epoch > commit.epoch
-                    || (local.last_epoch == commit.epoch && local.durable.tx_id >= at.tx_id)
-                    || local.durable == at
-                    || local.committed == at;
+                let holds = commit.held_by(local.last_epoch, local.durable)
+                    || local.committed == commit.committed;
                 if !holds {
                     return Err(format!(
                         "lacks the last published commit point (transaction {} of epoch {})",
@@ -486,7 +537,7 @@ impl FailoverAgent {
                 }
             }
             Some(commit) => {
-                let lag = if local.last_epoch > commit.epoch {
+                let lag = if commit.held_by(local.last_epoch, local.durable) {
                     0
                 } else {
                     commit

@@ -114,6 +114,10 @@ pub struct CommitRecord {
     pub epoch: Epoch,
     /// Its commit point.
     pub committed: LogPosition,
+    /// The epoch of the log entry at `committed`, when older than `epoch`: a new leader
+    /// publishes the log it was elected with, which ends in an earlier epoch. `None`: `epoch`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position_epoch: Option<Epoch>,
     /// Whether its policy was synchronous (acknowledged writes are on replicas).
     pub synchronous: bool,
     /// Under a synchronous policy, the ways a candidate can prove that the members whose
@@ -123,6 +127,22 @@ pub struct CommitRecord {
     /// The leader's quorum policy, in its node's text form: the next leader adopts it unless
     /// it was given one of its own.
     pub policy: Option<String>,
+}
+
+impl CommitRecord {
+    /// Whether a log ending at `durable`, whose last entry is of epoch `last_epoch`, holds
+    /// this commit point. A log that ends in the leader's epoch or later holds it (the
+    /// leader's entries follow the whole log it was elected with, and the leader of a later
+    /// epoch was elected holding it); one that ends in the epoch of the entry at the commit
+    /// point holds it once long enough (one writer per epoch: it is a prefix of that writer's
+    /// log); any other only if it reaches exactly that position, hash included. A longer log
+    /// of an older epoch may hold a history the leader superseded.
+    pub fn held_by(&self, last_epoch: Epoch, durable: LogPosition) -> bool {
+        let position_epoch = self.position_epoch.unwrap_or(self.epoch).min(self.epoch);
+        (last_epoch >= self.epoch && last_epoch > position_epoch)
+            || (last_epoch == position_epoch && durable.tx_id >= self.committed.tx_id)
+            || durable == self.committed
+    }
 }
 
 /// Any `needed` of `voters` include one member that holds every acknowledged write: for a

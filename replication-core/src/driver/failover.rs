@@ -108,6 +108,7 @@ pub fn spawn<C: Coordinator + ?Sized, T: FailoverTarget>(
         target_error: None,
         published_voters: Vec::new(),
         published_policy: None,
+        commit_refused: false,
     };
     let task = tokio::spawn(runner.run(stopped));
     FailoverHandle {
@@ -130,6 +131,8 @@ struct Runner<C: ?Sized, T> {
     published_voters: Vec<String>,
     /// The policy of that commit record.
     published_policy: Option<String>,
+    /// The coordinator refused this cycle's commit record: its lease is not granted.
+    commit_refused: bool,
 }
 
 impl<C: Coordinator + ?Sized, T: FailoverTarget> Runner<C, T> {
@@ -242,6 +245,7 @@ impl<C: Coordinator + ?Sized, T: FailoverTarget> Runner<C, T> {
         };
         let now = self.clock.now();
         let actions = self.agent.decide(now, &local, &view);
+        self.commit_refused = false;
         let mut again = false;
         for action in actions {
             again |= self.execute(action, &local).await;
@@ -277,7 +281,10 @@ impl<C: Coordinator + ?Sized, T: FailoverTarget> Runner<C, T> {
                             self.published_voters = voters;
                             self.published_policy = record.policy.clone();
                         }
-                        Err(error) => self.agent.on_error(error),
+                        Err(error) => {
+                            self.commit_refused = true;
+                            self.agent.on_error(error);
+                        }
                     }
                 }
                 false
@@ -309,6 +316,9 @@ impl<C: Coordinator + ?Sized, T: FailoverTarget> Runner<C, T> {
                 let followed = self.target.follow(&leader).await;
                 self.target_done(followed)
             }
+            // A lease whose commit point the coordinator did not take would let the engine
+            // acknowledge writes that no successor is bound to hold.
+            Action::Lease { .. } if self.commit_refused => false,
             Action::Lease { until } => {
                 let until = self.clock.instant_of(until);
                 let policy = self.published_policy.as_deref();

@@ -144,6 +144,7 @@ async fn commit_only_by_the_leader<A: Coordinator + ?Sized, B: Coordinator + ?Si
             tx_id: TxId(42),
             ..LogPosition::START
         },
+        position_epoch: Some(Epoch(epoch.0.saturating_sub(1))),
         synchronous: true,
         policy: Some("acks 1".into()),
         proofs: vec![Proof {

@@ -52,6 +52,7 @@ fn commit(epoch: u64, tx: u64, synchronous: bool) -> CommitRecord {
         member: "p".into(),
         epoch: Epoch(epoch),
         committed: position(tx),
+        position_epoch: None,
         synchronous,
         policy: Some("acks 1".into()),
         proofs: vec![Proof {
@@ -146,6 +147,35 @@ fn a_new_leader_publishes_the_log_it_was_elected_with_until_it_commits_it() {
 }
 
 #[test]
+fn a_new_leader_that_lost_part_of_its_log_claims_only_what_it_holds() {
+    // Elected holding tx 12, it holds 11 once it leads: claiming 12 would leave every
+    // successor ineligible, and no member's future history has it.
+    let mut agent = agent("r1", at(0));
+    let mut me = local(MemberRole::Replica, 3, 12);
+    me.committed = position(10);
+    agent.on_campaign(&me, Ok(Campaign::Won { epoch: Epoch(4) }));
+    let view = ClusterView {
+        leader: Some(LeaderRecord {
+            member: "r1".into(),
+            address: "r1:1/db".into(),
+            epoch: Epoch(4),
+            lease: LeaseId(7),
+        }),
+        ..ClusterView::default()
+    };
+    let mut led = local(MemberRole::Primary, 4, 11);
+    led.committed = position(10);
+    let claimed = agent
+        .decide(at(10), &led, &view)
+        .into_iter()
+        .find_map(|a| match a {
+            Action::PublishCommit(c) => Some(c.committed),
+            _ => None,
+        });
+    assert_eq!(claimed, Some(position(11)));
+}
+
+#[test]
 fn a_primary_in_another_epoch_than_its_key_leads_again_before_any_lease() {
     let mut agent = agent("p", at(0));
     let view = ClusterView {
@@ -194,11 +224,31 @@ fn another_leader_is_followed_by_a_primary_and_by_a_replica_of_someone_else() {
         epoch: Epoch(4),
         lease: LeaseId(9),
     };
-    let view = ClusterView {
+    // Until r1's own record shows it leads epoch 4, nobody follows it: its database may
+    // still be a replica, a relay of the old history.
+    let mut view = ClusterView {
         leader: Some(leader.clone()),
+        members: vec![member("r1", 3, 10)],
         ..ClusterView::default()
     };
     let mut old_primary = agent("p", at(0));
+    let actions = old_primary.decide(at(10), &local(MemberRole::Primary, 3, 10), &view);
+    assert!(
+        !actions.iter().any(|a| matches!(a, Action::Follow(_))),
+        "{actions:?}"
+    );
+    assert!(
+        old_primary
+            .status()
+            .not_campaigning
+            .as_deref()
+            .is_some_and(|why| why.contains("once it leads")),
+        "{:?}",
+        old_primary.status()
+    );
+    assert!(old_primary.poll_soon(), "it looks again soon");
+    view.members[0].role = MemberRole::Primary;
+    view.members[0].epoch = Epoch(4);
     let actions = old_primary.decide(at(10), &local(MemberRole::Primary, 3, 10), &view);
     assert!(actions.contains(&Action::Follow(leader.clone())));
     // A replica already following it does nothing more; one following the old primary moves.
@@ -264,6 +314,33 @@ fn once_every_member_published_since_the_vacancy_the_settle_time_is_not_waited_o
 }
 
 /// Runs `decide` on a key vacant long enough, and returns the campaign or why not.
+#[test]
+fn a_vacancy_after_a_reign_this_member_did_not_see_starts_anew() {
+    // r1 saw the key vacant at revision 7 (epoch 3), then lost the coordinator; meanwhile a
+    // leader of epoch 4 came and went. r2's record of revision 8 was published during that
+    // reign, so it proves nothing about the writes acknowledged in it.
+    let mut agent = agent("r1", at(0));
+    let me = local(MemberRole::Replica, 3, 10);
+    let mut view = vacant(vec![member("r2", 3, 10)], Some(commit(3, 10, true)));
+    view.members[0].revision = 5;
+    view.revision = 7;
+    assert_eq!(campaigns(&agent.decide(at(100), &me, &view)), None);
+    view.members[0].revision = 8;
+    view.revision = 20;
+    view.epoch = Epoch(4);
+    view.last_commit = Some(commit(4, 10, true));
+    assert_eq!(campaigns(&agent.decide(at(150), &me, &view)), None);
+    let why = after_settling(&mut agent, &me, &view).unwrap_err();
+    assert!(why.contains("cannot prove"), "{why}");
+    // Once r2 publishes after this vacancy, the proof holds.
+    view.members[0].revision = 21;
+    view.revision = 21;
+    assert_eq!(
+        campaigns(&agent.decide(at(70_000), &me, &view)),
+        Some(Epoch(4))
+    );
+}
+
 fn after_settling(
     agent: &mut FailoverAgent,
     me: &LocalView,
@@ -415,7 +492,10 @@ fn logs_at_one_position_with_different_hashes_have_diverged() {
 
 #[test]
 fn before_any_leader_only_the_member_created_as_primary_campaigns() {
-    let view = vacant(vec![member("p", 0, 0)], None);
+    let view = ClusterView {
+        epoch: Epoch(0),
+        ..vacant(vec![member("p", 0, 0)], None)
+    };
     let why = after_settling(
         &mut agent("r1", at(0)),
         &local(MemberRole::Replica, 0, 0),
@@ -431,6 +511,30 @@ fn before_any_leader_only_the_member_created_as_primary_campaigns() {
         )
         .is_ok()
     );
+}
+
+#[test]
+fn after_a_leader_that_never_published_a_commit_point_the_most_advanced_campaigns() {
+    // p won epoch 2, then lost its unsynced tail before the coordinator ever took its
+    // commit record: it acknowledged nothing, and r1 holds the longest log.
+    let view = ClusterView {
+        epoch: Epoch(2),
+        ..vacant(vec![member("p", 2, 19), member("r2", 2, 20)], None)
+    };
+    let mut me = local(MemberRole::Replica, 2, 20);
+    me.proofs.clear();
+    assert_eq!(
+        after_settling(&mut agent("r1", at(0)), &me, &view),
+        Ok(Epoch(2))
+    );
+    let mut p = local(MemberRole::Primary, 2, 19);
+    p.proofs.clear();
+    let view = ClusterView {
+        epoch: Epoch(2),
+        ..vacant(vec![member("r1", 2, 20)], None)
+    };
+    let why = after_settling(&mut agent("p", at(0)), &p, &view).unwrap_err();
+    assert!(why.contains("r1 is more advanced"), "{why}");
 }
 
 #[test]
@@ -471,7 +575,20 @@ fn a_won_campaign_leads_and_a_lost_one_follows() {
     };
     let mut loser = agent("r2", at(0));
     let actions = loser.on_campaign(&me, Ok(Campaign::Held(leader.clone())));
-    assert_eq!(actions, vec![Action::Follow(leader)]);
+    assert!(actions.is_empty(), "followed before it leads: {actions:?}");
+    assert_eq!(loser.status().leader, Some(leader.clone()));
+    let mut leading = member("r1", 4, 10);
+    leading.role = MemberRole::Primary;
+    let view = ClusterView {
+        leader: Some(leader.clone()),
+        members: vec![leading],
+        ..ClusterView::default()
+    };
+    assert!(
+        loser
+            .decide(at(0), &me, &view)
+            .contains(&Action::Follow(leader))
+    );
 }
 
 #[test]
@@ -501,4 +618,30 @@ fn an_expired_lease_is_given_up_and_granted_anew() {
     agent.on_lease(at(1_000), Err(CoordinatorError::LeaseExpired(LeaseId(7))));
     assert_eq!(agent.lease(), None);
     assert_eq!(agent.begin_cycle(at(2_000)), LeaseStep::Grant);
+}
+
+#[test]
+fn a_commit_point_inherited_from_an_older_epoch_is_held_by_a_longer_log_of_that_epoch() {
+    // The leader of epoch 3 was elected with a log ending at tx 12 of epoch 2 and published
+    // it before writing anything of its own.
+    let record = CommitRecord {
+        position_epoch: Some(Epoch(2)),
+        ..commit(3, 12, true)
+    };
+    assert!(record.held_by(Epoch(2), position(14)), "longer, of epoch 2");
+    assert!(record.held_by(Epoch(2), position(12)), "exactly as long");
+    assert!(!record.held_by(Epoch(2), position(11)), "shorter");
+    assert!(
+        record.held_by(Epoch(3), position(13)),
+        "with the leader's own entries"
+    );
+    assert!(
+        !record.held_by(Epoch(1), position(20)),
+        "a superseded tail of epoch 1"
+    );
+    // Without the position's epoch, the commit point is of the leader's own epoch.
+    let own = commit(3, 12, true);
+    assert!(!own.held_by(Epoch(2), position(14)));
+    assert!(own.held_by(Epoch(3), position(12)));
+    assert!(own.held_by(Epoch(4), position(5)));
 }

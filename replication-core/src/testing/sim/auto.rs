@@ -6,9 +6,11 @@
 //! `Lead` and `Follow` are carried out as the node does (the engine restarted with the
 //! granted epoch, or as a replica of the leader), their `Lease` becomes `Event::Lease`.
 //!
-//! A cycle runs at once, at one instant: the lease call, the node's view, the coordinator's
-//! view, the decision and its actions; the coordinator applies each call at that instant, so
-//! the lease the agent computes from its send time ends exactly a margin before the
+//! A cycle runs as the runner's does, one coordinator call at a time: the lease call, the
+//! node's view, the coordinator's view, the decision, and each action. Every call takes a
+//! seeded network delay to the coordinator, which applies it when it arrives, and another
+//! back; the node may stall or crash in between, and decides on a view that is that old.
+//! The lease the agent computes from the send time so ends at least a margin before the
 //! coordinator's. Cycles of every node follow a change of the leader key after a network
 //! delay, as etcd's watch wakes them.
 //!
@@ -21,13 +23,14 @@ use super::oracle::Check;
 use super::rng::{Rng, Stream};
 use super::world::{SimEvent, World};
 use crate::coordinator::{
-    Action, AgentConfig, Campaign, CommitRecord, CoordinatorError, FailoverAgent, LeaderRecord,
-    LeaseId, LeaseStep, LocalView, MemberRole,
+    Action, AgentConfig, Campaign, ClusterView, CommitRecord, CoordinatorError, FailoverAgent,
+    LeaderRecord, LeaseId, LeaseStep, LocalView, MemberRecord, MemberRole,
 };
 use crate::engine::{Event, Role, Timestamp, WriteReceipt};
 use crate::quorum::{Quorum, QuorumPolicy};
 use crate::testing::CoordinatorState;
 use crate::types::{Epoch, NodeId};
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 /// The lease time to live in the simulation.
@@ -76,6 +79,12 @@ pub(super) struct Auto {
     acked_epoch: Epoch,
     /// The leader key as last seen, to wake every agent when it changes.
     last_leader: Option<LeaderRecord>,
+    /// Processes started so far: each agent's process gets the next number.
+    processes: u64,
+    /// The process each node's agent runs in; answers to an earlier process's calls are lost.
+    process: Vec<u64>,
+    /// The cycle each agent has under way, if any.
+    cycles: Vec<Option<Cycle>>,
     pub(super) stats: AutoStats,
 }
 
@@ -94,6 +103,9 @@ impl Auto {
             windows: vec![None; names.len()],
             acked_epoch: Epoch(0),
             last_leader: None,
+            processes: 0,
+            process: vec![0; names.len()],
+            cycles: names.iter().map(|_| None).collect(),
             stats: AutoStats::default(),
         }
     }
@@ -106,6 +118,18 @@ impl Auto {
             0 => Quorum::Majority,
             1 if replicas >= 2 => Quorum::AckCount { n: 2, among: None },
             _ => Quorum::AckCount { n: 1, among: None },
+        }
+    }
+
+    /// The network delay of one way to or from the coordinator: mostly a loopback's, one time
+    /// in eight up to half a cycle (a loaded etcd), so that a round trip stays within the
+    /// runner's call timeout of one cycle.
+    fn call_delay(&mut self) -> u64 {
+        let half_cycle = (TTL / 8).as_micros() as u64;
+        if self.rng.chance(12) {
+            self.rng.range(5_000, half_cycle)
+        } else {
+            self.rng.range(200, 3_000)
         }
     }
 
@@ -126,6 +150,55 @@ impl Auto {
     }
 }
 
+/// A call from an agent to the coordinator, in flight.
+#[derive(Debug)]
+pub(super) enum Call {
+    /// Grant a lease, or renew the agent's.
+    Lease(LeaseStep),
+    /// Read the database's view.
+    View,
+    /// Publish the member's position.
+    Publish(MemberRecord, LeaseId),
+    /// Publish the leader's commit point.
+    PublishCommit(CommitRecord, LeaseId),
+    /// Campaign for the leader key.
+    Campaign {
+        /// The epoch the new one must exceed.
+        above: Epoch,
+        /// The lease the key is bound to.
+        lease: LeaseId,
+    },
+}
+
+/// The coordinator's answer to a [`Call`], in flight back.
+#[derive(Debug)]
+pub(super) enum Answer {
+    /// To [`Call::Lease`].
+    Lease(Result<LeaseId, CoordinatorError>),
+    /// To [`Call::View`].
+    View(Result<ClusterView, CoordinatorError>),
+    /// To [`Call::Publish`].
+    Published(Result<(), CoordinatorError>),
+    /// To [`Call::PublishCommit`], with the record.
+    Committed(CommitRecord, Result<(), CoordinatorError>),
+    /// To [`Call::Campaign`].
+    Campaign(Result<Campaign, CoordinatorError>),
+}
+
+/// An agent's cycle under way, as the runner's `cycle` is between two awaits: the lease call,
+/// the view, then the actions the agent decided, one call at a time.
+#[derive(Debug)]
+struct Cycle {
+    /// When the lease call was sent: the lease the agent computes runs from there.
+    sent: Timestamp,
+    /// The node's view, taken when the lease answer came.
+    local: Option<LocalView>,
+    /// The actions still to carry out.
+    actions: VecDeque<Action>,
+    /// Another cycle was asked for meanwhile: it follows at once.
+    again: bool,
+}
+
 fn agent(name: &str) -> FailoverAgent {
     FailoverAgent::new(AgentConfig::new(name, name, TTL))
 }
@@ -138,62 +211,240 @@ impl World {
     /// A node (re)starts: a new process, with a new agent whose first cycle comes soon.
     pub(super) fn start_agent(&mut self, node: usize) {
         let name = self.nodes[node].name.clone();
-        self.auto().agents[node] = agent(&name);
-        self.auto().windows[node] = None;
+        let auto = self.auto();
+        auto.agents[node] = agent(&name);
+        auto.windows[node] = None;
+        auto.processes += 1;
+        auto.process[node] = auto.processes;
+        auto.cycles[node] = None;
         let incarnation = self.nodes[node].incarnation;
         let delay = self.auto().rng.range(100, 5_000);
         self.schedule(delay, SimEvent::AgentCycle { node, incarnation });
     }
 
-    /// One cycle of `node`'s agent.
-    pub(super) fn agent_cycle(&mut self, node: usize) -> Check {
-        let now = self.now;
-        let at = Timestamp(now);
-        let reachable = {
-            let auto = self.auto();
-            !auto.down && !auto.cut[node]
-        };
-        let unreachable = || CoordinatorError::Unavailable("cut from the coordinator".into());
-        {
-            let auto = self.auto.as_mut().expect("automatic failover");
-            let before = auto.agents[node].status().self_fencings;
-            let step = auto.agents[node].begin_cycle(at);
-            auto.stats.self_fencings +=
-                (auto.agents[node].status().self_fencings - before) as usize;
-            auto.state.expire(at);
-            let answer = match (reachable, step) {
-                (false, _) => Err(unreachable()),
-                (true, LeaseStep::Grant) => Ok(auto.state.grant(at, TTL)),
-                (true, LeaseStep::Renew(lease)) => auto.state.renew(at, lease).map(|()| lease),
-            };
-            auto.agents[node].on_lease(at, answer);
+    /// `node`'s agent begins a cycle, unless one is under way (then it runs another at once
+    /// after it, as the runner's loop does after a wake-up that came during a cycle).
+    pub(super) fn agent_cycle(&mut self, node: usize) {
+        let at = Timestamp(self.now);
+        let auto = self.auto();
+        if let Some(cycle) = auto.cycles[node].as_mut() {
+            cycle.again = true;
+            return;
         }
-        let Some(local) = self.local_view(node) else {
-            return Ok(());
-        };
-        let view = if reachable {
-            self.auto().state.view(DB)
-        } else {
-            self.auto().agents[node].on_error(unreachable());
-            self.schedule_cycle(node);
-            return Ok(());
-        };
-        let actions = self.auto().agents[node].decide(at, &local, &view);
-        for action in actions {
-            self.agent_action(node, action, &local)?;
-        }
-        self.wake_on_leader_change();
-        self.schedule_cycle(node);
-        Ok(())
+        let before = auto.agents[node].status().self_fencings;
+        let step = auto.agents[node].begin_cycle(at);
+        auto.stats.self_fencings += (auto.agents[node].status().self_fencings - before) as usize;
+        auto.cycles[node] = Some(Cycle {
+            sent: at,
+            local: None,
+            actions: VecDeque::new(),
+            again: false,
+        });
+        self.call(node, Call::Lease(step));
     }
 
-    fn schedule_cycle(&mut self, node: usize) {
+    /// Sends `call` to the coordinator; it arrives after a network delay.
+    fn call(&mut self, node: usize, call: Call) {
+        let delay = self.auto().call_delay();
+        let process = self.auto().process[node];
+        let call = Box::new(call);
+        self.schedule(
+            delay,
+            SimEvent::CoordinatorCall {
+                node,
+                process,
+                call,
+            },
+        );
+    }
+
+    /// The coordinator applies `call` from `node` at this instant, and answers after a network
+    /// delay. A call reaches it even when its sender crashed meanwhile, as a packet in flight
+    /// does; a node cut from it, or the coordinator down, gets an error.
+    pub(super) fn coordinator_call(&mut self, node: usize, process: u64, call: Call) {
+        let at = Timestamp(self.now);
         let auto = self.auto();
-        let cycle = auto.agents[node].config().cycle().as_micros() as u64;
-        let next = if auto.agents[node].poll_soon() {
-            cycle / 8
+        auto.state.expire(at);
+        let answer = if auto.down || auto.cut[node] {
+            let error = CoordinatorError::Unavailable("cut from the coordinator".into());
+            match call {
+                Call::Lease(_) => Answer::Lease(Err(error)),
+                Call::View => Answer::View(Err(error)),
+                Call::Publish(..) => Answer::Published(Err(error)),
+                Call::PublishCommit(record, _) => Answer::Committed(record, Err(error)),
+                Call::Campaign { .. } => Answer::Campaign(Err(error)),
+            }
         } else {
-            cycle
+            match call {
+                Call::Lease(LeaseStep::Grant) => Answer::Lease(Ok(auto.state.grant(at, TTL))),
+                Call::Lease(LeaseStep::Renew(lease)) => {
+                    Answer::Lease(auto.state.renew(at, lease).map(|()| lease))
+                }
+                Call::View => Answer::View(Ok(auto.state.view(DB))),
+                Call::Publish(record, lease) => {
+                    Answer::Published(auto.state.publish_member(DB, &record, lease))
+                }
+                Call::PublishCommit(record, lease) => {
+                    let outcome = auto.state.publish_commit(DB, &record, lease);
+                    Answer::Committed(record, outcome)
+                }
+                Call::Campaign { above, lease } => {
+                    let name = self.nodes[node].name.clone();
+                    let outcome = self.auto().state.campaign(DB, &name, &name, lease, above);
+                    if let Ok(Campaign::Won { epoch }) = &outcome {
+                        self.log(format!("{name} WINS the leader key in epoch {epoch}"));
+                        self.auto().stats.elections += 1;
+                    }
+                    Answer::Campaign(outcome)
+                }
+            }
+        };
+        self.wake_on_leader_change();
+        let delay = self.auto().call_delay();
+        let answer = Box::new(answer);
+        self.schedule(
+            delay,
+            SimEvent::CoordinatorAnswer {
+                node,
+                process,
+                answer,
+            },
+        );
+    }
+
+    /// `node` receives the coordinator's answer, and goes on with its cycle.
+    pub(super) fn coordinator_answer(
+        &mut self,
+        node: usize,
+        process: u64,
+        answer: Answer,
+    ) -> Check {
+        if self.auto().process[node] != process || !self.nodes[node].is_up() {
+            return Ok(());
+        }
+        let Some(sent) = self.auto().cycles[node].as_ref().map(|c| c.sent) else {
+            return Ok(());
+        };
+        let at = Timestamp(self.now);
+        match answer {
+            Answer::Lease(answer) => {
+                self.auto().agents[node].on_lease(sent, answer);
+                let Some(local) = self.local_view(node) else {
+                    self.auto().cycles[node] = None;
+                    return Ok(());
+                };
+                if let Some(cycle) = self.auto().cycles[node].as_mut() {
+                    cycle.local = Some(local);
+                }
+                self.call(node, Call::View);
+                return Ok(());
+            }
+            Answer::View(Err(error)) => {
+                self.auto().agents[node].on_error(error);
+                self.end_cycle(node);
+                return Ok(());
+            }
+            Answer::View(Ok(view)) => {
+                let name = self.nodes[node].name.clone();
+                let mut campaign_line = None;
+                let auto = self.auto();
+                if let Some(cycle) = auto.cycles[node].as_mut()
+                    && let Some(local) = &cycle.local
+                {
+                    cycle.actions = auto.agents[node].decide(at, local, &view).into();
+                    if cycle
+                        .actions
+                        .iter()
+                        .any(|a| matches!(a, Action::Campaign { .. }))
+                    {
+                        let seen: Vec<String> = view
+                            .members
+                            .iter()
+                            .map(|m| format!("{}@{}={}", m.member, m.revision, m.durable.tx_id))
+                            .collect();
+                        let line = format!(
+                            "{} campaigns at {} of epoch {}, seeing {seen:?} at revision {}, \
+                             commit {:?}",
+                            name,
+                            local.durable.tx_id,
+                            local.last_epoch,
+                            view.revision,
+                            view.last_commit
+                                .as_ref()
+                                .map(|c| (c.epoch, c.committed.tx_id)),
+                        );
+                        campaign_line = Some(line);
+                    }
+                }
+                if let Some(line) = campaign_line {
+                    self.log(line);
+                }
+            }
+            Answer::Published(outcome) => {
+                if let Err(error) = outcome {
+                    self.auto().agents[node].on_error(error);
+                }
+            }
+            Answer::Committed(record, outcome) => self.committed(node, &record, outcome),
+            Answer::Campaign(outcome) => {
+                let auto = self.auto();
+                if let Some(cycle) = auto.cycles[node].as_mut()
+                    && let Some(local) = &cycle.local
+                {
+                    let next = auto.agents[node].on_campaign(local, outcome);
+                    for action in next.into_iter().rev() {
+                        cycle.actions.push_front(action);
+                    }
+                }
+            }
+        }
+        self.run_actions(node)
+    }
+
+    /// Carries out the cycle's actions in order until one needs the coordinator (its answer
+    /// resumes them), and ends the cycle when none is left.
+    fn run_actions(&mut self, node: usize) -> Check {
+        loop {
+            let auto = self.auto();
+            let Some(cycle) = auto.cycles[node].as_mut() else {
+                return Ok(());
+            };
+            let Some(action) = cycle.actions.pop_front() else {
+                self.end_cycle(node);
+                return Ok(());
+            };
+            let lease = auto.agents[node].lease();
+            match (action, lease) {
+                (Action::Publish(record), Some(lease)) => {
+                    self.call(node, Call::Publish(record, lease));
+                    return Ok(());
+                }
+                (Action::PublishCommit(record), Some(lease)) => {
+                    self.call(node, Call::PublishCommit(record, lease));
+                    return Ok(());
+                }
+                (Action::Campaign { above }, Some(lease)) => {
+                    self.call(node, Call::Campaign { above, lease });
+                    return Ok(());
+                }
+                (Action::Publish(_) | Action::PublishCommit(_) | Action::Campaign { .. }, None) => {
+                }
+                (Action::Lead { epoch, .. }, _) => self.lead(node, epoch),
+                (Action::Follow(leader), _) => self.follow(node, &leader),
+                (Action::Lease { until }, _) => self.grant_lease(node, until)?,
+            }
+        }
+    }
+
+    /// The cycle is over: the next one comes after the agent's interval, or at once.
+    fn end_cycle(&mut self, node: usize) {
+        let auto = self.auto();
+        let again = auto.cycles[node].take().is_some_and(|c| c.again);
+        let cycle = auto.agents[node].config().cycle().as_micros() as u64;
+        let next = match (again, auto.agents[node].poll_soon()) {
+            (true, _) => 1,
+            (false, true) => cycle / 8,
+            (false, false) => cycle,
         };
         let incarnation = self.nodes[node].incarnation;
         self.schedule(next, SimEvent::AgentCycle { node, incarnation });
@@ -238,61 +489,39 @@ impl World {
         })
     }
 
-    fn agent_action(&mut self, node: usize, action: Action, local: &LocalView) -> Check {
-        let lease = self.auto().agents[node].lease();
-        match action {
-            Action::Publish(record) => {
-                if let Some(lease) = lease
-                    && let Err(error) = self.auto().state.publish_member(DB, &record, lease)
-                {
-                    self.auto().agents[node].on_error(error);
-                }
-            }
-            Action::PublishCommit(record) => self.publish_commit(node, &record, lease),
-            Action::Campaign { above } => {
-                let Some(lease) = lease else { return Ok(()) };
-                let name = self.nodes[node].name.clone();
-                let outcome = self.auto().state.campaign(DB, &name, &name, lease, above);
-                if let Ok(Campaign::Won { epoch }) = &outcome {
-                    self.log(format!("{name} WINS the leader key in epoch {epoch}"));
-                    self.auto().stats.elections += 1;
-                }
-                let next = self.auto().agents[node].on_campaign(local, outcome);
-                for action in next {
-                    self.agent_action(node, action, local)?;
-                }
-            }
-            Action::Lead { epoch, .. } => self.lead(node, epoch),
-            Action::Follow(leader) => self.follow(node, &leader),
-            Action::Lease { until } => {
-                let voters: Vec<NodeId> = self.auto().published[node]
-                    .iter()
-                    .map(|v| NodeId::new(v.as_str()))
-                    .collect();
-                let epoch = self.nodes[node].engine.as_ref().map(|e| e.epoch());
-                let name = self.nodes[node].name.clone();
-                self.log(format!(
-                    "{name} leased until {} counting {voters:?}",
-                    until.0
-                ));
-                if let Some(epoch) = epoch {
-                    self.auto().windows[node] = Some((until.0, epoch));
-                }
-                let policy = self.auto().published_policy[node].clone();
-                let event = Event::Lease {
-                    until,
-                    voters: Some(voters),
-                    policy: policy.map(|p| Arc::new(p) as Arc<dyn QuorumPolicy>),
-                };
-                self.deliver(node, event)?;
-            }
+    /// Grants `node`'s engine the lease the agent computed, counting the voters and policy
+    /// of the commit record the coordinator last accepted from it.
+    fn grant_lease(&mut self, node: usize, until: Timestamp) -> Check {
+        let voters: Vec<NodeId> = self.auto().published[node]
+            .iter()
+            .map(|v| NodeId::new(v.as_str()))
+            .collect();
+        let epoch = self.nodes[node].engine.as_ref().map(|e| e.epoch());
+        let name = self.nodes[node].name.clone();
+        self.log(format!(
+            "{name} leased until {} counting {voters:?}",
+            until.0
+        ));
+        if let Some(epoch) = epoch {
+            self.auto().windows[node] = Some((until.0, epoch));
         }
-        Ok(())
+        let policy = self.auto().published_policy[node].clone();
+        let event = Event::Lease {
+            until,
+            voters: Some(voters),
+            policy: policy.map(|p| Arc::new(p) as Arc<dyn QuorumPolicy>),
+        };
+        self.deliver(node, event)
     }
 
-    fn publish_commit(&mut self, node: usize, record: &CommitRecord, lease: Option<LeaseId>) {
-        let Some(lease) = lease else { return };
-        match self.auto().state.publish_commit(DB, record, lease) {
+    /// The coordinator's answer to a commit record `node` published.
+    fn committed(
+        &mut self,
+        node: usize,
+        record: &CommitRecord,
+        outcome: Result<(), CoordinatorError>,
+    ) {
+        match outcome {
             Ok(()) => {
                 let mut voters: Vec<String> = record
                     .proofs
@@ -305,7 +534,13 @@ impl World {
                 self.auto().published_policy[node] =
                     record.policy.as_deref().and_then(|t| t.parse().ok());
             }
-            Err(error) => self.auto().agents[node].on_error(error),
+            Err(error) => {
+                // As the runner does: no lease for the engine this cycle.
+                if let Some(cycle) = self.auto().cycles[node].as_mut() {
+                    cycle.actions.retain(|a| !matches!(a, Action::Lease { .. }));
+                }
+                self.auto().agents[node].on_error(error);
+            }
         }
     }
 
@@ -316,7 +551,17 @@ impl World {
         let floor = Epoch(epoch.0.saturating_sub(1));
         self.nodes[node].min_epoch = self.nodes[node].min_epoch.max(floor);
         self.nodes[node].allow_tx_discarding = true;
-        self.topology.crown(node);
+        // A Lead carried out after the key moved on (its campaign's answer came late) makes a
+        // primary that leads nothing: the topology's primary stays the key's holder.
+        let current = self
+            .auto()
+            .state
+            .view(DB)
+            .leader
+            .is_some_and(|l| l.member == name && l.epoch == epoch);
+        if current {
+            self.topology.crown(node);
+        }
         self.restart_engine(node, Role::Primary);
         self.auto().published[node].clear();
         self.auto().published_policy[node] = None;
@@ -348,9 +593,14 @@ impl World {
     /// and so its agent and the lease it holds, go on.
     fn restart_engine(&mut self, node: usize, role: Role) {
         let name = self.nodes[node].name.clone();
-        let agent = std::mem::replace(&mut self.auto().agents[node], agent(&name));
+        let auto = self.auto();
+        let agent = std::mem::replace(&mut auto.agents[node], agent(&name));
+        let (process, cycle) = (auto.process[node], auto.cycles[node].take());
         self.restart_as(node, role);
-        self.auto().agents[node] = agent;
+        let auto = self.auto();
+        auto.agents[node] = agent;
+        auto.process[node] = process;
+        auto.cycles[node] = cycle;
     }
 
     /// The node writes take, among those that run as primaries: most often the newest, but

@@ -82,6 +82,18 @@ pub(super) enum SimEvent {
     EndRace,
     /// A failover agent's cycle (automatic failover).
     AgentCycle { node: usize, incarnation: u64 },
+    /// A call from an agent arrives at the coordinator (automatic failover).
+    CoordinatorCall {
+        node: usize,
+        process: u64,
+        call: Box<super::auto::Call>,
+    },
+    /// The coordinator's answer arrives at the agent.
+    CoordinatorAnswer {
+        node: usize,
+        process: u64,
+        answer: Box<super::auto::Answer>,
+    },
     /// A node reaches the coordinator again.
     CoordinatorReach { node: usize },
     /// The coordinator is back.
@@ -567,6 +579,22 @@ impl World {
     pub(super) fn set_policy(&mut self, policy: Quorum) -> Check {
         self.log(format!("policy becomes `{policy}`"));
         self.adopt_policy(policy.clone());
+        if self.auto.is_some() {
+            // Whichever runs as a primary: a Lead carried out late may leave one running that
+            // the key has already moved past, as the operator's `db update` may reach it.
+            let primaries: Vec<usize> = (0..self.nodes.len())
+                .filter(|&n| {
+                    self.nodes[n]
+                        .engine
+                        .as_ref()
+                        .is_some_and(|e| matches!(e.config().role, Role::Primary))
+                })
+                .collect();
+            for node in primaries {
+                self.deliver(node, Event::SetPolicy(Arc::new(policy.clone())))?;
+            }
+            return Ok(());
+        }
         self.deliver(self.primary(), Event::SetPolicy(Arc::new(policy)))
     }
 
@@ -669,9 +697,19 @@ impl World {
             SimEvent::EndRace => self.end_race()?,
             SimEvent::AgentCycle { node, incarnation } => {
                 if current(self, node, incarnation) && self.nodes[node].is_up() {
-                    self.agent_cycle(node)?;
+                    self.agent_cycle(node);
                 }
             }
+            SimEvent::CoordinatorCall {
+                node,
+                process,
+                call,
+            } => self.coordinator_call(node, process, *call),
+            SimEvent::CoordinatorAnswer {
+                node,
+                process,
+                answer,
+            } => self.coordinator_answer(node, process, *answer)?,
             SimEvent::CoordinatorReach { node } => self.coordinator_reach(node),
             SimEvent::CoordinatorUp => self.coordinator_up(),
             SimEvent::Resume { node } => self.resume(node)?,
@@ -696,7 +734,8 @@ impl World {
             | SimEvent::Tick { node, .. }
             | SimEvent::DurableDone { node, .. }
             | SimEvent::Connect { node, .. }
-            | SimEvent::AgentCycle { node, .. } => *node,
+            | SimEvent::AgentCycle { node, .. }
+            | SimEvent::CoordinatorAnswer { node, .. } => *node,
             SimEvent::Deliver { link, to_end, .. } => self.network.arrival(*link, *to_end)?.node,
             _ => return None,
         };
