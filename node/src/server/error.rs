@@ -48,12 +48,32 @@ pub enum ServerError {
     #[error(transparent)]
     Replicate(WriteError),
     /// A read that asked for the primary, sent to a replica.
-    #[error("this database is a replica; read from the primary, or its source at {}", via.as_deref().unwrap_or("(none known)"))]
+    #[error("this database is not the primary here; ask the primary, or the next hop towards it, at {}", via.as_deref().unwrap_or("(none known)"))]
     NotPrimary {
         /// The replica's source (`HOST:PORT`): the next hop towards the primary (the source
         /// of a replica of a replica is a replica, which names its own source in turn).
         via: Option<String>,
     },
+    /// A write sent to a replica that cannot reach its source now. The source is not offered
+    /// as the primary (it may be the dead primary a failover replaces), so that a client
+    /// given other servers tries them at once instead of waiting out a connection to it.
+    #[error(
+        "this database is a replica, and its source {last_source} is unreachable from here \
+         ({state}): send writes to the primary"
+    )]
+    SourceUnreachable {
+        /// The source it follows (`HOST:PORT`).
+        last_source: String,
+        /// Its link's state, as `status` shows it.
+        state: String,
+    },
+    /// A write sent to a replica of a database under automatic failover while the
+    /// coordinator names no leader elsewhere (the key is vacant: an election is under way).
+    #[error(
+        "database {0:?} has no elected primary right now (an election is under way): retry \
+         shortly"
+    )]
+    NoElectedPrimary(String),
     /// A write refused because a switchover is under way: the new primary takes it (once
     /// promoted; until then it refuses too, and the client retries).
     #[error("database {db:?} is switching over to {to}: write there")]
@@ -153,6 +173,8 @@ impl ServerError {
             // No lease: nothing was appended, and the elected primary takes the write.
             ServerError::Write(WriteError::NotPrimary { .. } | WriteError::NoLease)
             | ServerError::NotPrimary { .. }
+            | ServerError::SourceUnreachable { .. }
+            | ServerError::NoElectedPrimary(_)
             | ServerError::SwitchingOver { .. } => ErrorKind::NotPrimary,
             ServerError::NotAReplica(_)
             | ServerError::NotPrimaryHere(_)

@@ -214,6 +214,13 @@ impl Server {
         })
     }
 
+    /// Whether a failover agent runs for `db` (automatic failover).
+    pub(crate) fn coordinated(&self, db: &str) -> bool {
+        self.coordination
+            .as_ref()
+            .is_some_and(|coordination| coordination.agents().contains_key(db))
+    }
+
     /// Where the leader of `db` is (`HOST:PORT`), when its agent knows of one elsewhere: a
     /// write refused for want of a lease is sent there.
     pub(crate) fn elected_elsewhere(&self, db: &str) -> Option<String> {

@@ -58,6 +58,26 @@ impl Server {
                     via: self.elected_elsewhere(db),
                 });
             }
+            // Under automatic failover the coordinator's leader key, not the source this
+            // replica last followed (perhaps the dead primary being replaced), is the primary.
+            Err(WriteError::NotPrimary { .. }) if self.coordinated(db) => {
+                return Err(match self.elected_elsewhere(db) {
+                    Some(leader) => ServerError::NotPrimary { via: Some(leader) },
+                    None => ServerError::NoElectedPrimary(db.to_string()),
+                });
+            }
+            Err(WriteError::NotPrimary { source_address }) => {
+                let link = node.status().await.ok().and_then(|s| s.upstream);
+                return Err(match link {
+                    Some(state @ (UpstreamState::Disconnected | UpstreamState::Connecting)) => {
+                        ServerError::SourceUnreachable {
+                            last_source: source_address,
+                            state: format!("{state:?}").to_lowercase(),
+                        }
+                    }
+                    _ => ServerError::Write(WriteError::NotPrimary { source_address }),
+                });
+            }
             Err(error) => return Err(ServerError::Write(error)),
         };
         latency.observe(started.elapsed());

@@ -37,7 +37,13 @@ impl Server {
             .arg(root.join("certs"))
             .args(extra)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            // REPNODE_TEST_SERVER_LOGS=1 shows the servers' logs (with RUST_LOG) when a test
+            // needs explaining.
+            .stderr(if std::env::var_os("REPNODE_TEST_SERVER_LOGS").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
             .spawn()
             .expect("start repnode serve");
         Server { child, port }
