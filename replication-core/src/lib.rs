@@ -36,6 +36,7 @@ pub mod engine;
 pub mod log;
 pub mod protocol;
 pub mod quorum;
+pub mod snapshot;
 pub mod state_machine;
 pub mod testing;
 pub mod transport;

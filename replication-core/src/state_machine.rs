@@ -1,5 +1,6 @@
 //! The `StateMachine` trait: where the application's state lives.
 
+use crate::snapshot::{SnapshotError, SnapshotExport, SnapshotFormat, SnapshotStage};
 use crate::types::{Tx, TxId};
 
 /// Applies committed transactions, in log order, to the application's state.
@@ -41,5 +42,38 @@ pub trait StateMachine: Send + 'static {
     fn rewind(&mut self, last: TxId) -> TxId {
         let _ = last;
         self.applied()
+    }
+
+    /// The format of this state machine's snapshots, or `None` (the default) when it takes
+    /// none: its log is then never cut, and its replicas start from the whole history.
+    fn snapshot_format(&self) -> Option<SnapshotFormat> {
+        None
+    }
+
+    /// Starts an export of the state as of the last transaction applied, which it returns
+    /// with the export. The export is a read view: transactions applied meanwhile are not in
+    /// it, and do not wait for it (the driver reads it on a blocking thread). The default
+    /// supports none.
+    ///
+    /// # Errors
+    /// [`SnapshotError::Unsupported`] by default.
+    fn export(&self) -> Result<(TxId, Box<dyn SnapshotExport>), SnapshotError> {
+        Err(SnapshotError::Unsupported)
+    }
+
+    /// Starts staging a snapshot of `format` whose last transaction is `last`, beside the live
+    /// state; the stage's [`commit`](SnapshotStage::commit) switches to it atomically. A
+    /// format or version this state machine cannot read is refused here, before any data is
+    /// sent. The default supports none.
+    ///
+    /// # Errors
+    /// [`SnapshotError::FormatMismatch`], or [`SnapshotError::Unsupported`] by default.
+    fn stage(
+        &mut self,
+        format: &SnapshotFormat,
+        last: TxId,
+    ) -> Result<Box<dyn SnapshotStage>, SnapshotError> {
+        let _ = (format, last);
+        Err(SnapshotError::Unsupported)
     }
 }

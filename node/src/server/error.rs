@@ -54,14 +54,14 @@ pub enum ServerError {
         /// of a replica of a replica is a replica, which names its own source in turn).
         via: Option<String>,
     },
-    /// A write sent to a replica that cannot reach its source now. The source is not offered
+    /// A write sent to a replica that is not streaming from its source now. The source is not offered
     /// as the primary (it may be the dead primary a failover replaces), so that a client
     /// given other servers tries them at once instead of waiting out a connection to it.
     #[error(
-        "this database is a replica, and its source {last_source} is unreachable from here \
+        "this database is a replica, and its source {last_source} is not answering it now \
          ({state}): send writes to the primary"
     )]
-    SourceUnreachable {
+    SourceNotAnswering {
         /// The source it follows (`HOST:PORT`).
         last_source: String,
         /// Its link's state, as `status` shows it.
@@ -173,7 +173,7 @@ impl ServerError {
             // No lease: nothing was appended, and the elected primary takes the write.
             ServerError::Write(WriteError::NotPrimary { .. } | WriteError::NoLease)
             | ServerError::NotPrimary { .. }
-            | ServerError::SourceUnreachable { .. }
+            | ServerError::SourceNotAnswering { .. }
             | ServerError::NoElectedPrimary(_)
             | ServerError::SwitchingOver { .. } => ErrorKind::NotPrimary,
             ServerError::NotAReplica(_)

@@ -69,12 +69,16 @@ impl Server {
             Err(WriteError::NotPrimary { source_address }) => {
                 let link = node.status().await.ok().and_then(|s| s.upstream);
                 return Err(match link {
-                    Some(state @ (UpstreamState::Disconnected | UpstreamState::Connecting)) => {
-                        ServerError::SourceUnreachable {
-                            last_source: source_address,
-                            state: format!("{state:?}").to_lowercase(),
-                        }
-                    }
+                    // Not streaming: nothing shows the source alive (a dial may even reuse a
+                    // connection to a dead peer, and wait for its answer to a subscription).
+                    Some(
+                        state @ (UpstreamState::Disconnected
+                        | UpstreamState::Connecting
+                        | UpstreamState::Subscribing),
+                    ) => ServerError::SourceNotAnswering {
+                        last_source: source_address,
+                        state: format!("{state:?}").to_lowercase(),
+                    },
                     _ => ServerError::Write(WriteError::NotPrimary { source_address }),
                 });
             }
