@@ -19,6 +19,15 @@ struct Counting {
     chunks: usize,
 }
 
+fn counting(total: usize, fail_after: Option<usize>) -> Counting {
+    Counting {
+        total,
+        sent: 0,
+        fail_after,
+        chunks: 0,
+    }
+}
+
 impl SnapshotExport for Counting {
     fn next_chunk(&mut self, max: usize) -> Result<Option<Bytes>, SnapshotError> {
         if self.fail_after == Some(self.chunks) {
@@ -64,12 +73,7 @@ fn read_all(path: &Path) -> Result<Vec<u8>, SnapshotError> {
 fn a_snapshot_is_written_in_bounded_chunks_and_read_back_verified() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("snap");
-    let mut export = Counting {
-        total: 10_000,
-        sent: 0,
-        fail_after: None,
-        chunks: 0,
-    };
+    let mut export = counting(10_000, None);
     let meta = SnapshotFile::write(&path, format(), position(42), Epoch(7), &mut export, 1_000)
         .expect("written");
     assert_eq!(meta.format, format());
@@ -113,12 +117,7 @@ fn an_empty_state_makes_a_snapshot_of_no_chunks() {
 fn a_failed_export_leaves_no_snapshot_behind() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("snap");
-    let mut export = Counting {
-        total: 10_000,
-        sent: 0,
-        fail_after: Some(3),
-        chunks: 0,
-    };
+    let mut export = counting(10_000, Some(3));
     let error = SnapshotFile::write(&path, format(), position(1), Epoch(1), &mut export, 100)
         .expect_err("the export broke");
     assert_eq!(error, SnapshotError::Io("the export broke".into()));
@@ -186,4 +185,45 @@ fn a_chunk_received_with_another_hash_is_refused() {
     );
     let oversized = SnapshotChunk::new(0, Bytes::from(vec![0u8; MAX_CHUNK_BYTES + 1]));
     assert!(oversized.verify().is_err());
+}
+
+#[test]
+fn the_recording_state_machine_moves_through_a_snapshot_and_goes_on_in_order() {
+    use crate::StateMachine;
+    use crate::testing::RecordingStateMachine;
+    let mut source = RecordingStateMachine::default();
+    let mut previous = LogPosition::START;
+    let mut txs = Vec::new();
+    for i in 1..=30u64 {
+        let tx = crate::types::Tx::new(previous, Epoch(1), Bytes::from(format!("tx{i}")));
+        previous = tx.position();
+        txs.push(tx);
+    }
+    for tx in &txs[..20] {
+        source.apply(tx);
+    }
+    let (last, mut export) = source.export().expect("export");
+    assert_eq!(last, TxId(20));
+    let mut replica = RecordingStateMachine::default();
+    let format = replica.snapshot_format().expect("a format");
+    let mut stage = replica.stage(&format, last).expect("stage");
+    while let Some(data) = export.next_chunk(33).expect("chunk") {
+        stage.write(&data).expect("write");
+    }
+    stage.commit().expect("commit");
+    assert_eq!(replica.positions(), source.positions());
+    // The log follows from the snapshot's transaction, in order.
+    for tx in &txs[20..] {
+        replica.apply(tx);
+    }
+    assert_eq!(replica.applied(), TxId(30));
+    assert_eq!(replica.order_violation(), None);
+    let other = SnapshotFormat {
+        name: "recording".into(),
+        version: 2,
+    };
+    assert!(matches!(
+        replica.stage(&other, last).err(),
+        Some(SnapshotError::FormatMismatch { .. })
+    ));
 }

@@ -22,6 +22,7 @@ pub use transport_suite::{TransportFactory, transport_conformance};
 
 use crate::driver::{RollbackFile, RollbackSink};
 use crate::engine::EngineConfig;
+use crate::snapshot::{SnapshotError, SnapshotExport, SnapshotFormat, SnapshotStage};
 use crate::state_machine::StateMachine;
 use crate::types::{LogPosition, Tx, TxId};
 
@@ -73,6 +74,107 @@ impl StateMachine for RecordingStateMachine {
             applied.truncate(last.0 as usize);
         }
         self.applied()
+    }
+
+    fn snapshot_format(&self) -> Option<SnapshotFormat> {
+        Some(recording_format())
+    }
+
+    /// The recorded positions, 40 bytes each (tx id little endian, hash), across chunks.
+    fn export(&self) -> Result<(TxId, Box<dyn SnapshotExport>), SnapshotError> {
+        let positions = self.positions();
+        let mut bytes = Vec::with_capacity(positions.len() * POSITION_BYTES);
+        for position in &positions {
+            bytes.extend_from_slice(&position.tx_id.0.to_le_bytes());
+            bytes.extend_from_slice(&position.hash.0);
+        }
+        let last = TxId(positions.len() as u64);
+        Ok((last, Box::new(BytesExport(bytes::Bytes::from(bytes)))))
+    }
+
+    fn stage(
+        &mut self,
+        format: &SnapshotFormat,
+        last: TxId,
+    ) -> Result<Box<dyn SnapshotStage>, SnapshotError> {
+        if *format != recording_format() {
+            return Err(SnapshotError::FormatMismatch {
+                offered: format.clone(),
+                supported: recording_format().to_string(),
+            });
+        }
+        Ok(Box::new(RecordingStage {
+            target: self.clone(),
+            last,
+            bytes: Vec::new(),
+        }))
+    }
+}
+
+const POSITION_BYTES: usize = 40;
+
+fn recording_format() -> SnapshotFormat {
+    SnapshotFormat {
+        name: "recording".into(),
+        version: 1,
+    }
+}
+
+/// An export of bytes held whole (test state is small).
+struct BytesExport(bytes::Bytes);
+
+impl SnapshotExport for BytesExport {
+    fn next_chunk(&mut self, max_bytes: usize) -> Result<Option<bytes::Bytes>, SnapshotError> {
+        let n = self.0.len().min(max_bytes.max(1));
+        Ok((n > 0).then(|| self.0.split_to(n)))
+    }
+}
+
+/// A recording staged from a snapshot: the positions it lists replace the record on commit.
+struct RecordingStage {
+    target: RecordingStateMachine,
+    last: TxId,
+    bytes: Vec<u8>,
+}
+
+impl SnapshotStage for RecordingStage {
+    fn write(&mut self, data: &[u8]) -> Result<(), SnapshotError> {
+        self.bytes.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn commit(self: Box<Self>) -> Result<(), SnapshotError> {
+        if !self.bytes.len().is_multiple_of(POSITION_BYTES)
+            || self.bytes.len() / POSITION_BYTES != self.last.0 as usize
+        {
+            return Err(SnapshotError::Refused(format!(
+                "{} bytes do not hold the {} positions up to {}",
+                self.bytes.len(),
+                self.last.0,
+                self.last
+            )));
+        }
+        let positions: Vec<LogPosition> = self
+            .bytes
+            .chunks_exact(POSITION_BYTES)
+            .map(|record| {
+                let mut id = [0u8; 8];
+                id.copy_from_slice(&record[..8]);
+                let mut hash = [0u8; 32];
+                hash.copy_from_slice(&record[8..]);
+                LogPosition {
+                    tx_id: TxId(u64::from_le_bytes(id)),
+                    hash: crate::types::TxHash(hash),
+                }
+            })
+            .collect();
+        let mut applied = self
+            .target
+            .applied
+            .lock()
+            .map_err(|_| SnapshotError::Refused("the record is poisoned".into()))?;
+        *applied = positions;
+        Ok(())
     }
 }
 
