@@ -195,10 +195,14 @@ impl EtcdServer {
 
     /// Freezes etcd (SIGSTOP): calls hang, as when it is unreachable. Returns once the
     /// kernel reports it stopped.
+    ///
+    /// # Panics
+    /// When it does not stop within 10 seconds.
     pub fn pause(&self) {
         self.signal("-STOP");
         let stat = format!("/proc/{}/stat", self.child.id());
-        for _ in 0..200 {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
             // The state is the field after the parenthesised command name.
             let stopped = std::fs::read_to_string(&stat).is_ok_and(|text| {
                 text.rsplit_once(") ")
@@ -209,6 +213,10 @@ impl EtcdServer {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
+        panic!(
+            "etcd (pid {}) did not stop within 10 s of SIGSTOP",
+            self.child.id()
+        );
     }
 
     /// Lets a paused etcd run again (SIGCONT).

@@ -7,13 +7,10 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 
-use replication_core::coordinator::{
-    AgentConfig, Coordinator, LeaderRecord, LocalView, MemberRole,
-};
+use replication_core::QuorumPolicy;
+use replication_core::coordinator::{AgentConfig, Coordinator, LeaderRecord, LocalView};
 use replication_core::driver::failover::{self, FailoverHandle, FailoverTarget, TargetError};
-use replication_core::engine::Role;
 use replication_core::types::Epoch;
-use replication_core::{QuorumPolicy, ReplicaId};
 
 use super::database::{self, policy_of};
 use super::{Server, ServerError};
@@ -266,20 +263,10 @@ impl Server {
         };
         let status = node.status().await.map_err(ServerError::Status)?;
         let policy = policy_of(&settings).map_err(|e| ServerError::BadSettings(e.into()))?;
-        let members: Vec<String> = status.members.iter().map(ReplicaId::to_string).collect();
+        // The source as the settings name it (`HOST:PORT/DB`), the form of a leader's address.
         Ok(LocalView {
-            role: match status.role {
-                Role::Primary => MemberRole::Primary,
-                _ => MemberRole::Replica,
-            },
-            epoch: status.epoch,
-            last_epoch: status.last_epoch,
-            durable: status.durable,
-            committed: status.committed_position,
             following: settings.replica_of.clone(),
-            synchronous: policy.is_synchronous(),
-            proofs: crate::plan::proofs(&policy, &members),
-            policy: Some(policy.to_string()),
+            ..LocalView::of(&status, &policy)
         })
     }
 

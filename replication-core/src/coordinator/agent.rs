@@ -78,6 +78,32 @@ pub struct LocalView {
     pub policy: Option<String>,
 }
 
+impl LocalView {
+    /// The view of an engine with `status`, under `policy`: a replica follows the address its
+    /// role names, the proofs are `policy`'s over the engine's members.
+    pub fn of(status: &crate::engine::EngineStatus, policy: &crate::quorum::Quorum) -> LocalView {
+        use crate::quorum::QuorumPolicy;
+        let members: Vec<String> = status.members.iter().map(ToString::to_string).collect();
+        LocalView {
+            role: match status.role {
+                crate::engine::Role::Primary => MemberRole::Primary,
+                _ => MemberRole::Replica,
+            },
+            epoch: status.epoch,
+            last_epoch: status.last_epoch,
+            durable: status.durable,
+            committed: status.committed_position,
+            following: match &status.role {
+                crate::engine::Role::Replica { address } => Some(address.clone()),
+                _ => None,
+            },
+            synchronous: policy.is_synchronous(),
+            proofs: policy.failover_proofs(&members),
+            policy: Some(policy.to_string()),
+        }
+    }
+}
+
 /// What the agent asks its runner to do, in order.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {

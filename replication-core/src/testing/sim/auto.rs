@@ -24,7 +24,7 @@ use super::rng::{Rng, Stream};
 use super::world::{SimEvent, World};
 use crate::coordinator::{
     Action, AgentConfig, Campaign, ClusterView, CommitRecord, CoordinatorError, FailoverAgent,
-    LeaderRecord, LeaseId, LeaseStep, LocalView, MemberRecord, MemberRole,
+    LeaderRecord, LeaseId, LeaseStep, LocalView, MemberRecord,
 };
 use crate::engine::{Event, Role, Timestamp, WriteReceipt};
 use crate::quorum::{Quorum, QuorumPolicy};
@@ -468,25 +468,10 @@ impl World {
 
     fn local_view(&self, node: usize) -> Option<LocalView> {
         let engine = self.nodes[node].engine.as_ref()?;
-        let status = engine.status(Timestamp(self.now));
-        let members: Vec<String> = status.members.iter().map(ToString::to_string).collect();
-        Some(LocalView {
-            role: match status.role {
-                Role::Primary => MemberRole::Primary,
-                _ => MemberRole::Replica,
-            },
-            epoch: status.epoch,
-            last_epoch: status.last_epoch,
-            durable: status.durable,
-            committed: status.committed_position,
-            following: match &status.role {
-                Role::Replica { address } => Some(address.clone()),
-                _ => None,
-            },
-            synchronous: self.policy.is_synchronous(),
-            proofs: self.policy.failover_proofs(&members),
-            policy: Some(self.policy.to_string()),
-        })
+        Some(LocalView::of(
+            &engine.status(Timestamp(self.now)),
+            &self.policy,
+        ))
     }
 
     /// Grants `node`'s engine the lease the agent computed, counting the voters and policy
@@ -603,18 +588,23 @@ impl World {
         auto.cycles[node] = cycle;
     }
 
-    /// The node writes take, among those that run as primaries: most often the newest, but
-    /// one time in four another (an old primary, cut off or stalled, that clients still
-    /// reach), which must acknowledge nothing.
-    pub(super) fn auto_write_target(&mut self) -> Option<usize> {
-        let primaries: Vec<usize> = (0..self.nodes.len())
+    /// The nodes whose engine runs as a primary, whether or not the key names them.
+    pub(super) fn running_primaries(&self) -> Vec<usize> {
+        (0..self.nodes.len())
             .filter(|&n| {
                 self.nodes[n]
                     .engine
                     .as_ref()
                     .is_some_and(|e| matches!(e.config().role, Role::Primary))
             })
-            .collect();
+            .collect()
+    }
+
+    /// The node writes take, among those that run as primaries: most often the newest, but
+    /// one time in four another (an old primary, cut off or stalled, that clients still
+    /// reach), which must acknowledge nothing.
+    pub(super) fn auto_write_target(&mut self) -> Option<usize> {
+        let primaries = self.running_primaries();
         let newest = primaries
             .iter()
             .copied()

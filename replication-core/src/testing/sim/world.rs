@@ -582,15 +582,7 @@ impl World {
         if self.auto.is_some() {
             // Whichever runs as a primary: a Lead carried out late may leave one running that
             // the key has already moved past, as the operator's `db update` may reach it.
-            let primaries: Vec<usize> = (0..self.nodes.len())
-                .filter(|&n| {
-                    self.nodes[n]
-                        .engine
-                        .as_ref()
-                        .is_some_and(|e| matches!(e.config().role, Role::Primary))
-                })
-                .collect();
-            for node in primaries {
+            for node in self.running_primaries() {
                 self.deliver(node, Event::SetPolicy(Arc::new(policy.clone())))?;
             }
             return Ok(());
