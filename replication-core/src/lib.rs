@@ -47,5 +47,6 @@ pub use quorum::QuorumPolicy;
 pub use state_machine::StateMachine;
 pub use transport::{Channel, Transport, TransportError};
 pub use types::{
-    Epoch, EpochClaim, LogPosition, LogState, NodeId, ReplicaId, Tx, TxHash, TxId, chain_hash,
+    Epoch, EpochClaim, LogBase, LogPosition, LogState, NodeId, ReplicaId, Tx, TxHash, TxId,
+    chain_hash,
 };

@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
-use crate::types::{EpochClaim, LogState, ReplicaId, Tx, TxId};
+use crate::types::{EpochClaim, LogBase, LogState, ReplicaId, Tx, TxId};
 
 /// Resolves once the transactions of one [`TxLog::append`] call are durable, with the id of the
 /// last of them. Dropping it does not cancel durability.
@@ -63,6 +63,10 @@ pub enum LogError {
         /// The first transaction the log still holds.
         first_retained: TxId,
     },
+    /// The log does not implement an optional operation (compaction, or starting again
+    /// after a snapshot).
+    #[error("this log does not support {0}")]
+    Unsupported(&'static str),
     /// An I/O error from the medium.
     #[error("log I/O error: {0}")]
     Io(#[from] std::io::Error),
@@ -105,6 +109,8 @@ pub enum LogOperation {
     Truncate,
     /// [`TxLog::save_epoch`].
     SaveEpoch,
+    /// [`TxLog::compact`] or [`TxLog::reset_to`].
+    Compact,
     /// [`TxLog::members`] or [`TxLog::save_members`].
     SaveMembers,
 }
@@ -121,6 +127,7 @@ impl std::fmt::Display for LogOperation {
             LogOperation::Truncate => "truncate",
             LogOperation::SaveEpoch => "save epoch",
             LogOperation::SaveMembers => "save members",
+            LogOperation::Compact => "compact",
         })
     }
 }
@@ -172,6 +179,7 @@ impl LogFailure {
         } else {
             match error {
                 LogError::NotContiguous { .. }
+                | LogError::Unsupported(_)
                 | LogError::TruncateCommitted { .. }
                 | LogError::InvalidCommit { .. } => LogFailureKind::Contract,
                 LogError::Corrupt(_) => LogFailureKind::Corrupt,
@@ -329,4 +337,44 @@ pub trait TxLog: Send + Sync + 'static {
     /// policy when this node is its primary. Durable on return, like the epoch: after a crash
     /// the log returns the last membership saved.
     async fn save_members(&self, members: Vec<ReplicaId>) -> Result<(), LogError>;
+
+    /// Where the log begins: [`LogBase::START`] unless [`compact`](TxLog::compact) removed
+    /// transactions or [`reset_to`](TxLog::reset_to) started it again after a snapshot.
+    /// Transactions up to the base read as [`LogError::Removed`]. Durable: after a crash the
+    /// base is the last one returned by `compact` or `reset_to`, or a later one.
+    ///
+    /// The default, for a log that never removes anything, is the start.
+    async fn base(&self) -> Result<LogBase, LogError> {
+        Ok(LogBase::START)
+    }
+
+    /// Removes committed transactions up to `up_to` at most, durably, and returns the new
+    /// base. A log may remove fewer (whole segments, whole chunks), never more, and never a
+    /// transaction beyond the commit point. The engine calls it only below a snapshot of the
+    /// state machine, so that a replica that needs what was removed can be sent the snapshot.
+    ///
+    /// The default removes nothing: the log then grows without limit, as before compaction.
+    ///
+    /// # Errors
+    /// I/O errors.
+    async fn compact(&self, up_to: TxId) -> Result<LogBase, LogError> {
+        let _ = up_to;
+        self.base().await
+    }
+
+    /// Durably discards every transaction and starts the log again after `base`: the last
+    /// transaction of a snapshot this node installed. Afterwards `state()` reports `base` as
+    /// last, durable and committed, the epoch is at least `base.epoch`, the next append must
+    /// be `base.first()` and chain from its hash; the epoch claim and the membership are kept.
+    /// A crash part way leaves either the old log or the new one.
+    ///
+    /// # Errors
+    /// [`LogError::Unsupported`] by default: a replica on such a log can only replay the
+    /// whole history from its source.
+    async fn reset_to(&self, base: LogBase) -> Result<(), LogError> {
+        let _ = base;
+        Err(LogError::Unsupported(
+            "starting again after a snapshot (TxLog::reset_to)",
+        ))
+    }
 }

@@ -341,6 +341,31 @@ impl fmt::Display for LogPosition {
     }
 }
 
+/// Where a log begins: the position just before the first transaction it holds, with that
+/// transaction's epoch. [`LogBase::START`] for a log that holds its whole history; after
+/// compaction, the last transaction removed; after a snapshot was installed, the snapshot's
+/// last transaction. The first transaction a log holds must chain from its base's hash.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct LogBase {
+    /// The last transaction before the log's first, with its hash.
+    pub position: LogPosition,
+    /// That transaction's epoch (`Epoch(0)` at the start).
+    pub epoch: Epoch,
+}
+
+impl LogBase {
+    /// The base of a log that holds its whole history.
+    pub const START: LogBase = LogBase {
+        position: LogPosition::START,
+        epoch: Epoch(0),
+    };
+
+    /// The first transaction such a log can hold.
+    pub fn first(&self) -> TxId {
+        self.position.tx_id.next()
+    }
+}
+
 /// What a log reports about itself, as immudb's status shows it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogState {
