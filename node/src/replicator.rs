@@ -60,6 +60,18 @@ pub enum ReplicatorError {
     /// The target holds transactions the source does not.
     #[error("the target's log diverges from the source's")]
     Diverged,
+    /// The source compacted the transactions the target needs next; it offers a snapshot,
+    /// which an external replicator cannot push.
+    #[error(
+        "the source's log no longer holds transaction {next} (compacted; it offers a snapshot \
+         up to {snapshot}): recreate the target as a replica of the source instead"
+    )]
+    Compacted {
+        /// The transaction the target needs next.
+        next: TxId,
+        /// The last transaction of the snapshot offered.
+        snapshot: TxId,
+    },
 }
 
 fn parse_hash(hex: &str) -> Result<TxHash, ReplicatorError> {
@@ -139,6 +151,7 @@ pub async fn copy(
         tags: Tags::new(),
         // The replicator stands for the target database: the source counts it as that replica.
         replica_database: target_db.into(),
+        prefer_snapshot: false,
     };
     channel
         .sender
@@ -164,6 +177,12 @@ pub async fn copy(
             }
             Message::Refused(refusal) => return Err(ReplicatorError::Refused(refusal)),
             Message::Diverged { .. } => return Err(ReplicatorError::Diverged),
+            Message::SnapshotOffer { meta, .. } => {
+                return Err(ReplicatorError::Compacted {
+                    next: last.tx_id.next(),
+                    snapshot: meta.last.tx_id,
+                });
+            }
             other => tracing::debug!(message = ?other, "ignored"),
         }
         // Only committed transactions leave the source's history for good: push those.

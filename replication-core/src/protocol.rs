@@ -11,11 +11,14 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::quorum::Tags;
+use crate::snapshot::SnapshotMeta;
 use crate::types::{Epoch, EpochClaim, LogPosition, ReplicaId, Tx, TxHash, TxId};
 
 /// The version of this protocol. A peer speaking another version is refused with
-/// [`Refusal::ProtocolVersion`]. Version 4 added [`Refusal::NoLease`].
-pub const PROTOCOL_VERSION: u16 = 4;
+/// [`Refusal::ProtocolVersion`]. Version 4 added [`Refusal::NoLease`]; version 5 the snapshot
+/// transfer ([`Message::SnapshotOffer`], [`Message::SnapshotAck`], [`Message::SnapshotChunk`],
+/// `prefer_snapshot` in [`Message::Subscribe`], [`Refusal::SnapshotUnavailable`]).
+pub const PROTOCOL_VERSION: u16 = 5;
 
 /// The default largest frame, in bytes. Larger frames are refused without being read whole.
 pub const MAX_FRAME_SIZE: usize = 16 * 1024 * 1024;
@@ -47,6 +50,9 @@ pub enum Message {
         /// The replica's own database: with its node, the replica's identity at the source
         /// (two replica databases of one source on one server are two replicas).
         replica_database: String,
+        /// The replica holds nothing yet and would rather start from a snapshot than replay
+        /// the whole history (a source with a snapshot then offers it).
+        prefer_snapshot: bool,
     },
     /// Source → replica: subscription accepted; transactions follow.
     Accepted {
@@ -93,6 +99,37 @@ pub enum Message {
     Ack {
         /// The replica's durable position.
         durable: LogPosition,
+    },
+    /// Source → replica, answering a subscription: the transactions the replica needs next are
+    /// no longer in the source's log (compacted), or it asked for a snapshot: here is the
+    /// snapshot to start from instead. The replica answers [`Message::SnapshotAck`] with the
+    /// first chunk it lacks (resuming a transfer it began before), then subscribes again on
+    /// the same channel once the snapshot is installed.
+    SnapshotOffer {
+        /// The source's epoch and its primary (checked, not recorded, by the replica).
+        claim: EpochClaim,
+        /// The snapshot: its position, format, size and digest.
+        meta: SnapshotMeta,
+    },
+    /// Replica → source: the replica holds chunks `0..next` of the snapshot with `digest`,
+    /// stored; the source sends from `next` on, a few chunks ahead at most. Repeated as a
+    /// heartbeat while the replica installs the snapshot.
+    SnapshotAck {
+        /// The snapshot's digest ([`SnapshotMeta::digest`]).
+        digest: [u8; 32],
+        /// The first chunk the replica lacks.
+        next: u64,
+    },
+    /// Source → replica: one chunk of the snapshot offered, with its BLAKE3 hash. A chunk whose
+    /// data does not match its hash is refused: the replica drops the channel and resumes
+    /// from it.
+    SnapshotChunk {
+        /// The chunk's place, from 0.
+        index: u64,
+        /// Its data.
+        data: Bytes,
+        /// The BLAKE3 hash of `data`.
+        hash: [u8; 32],
     },
 }
 
@@ -163,6 +200,16 @@ pub enum Refusal {
     /// coordinator names.
     #[error("the source holds no leader lease; it serves replicas once the coordinator grants one")]
     NoLease,
+    /// The transactions the replica needs were compacted away and the source has no snapshot
+    /// to send instead (none taken yet, or its state machine takes none): try again later.
+    #[error(
+        "the source's log begins after transaction {first}, which this replica needs, and the \
+         source has no snapshot to send instead"
+    )]
+    SnapshotUnavailable {
+        /// The first transaction the source's log holds.
+        first: TxId,
+    },
 }
 
 impl Refusal {

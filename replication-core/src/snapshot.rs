@@ -232,11 +232,7 @@ impl SnapshotFile {
         chunk_bytes: usize,
     ) -> Result<SnapshotMeta, SnapshotError> {
         let chunk_bytes = chunk_bytes.clamp(1, MAX_CHUNK_BYTES);
-        let temporary = temporary_path(path);
-        let mut out = BufWriter::new(File::create(&temporary)?);
-        out.write_all(MAGIC)?;
-        let mut digest = blake3::Hasher::new();
-        let (mut chunks, mut bytes) = (0u64, 0u64);
+        let mut writer = SnapshotWriter::create(&temporary_path(path), path)?;
         while let Some(data) = export.next_chunk(chunk_bytes)? {
             if data.is_empty() {
                 continue;
@@ -247,38 +243,9 @@ impl SnapshotFile {
                     data.len()
                 )));
             }
-            let chunk = SnapshotChunk::new(chunks, data);
-            out.write_all(&(chunk.data.len() as u32).to_le_bytes())?;
-            out.write_all(&chunk.hash)?;
-            out.write_all(&chunk.data)?;
-            digest.update(&chunk.hash);
-            chunks += 1;
-            bytes += chunk.data.len() as u64;
+            writer.push(&SnapshotChunk::new(writer.chunks(), data))?;
         }
-        let meta = SnapshotMeta {
-            format,
-            last,
-            last_epoch,
-            chunks,
-            bytes,
-            digest: *digest.finalize().as_bytes(),
-        };
-        let encoded = postcard::to_allocvec(&meta)
-            .map_err(|error| SnapshotError::Io(format!("encoding the metadata: {error}")))?;
-        out.write_all(&encoded)?;
-        out.write_all(&(encoded.len() as u32).to_le_bytes())?;
-        out.write_all(blake3::hash(&encoded).as_bytes())?;
-        out.write_all(END)?;
-        let file = out
-            .into_inner()
-            .map_err(|error| SnapshotError::Io(error.to_string()))?;
-        file.sync_all()?;
-        drop(file);
-        std::fs::rename(&temporary, path)?;
-        if let Some(dir) = path.parent() {
-            File::open(dir)?.sync_all()?;
-        }
-        Ok(meta)
+        writer.finish(format, last, last_epoch)
     }
 
     /// Opens the snapshot at `path` and reads its metadata; chunks follow with
@@ -379,6 +346,40 @@ impl SnapshotFile {
         Ok(Some(chunk))
     }
 
+    /// Moves to chunk `index`, so that [`next_chunk`](SnapshotFile::next_chunk) returns it
+    /// (reading only the headers of the chunks before it when going forwards).
+    ///
+    /// # Errors
+    /// [`SnapshotError::Corrupt`] for an index beyond the last chunk or a header out of
+    /// range; I/O errors.
+    pub fn skip_to(&mut self, index: u64) -> Result<(), SnapshotError> {
+        if index > self.meta.chunks {
+            return Err(SnapshotError::Corrupt {
+                chunk: index,
+                why: format!("the snapshot has {} chunks", self.meta.chunks),
+            });
+        }
+        if index < self.next {
+            self.reader.seek(SeekFrom::Start(MAGIC.len() as u64))?;
+            self.next = 0;
+        }
+        while self.next < index {
+            let position = self.reader.stream_position()?;
+            let mut header = [0u8; 36];
+            self.reader.read_exact(&mut header)?;
+            let length = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as u64;
+            if length > MAX_CHUNK_BYTES as u64 || position + 36 + length > self.end_of_chunks {
+                return Err(SnapshotError::Corrupt {
+                    chunk: self.next,
+                    why: format!("its length {length} is out of range"),
+                });
+            }
+            self.reader.seek_relative(length as i64)?;
+            self.next += 1;
+        }
+        Ok(())
+    }
+
     /// Reads every chunk, verifying each and the digest of all, without keeping them:
     /// whether the file is whole and intact.
     ///
@@ -403,7 +404,198 @@ impl SnapshotFile {
     }
 }
 
-fn temporary_path(path: &Path) -> PathBuf {
+/// Writes a snapshot file chunk by chunk, under a temporary name until
+/// [`finish`](SnapshotWriter::finish) renames it: a snapshot taken here, or received from a
+/// source (which [`resume`](SnapshotWriter::resume)s after a lost connection or a crash).
+#[derive(Debug)]
+pub struct SnapshotWriter {
+    out: BufWriter<File>,
+    temporary: PathBuf,
+    path: PathBuf,
+    digest: blake3::Hasher,
+    chunks: u64,
+    bytes: u64,
+}
+
+impl SnapshotWriter {
+    /// Starts a new snapshot at `temporary` (replacing any file there), to become `path`.
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub fn create(temporary: &Path, path: &Path) -> Result<SnapshotWriter, SnapshotError> {
+        let mut out = BufWriter::new(File::create(temporary)?);
+        out.write_all(MAGIC)?;
+        Ok(SnapshotWriter {
+            out,
+            temporary: temporary.to_path_buf(),
+            path: path.to_path_buf(),
+            digest: blake3::Hasher::new(),
+            chunks: 0,
+            bytes: 0,
+        })
+    }
+
+    /// Goes on with the snapshot at `temporary`, keeping at most its first `keep` chunks that
+    /// are whole and match their hashes, and cutting off what follows (a torn write, or chunks
+    /// the sender will send again). A file that is not a snapshot's start is begun again.
+    /// Returns the writer and how many chunks it kept.
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub fn resume(
+        temporary: &Path,
+        path: &Path,
+        keep: u64,
+    ) -> Result<(SnapshotWriter, u64), SnapshotError> {
+        let Ok(file) = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(temporary)
+        else {
+            return Ok((SnapshotWriter::create(temporary, path)?, 0));
+        };
+        let length = file.metadata()?.len();
+        let mut reader = BufReader::new(file);
+        let mut magic = [0u8; 8];
+        if reader.read_exact(&mut magic).is_err() || &magic != MAGIC {
+            return Ok((SnapshotWriter::create(temporary, path)?, 0));
+        }
+        let mut digest = blake3::Hasher::new();
+        let (mut chunks, mut bytes, mut end) = (0u64, 0u64, MAGIC.len() as u64);
+        while chunks < keep {
+            let mut header = [0u8; 36];
+            if reader.read_exact(&mut header).is_err() {
+                break;
+            }
+            let size = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+            if size > MAX_CHUNK_BYTES || end + 36 + size as u64 > length {
+                break;
+            }
+            let mut data = vec![0u8; size];
+            if reader.read_exact(&mut data).is_err() {
+                break;
+            }
+            if blake3::hash(&data).as_bytes() != &header[4..] {
+                break;
+            }
+            digest.update(&header[4..]);
+            chunks += 1;
+            bytes += size as u64;
+            end += 36 + size as u64;
+        }
+        let file = reader.into_inner();
+        file.set_len(end)?;
+        let mut out = BufWriter::new(file);
+        out.seek(SeekFrom::Start(end))?;
+        let writer = SnapshotWriter {
+            out,
+            temporary: temporary.to_path_buf(),
+            path: path.to_path_buf(),
+            digest,
+            chunks,
+            bytes,
+        };
+        Ok((writer, chunks))
+    }
+
+    /// Chunks written so far.
+    pub fn chunks(&self) -> u64 {
+        self.chunks
+    }
+
+    /// Appends a chunk, which must be the next one (`index == chunks()`), and hands it to the
+    /// operating system: a crash of the process keeps it, a resumption finds it.
+    ///
+    /// # Errors
+    /// [`SnapshotError::Corrupt`] for a chunk out of order or failing its hash; I/O errors.
+    pub fn push(&mut self, chunk: &SnapshotChunk) -> Result<(), SnapshotError> {
+        if chunk.index != self.chunks {
+            return Err(SnapshotError::Corrupt {
+                chunk: chunk.index,
+                why: format!("chunk {} was expected next", self.chunks),
+            });
+        }
+        chunk.verify()?;
+        self.out
+            .write_all(&(chunk.data.len() as u32).to_le_bytes())?;
+        self.out.write_all(&chunk.hash)?;
+        self.out.write_all(&chunk.data)?;
+        self.out.flush()?;
+        self.digest.update(&chunk.hash);
+        self.chunks += 1;
+        self.bytes += chunk.data.len() as u64;
+        Ok(())
+    }
+
+    /// Ends the snapshot as of `last` (of epoch `last_epoch`): writes the metadata, syncs,
+    /// renames it to its final path and syncs the directory.
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub fn finish(
+        self,
+        format: SnapshotFormat,
+        last: LogPosition,
+        last_epoch: Epoch,
+    ) -> Result<SnapshotMeta, SnapshotError> {
+        let meta = SnapshotMeta {
+            format,
+            last,
+            last_epoch,
+            chunks: self.chunks,
+            bytes: self.bytes,
+            digest: *self.digest.finalize().as_bytes(),
+        };
+        self.seal(&meta)?;
+        Ok(meta)
+    }
+
+    /// Ends a received snapshot, which must add up to `expected` (its chunk count, size and
+    /// digest) before it is renamed to its final path.
+    ///
+    /// # Errors
+    /// [`SnapshotError::Corrupt`] when it does not; I/O errors.
+    pub fn finish_expecting(self, expected: &SnapshotMeta) -> Result<(), SnapshotError> {
+        let digest = *self.digest.finalize().as_bytes();
+        if self.chunks != expected.chunks
+            || self.bytes != expected.bytes
+            || digest != expected.digest
+        {
+            return Err(SnapshotError::Corrupt {
+                chunk: self.chunks,
+                why: format!(
+                    "received {} chunks of {} bytes that do not add up to the snapshot offered \
+                     ({} chunks, {} bytes, and its digest)",
+                    self.chunks, self.bytes, expected.chunks, expected.bytes
+                ),
+            });
+        }
+        self.seal(expected)
+    }
+
+    fn seal(mut self, meta: &SnapshotMeta) -> Result<(), SnapshotError> {
+        let encoded = postcard::to_allocvec(meta)
+            .map_err(|error| SnapshotError::Io(format!("encoding the metadata: {error}")))?;
+        self.out.write_all(&encoded)?;
+        self.out.write_all(&(encoded.len() as u32).to_le_bytes())?;
+        self.out.write_all(blake3::hash(&encoded).as_bytes())?;
+        self.out.write_all(END)?;
+        let file = self
+            .out
+            .into_inner()
+            .map_err(|error| SnapshotError::Io(error.to_string()))?;
+        file.sync_all()?;
+        drop(file);
+        std::fs::rename(&self.temporary, &self.path)?;
+        if let Some(dir) = self.path.parent() {
+            File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    }
+}
+
+/// The name a snapshot is written under before it is whole.
+pub fn temporary_path(path: &Path) -> PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
     name.push(".partial");
     path.with_file_name(name)

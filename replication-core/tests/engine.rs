@@ -30,6 +30,7 @@ fn recovered(state: LogState, last_epoch: Epoch, primary: Option<&str>) -> Recov
         epoch_claim: EpochClaim::new(state.epoch, primary.map(|p| ReplicaId::new(p, "db"))),
         last_epoch,
         members: vec![],
+        ..Recovered::default()
     }
 }
 
@@ -73,6 +74,7 @@ fn subscribe_claiming(last: LogPosition, claim: EpochClaim) -> Message {
         window: 100,
         tags: Tags::new(),
         replica_database: "db".into(),
+        prefer_snapshot: false,
     }
 }
 
@@ -826,6 +828,7 @@ fn subscribe_in_epoch(epoch: u64, last: LogPosition, known_common: LogPosition) 
             window: EngineConfig::new("r1", "db", Role::Primary).prefetch_buffer,
             tags: Tags::new(),
             replica_database: "db".into(),
+            prefer_snapshot: false,
         },
     )
 }

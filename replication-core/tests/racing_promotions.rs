@@ -113,6 +113,7 @@ impl Disk {
             epoch_claim: self.claim.clone(),
             last_epoch: self.log.last().map(|tx| tx.epoch).unwrap_or(Epoch(0)),
             members: self.members.clone(),
+            ..Recovered::default()
         }
     }
 }
@@ -239,6 +240,12 @@ impl Cluster {
             }
             Command::Connect { address } => self.connect(node, &address),
             Command::Close { conn } => self.close(node, conn),
+            // No node here takes a snapshot, so none is offered and nothing is compacted.
+            command @ (Command::SnapshotRead { .. }
+            | Command::SnapshotReceive { .. }
+            | Command::SnapshotStore { .. }
+            | Command::SnapshotInstall { .. }
+            | Command::Compact { .. }) => panic!("{name}: unexpected {command:?}"),
             Command::Reply { write, result } => match result {
                 Ok(receipt) if receipt.ack == AckKind::Quorum => {
                     let epoch = self.nodes[node].disk.log[receipt.tx_id.0 as usize - 1].epoch;

@@ -9,6 +9,7 @@
 mod clock;
 pub mod failover;
 mod rollback;
+mod snapshots;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,12 +25,14 @@ use crate::engine::{
 use crate::log::{LogError, LogFailure, LogFailureKind, LogOperation, TxLog};
 use crate::protocol::{self, MAX_FRAME_SIZE, Message};
 use crate::quorum::QuorumPolicy;
+use crate::snapshot::{SnapshotError, SnapshotFile, SnapshotMeta, SnapshotStage, SnapshotWriter};
 use crate::state_machine::StateMachine;
 use crate::transport::{Channel, Transport};
-use crate::types::{Epoch, NodeId, ReplicaId, Tx, TxId};
+use crate::types::{Epoch, LogBase, NodeId, ReplicaId, Tx, TxId};
 
 pub use clock::Clock;
 pub use rollback::{RollbackFile, RollbackSink};
+pub use snapshots::SnapshotDir;
 
 /// Settings of the driver itself (the replication settings are in [`EngineConfig`]).
 #[derive(Clone)]
@@ -48,6 +51,13 @@ pub struct NodeOptions {
     /// Whether the node accepts replicas' channels from the transport itself. A server that
     /// routes channels to several databases turns it off and calls [`Node::attach`].
     pub accept_replicas: bool,
+    /// Where snapshots are kept ([`SnapshotDir`]); `None`: this node takes none, sends none
+    /// and installs none (its log is never compacted, and a replica replays the whole history).
+    pub snapshot_dir: Option<std::path::PathBuf>,
+    /// The size of a snapshot's chunks: with
+    /// [`EngineConfig::snapshot_window`](crate::engine::EngineConfig::snapshot_window), what a
+    /// transfer holds in memory on each side.
+    pub snapshot_chunk_bytes: usize,
 }
 
 impl Default for NodeOptions {
@@ -59,6 +69,8 @@ impl Default for NodeOptions {
             max_write_batch: 1024,
             accept_replicas: true,
             rollback: None,
+            snapshot_dir: None,
+            snapshot_chunk_bytes: 1 << 20,
         }
     }
 }
@@ -72,6 +84,8 @@ impl std::fmt::Debug for NodeOptions {
             .field("max_write_batch", &self.max_write_batch)
             .field("accept_replicas", &self.accept_replicas)
             .field("rollback", &self.rollback.is_some())
+            .field("snapshot_dir", &self.snapshot_dir)
+            .field("snapshot_chunk_bytes", &self.snapshot_chunk_bytes)
             .finish()
     }
 }
@@ -94,6 +108,8 @@ enum Request {
         oneshot::Sender<()>,
     ),
     RemoveMember(ReplicaId, oneshot::Sender<bool>),
+    TakeSnapshot(oneshot::Sender<Result<SnapshotMeta, SnapshotError>>),
+    Compact(TxId, TxId, oneshot::Sender<LogBase>),
     Attach(Channel),
     Shutdown(oneshot::Sender<()>),
 }
@@ -103,6 +119,14 @@ enum Internal {
     Opened {
         channel: Channel,
         direction: Direction,
+    },
+    SnapshotWritten {
+        result: Result<SnapshotMeta, SnapshotError>,
+        reply: Option<oneshot::Sender<Result<SnapshotMeta, SnapshotError>>>,
+    },
+    SnapshotInstalled {
+        meta: SnapshotMeta,
+        result: Result<(), SnapshotError>,
     },
 }
 
@@ -139,6 +163,21 @@ pub enum StartError {
     /// The configuration allows a rewind that this node could not carry out safely.
     #[error("cannot allow a rewind: {0}")]
     CannotRewind(&'static str),
+    /// A snapshot needed to start could not be read or installed.
+    #[error("snapshot: {0}")]
+    Snapshot(#[from] SnapshotError),
+    /// The log begins after transactions the state machine lacks, and no snapshot covers
+    /// them.
+    #[error(
+        "the log begins after transaction {base} but the state machine has applied only up \
+         to {applied}, and no snapshot in the snapshot directory covers the difference"
+    )]
+    MissingSnapshot {
+        /// The log's base.
+        base: TxId,
+        /// What the state machine applied.
+        applied: TxId,
+    },
 }
 
 impl Node {
@@ -169,20 +208,44 @@ impl Node {
         }
         let log = Arc::new(log);
         let transport = Arc::new(transport);
+        let mut config = config;
+        config.snapshot_format = match options.snapshot_dir {
+            Some(_) => state_machine.snapshot_format(),
+            None => None,
+        };
+        let snapshots = match &options.snapshot_dir {
+            Some(dir) => Some(Arc::new(
+                SnapshotDir::open(dir).map_err(SnapshotError::from)?,
+            )),
+            None => None,
+        };
+        let restored = restore(&*log, &mut state_machine, snapshots.as_deref()).await?;
         let state = log.state().await?;
-        let last_epoch = match log.read(state.last.tx_id, 1, usize::MAX).await?.first() {
-            Some(tx) if state.last.tx_id > TxId::ZERO => tx.epoch,
-            _ => Epoch(0),
+        let base = log.base().await?;
+        let last_epoch = if state.last.tx_id == base.position.tx_id {
+            base.epoch
+        } else {
+            match log.read(state.last.tx_id, 1, usize::MAX).await?.first() {
+                Some(tx) if state.last.tx_id > TxId::ZERO => tx.epoch,
+                _ => Epoch(0),
+            }
         };
         let members = log.members().await?;
         let epoch_claim = log.epoch_claim().await?;
         apply_committed(&*log, &mut state_machine, None, state.committed.tx_id).await?;
         let clock = Clock::start();
+        let partial_snapshot = match &snapshots {
+            Some(dir) => dir.incoming()?,
+            None => None,
+        };
         let recovered = Recovered {
             state,
             epoch_claim,
             last_epoch,
             members,
+            base,
+            snapshot: restored,
+            partial_snapshot,
         };
         let engine = Engine::new(config, policy, recovered, clock.now());
         let (requests_tx, requests_rx) = mpsc::channel(options.write_queue);
@@ -206,6 +269,11 @@ impl Node {
             applied_tx,
             last_batch_frame: None,
             after_commands: Vec::new(),
+            snapshots,
+            serving: HashMap::new(),
+            receiving: None,
+            taking_snapshot: false,
+            compactions: Vec::new(),
         };
         let task = tokio::spawn(driver.run(requests_rx, internal_rx));
         Ok(Node {
@@ -312,6 +380,41 @@ impl Node {
         answer.await.map_err(|_| NodeError::ShuttingDown)
     }
 
+    /// Takes a snapshot of the state machine as of its last applied transaction, on a
+    /// blocking thread while writes go on, and keeps it in the snapshot directory (older ones
+    /// are removed): from then on it is what replicas that cannot be served from the log get.
+    ///
+    /// # Errors
+    /// [`SnapshotError::Unsupported`] without a snapshot directory or a state machine that
+    /// takes snapshots; [`SnapshotError::Refused`] while another is being taken; the export's
+    /// and I/O errors.
+    pub async fn take_snapshot(&self) -> Result<SnapshotMeta, SnapshotError> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(Request::TakeSnapshot(reply))
+            .await
+            .map_err(|_| SnapshotError::Io("the node is shutting down".into()))?;
+        answer
+            .await
+            .unwrap_or_else(|_| Err(SnapshotError::Io("the node is shutting down".into())))
+    }
+
+    /// Compacts the log up to `up_to` at most: never past the latest snapshot, nor what a
+    /// connected replica or a snapshot transfer still needs, except a replica that needs a
+    /// transaction before `unpin_below` (it lags too far; it gets a snapshot when it
+    /// returns). Returns where the log begins afterwards.
+    ///
+    /// # Errors
+    /// [`NodeError::ShuttingDown`] once the node stopped.
+    pub async fn compact(&self, up_to: TxId, unpin_below: TxId) -> Result<LogBase, NodeError> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(Request::Compact(up_to, unpin_below, reply))
+            .await
+            .map_err(|_| NodeError::ShuttingDown)?;
+        answer.await.map_err(|_| NodeError::ShuttingDown)
+    }
+
     /// Hands the node a channel a replica opened (when the server routes channels itself).
     pub async fn attach(&self, channel: Channel) {
         let _ = self.requests.send(Request::Attach(channel)).await;
@@ -408,6 +511,118 @@ async fn apply_committed<L: TxLog, S: StateMachine>(
     Ok(())
 }
 
+/// Brings the state machine up to the latest snapshot in `dir` where that is needed (the log
+/// was compacted past what the state machine holds) or saves a replay, and finishes an install
+/// a crash interrupted: a snapshot beyond the commit point that the log does not hold was
+/// received, and the log starts again after it. Returns the snapshot this node can send.
+async fn restore<L: TxLog, S: StateMachine>(
+    log: &L,
+    state_machine: &mut S,
+    dir: Option<&SnapshotDir>,
+) -> Result<Option<SnapshotMeta>, StartError> {
+    let base = log.base().await?;
+    let applied = state_machine.applied();
+    let missing = StartError::MissingSnapshot {
+        base: base.position.tx_id,
+        applied,
+    };
+    let latest = match dir {
+        Some(dir) => dir.latest().map_err(SnapshotError::from)?,
+        None => None,
+    };
+    let Some((path, meta)) = latest else {
+        return if applied < base.position.tx_id {
+            Err(missing)
+        } else {
+            Ok(None)
+        };
+    };
+    if state_machine.snapshot_format().as_ref() != Some(&meta.format) {
+        if applied < base.position.tx_id {
+            let supported = state_machine
+                .snapshot_format()
+                .map_or_else(|| "no snapshots".to_string(), |format| format.to_string());
+            return Err(StartError::Snapshot(SnapshotError::FormatMismatch {
+                offered: meta.format,
+                supported,
+            }));
+        }
+        tracing::warn!(file = %path.display(), format = %meta.format, "a snapshot of another format is neither installed nor sent");
+        return Ok(None);
+    }
+    let state = log.state().await?;
+    let at = meta.last;
+    let holds = if at.tx_id == base.position.tx_id {
+        at.hash == base.position.hash
+    } else if at.tx_id > base.position.tx_id && at.tx_id <= state.last.tx_id {
+        log.read(at.tx_id, 1, usize::MAX)
+            .await?
+            .first()
+            .is_some_and(|tx| tx.id == at.tx_id && tx.hash == at.hash)
+    } else {
+        false
+    };
+    if !holds {
+        if at.tx_id <= state.committed.tx_id {
+            if applied < base.position.tx_id {
+                return Err(missing);
+            }
+            tracing::warn!(file = %path.display(), last = %at.tx_id, "a snapshot of another history than the log's is neither installed nor sent");
+            return Ok(None);
+        }
+        // Received from the source, and the log not yet started again after it when the
+        // node stopped: finish the install.
+        tracing::warn!(last = %at.tx_id, "finishing the install of a snapshot the source sent");
+        log.reset_to(LogBase {
+            position: at,
+            epoch: meta.last_epoch,
+        })
+        .await?;
+    }
+    if state_machine.applied() < at.tx_id {
+        let stage = state_machine.stage(&meta.format, at.tx_id)?;
+        let (file, expected) = (path.clone(), meta.clone());
+        tokio::task::spawn_blocking(move || install_file(&file, &expected, stage))
+            .await
+            .map_err(|error| SnapshotError::Io(error.to_string()))??;
+        tracing::info!(file = %path.display(), last = %at.tx_id, "state restored from a snapshot");
+        if state.committed.tx_id < at.tx_id
+            && let Err(error) = log.commit(at.tx_id).await
+        {
+            tracing::warn!(%error, "cannot raise the commit point to the snapshot's");
+        }
+    }
+    Ok(Some(meta))
+}
+
+/// Reads the snapshot at `path`, which must be `meta`, into `stage`, verifying every chunk and
+/// the digest of all before the stage switches the state machine to it.
+fn install_file(
+    path: &std::path::Path,
+    meta: &SnapshotMeta,
+    mut stage: Box<dyn SnapshotStage>,
+) -> Result<(), SnapshotError> {
+    let mut file = SnapshotFile::open(path)?;
+    if file.meta() != meta {
+        return Err(SnapshotError::Corrupt {
+            chunk: meta.chunks,
+            why: format!("{} is not the snapshot expected", path.display()),
+        });
+    }
+    let mut digest = blake3::Hasher::new();
+    while let Some(chunk) = file.next_chunk()? {
+        digest.update(&chunk.hash);
+        stage.write(&chunk.data)?;
+    }
+    if *digest.finalize().as_bytes() != meta.digest {
+        return Err(SnapshotError::Corrupt {
+            chunk: meta.chunks,
+            why: "the chunks do not add up to the snapshot's digest".into(),
+        });
+    }
+    stage.commit()
+}
+
 struct ConnHandle {
     frames: mpsc::Sender<Bytes>,
     reader: JoinHandle<()>,
@@ -431,6 +646,15 @@ struct Driver<L, T, S> {
     last_batch_frame: Option<(BatchKey, Bytes)>,
     /// Answers to send once the commands queued with them have run.
     after_commands: Vec<(oneshot::Sender<bool>, bool)>,
+    snapshots: Option<Arc<SnapshotDir>>,
+    /// The snapshot each replica's channel is being sent, open: a newer snapshot may replace
+    /// its file meanwhile.
+    serving: HashMap<ConnId, Arc<std::sync::Mutex<SnapshotFile>>>,
+    /// The snapshot being received from the source, and its digest.
+    receiving: Option<(SnapshotWriter, [u8; 32])>,
+    taking_snapshot: bool,
+    /// Compaction requests, answered with the log's base once their commands have run.
+    compactions: Vec<oneshot::Sender<LogBase>>,
 }
 
 type BatchKey = (TxId, TxId, crate::types::TxHash, TxId);
@@ -488,7 +712,182 @@ impl<L: TxLog, T: Transport, S: StateMachine> Driver<L, T, S> {
         match internal {
             Internal::Engine(event) => self.engine.handle(now, event),
             Internal::Opened { channel, direction } => self.open_channel(channel, direction),
+            Internal::SnapshotWritten { result, reply } => {
+                self.taking_snapshot = false;
+                match &result {
+                    Ok(meta) => {
+                        tracing::info!(last = %meta.last.tx_id, bytes = meta.bytes, "snapshot taken");
+                        if let Some(dir) = &self.snapshots {
+                            dir.prune(meta.last.tx_id);
+                        }
+                        self.engine.handle(now, Event::SnapshotTaken(meta.clone()));
+                    }
+                    Err(error) => tracing::warn!(%error, "taking a snapshot failed"),
+                }
+                if let Some(reply) = reply {
+                    let _ = reply.send(result);
+                }
+            }
+            Internal::SnapshotInstalled { meta, result } => {
+                self.applied_tx.send_replace(self.state_machine.applied());
+                if result.is_ok()
+                    && let Some(dir) = &self.snapshots
+                {
+                    dir.prune(meta.last.tx_id);
+                }
+                self.engine
+                    .handle(now, Event::SnapshotInstalled { meta, result });
+            }
         }
+    }
+
+    /// Starts a snapshot of the state machine: the export is read on a blocking thread.
+    fn take_snapshot(&mut self, reply: oneshot::Sender<Result<SnapshotMeta, SnapshotError>>) {
+        let started = match (self.snapshots.clone(), self.state_machine.snapshot_format()) {
+            _ if self.taking_snapshot => Err(SnapshotError::Refused(
+                "a snapshot is being taken already".into(),
+            )),
+            (Some(dir), Some(format)) => self
+                .state_machine
+                .export()
+                .map(|(last, export)| (dir, format, last, export)),
+            _ => Err(SnapshotError::Unsupported),
+        };
+        let (dir, format, last, mut export) = match started {
+            Ok(started) => started,
+            Err(error) => {
+                let _ = reply.send(Err(error));
+                return;
+            }
+        };
+        self.taking_snapshot = true;
+        let base = self.engine.base();
+        let log = self.log.clone();
+        let events = self.internal_tx.clone();
+        let chunk_bytes = self.options.snapshot_chunk_bytes;
+        tokio::spawn(async move {
+            let position = if last == base.position.tx_id {
+                Ok((base.position, base.epoch))
+            } else {
+                match log.read(last, 1, usize::MAX).await {
+                    Ok(txs) => match txs.first() {
+                        Some(tx) if tx.id == last => Ok((tx.position(), tx.epoch)),
+                        _ => Err(SnapshotError::Io(format!(
+                            "the log does not hold transaction {last}, the state machine's last"
+                        ))),
+                    },
+                    Err(error) => Err(SnapshotError::Io(error.to_string())),
+                }
+            };
+            let result = match position {
+                Ok((position, epoch)) => tokio::task::spawn_blocking(move || {
+                    let path = dir.path_for(last);
+                    SnapshotFile::write(&path, format, position, epoch, &mut *export, chunk_bytes)
+                })
+                .await
+                .unwrap_or_else(|error| Err(SnapshotError::Io(error.to_string()))),
+                Err(error) => Err(error),
+            };
+            let written = Internal::SnapshotWritten {
+                result,
+                reply: Some(reply),
+            };
+            let _ = events.send(written).await;
+        });
+    }
+
+    /// Sends chunk `index` of the snapshot with `digest` to `conn`, read on a blocking thread.
+    fn read_snapshot_chunk(&mut self, conn: ConnId, digest: [u8; 32], index: u64) {
+        let open = self
+            .serving
+            .get(&conn)
+            .filter(|file| file.lock().is_ok_and(|file| file.meta().digest == digest))
+            .cloned();
+        let file = match open {
+            Some(file) => Some(file),
+            None => self
+                .snapshots
+                .as_ref()
+                .and_then(|dir| dir.find(&digest))
+                .map(|file| {
+                    let file = Arc::new(std::sync::Mutex::new(file));
+                    self.serving.insert(conn, file.clone());
+                    file
+                }),
+        };
+        let Some(file) = file else {
+            let now = self.clock.now();
+            let event = Event::SnapshotChunkRead { conn, chunk: None };
+            return self.engine.handle(now, event);
+        };
+        let events = self.internal_tx.clone();
+        tokio::spawn(async move {
+            let chunk = tokio::task::spawn_blocking(move || {
+                let mut file = file
+                    .lock()
+                    .map_err(|_| SnapshotError::Io("a reader panicked".into()))?;
+                file.skip_to(index)?;
+                file.next_chunk()
+            })
+            .await;
+            let chunk = match chunk {
+                Ok(Ok(chunk)) => chunk,
+                Ok(Err(error)) => {
+                    tracing::error!(?conn, %error, "cannot read the snapshot in transfer");
+                    None
+                }
+                Err(_) => None,
+            };
+            let event = Event::SnapshotChunkRead { conn, chunk };
+            let _ = events.send(Internal::Engine(event)).await;
+        });
+    }
+
+    /// Installs the snapshot received: checks it whole, switches the state machine to it on a
+    /// blocking thread, then starts the log again after it.
+    fn install_snapshot(&mut self, meta: SnapshotMeta) {
+        let writer = self
+            .receiving
+            .take()
+            .filter(|(_, digest)| *digest == meta.digest)
+            .map(|(writer, _)| writer);
+        let stage = self.state_machine.stage(&meta.format, meta.last.tx_id);
+        let (Some(writer), Some(dir), Ok(stage)) = (writer, self.snapshots.clone(), stage) else {
+            let now = self.clock.now();
+            let result = Err(SnapshotError::Io(
+                "the snapshot received is not at hand to install".into(),
+            ));
+            return self
+                .engine
+                .handle(now, Event::SnapshotInstalled { meta, result });
+        };
+        let log = self.log.clone();
+        let events = self.internal_tx.clone();
+        tokio::spawn(async move {
+            let expected = meta.clone();
+            let installed = tokio::task::spawn_blocking(move || {
+                writer.finish_expecting(&expected)?;
+                dir.discard_incoming();
+                install_file(&dir.path_for(expected.last.tx_id), &expected, stage)
+            })
+            .await
+            .unwrap_or_else(|error| Err(SnapshotError::Io(error.to_string())));
+            let result = match installed {
+                Ok(()) => {
+                    let base = LogBase {
+                        position: meta.last,
+                        epoch: meta.last_epoch,
+                    };
+                    log.reset_to(base).await.map_err(|error| {
+                        SnapshotError::Io(format!("starting the log again: {error}"))
+                    })
+                }
+                Err(error) => Err(error),
+            };
+            let _ = events
+                .send(Internal::SnapshotInstalled { meta, result })
+                .await;
+        });
     }
 
     /// Handles a request; returns the shutdown acknowledgement when asked to stop.
@@ -545,6 +944,12 @@ impl<L: TxLog, T: Transport, S: StateMachine> Driver<L, T, S> {
                 self.engine.handle(now, Event::RemoveMember(replica));
                 // Answered once the commands that save the new membership have run.
                 self.after_commands.push((reply, was_member));
+            }
+            Request::TakeSnapshot(reply) => self.take_snapshot(reply),
+            Request::Compact(up_to, unpin_below, reply) => {
+                self.engine
+                    .handle(now, Event::Compact { up_to, unpin_below });
+                self.compactions.push(reply);
             }
             Request::Attach(channel) => self.open_channel(channel, Direction::Downstream),
             Request::Shutdown(done) => return Some(done),
@@ -655,6 +1060,9 @@ impl<L: TxLog, T: Transport, S: StateMachine> Driver<L, T, S> {
         }
         for (reply, answer) in self.after_commands.drain(..) {
             let _ = reply.send(answer);
+        }
+        for reply in self.compactions.drain(..) {
+            let _ = reply.send(self.engine.base());
         }
     }
 
@@ -828,6 +1236,53 @@ impl<L: TxLog, T: Transport, S: StateMachine> Driver<L, T, S> {
                 });
             }
             Command::Close { conn } => self.close(conn),
+            Command::SnapshotRead {
+                conn,
+                digest,
+                index,
+            } => self.read_snapshot_chunk(conn, digest, index),
+            Command::SnapshotReceive { meta, from } => {
+                let result = match &self.snapshots {
+                    Some(dir) => dir.receive(&meta, from).map(|(writer, held)| {
+                        self.receiving = Some((writer, meta.digest));
+                        held
+                    }),
+                    None => Err(SnapshotError::Unsupported),
+                };
+                let now = self.clock.now();
+                let event = Event::SnapshotReceiving {
+                    digest: meta.digest,
+                    result,
+                };
+                self.engine.handle(now, event);
+            }
+            Command::SnapshotStore { chunk } => {
+                let stored = match &mut self.receiving {
+                    Some((writer, digest)) => writer.push(&chunk).map_err(|e| (e, *digest)),
+                    None => Ok(()),
+                };
+                if let Err((error, digest)) = stored {
+                    tracing::error!(%error, "cannot store a snapshot chunk");
+                    self.receiving = None;
+                    let now = self.clock.now();
+                    let event = Event::SnapshotReceiving {
+                        digest,
+                        result: Err(error),
+                    };
+                    self.engine.handle(now, event);
+                }
+            }
+            Command::SnapshotInstall { meta } => self.install_snapshot(meta),
+            Command::Compact { up_to } => {
+                let base = self
+                    .log
+                    .compact(up_to)
+                    .await
+                    .map_err(failed(LogOperation::Compact))?;
+                tracing::info!(first = %base.first(), "log compacted");
+                let now = self.clock.now();
+                self.engine.handle(now, Event::Compacted(base));
+            }
             Command::Reply { write, result } => {
                 if let Some(reply) = self.writers.remove(&write) {
                     let _ = reply.send(result);
@@ -838,6 +1293,7 @@ impl<L: TxLog, T: Transport, S: StateMachine> Driver<L, T, S> {
     }
 
     fn close(&mut self, conn: ConnId) {
+        self.serving.remove(&conn);
         if let Some(handle) = self.conns.remove(&conn) {
             // Dropping the frame queue lets the writer flush what is queued and finish.
             handle.reader.abort();

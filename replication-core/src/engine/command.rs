@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{AppendToken, ConnId, WriteError, WriteId};
 use crate::protocol::Message;
+use crate::snapshot::{SnapshotChunk, SnapshotMeta};
 use crate::types::{EpochClaim, ReplicaId, Tx, TxHash, TxId};
 
 /// Something the driver must do, drained from [`Engine::poll_command`](super::Engine::poll_command).
@@ -63,6 +64,42 @@ pub enum Command {
     Close {
         /// The channel.
         conn: ConnId,
+    },
+    /// Read chunk `index` of the snapshot with `digest` for a replica's channel; report it as
+    /// [`super::Event::SnapshotChunkRead`].
+    SnapshotRead {
+        /// The channel it is for.
+        conn: ConnId,
+        /// The snapshot's digest.
+        digest: [u8; 32],
+        /// The chunk.
+        index: u64,
+    },
+    /// Get ready to receive the snapshot `meta` from the source, keeping the chunks `0..from`
+    /// already stored of it and discarding any other snapshot received in part.
+    SnapshotReceive {
+        /// The snapshot.
+        meta: SnapshotMeta,
+        /// The first chunk still to come.
+        from: u64,
+    },
+    /// Store a received chunk, verified, after those stored.
+    SnapshotStore {
+        /// The chunk.
+        chunk: SnapshotChunk,
+    },
+    /// Every chunk of `meta` is stored: check the whole, switch the state machine to it, and
+    /// start the log again after its last transaction ([`crate::TxLog::reset_to`]); report
+    /// [`super::Event::SnapshotInstalled`].
+    SnapshotInstall {
+        /// The snapshot.
+        meta: SnapshotMeta,
+    },
+    /// Remove transactions from the log up to `up_to` at most ([`crate::TxLog::compact`]),
+    /// and report the new base as [`super::Event::Compacted`].
+    Compact {
+        /// The last transaction that may be removed.
+        up_to: TxId,
     },
     /// Answer a client write.
     Reply {

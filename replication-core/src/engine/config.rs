@@ -109,6 +109,16 @@ pub struct EngineConfig {
     /// without a lease, and at a restart begins no epoch of its own unless `min_epoch`
     /// reaches its log's (the coordinator grants epochs).
     pub leased: bool,
+    /// The format of the state machine's snapshots, `None` when it takes none: a replica then
+    /// refuses a snapshot its source offers, with the reason, since it could not install it.
+    /// The driver sets it from [`StateMachine::snapshot_format`](crate::StateMachine::snapshot_format).
+    pub snapshot_format: Option<crate::snapshot::SnapshotFormat>,
+    /// A replica whose log is empty asks its source for a snapshot rather than the whole
+    /// history (`prefer_snapshot` in its subscription); the source offers one if it has one.
+    pub prefer_snapshot: bool,
+    /// Snapshot chunks a source sends beyond the last one the replica stored: with the chunk
+    /// size, what a transfer holds in memory and in flight.
+    pub snapshot_window: u32,
 }
 
 impl EngineConfig {
@@ -139,6 +149,9 @@ impl EngineConfig {
             seed: 0,
             min_epoch: Epoch(0),
             leased: false,
+            snapshot_format: None,
+            prefer_snapshot: true,
+            snapshot_window: 4,
         }
     }
 }

@@ -163,4 +163,8 @@ pub enum ReplicationError {
     /// The log failed.
     #[error("log failed: {0}")]
     LogFailed(LogFailure),
+    /// The source can serve this replica only from a snapshot, and this replica cannot
+    /// install it (its state machine takes no snapshots, or reads another format).
+    #[error("cannot start from the source's snapshot: {0}")]
+    Snapshot(crate::snapshot::SnapshotError),
 }

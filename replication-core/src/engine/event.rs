@@ -7,7 +7,8 @@ use bytes::Bytes;
 use crate::log::LogFailure;
 use crate::protocol::Message;
 use crate::quorum::QuorumPolicy;
-use crate::types::{NodeId, ReplicaId, Tx, TxId};
+use crate::snapshot::{SnapshotChunk, SnapshotError, SnapshotMeta};
+use crate::types::{LogBase, NodeId, ReplicaId, Tx, TxId};
 
 /// Identifies a channel between this node and a peer, chosen by the driver.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -111,6 +112,46 @@ pub enum Event {
         /// takes effect once published. `None`: the primary's own policy alone.
         policy: Option<Arc<dyn QuorumPolicy>>,
     },
+    /// A [`super::Command::SnapshotRead`] completed: the chunk, or `None` if the snapshot
+    /// cannot be read any more (the channel is then closed; the replica resumes later).
+    SnapshotChunkRead {
+        /// The channel it was for.
+        conn: ConnId,
+        /// The chunk.
+        chunk: Option<SnapshotChunk>,
+    },
+    /// A [`super::Command::SnapshotReceive`] completed: how many chunks of the snapshot are
+    /// stored (fewer than asked if some did not survive), or why it cannot be received.
+    SnapshotReceiving {
+        /// The snapshot's digest.
+        digest: [u8; 32],
+        /// The chunks stored, from 0.
+        result: Result<u64, SnapshotError>,
+    },
+    /// A [`super::Command::SnapshotInstall`] completed.
+    SnapshotInstalled {
+        /// The snapshot.
+        meta: SnapshotMeta,
+        /// Whether it is installed: the state machine switched to it and the log starts after
+        /// it.
+        result: Result<(), SnapshotError>,
+    },
+    /// A snapshot of this node's state is stored and may be sent to replicas (taken here, or
+    /// installed from the source).
+    SnapshotTaken(SnapshotMeta),
+    /// The log was compacted: it now begins after `base`.
+    Compacted(LogBase),
+    /// Compact the log up to `up_to` at most: the engine cuts no further than its latest
+    /// snapshot and what its connected replicas, and transfers in progress, still need,
+    /// except a replica that needs a transaction before `unpin_below` (it lags too far, and
+    /// gets a snapshot when it returns). Answered by a [`super::Command::Compact`], or by
+    /// nothing when nothing may be cut.
+    Compact {
+        /// The last transaction the caller wants removed.
+        up_to: TxId,
+        /// Replicas needing anything before this do not hold the log back.
+        unpin_below: TxId,
+    },
     /// Time passed.
     Tick,
 }
@@ -155,6 +196,35 @@ impl PartialEq for Event {
             (RemoveMember(a), RemoveMember(b)) => a == b,
             (LogFailed(a), LogFailed(b)) => a == b,
             (RolledBack(a), RolledBack(b)) => a == b,
+            (SnapshotChunkRead { conn: a, chunk: x }, SnapshotChunkRead { conn: b, chunk: y }) => {
+                a == b && x == y
+            }
+            (
+                SnapshotInstalled { meta: a, result: x },
+                SnapshotInstalled { meta: b, result: y },
+            ) => a == b && x == y,
+            (SnapshotTaken(a), SnapshotTaken(b)) => a == b,
+            (
+                SnapshotReceiving {
+                    digest: a,
+                    result: x,
+                },
+                SnapshotReceiving {
+                    digest: b,
+                    result: y,
+                },
+            ) => a == b && x == y,
+            (Compacted(a), Compacted(b)) => a == b,
+            (
+                Compact {
+                    up_to: a,
+                    unpin_below: x,
+                },
+                Compact {
+                    up_to: b,
+                    unpin_below: y,
+                },
+            ) => a == b && x == y,
             (Tick, Tick) => true,
             _ => false,
         }

@@ -11,7 +11,9 @@ use std::collections::VecDeque;
 
 use super::{AppendToken, Command};
 use crate::protocol::Refusal;
-use crate::types::{ChainError, Epoch, EpochClaim, LogPosition, LogState, ReplicaId, Tx, TxId};
+use crate::types::{
+    ChainError, Epoch, EpochClaim, LogBase, LogPosition, LogState, ReplicaId, Tx, TxId,
+};
 
 /// Why received or pushed transactions do not extend this log.
 #[derive(Debug)]
@@ -34,6 +36,8 @@ pub(super) enum NotExtending {
 pub(super) struct LocalLog {
     /// The highest epoch begun or seen, and its primary when known.
     claim: EpochClaim,
+    /// Where the log begins: transactions up to it were compacted away, or came in a snapshot.
+    base: LogBase,
     last: LogPosition,
     /// The epoch of the last transaction in the log; epochs never decrease along a log.
     last_epoch: Epoch,
@@ -61,6 +65,7 @@ impl LocalLog {
     /// transactions and, beyond one, `recent_max_bytes` of them.
     pub(super) fn new(
         state: LogState,
+        base: LogBase,
         claim: EpochClaim,
         last_epoch: Epoch,
         recent_max_txs: usize,
@@ -74,6 +79,7 @@ impl LocalLog {
             } else {
                 EpochClaim::new(state.epoch, None)
             },
+            base,
             last: state.last,
             last_epoch,
             durable: state.durable,
@@ -98,6 +104,35 @@ impl LocalLog {
     /// The node's epoch and the primary that claims it.
     pub(super) fn claim(&self) -> &EpochClaim {
         &self.claim
+    }
+
+    /// Where the log begins.
+    pub(super) fn base(&self) -> LogBase {
+        self.base
+    }
+
+    /// The log was compacted up to `base` (it only moves forwards).
+    pub(super) fn compacted(&mut self, base: LogBase) {
+        if base.position.tx_id > self.base.position.tx_id {
+            self.base = base;
+        }
+    }
+
+    /// The driver installed a snapshot and started the log again after `base`: the log holds
+    /// nothing, and `base` is its last, durable and committed position. Durability reported
+    /// later for earlier appends counts for nothing.
+    pub(super) fn reset_to(&mut self, base: LogBase) {
+        self.base = base;
+        self.last = base.position;
+        self.last_epoch = base.epoch;
+        self.durable = base.position;
+        self.committed = base.position.tx_id;
+        self.committed_position = base.position;
+        self.positions.clear();
+        self.recent.clear();
+        self.recent_bytes = 0;
+        self.first_valid_token = self.next_append_token;
+        self.truncated_to = base.position.tx_id;
     }
 
     /// The last transaction appended.

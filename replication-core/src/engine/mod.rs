@@ -62,12 +62,13 @@ pub use command::{AckKind, Command, WriteReceipt};
 pub use config::{EngineConfig, Role, default_policy};
 pub use error::{PushRefusal, ReplicationError, WriteError};
 pub use event::{AppendToken, ConnId, Direction, Event, WriteId};
-pub use status::{EngineStatus, ReplicaStatus, Rollback, UpstreamState};
+pub use status::{EngineStatus, ReplicaStatus, Rollback, SnapshotProgress, UpstreamState};
 pub use timers::Timestamp;
 
 use crate::log::LogFailure;
 use crate::quorum::QuorumPolicy;
-use crate::types::{Epoch, EpochClaim, LogPosition, LogState, ReplicaId, Tx, TxId};
+use crate::snapshot::SnapshotMeta;
+use crate::types::{Epoch, EpochClaim, LogBase, LogPosition, LogState, ReplicaId, Tx, TxId};
 use external::Pushes;
 use local_log::LocalLog;
 use source::Source;
@@ -110,6 +111,13 @@ pub struct Recovered {
     pub last_epoch: Epoch,
     /// The membership the log last saved ([`TxLog::members`](crate::TxLog::members)).
     pub members: Vec<ReplicaId>,
+    /// Where the log begins ([`TxLog::base`](crate::TxLog::base)).
+    pub base: LogBase,
+    /// The latest snapshot of this node's state that it can send to replicas.
+    pub snapshot: Option<SnapshotMeta>,
+    /// A snapshot received in part from the source: its metadata and how many chunks are
+    /// stored, so that the transfer resumes there.
+    pub partial_snapshot: Option<(SnapshotMeta, u64)>,
 }
 
 /// The replication engine of one database on one node. See the [module docs](self).
@@ -144,6 +152,9 @@ impl Engine {
             mut epoch_claim,
             last_epoch,
             members,
+            base,
+            snapshot,
+            partial_snapshot,
         } = recovered;
         let me = ReplicaId::new(config.node.clone(), config.database.clone());
         // A primary that began an epoch and holds nothing durable of it, restarted as a
@@ -160,6 +171,7 @@ impl Engine {
         }
         let log = LocalLog::new(
             state,
+            base,
             epoch_claim,
             last_epoch,
             config.recent_cache_txs,
@@ -174,6 +186,7 @@ impl Engine {
                     config.reconnect_min,
                     config.seed,
                     config.allow_rewind,
+                    partial_snapshot,
                 );
                 (None, Some(upstream), None)
             }
@@ -182,7 +195,7 @@ impl Engine {
         let is_primary = writes.is_some();
         let mut engine = Engine {
             log,
-            source: Source::new(policy, writes, members),
+            source: Source::new(policy, writes, members, snapshot),
             upstream,
             pushes,
             failed: None,
@@ -309,6 +322,33 @@ impl Engine {
                 voters,
                 policy,
             } => self.source.renew_lease(cx!(self), until, voters, policy),
+            Event::SnapshotChunkRead { conn, chunk } => {
+                self.source.on_snapshot_chunk(cx!(self), conn, chunk)
+            }
+            Event::SnapshotInstalled { meta, result } => self.on_snapshot_installed(&meta, result),
+            Event::SnapshotReceiving { digest, result } => {
+                if let Some(upstream) = &mut self.upstream {
+                    upstream.on_snapshot_receiving(cx!(self), digest, result);
+                }
+            }
+            Event::SnapshotTaken(meta) => self.source.snapshot_taken(meta),
+            Event::Compacted(base) => {
+                self.log.compacted(base);
+                self.source.on_compacted(cx!(self));
+            }
+            Event::Compact { up_to, unpin_below } => {
+                let limit = self.source.compaction_limit(
+                    self.log.base(),
+                    self.log.committed(),
+                    up_to,
+                    unpin_below,
+                );
+                if self.failed.is_none()
+                    && let Some(limit) = limit
+                {
+                    self.commands.push_back(Command::Compact { up_to: limit });
+                }
+            }
             Event::Tick => {
                 self.source.on_tick(cx!(self));
                 let next = self.now.plus(self.config.heartbeat_interval / 2);
@@ -389,6 +429,28 @@ impl Engine {
         }
     }
 
+    fn on_snapshot_installed(
+        &mut self,
+        meta: &SnapshotMeta,
+        result: Result<(), crate::snapshot::SnapshotError>,
+    ) {
+        let Some(upstream) = &mut self.upstream else {
+            return;
+        };
+        let Some(base) = upstream.on_snapshot_installed(cx!(self), meta, result) else {
+            return;
+        };
+        // The log starts again after the snapshot: what this node served its own replicas
+        // may be another history, so they subscribe again (and may get this snapshot).
+        self.log.reset_to(base);
+        self.log.raise_epoch(base.epoch, &mut self.commands);
+        self.source.drop_downstreams(cx!(self));
+        self.source.snapshot_taken(meta.clone());
+        if let Some(upstream) = &mut self.upstream {
+            upstream.after_install(cx!(self));
+        }
+    }
+
     fn on_log_failed(&mut self, failure: LogFailure) {
         tracing::error!(%failure, "log failed; refusing writes");
         let error = WriteError::LogFailed(failure.clone());
@@ -427,6 +489,16 @@ impl Engine {
             replicas: self.source.replica_statuses(now, self.log.last().tx_id),
             members: self.source.members().cloned().collect(),
             last_rollback: self.last_rollback.clone(),
+            base: self.log.base(),
+            snapshot: self
+                .source
+                .snapshot()
+                .map(|meta| (meta.last.tx_id, meta.bytes)),
+            snapshot_transfer: self
+                .upstream
+                .as_ref()
+                .and_then(|upstream| upstream.snapshot_progress(now)),
+            source_committed: self.upstream.as_ref().and_then(Upstream::source_committed),
         }
     }
 
@@ -454,6 +526,11 @@ impl Engine {
     /// The last transaction appended.
     pub fn last(&self) -> LogPosition {
         self.log.last()
+    }
+
+    /// Where the log begins.
+    pub fn base(&self) -> LogBase {
+        self.log.base()
     }
 
     /// The last durable transaction.

@@ -16,6 +16,7 @@ use super::writes::WritePath;
 use super::{AckKind, Command, ConnId, Ctx, ReplicaStatus, Timestamp, WriteError, WriteId};
 use crate::protocol::{DIVERGENCE_WINDOW, Message, PROTOCOL_VERSION, Refusal};
 use crate::quorum::QuorumPolicy;
+use crate::snapshot::{SnapshotChunk, SnapshotMeta};
 use crate::types::{Epoch, LogPosition, NodeId, ReplicaId, Tx, TxId};
 
 /// A replica's subscription, between `Subscribe` and the handshake read.
@@ -25,6 +26,19 @@ struct Subscription {
     known_common: LogPosition,
     /// The highest epoch the replica has seen: no transaction of its log is of a later one.
     replica_epoch: Epoch,
+    /// `known_common` is our log's base: checked against it, since the log no longer holds
+    /// that transaction.
+    from_base: bool,
+}
+
+/// A snapshot being sent on one channel.
+#[derive(Debug)]
+struct SnapshotSend {
+    meta: SnapshotMeta,
+    /// The next chunk to read and send; `None` until the replica said where to start.
+    next_send: Option<u64>,
+    /// The replica stored every chunk before this one.
+    acked: u64,
 }
 
 #[derive(Debug)]
@@ -35,6 +49,8 @@ enum DownstreamPhase {
     Handshake(Subscription),
     /// Streaming transactions from `next_send`.
     Streaming,
+    /// Sending a snapshot; the replica subscribes again once it installed it.
+    Snapshot(SnapshotSend),
 }
 
 /// One channel from a replica.
@@ -76,6 +92,8 @@ pub(super) struct Source {
     /// The commit point moved and, with no notification delay, replicas are told once the
     /// current burst of commands has been drained.
     commit_point_dirty: bool,
+    /// The latest snapshot of this node's state, sent to replicas the log cannot serve.
+    snapshot: Option<SnapshotMeta>,
 }
 
 impl Source {
@@ -85,6 +103,7 @@ impl Source {
         policy: Arc<dyn QuorumPolicy>,
         writes: Option<WritePath>,
         members: Vec<ReplicaId>,
+        snapshot: Option<SnapshotMeta>,
     ) -> Source {
         Source {
             policy,
@@ -92,6 +111,68 @@ impl Source {
             downstreams: BTreeMap::new(),
             replicas: Replicas::new(members),
             commit_point_dirty: false,
+            snapshot,
+        }
+    }
+
+    /// The latest snapshot this node can send.
+    pub(super) fn snapshot(&self) -> Option<&SnapshotMeta> {
+        self.snapshot.as_ref()
+    }
+
+    /// A snapshot of this node's state was stored: it is sent from now on (transfers in
+    /// progress go on with theirs, whose file the driver keeps open).
+    pub(super) fn snapshot_taken(&mut self, meta: SnapshotMeta) {
+        let newer = self
+            .snapshot
+            .as_ref()
+            .is_none_or(|current| meta.last.tx_id >= current.last.tx_id);
+        if newer {
+            self.snapshot = Some(meta);
+        }
+    }
+
+    /// How far the log may be compacted: `up_to`, but not past the latest snapshot, nor up
+    /// to what a channel still needs (the transactions after a snapshot in transfer, after
+    /// the position a subscription offered, or not yet sent), except a channel that needs
+    /// something before `unpin_below`. `None` when nothing may go.
+    pub(super) fn compaction_limit(
+        &self,
+        base: crate::types::LogBase,
+        committed: TxId,
+        up_to: TxId,
+        unpin_below: TxId,
+    ) -> Option<TxId> {
+        let snapshot = self.snapshot.as_ref()?.last.tx_id;
+        let mut limit = up_to.min(snapshot).min(committed);
+        for downstream in self.downstreams.values() {
+            let needs = match &downstream.phase {
+                DownstreamPhase::Opened => continue,
+                DownstreamPhase::Handshake(subscription) => subscription.known_common.tx_id.next(),
+                DownstreamPhase::Streaming => downstream.next_send.min(downstream.acked.next()),
+                DownstreamPhase::Snapshot(send) => send.meta.last.tx_id.next(),
+            };
+            if needs >= unpin_below {
+                limit = limit.min(needs.prev());
+            }
+        }
+        (limit > base.position.tx_id).then_some(limit)
+    }
+
+    /// The log was compacted: a channel that needs what was removed is closed, and its
+    /// replica is sent a snapshot when it subscribes again.
+    pub(super) fn on_compacted(&mut self, cx: &mut Ctx<'_>) {
+        let first = cx.log.base().first();
+        let behind: Vec<ConnId> = self
+            .downstreams
+            .iter()
+            .filter(|(_, d)| d.is_streaming() && d.next_send < first)
+            .map(|(conn, _)| *conn)
+            .collect();
+        for conn in behind {
+            tracing::warn!(?conn, %first, "a replica needs transactions compaction removed; it will get a snapshot");
+            cx.out.push_back(Command::Close { conn });
+            self.on_disconnected(cx, conn);
         }
     }
 
@@ -357,6 +438,7 @@ impl Source {
         match message {
             subscribe @ Message::Subscribe { .. } => self.on_subscribe(cx, conn, subscribe),
             Message::Ack { durable } => self.on_ack(cx, conn, durable),
+            Message::SnapshotAck { digest, next } => self.on_snapshot_ack(cx, conn, digest, next),
             other => {
                 tracing::warn!(?conn, message = ?other, "unexpected message from a replica");
             }
@@ -373,14 +455,17 @@ impl Source {
             window,
             tags,
             replica_database,
+            prefer_snapshot,
         } = subscribe
         else {
             return;
         };
+        let base = cx.log.base().position;
         let subscription = Subscription {
             last,
             known_common,
             replica_epoch: claim.epoch,
+            from_base: base.tx_id > TxId::ZERO && known_common.tx_id == base.tx_id,
         };
         let Some(downstream) = self.downstreams.get(&conn) else {
             return;
@@ -443,8 +528,38 @@ impl Source {
         self.replicas.subscribed(&replica, address, tags, cx.now);
         downstream.replica = Some(replica);
         downstream.window = u64::from(window.max(1));
+        // The transactions the replica needs next were compacted away (or it asks for a
+        // snapshot, holding nothing): it starts from the latest snapshot instead.
+        let compacted = subscription.known_common.tx_id < base.tx_id;
+        let fresh = prefer_snapshot
+            && subscription.last.tx_id == TxId::ZERO
+            && self
+                .snapshot
+                .as_ref()
+                .is_some_and(|meta| meta.last.tx_id > TxId::ZERO);
+        if compacted || fresh {
+            return match self.snapshot.clone() {
+                Some(meta) => self.offer_snapshot(cx, conn, meta),
+                None => {
+                    let first = base.tx_id.next();
+                    self.refuse(cx, conn, Refusal::SnapshotUnavailable { first })
+                }
+            };
+        }
+        if subscription.from_base && subscription.known_common.hash != base.hash {
+            let refusal = Refusal::CommittedDivergence {
+                tx_id: base.tx_id,
+                replica_hash: subscription.known_common.hash,
+                source_hash: Some(base.hash),
+            };
+            return self.refuse(cx, conn, refusal);
+        }
+        let Some(downstream) = self.downstreams.get_mut(&conn) else {
+            return;
+        };
         downstream.read_in_flight = true;
-        let known = subscription.known_common.tx_id.0;
+        // Our log holds nothing at the base itself: compare from the transaction after it.
+        let known = subscription.known_common.tx_id.0 + u64::from(subscription.from_base);
         // Beyond what a relay serves, its last served transaction tells a lagging relay from
         // a history the replica does not share (see `finish_handshake`).
         let from = if self.writes.is_some() {
@@ -464,6 +579,103 @@ impl Source {
             max_count: (to.saturating_sub(from) + 1) as usize,
             max_bytes: usize::MAX,
         });
+    }
+
+    fn offer_snapshot(&mut self, cx: &mut Ctx<'_>, conn: ConnId, meta: SnapshotMeta) {
+        let Some(downstream) = self.downstreams.get_mut(&conn) else {
+            return;
+        };
+        tracing::info!(?conn, last = %meta.last.tx_id, bytes = meta.bytes, "offering a snapshot to a replica");
+        downstream.phase = DownstreamPhase::Snapshot(SnapshotSend {
+            meta: meta.clone(),
+            next_send: None,
+            acked: 0,
+        });
+        cx.out.push_back(Command::Send {
+            conn,
+            message: Message::SnapshotOffer {
+                claim: cx.log.claim().clone(),
+                meta,
+            },
+        });
+    }
+
+    fn on_snapshot_ack(&mut self, cx: &mut Ctx<'_>, conn: ConnId, digest: [u8; 32], next: u64) {
+        let Some(downstream) = self.downstreams.get_mut(&conn) else {
+            return;
+        };
+        let DownstreamPhase::Snapshot(send) = &mut downstream.phase else {
+            return;
+        };
+        if send.meta.digest != digest || next > send.meta.chunks {
+            tracing::warn!(
+                ?conn,
+                "snapshot acknowledgement for another snapshot; closing"
+            );
+            cx.out.push_back(Command::Close { conn });
+            return self.on_disconnected(cx, conn);
+        }
+        send.acked = send.acked.max(next);
+        // The first acknowledgement says where the replica resumes.
+        send.next_send.get_or_insert(next);
+        self.pump_snapshot(cx, conn);
+    }
+
+    /// Reads the next chunk for `conn` if the replica's window has room.
+    fn pump_snapshot(&mut self, cx: &mut Ctx<'_>, conn: ConnId) {
+        let window = u64::from(cx.config.snapshot_window.max(1));
+        let Some(downstream) = self.downstreams.get_mut(&conn) else {
+            return;
+        };
+        let DownstreamPhase::Snapshot(send) = &downstream.phase else {
+            return;
+        };
+        let Some(next) = send.next_send else { return };
+        if downstream.read_in_flight || next >= send.meta.chunks || next >= send.acked + window {
+            return;
+        }
+        let digest = send.meta.digest;
+        downstream.read_in_flight = true;
+        cx.out.push_back(Command::SnapshotRead {
+            conn,
+            digest,
+            index: next,
+        });
+    }
+
+    /// A chunk read for `conn`: send it and read the next.
+    pub(super) fn on_snapshot_chunk(
+        &mut self,
+        cx: &mut Ctx<'_>,
+        conn: ConnId,
+        chunk: Option<SnapshotChunk>,
+    ) {
+        let Some(downstream) = self.downstreams.get_mut(&conn) else {
+            return;
+        };
+        downstream.read_in_flight = false;
+        let DownstreamPhase::Snapshot(send) = &mut downstream.phase else {
+            return;
+        };
+        let Some(chunk) = chunk.filter(|chunk| Some(chunk.index) == send.next_send) else {
+            tracing::warn!(
+                ?conn,
+                "the snapshot in transfer cannot be read; closing the channel"
+            );
+            cx.out.push_back(Command::Close { conn });
+            return self.on_disconnected(cx, conn);
+        };
+        send.next_send = Some(chunk.index + 1);
+        downstream.last_sent = cx.now;
+        cx.out.push_back(Command::Send {
+            conn,
+            message: Message::SnapshotChunk {
+                index: chunk.index,
+                data: chunk.data,
+                hash: chunk.hash,
+            },
+        });
+        self.pump_snapshot(cx, conn);
     }
 
     fn on_ack(&mut self, cx: &mut Ctx<'_>, conn: ConnId, durable: LogPosition) {
@@ -527,7 +739,9 @@ impl Source {
                 }
                 self.pump(cx, conn);
             }
-            DownstreamPhase::Opened => {}
+            phase @ (DownstreamPhase::Opened | DownstreamPhase::Snapshot(_)) => {
+                downstream.phase = phase;
+            }
         }
     }
 
@@ -544,7 +758,7 @@ impl Source {
         let ours: Vec<Tx> = ours.into_iter().filter(|tx| tx.id <= limit).collect();
         let known = subscription.known_common;
         let mut rest = ours.as_slice();
-        if known.tx_id > TxId::ZERO {
+        if known.tx_id > TxId::ZERO && !subscription.from_base {
             match ours.first() {
                 Some(tx) if tx.id == known.tx_id && tx.hash == known.hash => rest = &ours[1..],
                 Some(tx) if tx.id == known.tx_id => {

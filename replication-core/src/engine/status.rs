@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use super::Role;
 use crate::quorum::Tags;
-use crate::types::{Epoch, LogPosition, ReplicaId, TxId};
+use crate::types::{Epoch, LogBase, LogPosition, ReplicaId, TxId};
 
 /// The state of a replica's link to its source, as status shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -19,6 +19,11 @@ pub enum UpstreamState {
     ResolvingDivergence,
     /// Receiving transactions.
     Streaming,
+    /// Receiving a snapshot from the source (its log no longer holds what this replica needs,
+    /// or this replica started empty).
+    ReceivingSnapshot,
+    /// Installing the snapshot received.
+    InstallingSnapshot,
     /// Stopped by an error that needs an operator.
     Stopped(String),
 }
@@ -88,6 +93,34 @@ pub struct EngineStatus {
     /// The last transactions this node dropped from its log (rejoining a newer history) and
     /// where they were kept, since it started.
     pub last_rollback: Option<Rollback>,
+    /// Where the log begins: transactions up to it were compacted away or came in a snapshot.
+    pub base: LogBase,
+    /// The latest snapshot this node can send to replicas: its last transaction and size.
+    pub snapshot: Option<(TxId, u64)>,
+    /// A snapshot being received from the source (replica only), or paused to resume.
+    pub snapshot_transfer: Option<SnapshotProgress>,
+    /// The source's commit point as this replica last heard it (replica only, while
+    /// streaming): with `committed`, how far it has to catch up.
+    pub source_committed: Option<TxId>,
+}
+
+/// How a snapshot transfer to this replica goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotProgress {
+    /// The snapshot's last transaction: the log follows from there.
+    pub last: TxId,
+    /// Chunks stored.
+    pub chunks_done: u64,
+    /// Chunks in all.
+    pub chunks: u64,
+    /// Bytes stored.
+    pub bytes_done: u64,
+    /// Bytes in all.
+    pub bytes: u64,
+    /// Bytes per second since this connection's transfer began.
+    pub bytes_per_second: u64,
+    /// Every chunk is stored and the snapshot is being installed.
+    pub installing: bool,
 }
 
 /// Transactions a node dropped from its log, kept first where an operator can read them.

@@ -11,7 +11,8 @@ use std::time::Duration;
 use super::local_log::NotExtending;
 use super::{Command, ConnId, Ctx, ReplicationError, Timestamp, UpstreamState};
 use crate::protocol::{DIVERGENCE_WINDOW, Message, PROTOCOL_VERSION, Refusal};
-use crate::types::{Epoch, EpochClaim, LogPosition, Tx, TxHash, TxId};
+use crate::snapshot::{SnapshotChunk, SnapshotError, SnapshotMeta};
+use crate::types::{Epoch, EpochClaim, LogBase, LogPosition, Tx, TxHash, TxId};
 
 /// The link to the source.
 #[derive(Debug)]
@@ -48,7 +49,32 @@ enum Link {
         last_heard: Timestamp,
         last_ack: Timestamp,
     },
+    /// Receiving the snapshot the source offered (chunks from `Upstream::partial`'s count).
+    ReceivingSnapshot {
+        conn: ConnId,
+        last_heard: Timestamp,
+    },
+    /// Every chunk is stored; the driver installs the snapshot. The channel stays open (the
+    /// replica subscribes again on it), kept alive by acknowledgements.
+    InstallingSnapshot {
+        /// `None` once the channel closed: the subscription then follows on a new one.
+        conn: Option<ConnId>,
+        last_ack: Timestamp,
+    },
     Stopped(ReplicationError),
+}
+
+/// A snapshot received from the source, in part or whole, and how the transfer goes.
+#[derive(Clone, Debug)]
+struct PartialSnapshot {
+    meta: SnapshotMeta,
+    /// Chunks `0..next` are stored.
+    next: u64,
+    /// Bytes stored.
+    bytes: u64,
+    /// When this connection's transfer began, and the bytes stored then.
+    since: Timestamp,
+    bytes_at_start: u64,
 }
 
 /// What a source's `Diverged` told us: its epoch, its hashes after the position we offered, and
@@ -78,6 +104,8 @@ pub(super) struct Upstream {
     /// Whether one rewind is allowed ([`EngineConfig::allow_rewind`](super::EngineConfig)):
     /// spent by the first, so that a later divergence stops again for an operator to look.
     rewind_allowed: bool,
+    /// The snapshot being received, kept across reconnections so that a transfer resumes.
+    partial: Option<PartialSnapshot>,
 }
 
 impl Upstream {
@@ -88,6 +116,7 @@ impl Upstream {
         backoff: Duration,
         seed: u64,
         rewind_allowed: bool,
+        partial: Option<(SnapshotMeta, u64)>,
     ) -> Upstream {
         Upstream {
             address,
@@ -100,7 +129,36 @@ impl Upstream {
             rng: seed ^ 0x9e37_79b9_7f4a_7c15,
             search_from: None,
             rewind_allowed,
+            partial: partial.map(|(meta, next)| PartialSnapshot {
+                // Chunks are not all of one size: the count is exact, the bytes an estimate.
+                bytes: meta.bytes / meta.chunks.max(1) * next,
+                meta,
+                next,
+                since: now,
+                bytes_at_start: 0,
+            }),
         }
+    }
+
+    /// The snapshot transfer in progress or paused, as status shows it.
+    pub(super) fn snapshot_progress(&self, now: Timestamp) -> Option<super::SnapshotProgress> {
+        let partial = self.partial.as_ref()?;
+        let elapsed = now.since(partial.since);
+        let sent = partial.bytes.saturating_sub(partial.bytes_at_start);
+        let rate = if elapsed.is_zero() {
+            0
+        } else {
+            (sent as f64 / elapsed.as_secs_f64()) as u64
+        };
+        Some(super::SnapshotProgress {
+            last: partial.meta.last.tx_id,
+            chunks_done: partial.next,
+            chunks: partial.meta.chunks,
+            bytes_done: partial.bytes,
+            bytes: partial.meta.bytes,
+            bytes_per_second: rate,
+            installing: matches!(self.link, Link::InstallingSnapshot { .. }),
+        })
     }
 
     /// The link's state, as status shows it.
@@ -111,6 +169,8 @@ impl Upstream {
             Link::Probing { .. } | Link::Subscribing { .. } => UpstreamState::Subscribing,
             Link::Resolving { .. } => UpstreamState::ResolvingDivergence,
             Link::Streaming { .. } => UpstreamState::Streaming,
+            Link::ReceivingSnapshot { .. } => UpstreamState::ReceivingSnapshot,
+            Link::InstallingSnapshot { .. } => UpstreamState::InstallingSnapshot,
             Link::Stopped(error) => UpstreamState::Stopped(error.to_string()),
         }
     }
@@ -137,7 +197,11 @@ impl Upstream {
             Link::Probing { conn, .. }
             | Link::Subscribing { conn, .. }
             | Link::Resolving { conn, .. }
-            | Link::Streaming { conn, .. } => Some(*conn),
+            | Link::Streaming { conn, .. }
+            | Link::ReceivingSnapshot { conn, .. }
+            | Link::InstallingSnapshot {
+                conn: Some(conn), ..
+            } => Some(*conn),
             _ => None,
         }
     }
@@ -195,6 +259,30 @@ impl Upstream {
                     cx.out.push_back(Command::Send {
                         conn,
                         message: Message::Ack { durable },
+                    });
+                }
+            }
+            Link::ReceivingSnapshot { conn, last_heard }
+                if now.since(*last_heard) > cx.config.peer_timeout =>
+            {
+                let conn = *conn;
+                self.drop_link(cx, conn, "source silent past the peer timeout");
+            }
+            // The source drops a silent replica: an install may take longer than that.
+            Link::InstallingSnapshot {
+                conn: Some(conn),
+                last_ack,
+            } => {
+                if now.since(*last_ack) >= cx.config.heartbeat_interval
+                    && let Some(partial) = &self.partial
+                {
+                    *last_ack = now;
+                    cx.out.push_back(Command::Send {
+                        conn: *conn,
+                        message: Message::SnapshotAck {
+                            digest: partial.meta.digest,
+                            next: partial.next,
+                        },
                     });
                 }
             }
@@ -271,6 +359,9 @@ impl Upstream {
             window: cx.config.prefetch_buffer,
             tags: cx.config.tags.clone(),
             replica_database: cx.config.database.clone(),
+            prefer_snapshot: cx.config.prefer_snapshot
+                && cx.config.snapshot_format.is_some()
+                && cx.log.last().tx_id == TxId::ZERO,
         };
         self.link = Link::Subscribing {
             conn,
@@ -283,6 +374,14 @@ impl Upstream {
     /// The channel to the source closed.
     pub(super) fn on_disconnected(&mut self, cx: &mut Ctx<'_>, conn: ConnId) {
         tracing::info!(?conn, "channel to the source closed; reconnecting");
+        if matches!(self.link, Link::InstallingSnapshot { .. }) {
+            // The install goes on; the subscription follows it on a new channel.
+            self.link = Link::InstallingSnapshot {
+                conn: None,
+                last_ack: cx.now,
+            };
+            return;
+        }
         self.wait_before_retry(cx, cx.config.reconnect_min);
     }
 
@@ -347,6 +446,14 @@ impl Upstream {
                     return None;
                 }
                 self.on_txs(cx, txs, committed)
+            }
+            Message::SnapshotOffer { claim, meta } => {
+                self.on_snapshot_offer(cx, conn, claim, meta);
+                None
+            }
+            Message::SnapshotChunk { index, data, hash } => {
+                self.on_snapshot_chunk(cx, conn, SnapshotChunk { index, data, hash });
+                None
             }
             Message::Committed { claim, committed } => {
                 if !self.follow_claim(cx, conn, &claim) {
@@ -427,6 +534,201 @@ impl Upstream {
         });
     }
 
+    fn on_snapshot_offer(
+        &mut self,
+        cx: &mut Ctx<'_>,
+        conn: ConnId,
+        claim: EpochClaim,
+        meta: SnapshotMeta,
+    ) {
+        if !matches!(self.link, Link::Subscribing { .. }) {
+            return;
+        }
+        // Checked, not recorded: the claim is recorded once the subscription is accepted.
+        if let Err(refusal) = cx.log.check_claim(&claim) {
+            return self.refused(cx, conn, refusal);
+        }
+        let supported = match &cx.config.snapshot_format {
+            Some(format) if *format == meta.format => None,
+            Some(format) => Some(format.to_string()),
+            None => Some("no snapshots".to_string()),
+        };
+        if let Some(supported) = supported {
+            let error = SnapshotError::FormatMismatch {
+                offered: meta.format.clone(),
+                supported,
+            };
+            return self.stop(cx, ReplicationError::Snapshot(error));
+        }
+        let resumed = self
+            .partial
+            .take()
+            .filter(|partial| partial.meta.digest == meta.digest);
+        let mut partial = resumed.unwrap_or(PartialSnapshot {
+            meta: meta.clone(),
+            next: 0,
+            bytes: 0,
+            since: cx.now,
+            bytes_at_start: 0,
+        });
+        partial.since = cx.now;
+        partial.bytes_at_start = partial.bytes;
+        tracing::info!(
+            ?conn, last = %meta.last.tx_id, bytes = meta.bytes, chunks = meta.chunks, from = partial.next,
+            "the source sends a snapshot"
+        );
+        cx.out.push_back(Command::SnapshotReceive {
+            meta,
+            from: partial.next,
+        });
+        self.partial = Some(partial);
+        // The first acknowledgement waits for the driver to say how many chunks it holds.
+        self.link = Link::ReceivingSnapshot {
+            conn,
+            last_heard: cx.now,
+        };
+    }
+
+    /// The driver is ready to store the snapshot's chunks, holding `result` of them already.
+    pub(super) fn on_snapshot_receiving(
+        &mut self,
+        cx: &mut Ctx<'_>,
+        digest: [u8; 32],
+        result: Result<u64, SnapshotError>,
+    ) {
+        let Link::ReceivingSnapshot { conn, .. } = self.link else {
+            return;
+        };
+        let Some(partial) = self.partial.as_mut().filter(|p| p.meta.digest == digest) else {
+            return;
+        };
+        let next = match result {
+            Ok(next) => next,
+            Err(error) => {
+                self.last_refusal = Some(format!("cannot store the source's snapshot: {error}"));
+                self.partial = None;
+                tracing::warn!(%error, "cannot store the source's snapshot");
+                cx.out.push_back(Command::Close { conn });
+                return self.wait_before_retry(cx, cx.config.reconnect_max);
+            }
+        };
+        if next != partial.next {
+            partial.bytes = partial.meta.bytes / partial.meta.chunks.max(1) * next;
+            partial.bytes_at_start = partial.bytes;
+            partial.next = next;
+        }
+        if next >= partial.meta.chunks {
+            return self.install(cx, conn);
+        }
+        cx.out.push_back(Command::Send {
+            conn,
+            message: Message::SnapshotAck { digest, next },
+        });
+    }
+
+    fn on_snapshot_chunk(&mut self, cx: &mut Ctx<'_>, conn: ConnId, chunk: SnapshotChunk) {
+        let Link::ReceivingSnapshot { last_heard, .. } = &mut self.link else {
+            return;
+        };
+        *last_heard = cx.now;
+        let Some(partial) = &mut self.partial else {
+            return;
+        };
+        if chunk.index != partial.next {
+            // Sent before a resumption: the one we need follows.
+            return;
+        }
+        if let Err(error) = chunk.verify() {
+            // Never stored: the transfer resumes at this chunk on a new channel.
+            self.last_refusal = Some(format!("refused a snapshot chunk from the source: {error}"));
+            return self.drop_link(cx, conn, "a snapshot chunk failed its hash");
+        }
+        partial.next += 1;
+        partial.bytes += chunk.data.len() as u64;
+        let (digest, next, done) = (
+            partial.meta.digest,
+            partial.next,
+            partial.next >= partial.meta.chunks,
+        );
+        cx.out.push_back(Command::SnapshotStore { chunk });
+        cx.out.push_back(Command::Send {
+            conn,
+            message: Message::SnapshotAck { digest, next },
+        });
+        if done {
+            self.install(cx, conn);
+        }
+    }
+
+    fn install(&mut self, cx: &mut Ctx<'_>, conn: ConnId) {
+        let Some(partial) = &self.partial else { return };
+        self.link = Link::InstallingSnapshot {
+            conn: Some(conn),
+            last_ack: cx.now,
+        };
+        cx.out.push_back(Command::SnapshotInstall {
+            meta: partial.meta.clone(),
+        });
+    }
+
+    /// The driver installed the snapshot (or failed to). Returns the new base of the log when
+    /// it is installed: the engine then starts the log again there.
+    pub(super) fn on_snapshot_installed(
+        &mut self,
+        cx: &mut Ctx<'_>,
+        meta: &SnapshotMeta,
+        result: Result<(), SnapshotError>,
+    ) -> Option<LogBase> {
+        let conn = match self.link {
+            Link::InstallingSnapshot { conn, .. } => conn,
+            _ => return None,
+        };
+        self.partial = None;
+        match result {
+            Ok(()) => {
+                tracing::info!(last = %meta.last.tx_id, "snapshot installed; following the source's log from there");
+                self.last_refusal = None;
+                Some(LogBase {
+                    position: meta.last,
+                    epoch: meta.last_epoch,
+                })
+            }
+            // Damaged in storage or unreadable: fetch it again.
+            Err(error @ (SnapshotError::Corrupt { .. } | SnapshotError::Io(_))) => {
+                self.last_refusal =
+                    Some(format!("installing the source's snapshot failed: {error}"));
+                if let Some(conn) = conn {
+                    cx.out.push_back(Command::Close { conn });
+                }
+                self.wait_before_retry(cx, cx.config.reconnect_max);
+                None
+            }
+            Err(error) => {
+                self.stop(cx, ReplicationError::Snapshot(error));
+                None
+            }
+        }
+    }
+
+    /// After an install: subscribe again from the snapshot, on the same channel if it is
+    /// still open.
+    pub(super) fn after_install(&mut self, cx: &mut Ctx<'_>) {
+        match self.link {
+            Link::InstallingSnapshot {
+                conn: Some(conn), ..
+            } => {
+                self.subscribe(cx, conn, cx.log.committed_position());
+            }
+            Link::InstallingSnapshot { .. } => {
+                self.link = Link::Idle {
+                    retry_at: cx.now,
+                    backoff: cx.config.reconnect_min,
+                }
+            }
+            _ => {}
+        }
+    }
+
     fn refused(&mut self, cx: &mut Ctx<'_>, conn: ConnId, refusal: Refusal) {
         tracing::warn!(%refusal, "source refused the subscription");
         cx.out.push_back(Command::Close { conn });
@@ -503,6 +805,11 @@ impl Upstream {
         // A relay's epoch may lag the transactions it forwards; they carry the truth.
         cx.log.raise_epoch(last_epoch, cx.out);
         cx.log.append(txs, cx.out);
+        self.source_commit_point()
+    }
+
+    /// What the source reported committed, while streaming.
+    pub(super) fn source_committed(&self) -> Option<TxId> {
         self.source_commit_point()
     }
 

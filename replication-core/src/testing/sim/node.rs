@@ -103,6 +103,7 @@ impl SimNode {
                 epoch_claim: self.disk.epoch_claim().clone(),
                 last_epoch: self.disk.last_epoch(),
                 members: self.disk.members().to_vec(),
+                ..Recovered::default()
             },
             Timestamp(now),
         ));

@@ -407,6 +407,14 @@ impl World {
                 }
             },
             Command::Reply { write, result } => self.reply(node, write, result)?,
+            // No node of the simulation takes a snapshot yet, so none is ever offered.
+            command @ (Command::SnapshotRead { .. }
+            | Command::SnapshotReceive { .. }
+            | Command::SnapshotStore { .. }
+            | Command::SnapshotInstall { .. }
+            | Command::Compact { .. }) => {
+                return Err(format!("unexpected command without snapshots: {command:?}"));
+            }
         }
         Ok(())
     }
