@@ -419,6 +419,7 @@ mod tests {
             replicas: Vec::new(),
             members: Vec::new(),
             policy: None,
+            ..StatusReport::default()
         }
     }
 

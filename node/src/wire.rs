@@ -49,6 +49,18 @@ pub struct DbSettings {
     /// lost; more is a choice to lose them).
     #[serde(default)]
     pub max_lag_on_failover: Option<u64>,
+    /// Keep at least this many of the latest committed transactions in the log; older ones
+    /// are compacted away once a snapshot covers them (absent, with `retain_bytes` absent
+    /// too: the log is cut only by `db compact`).
+    #[serde(default)]
+    pub retain_txs: Option<u64>,
+    /// Keep at least this many bytes of the latest log files (whole segments).
+    #[serde(default)]
+    pub retain_bytes: Option<u64>,
+    /// A connected replica holds compaction back until it lags the log's end by more than
+    /// this many bytes; it then gets a snapshot when it returns (absent: always held back).
+    #[serde(default)]
+    pub max_replica_lag_bytes: Option<u64>,
 }
 
 impl DbSettings {
@@ -169,10 +181,16 @@ pub enum Request {
         /// A member to retire for good.
         remove: Option<String>,
     },
+    /// Takes a snapshot of a database now and compacts its log below it, within its
+    /// retention settings and what its connected replicas still need.
+    CompactDb {
+        /// The database.
+        db: String,
+    },
 }
 
 /// The status of one database, as `repnode status` shows it.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct StatusReport {
     /// The database.
     pub database: String,
@@ -208,8 +226,45 @@ pub struct StatusReport {
     /// The last transactions this database dropped from its log (rejoining a newer history)
     /// since it started, and the rollback file that keeps them.
     pub last_rollback: Option<RollbackReport>,
+    /// The last transaction before the log's first: those up to it were compacted away or
+    /// came in a snapshot (0: the log holds the whole history).
+    pub log_base: u64,
+    /// The latest snapshot this database can send its replicas.
+    pub snapshot: Option<SnapshotReport>,
+    /// What a replica is doing: `snapshot transfer`, `installing snapshot`, `catching up`,
+    /// `streaming`, or, not streaming, its link's state.
+    pub phase: Option<String>,
+    /// How far a snapshot transfer or a catch-up has come, while one runs.
+    pub progress: Option<ProgressReport>,
     /// Under automatic failover, what this member's failover agent sees and does.
     pub failover: Option<FailoverReport>,
+}
+
+/// A snapshot a database holds.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotReport {
+    /// Its last transaction.
+    pub last_tx_id: u64,
+    /// Its size.
+    pub bytes: u64,
+}
+
+/// How far a replica's snapshot transfer or catch-up has come.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProgressReport {
+    /// Snapshot bytes received (during a transfer).
+    pub bytes_done: u64,
+    /// Snapshot bytes in all (during a transfer).
+    pub bytes_total: u64,
+    /// Transactions committed here since this phase began.
+    pub txs_done: u64,
+    /// Transactions the source has committed that this replica has not, as last heard (after
+    /// a transfer: from the snapshot to the source's commit point).
+    pub txs_remaining: u64,
+    /// Bytes (transfer) or transactions (catch-up) per second since the phase began.
+    pub rate: f64,
+    /// Estimated time left at that rate, in milliseconds.
+    pub eta_ms: Option<u64>,
 }
 
 /// A database's automatic failover, as its member's agent sees it.
@@ -267,7 +322,7 @@ impl StatusReport {
 }
 
 /// A transaction id and its hash.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Position {
     /// The id.
     pub tx_id: u64,
@@ -344,6 +399,15 @@ pub enum Response {
     /// An update that allowed a rewind: the replica's status once it streams again or
     /// stopped (or when the wait ran out), naming what it rolled back.
     Rewound(Box<StatusReport>),
+    /// A database compacted.
+    Compacted {
+        /// The snapshot its log was cut below.
+        snapshot: SnapshotReport,
+        /// The log's base before.
+        base_before: u64,
+        /// The log's base now: the log holds the transactions after it.
+        base_after: u64,
+    },
     /// Done.
     Ok,
     /// Refused or failed.

@@ -195,6 +195,26 @@ impl FileLog {
         &self.shared.dir
     }
 
+    /// Each segment's first transaction and its size in bytes, oldest first: what retention by
+    /// size measures. The active segment counts what it holds, not the space prepared ahead.
+    pub fn segments(&self) -> Vec<(TxId, u64)> {
+        let state = self.shared.lock();
+        let count = state.segments.len();
+        state
+            .segments
+            .iter()
+            .enumerate()
+            .map(|(i, segment)| {
+                let size = if i + 1 == count {
+                    state.active_len
+                } else {
+                    segment.file.metadata().map_or(0, |m| m.len())
+                };
+                (segment.first, size)
+            })
+            .collect()
+    }
+
     /// The first transaction still stored (after [`FileLog::remove_before`]).
     pub fn first(&self) -> TxId {
         self.shared.lock().segments[0].first

@@ -17,6 +17,7 @@ mod plan;
 mod promote;
 mod serve;
 mod switchover;
+mod wait;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -236,6 +237,18 @@ struct SettingsArgs {
     /// last published commit point a replica may be elected (default 0).
     #[arg(long, value_name = "TXS")]
     max_lag_on_failover: Option<u64>,
+    /// Keep at least the latest TXS committed transactions in the log; older ones are
+    /// compacted away once a snapshot covers them (taken as needed, every TXS transactions).
+    #[arg(long, value_name = "TXS")]
+    retain_txs: Option<u64>,
+    /// Keep at least the latest BYTES of log files (whole segments); with `--retain-txs`,
+    /// whichever keeps more.
+    #[arg(long, value_name = "BYTES")]
+    retain_bytes: Option<u64>,
+    /// A connected replica holds compaction back until it lags by more than BYTES of log;
+    /// it then gets a snapshot when it returns (default: always held back).
+    #[arg(long, value_name = "BYTES")]
+    max_replica_lag_bytes: Option<u64>,
 }
 
 impl From<SettingsArgs> for DbSettings {
@@ -253,6 +266,9 @@ impl From<SettingsArgs> for DbSettings {
             failover: args.failover,
             lease_ttl: args.lease_ttl,
             max_lag_on_failover: args.max_lag_on_failover,
+            retain_txs: args.retain_txs,
+            retain_bytes: args.retain_bytes,
+            max_replica_lag_bytes: args.max_replica_lag_bytes,
         }
     }
 }
@@ -264,6 +280,12 @@ enum DbCommand {
         name: String,
         #[command(flatten)]
         settings: SettingsArgs,
+        /// With `--replica-of`: wait until the new replica has caught up with its source
+        /// (snapshot transfer, install, catch-up), showing progress (a bar on a terminal,
+        /// lines otherwise, nothing but the final object with `--json`), as
+        /// `pg_basebackup -P` does. `--timeout` bounds the wait.
+        #[arg(long)]
+        wait: bool,
     },
     /// Changes a database's settings; a new quorum applies at once, to waiting writes too.
     Update {
@@ -312,6 +334,11 @@ enum DbCommand {
         #[arg(long, value_name = "HOST:PORT")]
         to: String,
     },
+    /// Takes a snapshot of NAME now and cuts its log below it: within `--retain-txs` /
+    /// `--retain-bytes` if set (everything the snapshot covers otherwise), and never what a
+    /// connected replica or a snapshot transfer still needs (unless it lags beyond
+    /// `--max-replica-lag-bytes`).
+    Compact { name: String },
     /// Lists the durable membership: the replicas the quorum policy counts, connected or not
     /// (`majority` is a majority of them). A replica joins when it first subscribes.
     Members {
@@ -417,6 +444,15 @@ async fn run(command: Command) -> Result<ExitCode> {
             command: DbCommand::Switchover { name, to },
             client,
         } => switchover::run(&client, &name, &to).await,
+        Command::Db {
+            command:
+                DbCommand::Create {
+                    name,
+                    settings,
+                    wait: true,
+                },
+            client,
+        } => wait::create_and_wait(&client, &name, settings.into()).await,
         Command::Db { command, client } => {
             // A change goes to the first server only: another would change the wrong one.
             let target = match &command {
@@ -424,7 +460,7 @@ async fn run(command: Command) -> Result<ExitCode> {
                 _ => Target::First,
             };
             let request = match command {
-                DbCommand::Create { name, settings } => Request::CreateDb {
+                DbCommand::Create { name, settings, .. } => Request::CreateDb {
                     name,
                     settings: settings.into(),
                 },
@@ -442,6 +478,7 @@ async fn run(command: Command) -> Result<ExitCode> {
                 DbCommand::Unload { name } => Request::UnloadDb { name },
                 DbCommand::Delete { name } => Request::DeleteDb { name },
                 DbCommand::Members { name, remove } => Request::Members { db: name, remove },
+                DbCommand::Compact { name } => Request::CompactDb { db: name },
                 DbCommand::Promote { .. } | DbCommand::Switchover { .. } => {
                     unreachable!("matched above")
                 }

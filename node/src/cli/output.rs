@@ -210,6 +210,25 @@ pub fn render(outcome: Outcome, is_write: bool, json: bool) -> Result<Rendered> 
             if let Some(upstream) = &report.upstream {
                 text.push_str(&format!("\nsource link: {upstream}"));
             }
+            if let Some(phase) = &report.phase {
+                text.push_str(&format!("\nphase: {phase}"));
+            }
+            if let Some(progress) = &report.progress {
+                text.push_str(&format!("\nprogress: {}", progress_text(progress)));
+            }
+            if report.log_base > 0 {
+                text.push_str(&format!(
+                    "\nlog begins after tx {} (compacted or from a snapshot)",
+                    report.log_base
+                ));
+            }
+            if let Some(snapshot) = &report.snapshot {
+                text.push_str(&format!(
+                    "\nsnapshot: up to tx {}, {}",
+                    snapshot.last_tx_id,
+                    human_bytes(snapshot.bytes)
+                ));
+            }
             if let Some(error) = &report.last_error {
                 text.push_str(&format!("\nlast error: {error}"));
             }
@@ -266,6 +285,30 @@ pub fn render(outcome: Outcome, is_write: bool, json: bool) -> Result<Rendered> 
                 }
             }
         }
+        Outcome::Answered(Response::Compacted {
+            snapshot,
+            base_before,
+            base_after,
+        }) => {
+            let text = if base_after > base_before {
+                format!(
+                    "snapshot up to tx {} ({}); the log now begins after tx {base_after} (was {base_before})",
+                    snapshot.last_tx_id,
+                    human_bytes(snapshot.bytes)
+                )
+            } else {
+                format!(
+                    "snapshot up to tx {} ({}); nothing cut: the log begins after tx {base_after} \
+                     (retention, or what connected replicas still need, keeps the rest)",
+                    snapshot.last_tx_id,
+                    human_bytes(snapshot.bytes)
+                )
+            };
+            pick(
+                serde_json::json!({"snapshot": snapshot, "base_before": base_before, "base_after": base_after}),
+                text,
+            )
+        }
         Outcome::Answered(Response::Members {
             db,
             members,
@@ -314,6 +357,55 @@ fn rollback_text(r: &RollbackReport) -> String {
         "txs {}..={}{committed}, kept in {}",
         r.from_tx_id, r.to_tx_id, r.file
     )
+}
+
+/// A size for people: `512 B`, `3.2 MiB`, `1.0 GiB`.
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+/// A transfer's or a catch-up's progress for people.
+pub fn progress_text(progress: &node::wire::ProgressReport) -> String {
+    let mut parts = Vec::new();
+    if progress.bytes_total > 0 {
+        parts.push(format!(
+            "{} of {} ({:.0}%) at {}/s",
+            human_bytes(progress.bytes_done),
+            human_bytes(progress.bytes_total),
+            100.0 * progress.bytes_done as f64 / progress.bytes_total as f64,
+            human_bytes(progress.rate as u64)
+        ));
+        if progress.txs_remaining > 0 {
+            parts.push(format!("then {} txs to catch up", progress.txs_remaining));
+        }
+    } else {
+        parts.push(format!(
+            "{} txs done, {} to go at {:.0} txs/s",
+            progress.txs_done, progress.txs_remaining, progress.rate
+        ));
+    }
+    if let Some(eta) = progress.eta_ms {
+        parts.push(format!("about {} left", human_duration(eta)));
+    }
+    parts.join(", ")
+}
+
+fn human_duration(ms: u64) -> String {
+    match ms {
+        0..1_000 => format!("{ms} ms"),
+        1_000..120_000 => format!("{:.1} s", ms as f64 / 1000.0),
+        _ => format!("{} min {} s", ms / 60_000, (ms % 60_000) / 1000),
+    }
 }
 
 #[cfg(test)]

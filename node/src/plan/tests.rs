@@ -29,6 +29,7 @@ fn report(role: &str, epoch: u64, committed: u64, durable: u64, hash: &str) -> S
         replicas: Vec::new(),
         members: Vec::new(),
         policy: None,
+        ..StatusReport::default()
     }
 }
 

@@ -32,7 +32,12 @@ pub(crate) struct Database {
     /// Whether new writes are taken, and how many are in flight: a switchover closes it.
     /// A restart builds a new one, open: a promoted or repointed database has no switchover.
     pub(crate) gate: Arc<WriteGate>,
+    /// What its log's files hold (for retention by size); `None` for a log without files.
+    pub(crate) footprint: Option<Footprint>,
 }
+
+/// Reads what a database's log files hold: each segment's first transaction and size.
+pub(crate) type Footprint = Arc<dyn Fn() -> super::retention::Segments + Send + Sync>;
 
 /// The door new writes pass on their way to the engine. A switchover closes it, naming the
 /// new primary; the writes that passed before are counted until they are answered, so that
@@ -244,14 +249,25 @@ pub(crate) async fn open(
         || log_dir.join("rollback"),
         |db_dir| db_dir.join("rollback"),
     );
+    // Beside the log too: `<database>/snapshots/`. A database in memory starts empty at
+    // every start, so the snapshots of its last run are not its state: they go.
+    let db_dir = log_dir.parent().unwrap_or(log_dir);
+    let snapshot_dir = db_dir.join("snapshots");
+    if settings.store.as_deref() == Some("mem") && snapshot_dir.exists() {
+        std::fs::remove_dir_all(&snapshot_dir).map_err(|error| OpenError::Log {
+            db: db.to_string(),
+            error: LogError::Io(error),
+        })?;
+    }
     let options = NodeOptions {
         accept_replicas: false,
         rollback: Some(Arc::new(RollbackDir::new(rollback_dir))),
+        snapshot_dir: Some(snapshot_dir),
         ..NodeOptions::default()
     };
     let store = KvStore::default();
     let policy: Arc<dyn QuorumPolicy> = Arc::new(policy);
-    let node = match settings.store.as_deref().unwrap_or("file") {
+    let (node, footprint) = match settings.store.as_deref().unwrap_or("file") {
         "file" => {
             let log = FileLog::open(log_dir, FileLogOptions::default()).map_err(|error| {
                 OpenError::Log {
@@ -259,10 +275,13 @@ pub(crate) async fn open(
                     error,
                 }
             })?;
-            Node::start(config, policy, log, transport, store.clone(), options).await?
+            let files = log.clone();
+            let footprint: Footprint = Arc::new(move || files.segments());
+            let node = Node::start(config, policy, log, transport, store.clone(), options).await?;
+            (node, Some(footprint))
         }
         "mem" => {
-            Node::start(
+            let node = Node::start(
                 config,
                 policy,
                 MemLog::new(),
@@ -270,7 +289,8 @@ pub(crate) async fn open(
                 store.clone(),
                 options,
             )
-            .await?
+            .await?;
+            (node, None)
         }
         other => return Err(SettingError::Store(other.to_string()).into()),
     };
@@ -280,5 +300,6 @@ pub(crate) async fn open(
         store,
         commit_latency: Arc::default(),
         gate: Arc::default(),
+        footprint,
     })
 }

@@ -15,6 +15,14 @@ use super::database::OpenError;
 /// Why a server operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
+    /// A snapshot could not be taken.
+    #[error("snapshot of database {db}: {error}")]
+    Snapshot {
+        /// The database.
+        db: String,
+        /// What failed.
+        error: replication_core::snapshot::SnapshotError,
+    },
     /// No such database, or it is not loaded.
     #[error("unknown database {0:?} (or not loaded)")]
     UnknownDatabase(String),

@@ -17,6 +17,7 @@ mod database;
 mod error;
 mod failover;
 mod ops;
+mod retention;
 mod router;
 mod session;
 
@@ -112,6 +113,7 @@ impl Server {
             server.start_agent(&db, &settings)?;
         }
         tokio::spawn(server.clone().route_channels());
+        tokio::spawn(Server::apply_retention(Arc::downgrade(&server)));
         Ok(server)
     }
 

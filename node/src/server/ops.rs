@@ -14,7 +14,10 @@ use replication_core::{ReplicaId, Tx, TxId};
 
 use crate::kv::{KvOp, KvTx};
 use crate::metrics::Snapshot;
-use crate::wire::{DbSettings, Position, ReplicaReport, RollbackReport, StatusReport};
+use crate::wire::{
+    DbSettings, Position, ProgressReport, ReplicaReport, RollbackReport, SnapshotReport,
+    StatusReport,
+};
 
 use super::catalog::valid_name;
 use super::database::{self, Database, policy_of};
@@ -22,7 +25,7 @@ use super::{Server, ServerError};
 
 impl Server {
     /// Reads from a loaded database's slot, waiting if it is being opened.
-    async fn with_database<T>(
+    pub(super) async fn with_database<T>(
         &self,
         db: &str,
         read: impl FnOnce(&Database) -> T,
@@ -325,6 +328,12 @@ impl Server {
         settings.failover = changes.failover.or(settings.failover);
         settings.lease_ttl = changes.lease_ttl.or(settings.lease_ttl);
         settings.max_lag_on_failover = changes.max_lag_on_failover.or(settings.max_lag_on_failover);
+        // Read by the retention task at its next round: no restart.
+        settings.retain_txs = changes.retain_txs.or(settings.retain_txs);
+        settings.retain_bytes = changes.retain_bytes.or(settings.retain_bytes);
+        settings.max_replica_lag_bytes = changes
+            .max_replica_lag_bytes
+            .or(settings.max_replica_lag_bytes);
         database::check(&settings).map_err(bad)?;
         self.check_coordinator(&settings)?;
         let restart = restart || was_automatic != settings.automatic_failover();
@@ -626,6 +635,7 @@ impl Server {
 
 /// The status report of database `db`.
 fn status_report(db: &str, status: EngineStatus) -> StatusReport {
+    let (phase, progress) = phase_of(&status);
     StatusReport {
         database: db.to_string(),
         role: match status.role {
@@ -646,8 +656,17 @@ fn status_report(db: &str, status: EngineStatus) -> StatusReport {
         },
         waiting_writes: status.waiting_writes,
         fenced: status.fenced.map(|epoch| epoch.0),
+        phase,
+        progress,
+        log_base: status.base.position.tx_id.0,
+        snapshot: status.snapshot.map(|(last, bytes)| SnapshotReport {
+            last_tx_id: last.0,
+            bytes,
+        }),
         upstream: status.upstream.map(|state| match state {
             UpstreamState::Stopped(why) => format!("stopped: {why}"),
+            UpstreamState::ReceivingSnapshot => "receiving snapshot".into(),
+            UpstreamState::InstallingSnapshot => "installing snapshot".into(),
             other => format!("{other:?}").to_lowercase(),
         }),
         last_error: status.last_error,
@@ -661,6 +680,56 @@ fn status_report(db: &str, status: EngineStatus) -> StatusReport {
             file: r.location,
         }),
         failover: None,
+    }
+}
+
+/// What a replica is doing, and how far it has come: `snapshot transfer` (bytes), `installing
+/// snapshot`, `catching up` (transactions, as of the source's commit point last heard), or
+/// `streaming` once it holds that; its link's state otherwise. `None` on a primary.
+fn phase_of(status: &EngineStatus) -> (Option<String>, Option<ProgressReport>) {
+    let Some(upstream) = &status.upstream else {
+        return (None, None);
+    };
+    let transfer = status.snapshot_transfer.as_ref().map(|t| {
+        let left = t.bytes.saturating_sub(t.bytes_done);
+        ProgressReport {
+            bytes_done: t.bytes_done,
+            bytes_total: t.bytes,
+            rate: t.bytes_per_second as f64,
+            eta_ms: (t.bytes_per_second > 0).then(|| left * 1000 / t.bytes_per_second),
+            ..ProgressReport::default()
+        }
+    });
+    match upstream {
+        UpstreamState::ReceivingSnapshot => (Some("snapshot transfer".into()), transfer),
+        UpstreamState::InstallingSnapshot => (Some("installing snapshot".into()), transfer),
+        UpstreamState::Streaming => {
+            let committed = status.committed;
+            let source = status.source_committed.unwrap_or(committed);
+            if committed >= source {
+                return (Some("streaming".into()), None);
+            }
+            let remaining = source.0 - committed.0;
+            let (elapsed, since) = status
+                .streaming_since
+                .unwrap_or((Duration::ZERO, committed));
+            let done = committed.0.saturating_sub(since.0);
+            let rate = if elapsed.is_zero() {
+                0.0
+            } else {
+                done as f64 / elapsed.as_secs_f64()
+            };
+            let progress = ProgressReport {
+                txs_done: done,
+                txs_remaining: remaining,
+                rate,
+                eta_ms: (rate > 0.0).then(|| (remaining as f64 / rate * 1000.0) as u64),
+                ..ProgressReport::default()
+            };
+            (Some("catching up".into()), Some(progress))
+        }
+        UpstreamState::Stopped(_) => (Some("stopped".into()), None),
+        other => (Some(format!("{other:?}").to_lowercase()), transfer),
     }
 }
 

@@ -112,6 +112,10 @@ impl Server {
                     removed: removed.map(|r| r.to_string()),
                 }
             }
+            Request::CompactDb { db } => match self.compact(&db, true).await? {
+                Some(compacted) => compacted,
+                None => Response::Ok,
+            },
             Request::CreateDb { name, settings } => {
                 self.create(&name, settings).await?;
                 Response::Ok

@@ -426,6 +426,9 @@ impl Engine {
     fn commit(&mut self, up_to: TxId) {
         if self.log.set_committed(up_to, &mut self.commands) {
             self.source.on_commit_advanced(cx!(self));
+            if let Some(upstream) = &mut self.upstream {
+                upstream.on_committed(self.log.committed());
+            }
         }
     }
 
@@ -499,6 +502,10 @@ impl Engine {
                 .as_ref()
                 .and_then(|upstream| upstream.snapshot_progress(now)),
             source_committed: self.upstream.as_ref().and_then(Upstream::source_committed),
+            streaming_since: self
+                .upstream
+                .as_ref()
+                .and_then(|upstream| upstream.streaming_since(now)),
         }
     }
 

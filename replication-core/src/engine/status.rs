@@ -102,6 +102,9 @@ pub struct EngineStatus {
     /// The source's commit point as this replica last heard it (replica only, while
     /// streaming): with `committed`, how far it has to catch up.
     pub source_committed: Option<TxId>,
+    /// While the replica streams: for how long, and its commit point when it began (with
+    /// `committed`, the rate at which it catches up).
+    pub streaming_since: Option<(Duration, TxId)>,
 }
 
 /// How a snapshot transfer to this replica goes.

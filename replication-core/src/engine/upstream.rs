@@ -48,6 +48,11 @@ enum Link {
         source_committed: TxId,
         last_heard: Timestamp,
         last_ack: Timestamp,
+        /// When streaming began, and this node's commit point then: the catch-up rate.
+        since: Timestamp,
+        committed_then: TxId,
+        /// Whether this node has caught up with the source's commit point on this channel.
+        caught_up: bool,
     },
     /// Receiving the snapshot the source offered (chunks from `Upstream::partial`'s count).
     ReceivingSnapshot {
@@ -416,6 +421,9 @@ impl Upstream {
                     source_committed: committed,
                     last_heard: cx.now,
                     last_ack: cx.now,
+                    since: cx.now,
+                    committed_then: cx.log.committed(),
+                    caught_up: false,
                 };
                 cx.out.push_back(Command::Send {
                     conn,
@@ -811,6 +819,38 @@ impl Upstream {
     /// What the source reported committed, while streaming.
     pub(super) fn source_committed(&self) -> Option<TxId> {
         self.source_commit_point()
+    }
+
+    /// While streaming: for how long, and this node's commit point when it began.
+    pub(super) fn streaming_since(&self, now: Timestamp) -> Option<(Duration, TxId)> {
+        match self.link {
+            Link::Streaming {
+                since,
+                committed_then,
+                ..
+            } => Some((now.since(since), committed_then)),
+            _ => None,
+        }
+    }
+
+    /// This node's commit point moved: logs once per channel when it reaches the source's.
+    pub(super) fn on_committed(&mut self, committed: TxId) {
+        if let Link::Streaming {
+            source_committed,
+            caught_up,
+            committed_then,
+            ..
+        } = &mut self.link
+            && !*caught_up
+            && committed >= *source_committed
+        {
+            *caught_up = true;
+            tracing::info!(
+                %committed,
+                from = %committed_then,
+                "caught up with the source"
+            );
+        }
     }
 
     /// What the source reports committed, while streaming.
