@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use replication_core::protocol::{
-    self, FrameError, MAX_FRAME_SIZE, Message, PROTOCOL_VERSION, Refusal,
+    self, FrameError, MAX_FRAME_SIZE, Message, PROTOCOL_VERSION, Refusal, SnapshotWish,
 };
 use replication_core::quorum::Tags;
 use replication_core::transport::{Transport, TransportError};
@@ -151,7 +151,7 @@ pub async fn copy(
         tags: Tags::new(),
         // The replicator stands for the target database: the source counts it as that replica.
         replica_database: target_db.into(),
-        prefer_snapshot: false,
+        snapshot: SnapshotWish::Log,
     };
     channel
         .sender

@@ -214,7 +214,8 @@ impl LogFailure {
 ///    contiguous prefix.
 /// 3. **Contiguous.** `append` refuses a batch whose first id is not `last + 1`
 ///    ([`LogError::NotContiguous`]). The engine verifies the hash chain before appending; the
-///    log need not recompute hashes but must store them as given.
+///    log need not recompute hashes but must store them as given (except for the first append
+///    after [`reset_to`](TxLog::reset_to), which must chain from the base's hash).
 /// 4. **Commit point.** [`commit`](TxLog::commit) records a commit point that is monotonic and
 ///    never beyond `durable`. It may be persisted lazily: after a crash it may read lower than
 ///    was recorded, never higher.
@@ -253,8 +254,8 @@ impl LogFailure {
 ///   thread, under its state lock; its sync thread runs every `fdatasync` of appended data and
 ///   completes the `Durability` futures. Sealing a full segment (syncing it, its index and the
 ///   directory) runs on a `spawn_blocking` thread inside `append`. `truncate_after`,
-///   `save_epoch` and `save_members`, durable on return by contract, sync on the calling
-///   thread: they are rare (a failover, a new epoch, a replica joining) and hold the log's
+///   `save_epoch`, `save_members`, `compact` and `reset_to`, durable on return by contract,
+///   sync on the calling thread: they are rare (a failover, a new epoch, a replica joining, a snapshot) and hold the log's
 ///   lock while they sync, so another thread would free the runtime's thread but not the log. `commit` writes the commit point
 ///   without syncing it.
 #[async_trait]
@@ -367,6 +368,11 @@ pub trait TxLog: Send + Sync + 'static {
     /// last, durable and committed, the epoch is at least `base.epoch`, the next append must
     /// be `base.first()` and chain from its hash; the epoch claim and the membership are kept.
     /// A crash part way leaves either the old log or the new one.
+    ///
+    /// A log that implements it refuses, with [`LogError::NotContiguous`], a first append after
+    /// the base that does not chain from the base's hash: that one hash it checks, since a base
+    /// that does not match the history that follows would otherwise surface only as a broken
+    /// chain on the next open, or never.
     ///
     /// # Errors
     /// [`LogError::Unsupported`] by default: a replica on such a log can only replay the

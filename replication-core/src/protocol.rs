@@ -17,7 +17,7 @@ use crate::types::{Epoch, EpochClaim, LogPosition, ReplicaId, Tx, TxHash, TxId};
 /// The version of this protocol. A peer speaking another version is refused with
 /// [`Refusal::ProtocolVersion`]. Version 4 added [`Refusal::NoLease`]; version 5 the snapshot
 /// transfer ([`Message::SnapshotOffer`], [`Message::SnapshotAck`], [`Message::SnapshotChunk`],
-/// `prefer_snapshot` in [`Message::Subscribe`], [`Refusal::SnapshotUnavailable`]).
+/// `snapshot` in [`Message::Subscribe`], [`Refusal::SnapshotUnavailable`]).
 pub const PROTOCOL_VERSION: u16 = 5;
 
 /// The default largest frame, in bytes. Larger frames are refused without being read whole.
@@ -50,9 +50,8 @@ pub enum Message {
         /// The replica's own database: with its node, the replica's identity at the source
         /// (two replica databases of one source on one server are two replicas).
         replica_database: String,
-        /// The replica holds nothing yet and would rather start from a snapshot than replay
-        /// the whole history (a source with a snapshot then offers it).
-        prefer_snapshot: bool,
+        /// Whether the replica would rather, or must, start from the source's snapshot.
+        snapshot: SnapshotWish,
     },
     /// Source → replica: subscription accepted; transactions follow.
     Accepted {
@@ -133,6 +132,20 @@ pub enum Message {
     },
 }
 
+/// What a subscribing replica wants of the source's snapshot.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SnapshotWish {
+    /// Transactions from the log, unless the log no longer holds those it needs.
+    #[default]
+    Log,
+    /// It holds nothing yet: a snapshot, if the source has one, rather than the whole
+    /// history.
+    Prefer,
+    /// It must start again from a snapshot (finding common ground with the source needs
+    /// transactions its own log compacted away): the source takes one if it has none.
+    Need,
+}
+
 /// Why a source refused a subscription.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum Refusal {
@@ -200,11 +213,11 @@ pub enum Refusal {
     /// coordinator names.
     #[error("the source holds no leader lease; it serves replicas once the coordinator grants one")]
     NoLease,
-    /// The transactions the replica needs were compacted away and the source has no snapshot
-    /// to send instead (none taken yet, or its state machine takes none): try again later.
+    /// The replica needs a snapshot (its transactions were compacted away at the source, or
+    /// it must start again) and the source has none yet: it takes one; try again shortly.
     #[error(
-        "the source's log begins after transaction {first}, which this replica needs, and the \
-         source has no snapshot to send instead"
+        "the source has no snapshot to send yet (its log begins at transaction {first}); it \
+         is taking one"
     )]
     SnapshotUnavailable {
         /// The first transaction the source's log holds.

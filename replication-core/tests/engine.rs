@@ -9,7 +9,9 @@ use replication_core::engine::{
     AckKind, AppendToken, Command, ConnId, Direction, Engine, EngineConfig, Event, PushRefusal,
     Recovered, ReplicationError, Role, Timestamp, WriteError, WriteId, WriteReceipt,
 };
-use replication_core::protocol::{DIVERGENCE_WINDOW, Message, PROTOCOL_VERSION, Refusal};
+use replication_core::protocol::{
+    DIVERGENCE_WINDOW, Message, PROTOCOL_VERSION, Refusal, SnapshotWish,
+};
 use replication_core::quorum::{Quorum, Tags};
 use replication_core::types::{ChainError, TxHash};
 use replication_core::{Epoch, EpochClaim, LogPosition, LogState, NodeId, ReplicaId, Tx, TxId};
@@ -74,7 +76,7 @@ fn subscribe_claiming(last: LogPosition, claim: EpochClaim) -> Message {
         window: 100,
         tags: Tags::new(),
         replica_database: "db".into(),
-        prefer_snapshot: false,
+        snapshot: SnapshotWish::Log,
     }
 }
 
@@ -828,7 +830,7 @@ fn subscribe_in_epoch(epoch: u64, last: LogPosition, known_common: LogPosition) 
             window: EngineConfig::new("r1", "db", Role::Primary).prefetch_buffer,
             tags: Tags::new(),
             replica_database: "db".into(),
-            prefer_snapshot: false,
+            snapshot: SnapshotWish::Log,
         },
     )
 }

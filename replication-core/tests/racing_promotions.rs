@@ -245,6 +245,7 @@ impl Cluster {
             | Command::SnapshotReceive { .. }
             | Command::SnapshotStore { .. }
             | Command::SnapshotInstall { .. }
+            | Command::TakeSnapshot
             | Command::Compact { .. }) => panic!("{name}: unexpected {command:?}"),
             Command::Reply { write, result } => match result {
                 Ok(receipt) if receipt.ack == AckKind::Quorum => {

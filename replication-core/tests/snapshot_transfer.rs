@@ -12,7 +12,7 @@ use replication_core::engine::{
     Command, ConnId, Direction, Engine, EngineConfig, Event, Recovered, ReplicationError, Role,
     Timestamp, UpstreamState,
 };
-use replication_core::protocol::{Message, PROTOCOL_VERSION, Refusal};
+use replication_core::protocol::{Message, PROTOCOL_VERSION, Refusal, SnapshotWish};
 use replication_core::quorum::{Quorum, Tags};
 use replication_core::snapshot::{SnapshotChunk, SnapshotError, SnapshotFormat, SnapshotMeta};
 use replication_core::{Epoch, EpochClaim, LogBase, LogPosition, LogState, ReplicaId, Tx, TxId};
@@ -106,7 +106,7 @@ fn compacted_primary(log: &[Tx], base: usize, snapshot: Option<SnapshotMeta>) ->
     engine
 }
 
-fn subscribe(last: LogPosition, known_common: LogPosition, prefer_snapshot: bool) -> Message {
+fn subscribe(last: LogPosition, known_common: LogPosition, snapshot: SnapshotWish) -> Message {
     Message::Subscribe {
         version: PROTOCOL_VERSION,
         database: "db".into(),
@@ -116,7 +116,7 @@ fn subscribe(last: LogPosition, known_common: LogPosition, prefer_snapshot: bool
         window: 100,
         tags: Tags::new(),
         replica_database: "db".into(),
-        prefer_snapshot,
+        snapshot,
     }
 }
 
@@ -147,7 +147,7 @@ fn a_source_sends_its_snapshot_in_a_window_then_the_log_after_it() {
         T0,
         received(
             REPLICA,
-            subscribe(LogPosition::START, LogPosition::START, false),
+            subscribe(LogPosition::START, LogPosition::START, SnapshotWish::Log),
         ),
     );
     let offer = Message::SnapshotOffer {
@@ -195,7 +195,7 @@ fn a_source_sends_its_snapshot_in_a_window_then_the_log_after_it() {
     // transaction after its base, and streams from there.
     source.handle(
         T0,
-        received(REPLICA, subscribe(meta.last, meta.last, false)),
+        received(REPLICA, subscribe(meta.last, meta.last, SnapshotWish::Log)),
     );
     assert_eq!(
         drain(source),
@@ -249,7 +249,7 @@ fn a_chunk_that_cannot_be_read_closes_the_channel() {
         T0,
         received(
             REPLICA,
-            subscribe(LogPosition::START, LogPosition::START, false),
+            subscribe(LogPosition::START, LogPosition::START, SnapshotWish::Log),
         ),
     );
     drain(&mut source);
@@ -282,12 +282,14 @@ fn a_compacted_source_without_a_snapshot_refuses_and_says_why() {
         T0,
         received(
             REPLICA,
-            subscribe(LogPosition::START, LogPosition::START, false),
+            subscribe(LogPosition::START, LogPosition::START, SnapshotWish::Log),
         ),
     );
+    // It takes one for the replica's next attempt.
     assert_eq!(
         drain(&mut source),
         vec![
+            Command::TakeSnapshot,
             send(
                 REPLICA,
                 Message::Refused(Refusal::SnapshotUnavailable { first: TxId(11) })
@@ -295,6 +297,25 @@ fn a_compacted_source_without_a_snapshot_refuses_and_says_why() {
             Command::Close { conn: REPLICA }
         ]
     );
+}
+
+#[test]
+fn a_replica_that_needs_a_snapshot_gets_one_even_from_a_source_that_holds_its_log() {
+    let log = history(12);
+    let (meta, _) = snapshot_at(&log[9]);
+    let mut source = compacted_primary(&log, 1, Some(meta.clone()));
+    source.handle(
+        T0,
+        received(
+            REPLICA,
+            subscribe(log[11].position(), LogPosition::START, SnapshotWish::Need),
+        ),
+    );
+    let offer = Message::SnapshotOffer {
+        claim: claim(2),
+        meta,
+    };
+    assert_eq!(drain(&mut source), vec![send(REPLICA, offer)]);
 }
 
 #[test]
@@ -306,7 +327,7 @@ fn an_empty_replica_that_prefers_a_snapshot_gets_one_and_a_replica_at_the_base_s
         T0,
         received(
             REPLICA,
-            subscribe(LogPosition::START, LogPosition::START, true),
+            subscribe(LogPosition::START, LogPosition::START, SnapshotWish::Prefer),
         ),
     );
     let commands = drain(&mut source);
@@ -326,7 +347,10 @@ fn an_empty_replica_that_prefers_a_snapshot_gets_one_and_a_replica_at_the_base_s
         tx_id: TxId(10),
         hash: log[3].hash,
     };
-    source.handle(T0, received(REPLICA, subscribe(forged, forged, false)));
+    source.handle(
+        T0,
+        received(REPLICA, subscribe(forged, forged, SnapshotWish::Log)),
+    );
     let commands = drain(&mut source);
     assert!(
         matches!(
@@ -353,7 +377,7 @@ fn compaction_spares_what_a_connected_replica_needs_unless_it_lags_too_far() {
         T0,
         received(
             REPLICA,
-            subscribe(log[3].position(), log[1].position(), false),
+            subscribe(log[3].position(), log[1].position(), SnapshotWish::Log),
         ),
     );
     drain(&mut source);
@@ -444,7 +468,7 @@ fn connect(engine: &mut Engine, conn: ConnId) {
             &commands[..],
             [Command::Send {
                 message: Message::Subscribe {
-                    prefer_snapshot: true,
+                    snapshot: SnapshotWish::Prefer,
                     ..
                 },
                 ..
@@ -581,7 +605,7 @@ fn a_replica_refuses_a_damaged_chunk_resumes_after_what_it_stored_and_installs()
     assert!(
         commands.iter().any(|command| matches!(
             command,
-            Command::Send { conn, message: Message::Subscribe { last, known_common, prefer_snapshot: false, .. } }
+            Command::Send { conn, message: Message::Subscribe { last, known_common, snapshot: SnapshotWish::Log, .. } }
                 if *conn == second && *last == meta.last && *known_common == meta.last
         )),
         "{commands:?}"

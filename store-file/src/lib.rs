@@ -15,6 +15,19 @@
 //! - `epoch-claim`: the primary that claims the epoch ([`TxLog::save_epoch`]), replaced the
 //!   same way through `epoch-claim.tmp`, written before the meta file so that a crash between
 //!   the two leaves the higher epoch with its primary. No file: no primary recorded.
+//! - `base`: where the log begins ([`TxLog::base`]): the last transaction before the first
+//!   segment, with its hash and epoch, checksummed and replaced the same way through
+//!   `base.tmp`. Compaction ([`TxLog::compact`], [`FileLog::remove_before`]) saves it before
+//!   removing any segment, and the open removes the segments at or below it that a crash left
+//!   behind; the first segment must start right after it and chain from its hash.
+//!   [`TxLog::reset_to`] saves it first marked `resetting` (from then on the log is the new
+//!   one: an open that finds the mark discards every segment and finishes the reset), then
+//!   removes the old segments, begins the empty one after the base and clears the mark. No
+//!   file: the log holds its whole history from transaction 1 (or, for a log whose retention
+//!   removed segments before this file existed, the hash before its first segment is unknown
+//!   until its next compaction: [`TxLog::base`] then reports the id before the first segment
+//!   with a zero hash and epoch, and such a log that holds no transaction fails to open, since
+//!   nothing says what the next one must chain from).
 //! - `LOCK`: held with an exclusive lock while the log is open: a second process gets a clear
 //!   error, never two writers.
 //!
@@ -35,7 +48,8 @@
 //! On open, the active segment is scanned: a torn record at its end (a crash mid-write) is cut
 //! off with a warning naming the file and offset. Any other damage — a flipped bit mid-log, a
 //! missing segment, a broken index — is an error naming the file and offset: nothing
-//! acknowledged is dropped silently.
+//! acknowledged is dropped silently. A compaction or a reset that a crash interrupted is
+//! finished: the log opens as the old one or the new one, never a mix (see `recovery.rs`).
 //!
 //! ```
 //! use bytes::Bytes;
@@ -57,8 +71,12 @@
 //! [`TxLog`]: replication_core::TxLog
 //! [`TxLog::save_members`]: replication_core::TxLog::save_members
 //! [`TxLog::save_epoch`]: replication_core::TxLog::save_epoch
+//! [`TxLog::base`]: replication_core::TxLog::base
+//! [`TxLog::compact`]: replication_core::TxLog::compact
+//! [`TxLog::reset_to`]: replication_core::TxLog::reset_to
 //! [`Durability`]: replication_core::Durability
 
+mod base;
 mod claim;
 mod members;
 mod meta;
@@ -79,12 +97,14 @@ pub use verify::{VerifyReport, verify};
 
 use std::fs::{self, OpenOptions};
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
-use replication_core::{LogError, TxId};
+use replication_core::{LogBase, LogError, Tx, TxId};
 use tokio::sync::watch;
 
-use segment::index_path;
+use base::SavedBase;
+use segment::{Segment, index_path};
 use state::{Shared, SyncRequest, stop, sync_dir};
 
 /// A durable transaction log in a directory. Cloning gives another handle to the same log;
@@ -159,6 +179,7 @@ impl FileLog {
             wake_signal: Condvar::new(),
             prepare: Mutex::new(SyncRequest::default()),
             prepare_signal: Condvar::new(),
+            crash_after: AtomicUsize::new(usize::MAX),
             _lock: lock,
         });
         let sync_thread = std::thread::Builder::new()
@@ -215,31 +236,97 @@ impl FileLog {
             .collect()
     }
 
-    /// The first transaction still stored (after [`FileLog::remove_before`]).
+    /// The first transaction still stored (after [`FileLog::remove_before`],
+    /// [`TxLog::compact`] or [`TxLog::reset_to`]: the one after [`TxLog::base`]).
+    ///
+    /// [`TxLog::base`]: replication_core::TxLog::base
+    /// [`TxLog::compact`]: replication_core::TxLog::compact
+    /// [`TxLog::reset_to`]: replication_core::TxLog::reset_to
     pub fn first(&self) -> TxId {
-        self.shared.lock().segments[0].first
+        self.shared.lock().first_retained()
     }
 
     /// Removes whole sealed segments whose transactions all precede `tx_id` and are committed
-    /// (for snapshots). Returns the new first stored transaction; reading a removed one then
-    /// fails with [`LogError::Removed`].
+    /// (for snapshots; [`TxLog::compact`] is this). Returns the new first stored transaction;
+    /// reading a removed one then fails with [`LogError::Removed`].
+    ///
+    /// The new base (the last transaction of the last segment removed) is saved in the `base`
+    /// file before any segment goes: a crash part way leaves the old log, or the new base with
+    /// some segments at or below it, which the next open removes.
     ///
     /// # Errors
-    /// I/O errors removing files.
+    /// [`LogError::Corrupt`] if the last transaction to remove cannot be read; I/O errors
+    /// saving the base or removing files (the log goes on, and the next open finishes what
+    /// was begun).
+    ///
+    /// [`TxLog::compact`]: replication_core::TxLog::compact
     pub fn remove_before(&self, tx_id: TxId) -> Result<TxId, LogError> {
         let mut state = self.shared.lock();
         state.check()?;
+        let dir = &self.shared.dir;
         let limit = tx_id.min(state.meta.committed.next());
-        let mut removed = false;
-        while state.segments.len() > 1 && state.segments[0].last() < limit {
+        // Never the active segment: sealed segments only.
+        let sealed = state.segments.len() - 1;
+        let removable = state.segments[..sealed]
+            .iter()
+            .take_while(|segment| segment.last() < limit)
+            .count();
+        if removable == 0 {
+            return Ok(state.first_retained());
+        }
+        let last = last_of_sealed(&state.segments[removable - 1])?;
+        let base = LogBase {
+            position: last.position(),
+            epoch: last.epoch,
+        };
+        self.shared.step(&mut state)?;
+        let (replaced, saved) = base::save(
+            dir,
+            &SavedBase {
+                base,
+                resetting: false,
+            },
+        );
+        // Once renamed, the file holds the new base even if the directory sync failed: what
+        // is at or below it is gone for the log, on disk or not yet.
+        if replaced {
+            state.base = Some(base);
+        }
+        saved?;
+        for _ in 0..removable {
+            self.shared.step(&mut state)?;
+            fs::remove_file(&state.segments[0].path)?;
             let segment = state.segments.remove(0);
-            fs::remove_file(&segment.path)?;
-            let _ = fs::remove_file(index_path(&self.shared.dir, segment.first));
-            removed = true;
+            self.shared.step(&mut state)?;
+            let _ = fs::remove_file(index_path(dir, segment.first));
         }
-        if removed {
-            sync_dir(&self.shared.dir)?;
-        }
-        Ok(state.segments[0].first)
+        sync_dir(dir)?;
+        Ok(state.first_retained())
     }
+
+    /// Test support, not for production: the next compaction ([`FileLog::remove_before`],
+    /// [`TxLog::compact`]) or [`TxLog::reset_to`] runs only its first `steps` durable steps
+    /// (saving the base, rewriting the meta file, removing one file, beginning a segment)
+    /// and then stops as if the process crashed there: the call fails with
+    /// [`LogError::Failed`], the log refuses to go on, and the directory holds what such a
+    /// crash leaves (every step is synced before the next begins). Reopen it to recover.
+    ///
+    /// [`TxLog::compact`]: replication_core::TxLog::compact
+    /// [`TxLog::reset_to`]: replication_core::TxLog::reset_to
+    #[doc(hidden)]
+    pub fn crash_after_steps(&self, steps: usize) {
+        self.shared.crash_after.store(steps, Ordering::SeqCst);
+    }
+}
+
+/// Reads the last transaction of a sealed segment (through its index).
+fn last_of_sealed(segment: &Segment) -> Result<Tx, LogError> {
+    let last = segment.last();
+    let offsets = segment.sealed_offsets(last, 1)?;
+    let len = segment.file.metadata()?.len();
+    segment::read_planned(&segment.path, &segment.file, last, &offsets, len)?
+        .pop()
+        .ok_or_else(|| {
+            segment::corrupt(&segment.path, 0, format_args!("transaction {last} missing"))
+        })
 }

@@ -54,10 +54,11 @@ impl FileLog {
             if from > state.last.tx_id || max_count == 0 {
                 return Ok(None);
             }
-            if from < state.segments[0].first {
+            let first_retained = state.first_retained();
+            if from < first_retained {
                 return Err(LogError::Removed {
                     requested: from,
-                    first_retained: state.segments[0].first,
+                    first_retained,
                 });
             }
             let index = state.segments.partition_point(|s| s.first <= from) - 1;
@@ -119,6 +120,13 @@ impl FileLog {
     pub(crate) fn position_of(&self, tx_id: TxId) -> Result<LogPosition, LogError> {
         if tx_id == TxId::ZERO {
             return Ok(LogPosition::START);
+        }
+        // The base's transaction was removed, but its position is known.
+        let base = self.shared.lock().base;
+        if let Some(base) = base
+            && base.position.tx_id == tx_id
+        {
+            return Ok(base.position);
         }
         let tx = self.read_blocking(tx_id, 1, usize::MAX)?;
         tx.first()

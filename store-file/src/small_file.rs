@@ -1,6 +1,6 @@
 //! Small files replaced whole and atomically (a temporary file, synced, renamed over the old
 //! one, then the directory synced), so that a crash leaves either the old content or the new
-//! one, never a mix: the `members` file and the `epoch-claim` file.
+//! one, never a mix: the `members` file, the `epoch-claim` file and the `base` file.
 //!
 //! Framing, little-endian:
 //!
@@ -239,6 +239,11 @@ impl Body<'_> {
         Ok(u64::from_le_bytes(
             self.take(8)?.try_into().expect("8 bytes"),
         ))
+    }
+
+    /// The next `N` bytes.
+    pub(crate) fn array<const N: usize>(&mut self) -> Result<[u8; N], String> {
+        Ok(self.take(N)?.try_into().expect("N bytes"))
     }
 
     /// The next text: a `u32` length, then UTF-8.

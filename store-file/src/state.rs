@@ -2,10 +2,11 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 
 use replication_core::log::LogOperation;
-use replication_core::{LogError, LogPosition, ReplicaId, TxId};
+use replication_core::{LogBase, LogError, LogPosition, ReplicaId, TxId};
 use tokio::sync::watch;
 
 use crate::claim::SavedClaim;
@@ -32,6 +33,11 @@ pub(crate) struct State {
     /// What the `epoch-claim` file holds: the primary of an epoch, `meta.epoch`'s or an
     /// older one's.
     pub(crate) claim: Option<SavedClaim>,
+    /// Where the log begins, as the `base` file records it ([`LogBase::START`] without one,
+    /// for a log whose first segment is 1). `None` for a log whose retention removed
+    /// segments before the `base` file existed: the hash before its first segment is unknown
+    /// until the next compaction records a base.
+    pub(crate) base: Option<LogBase>,
     /// Bumped by every truncation: a sync that began before it covers nothing after it.
     pub(crate) generation: u64,
     /// Set when a write or sync failed: the log refuses further work (as PostgreSQL does
@@ -44,6 +50,12 @@ impl State {
         self.segments
             .last()
             .expect("an active segment always exists")
+    }
+
+    /// The first transaction the log can hold: after its base, and in its first segment.
+    pub(crate) fn first_retained(&self) -> TxId {
+        let after_base = self.base.map_or(TxId(1), |base| base.first());
+        self.segments[0].first.max(after_base)
     }
 
     pub(crate) fn check(&self) -> Result<(), LogError> {
@@ -85,6 +97,10 @@ pub(crate) struct Shared {
     /// Asks the zero-fill thread for more prepared space; `closing` stops it.
     pub(crate) prepare: Mutex<SyncRequest>,
     pub(crate) prepare_signal: Condvar,
+    /// Test support ([`FileLog::crash_after_steps`](crate::FileLog::crash_after_steps)): how
+    /// many more steps of a compaction or reset may run before the log stops as if it
+    /// crashed; `usize::MAX` when no test asked.
+    pub(crate) crash_after: AtomicUsize,
     pub(crate) _lock: File,
 }
 
@@ -125,6 +141,26 @@ impl Shared {
         self.wake
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Called before each durable step of a compaction or reset: stops there, failing the
+    /// log as a crash would, when a test asked ([`FileLog::crash_after_steps`]).
+    ///
+    /// [`FileLog::crash_after_steps`]: crate::FileLog::crash_after_steps
+    pub(crate) fn step(&self, state: &mut State) -> Result<(), LogError> {
+        let left = self.crash_after.load(Ordering::SeqCst);
+        if left == usize::MAX {
+            return Ok(());
+        }
+        if left == 0 {
+            return Err(self.fail(
+                state,
+                LogOperation::Compact,
+                "stopped by FileLog::crash_after_steps, as a crash would stop it".into(),
+            ));
+        }
+        self.crash_after.store(left - 1, Ordering::SeqCst);
+        Ok(())
     }
 
     /// Marks the log failed (keeping the first failure if there was one already), wakes every

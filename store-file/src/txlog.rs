@@ -1,5 +1,5 @@
-//! The [`TxLog`] implementation: appends (and sealing a full segment), commits, truncation
-//! the epoch and the membership.
+//! The [`TxLog`] implementation: appends (and sealing a full segment), commits, truncation,
+//! the epoch, the membership, compaction and starting again after a snapshot.
 
 use std::fs::{self, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -7,9 +7,13 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use replication_core::log::LogOperation;
-use replication_core::{Durability, EpochClaim, LogError, LogState, ReplicaId, Tx, TxId, TxLog};
+use replication_core::{
+    Durability, EpochClaim, LogBase, LogError, LogPosition, LogState, ReplicaId, Tx, TxHash, TxId,
+    TxLog,
+};
 
 use crate::FileLog;
+use crate::base::{self, SavedBase};
 use crate::claim::{self, SavedClaim};
 use crate::members;
 use crate::meta::Meta;
@@ -31,7 +35,15 @@ impl Shared {
     fn write_batch(&self, txs: &[Tx]) -> Result<bool, LogError> {
         let mut state = self.lock();
         state.check()?;
-        if txs[0].id != state.last.tx_id.next() {
+        // After a reset (or a compaction of everything), the first append must chain from the
+        // base: the one hash a log checks (see `TxLog::reset_to`), since the open would find
+        // the break only later, as corruption.
+        let breaks_base = state.base.is_some_and(|base| {
+            base != LogBase::START
+                && state.last.tx_id == base.position.tx_id
+                && txs[0].verify_follows(&base.position).is_err()
+        });
+        if txs[0].id != state.last.tx_id.next() || breaks_base {
             return Err(LogError::NotContiguous {
                 last: state.last.tx_id,
                 found: txs[0].id,
@@ -267,9 +279,138 @@ impl TxLog for FileLog {
         }
         saved
     }
+
+    async fn base(&self) -> Result<LogBase, LogError> {
+        let state = self.shared.lock();
+        state.check()?;
+        Ok(state
+            .base
+            .unwrap_or_else(|| unknown_base(state.segments[0].first)))
+    }
+
+    async fn compact(&self, up_to: TxId) -> Result<LogBase, LogError> {
+        self.remove_before(up_to.next())?;
+        self.base().await
+    }
+
+    async fn reset_to(&self, base: LogBase) -> Result<(), LogError> {
+        self.reset(base)
+    }
+}
+
+/// The base of a log whose retention removed the segments before `first` before the log kept a
+/// `base` file: the id is known, the hash and the epoch are not (zeros) until the next
+/// compaction records a base.
+fn unknown_base(first: TxId) -> LogBase {
+    LogBase {
+        position: LogPosition {
+            tx_id: first.prev(),
+            hash: TxHash::GENESIS,
+        },
+        epoch: replication_core::Epoch(0),
+    }
 }
 
 impl FileLog {
+    /// Discards every transaction and begins the log again after `base`. The `base` file,
+    /// saved marked `resetting`, is the point of no return: before it the old log is intact;
+    /// from it on, an open discards every segment and finishes the reset, so a failure after
+    /// it fails the log rather than let it go on as the old one.
+    fn reset(&self, base: LogBase) -> Result<(), LogError> {
+        let mut state = self.shared.lock();
+        state.check()?;
+        let dir = self.shared.dir.clone();
+        self.shared.step(&mut state)?;
+        let (replaced, saved) = base::save(
+            &dir,
+            &SavedBase {
+                base,
+                resetting: true,
+            },
+        );
+        if !replaced {
+            // The old base file stands: nothing changed.
+            return saved;
+        }
+        let file = match saved.and_then(|()| self.reset_files(&mut state, base)) {
+            Ok(file) => file,
+            Err(error) => {
+                return Err(self.shared.fail(
+                    &mut state,
+                    LogOperation::Compact,
+                    format!(
+                        "a reset to a snapshot's base failed part way (the next open finishes \
+                         it): {error}"
+                    ),
+                ));
+            }
+        };
+        state.segments = vec![Segment {
+            first: base.first(),
+            count: 0,
+            path: segment_path(&dir, base.first()),
+            file: Arc::new(file),
+            index: None,
+        }];
+        state.active_offsets.clear();
+        state.active_len = 0;
+        state.active_prepared = 0;
+        state.base = Some(base);
+        state.last = base.position;
+        state.durable = base.position;
+        // A sync that began before the reset covers nothing after it.
+        state.generation += 1;
+        self.shared
+            .durable
+            .send_replace((base.position.tx_id, None));
+        drop(state);
+        self.shared.request_prepare();
+        Ok(())
+    }
+
+    /// The steps of a reset after its point of no return: the meta file, the old segments
+    /// out, the new one in, the `resetting` mark cleared. Returns the new segment's file.
+    fn reset_files(&self, state: &mut State, base: LogBase) -> Result<std::fs::File, LogError> {
+        let dir = &self.shared.dir;
+        self.shared.step(state)?;
+        let meta = Meta {
+            epoch: state.meta.epoch.max(base.epoch),
+            committed: base.position.tx_id,
+        };
+        state.meta_file.write(meta, true)?;
+        state.meta = meta;
+        let old: Vec<TxId> = state.segments.iter().map(|segment| segment.first).collect();
+        for first in old {
+            self.shared.step(state)?;
+            fs::remove_file(segment_path(dir, first))?;
+            self.shared.step(state)?;
+            match fs::remove_file(index_path(dir, first)) {
+                Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(error.into());
+                }
+                _ => {}
+            }
+        }
+        self.shared.step(state)?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(segment_path(dir, base.first()))?;
+        sync_dir(dir)?;
+        self.shared.step(state)?;
+        let (_, saved) = base::save(
+            dir,
+            &SavedBase {
+                base,
+                resetting: false,
+            },
+        );
+        saved?;
+        Ok(file)
+    }
+
     /// Removes every transaction after `last`; below the commit point only when `rewind`,
     /// after lowering the commit point durably.
     fn cut_after(&self, last: TxId, rewind: bool) -> Result<(), LogError> {

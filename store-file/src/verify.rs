@@ -1,13 +1,16 @@
 //! Offline inspection of a log directory that no process has open: every checksum, every
-//! index, the whole hash chain and the saved membership, without modifying anything (as
-//! `pg_waldump` and `etcdutl` do for their logs).
+//! index, the whole hash chain from the log's base and the saved membership, without modifying
+//! anything (as `pg_waldump` and `etcdutl` do for their logs). A compaction or reset that a
+//! crash interrupted is reported, and checked as the open will finish it.
 
 use std::fs::File;
 use std::path::Path;
 
-use replication_core::{EpochClaim, LogError, LogPosition, ReplicaId, Tx, TxId};
+use replication_core::{EpochClaim, LogBase, LogError, LogPosition, ReplicaId, Tx, TxId};
 
+use crate::base::{self, SavedBase};
 use crate::record;
+use crate::recovery;
 use crate::segment::{self, index_path, segment_path};
 use crate::{claim, members};
 
@@ -18,10 +21,18 @@ pub struct VerifyReport {
     pub transactions: u64,
     /// Segment files checked.
     pub segments: usize,
-    /// The first transaction stored (after retention).
+    /// The first transaction stored (after retention), or the one the log expects next if it
+    /// holds none after its base.
     pub first: TxId,
-    /// The last transaction and its hash.
+    /// The last transaction and its hash (the base's, if the log holds nothing after it).
     pub last: LogPosition,
+    /// Where the log begins, as its `base` file records it. `None` without one: a log that
+    /// holds its whole history, or whose retention removed segments before the log kept a
+    /// base (the hash before its first segment is then unknown, and not checked).
+    pub base: Option<LogBase>,
+    /// A compaction or a reset that a crash interrupted, which opening the log finishes: what
+    /// it left behind (segments at or below the base, or the whole old log) is not checked.
+    pub unfinished: Option<String>,
     /// A torn record at the end of the last segment (left by a crash mid-write; opening the log
     /// cuts it off), named by file and offset.
     pub torn_tail: Option<String>,
@@ -54,17 +65,7 @@ pub fn verify(dir: &Path, mut visit: impl FnMut(&Tx)) -> Result<VerifyReport, Lo
         }
         Err(_) => None,
     };
-    let mut firsts = Vec::new();
-    for entry in std::fs::read_dir(dir)? {
-        let name = entry?.file_name().to_string_lossy().into_owned();
-        if let Some(stem) = name.strip_suffix(".seg") {
-            let first = stem.parse::<u64>().map_err(|_| {
-                LogError::Corrupt(format!("{}: not a segment name", dir.join(&name).display()))
-            })?;
-            firsts.push(TxId(first));
-        }
-    }
-    firsts.sort();
+    let mut firsts = recovery::list(dir)?.segments;
     if !dir.join("meta").exists() {
         return Err(LogError::Corrupt(format!(
             "{}: missing",
@@ -75,16 +76,56 @@ pub fn verify(dir: &Path, mut visit: impl FnMut(&Tx)) -> Result<VerifyReport, Lo
     let members = members::load(dir)?;
     let epoch_claim =
         claim::load(dir)?.map(|saved| EpochClaim::new(saved.epoch, Some(saved.primary)));
+    let mut unfinished = None;
+    let base = match base::load(dir)? {
+        Some(SavedBase {
+            base,
+            resetting: true,
+        }) => {
+            unfinished = Some(format!(
+                "a reset to {} was interrupted: opening the log discards its {} segments and \
+                 finishes it",
+                base.position,
+                firsts.len()
+            ));
+            firsts.clear();
+            Some(base)
+        }
+        Some(SavedBase { base, .. }) => {
+            let stale = recovery::below_base(&firsts, &base);
+            if stale > 0 {
+                unfinished = Some(format!(
+                    "a compaction to {} was interrupted: opening the log removes the {stale} \
+                     segments at or below it, from {}",
+                    base.position,
+                    segment_path(dir, firsts[0]).display()
+                ));
+                firsts.drain(..stale);
+            }
+            recovery::check_first_segment(dir, &firsts, &base)?;
+            Some(base)
+        }
+        None => None,
+    };
     let mut report = VerifyReport {
         transactions: 0,
         segments: firsts.len(),
-        first: firsts.first().copied().unwrap_or(TxId(1)),
-        last: LogPosition::START,
+        first: base.map_or_else(
+            || firsts.first().copied().unwrap_or(TxId(1)),
+            |base| base.first(),
+        ),
+        last: base.map_or(LogPosition::START, |base| base.position),
+        base,
+        unfinished,
         torn_tail: None,
         members,
         epoch_claim,
     };
-    let mut prev: Option<LogPosition> = (report.first == TxId(1)).then_some(LogPosition::START);
+    // The chain starts at the base; unknown for a log whose retention ran before base files.
+    let mut prev: Option<LogPosition> = match base {
+        Some(base) => Some(base.position),
+        None => (report.first == TxId(1)).then_some(LogPosition::START),
+    };
     for (i, &first) in firsts.iter().enumerate() {
         let path = segment_path(dir, first);
         let file = File::open(&path)?;
@@ -140,6 +181,13 @@ pub fn verify(dir: &Path, mut visit: impl FnMut(&Tx)) -> Result<VerifyReport, Lo
                 ));
             }
         }
+    }
+    if let (None, Some(&first)) = (base, firsts.first())
+        && first != TxId(1)
+        && report.transactions == 0
+    {
+        // As the open refuses it.
+        return Err(recovery::unknown_chain(&segment_path(dir, first), first));
     }
     Ok(report)
 }

@@ -5,6 +5,11 @@
 //! not yet durable, which is how tests check that a node never acknowledges what it could
 //! lose. It keeps the whole log in memory, so it is not for production data.
 //!
+//! It implements the optional operations of [`TxLog`] too: [`TxLog::compact`] forgets exactly
+//! the committed transactions asked for (freeing memory a chunk of 4,096 at a time),
+//! [`TxLog::reset_to`] starts the log again after a snapshot's base, and the base, like the
+//! epoch and the membership, is durable at once: it survives [`MemLog::crash`].
+//!
 //! ```
 //! use bytes::Bytes;
 //! use replication_core::{LogPosition, Epoch, Tx, TxId, TxLog};
@@ -26,7 +31,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use replication_core::{
-    Durability, EpochClaim, LogError, LogPosition, LogState, ReplicaId, Tx, TxId, TxLog,
+    Durability, EpochClaim, LogBase, LogError, LogPosition, LogState, ReplicaId, Tx, TxId, TxLog,
 };
 use tokio::sync::watch;
 
@@ -35,11 +40,17 @@ const CHUNK_TXS: usize = 4096;
 
 /// The log's transactions in fixed-size chunks, so that growing the log never copies what it
 /// holds (one `Vec` doubling would move every transaction into freshly faulted pages) and
-/// retention frees whole chunks.
+/// retention and compaction free whole chunks.
+///
+/// Indexes are transaction ids minus one. The chunks begin at `origin` (after a reset, any
+/// index) and are `CHUNK_TXS` long each; compaction may forget the start of the first chunk
+/// (`first` is then inside it) without freeing it yet.
 #[derive(Debug, Clone, Default)]
 struct Chunks {
     chunks: VecDeque<Vec<Tx>>,
-    /// Index of the first transaction still held: a multiple of `CHUNK_TXS`.
+    /// Index of the first transaction of the first chunk.
+    origin: usize,
+    /// Index of the first transaction still held (`origin` or later).
     first: usize,
     /// Index after the last transaction.
     len: usize,
@@ -58,12 +69,12 @@ impl Chunks {
         if index < self.first || index >= self.len {
             return None;
         }
-        let offset = index - self.first;
+        let offset = index - self.origin;
         self.chunks.get(offset / CHUNK_TXS)?.get(offset % CHUNK_TXS)
     }
 
     fn push(&mut self, tx: Tx) {
-        if self.len.is_multiple_of(CHUNK_TXS) {
+        if (self.len - self.origin).is_multiple_of(CHUNK_TXS) {
             self.chunks.push_back(Vec::with_capacity(CHUNK_TXS));
         }
         if let Some(chunk) = self.chunks.back_mut() {
@@ -72,26 +83,44 @@ impl Chunks {
         }
     }
 
-    /// Keeps the first `len` transactions (never fewer than the retention already dropped).
+    /// Keeps the transactions before index `len` (never fewer than were forgotten already).
     fn truncate(&mut self, len: usize) {
         let len = len.max(self.first);
         if len >= self.len {
             return;
         }
-        let kept_chunks = (len - self.first).div_ceil(CHUNK_TXS);
+        let kept_chunks = (len - self.origin).div_ceil(CHUNK_TXS);
         self.chunks.truncate(kept_chunks);
         if let Some(last) = self.chunks.back_mut() {
-            last.truncate(len - self.first - (kept_chunks - 1) * CHUNK_TXS);
+            last.truncate(len - self.origin - (kept_chunks - 1) * CHUNK_TXS);
         }
         self.len = len;
     }
 
-    /// Frees every whole chunk that ends at or before `index`.
-    fn drop_before(&mut self, index: usize) {
-        while self.first + CHUNK_TXS <= index.min(self.len) {
+    /// The index up to which whole chunks end at or before `index`: what retention frees.
+    fn chunk_floor(&self, index: usize) -> usize {
+        let index = index.clamp(self.origin, self.len);
+        self.origin + (index - self.origin) / CHUNK_TXS * CHUNK_TXS
+    }
+
+    /// Forgets the transactions before `index` (at most every one held), freeing every chunk
+    /// that ends at or before it.
+    fn forget_before(&mut self, index: usize) {
+        self.first = self.first.max(index.min(self.len));
+        while self.origin + CHUNK_TXS <= self.first {
             self.chunks.pop_front();
-            self.first += CHUNK_TXS;
+            self.origin += CHUNK_TXS;
         }
+    }
+
+    /// Forgets everything: the next transaction has index `len`.
+    fn restart_at(&mut self, len: usize) {
+        *self = Chunks {
+            chunks: VecDeque::new(),
+            origin: len,
+            first: len,
+            len,
+        };
     }
 
     fn iter_from(&self, start: usize) -> impl Iterator<Item = &Tx> {
@@ -111,10 +140,17 @@ struct Inner {
     retention: Option<u64>,
     /// Saved durably at once, like the epoch.
     members: Vec<ReplicaId>,
+    /// Where the log begins: the last transaction forgotten (by compaction or retention), or
+    /// the base of the last reset. Saved durably at once, like the epoch. Always the
+    /// transaction before `txs.first()`.
+    base: LogBase,
 }
 
 impl Inner {
     fn position(&self, tx_id: TxId) -> LogPosition {
+        if tx_id == self.base.position.tx_id {
+            return self.base.position;
+        }
         match tx_id
             .0
             .checked_sub(1)
@@ -127,6 +163,27 @@ impl Inner {
 
     fn last(&self) -> TxId {
         TxId(self.txs.len() as u64)
+    }
+
+    /// The first transaction held, or the next one to append when none is.
+    fn first_retained(&self) -> TxId {
+        self.base.first()
+    }
+
+    /// Forgets the transactions before index `index` (ids up to `index`), recording the last
+    /// one forgotten as the base.
+    fn forget_before(&mut self, index: usize) {
+        let index = index.min(self.txs.len());
+        if index <= self.txs.first() {
+            return;
+        }
+        if let Some(tx) = self.txs.get(index - 1) {
+            self.base = LogBase {
+                position: tx.position(),
+                epoch: tx.epoch,
+            };
+        }
+        self.txs.forget_before(index);
     }
 }
 
@@ -158,6 +215,7 @@ impl MemLog {
             manual_sync: false,
             retention: None,
             members: Vec::new(),
+            base: LogBase::START,
         })
     }
 
@@ -171,15 +229,17 @@ impl MemLog {
     /// Keeps only the last `keep` committed transactions (and everything after them), freeing
     /// older ones in chunks of 4,096 as the commit point moves, so that a long benchmark or
     /// example holds bounded memory, as a file log with snapshots would. Reading a freed
-    /// transaction fails with [`LogError::Removed`].
+    /// transaction fails with [`LogError::Removed`], and [`TxLog::base`] names the last one
+    /// freed.
     pub fn with_retention(self, keep: u64) -> MemLog {
         self.lock().retention = Some(keep);
         self
     }
 
-    /// The first transaction still held (1 until retention frees any).
+    /// The first transaction still held (1 until retention, compaction or a reset frees any):
+    /// the one after [`TxLog::base`].
     pub fn first(&self) -> TxId {
-        TxId(self.lock().txs.first() as u64 + 1)
+        self.lock().first_retained()
     }
 
     fn from_inner(inner: Inner) -> MemLog {
@@ -247,7 +307,12 @@ impl TxLog for MemLog {
                 let last = inner.last();
                 return Ok(Box::pin(async move { Ok(last) }));
             };
-            if first.id != inner.last().next() {
+            // After a reset (or a compaction of everything), the first append must chain from
+            // the base: the one hash a log checks (see `TxLog::reset_to`).
+            let after_base = inner.last() == inner.base.position.tx_id
+                && inner.base != LogBase::START
+                && first.verify_follows(&inner.base.position).is_err();
+            if first.id != inner.last().next() || after_base {
                 return Err(LogError::NotContiguous {
                     last: inner.last(),
                     found: first.id,
@@ -286,7 +351,7 @@ impl TxLog for MemLog {
         if start < inner.txs.first() && start < inner.txs.len() {
             return Err(LogError::Removed {
                 requested: TxId(start as u64 + 1),
-                first_retained: TxId(inner.txs.first() as u64 + 1),
+                first_retained: inner.first_retained(),
             });
         }
         let mut bytes = 0;
@@ -323,9 +388,10 @@ impl TxLog for MemLog {
         inner.committed = inner.committed.max(up_to);
         if let Some(keep) = inner.retention {
             let keep_from = inner.committed.0.saturating_sub(keep);
-            inner
+            let floor = inner
                 .txs
-                .drop_before(usize::try_from(keep_from).unwrap_or(usize::MAX));
+                .chunk_floor(usize::try_from(keep_from).unwrap_or(usize::MAX));
+            inner.forget_before(floor);
         }
         Ok(())
     }
@@ -344,12 +410,11 @@ impl TxLog for MemLog {
 
     async fn rewind_after(&self, last: TxId) -> Result<(), LogError> {
         let mut inner = self.lock();
-        let first_retained = TxId(inner.txs.first() as u64 + 1);
-        // Retention freed what precedes `first_retained`, so no earlier position can be named.
-        if first_retained > TxId(1) && last < first_retained {
+        // What precedes the base was freed, so no earlier position can be named.
+        if last < inner.base.position.tx_id {
             return Err(LogError::Removed {
                 requested: last,
-                first_retained,
+                first_retained: inner.first_retained(),
             });
         }
         inner.committed = inner.committed.min(last);
@@ -375,6 +440,38 @@ impl TxLog for MemLog {
 
     async fn save_members(&self, members: Vec<ReplicaId>) -> Result<(), LogError> {
         self.lock().members = members;
+        Ok(())
+    }
+
+    async fn base(&self) -> Result<LogBase, LogError> {
+        Ok(self.lock().base)
+    }
+
+    async fn compact(&self, up_to: TxId) -> Result<LogBase, LogError> {
+        let mut inner = self.lock();
+        let limit = up_to.min(inner.committed);
+        inner.forget_before(usize::try_from(limit.0).unwrap_or(usize::MAX));
+        Ok(inner.base)
+    }
+
+    async fn reset_to(&self, base: LogBase) -> Result<(), LogError> {
+        let mut inner = self.lock();
+        if *self.durable.borrow() == (inner.durable, true) {
+            return Err(LogError::Closed);
+        }
+        let Ok(index) = usize::try_from(base.position.tx_id.0) else {
+            return Err(LogError::Unsupported("a base beyond this machine's memory"));
+        };
+        inner.txs.restart_at(index);
+        inner.base = base;
+        inner.durable = base.position.tx_id;
+        inner.committed = base.position.tx_id;
+        // As `save_epoch` of the base's epoch would: a higher epoch, whose primary is unknown.
+        let claim = EpochClaim::new(base.epoch, None);
+        if claim.replaces(&inner.epoch) {
+            inner.epoch = claim;
+        }
+        self.durable.send_replace((base.position.tx_id, false));
         Ok(())
     }
 }

@@ -120,3 +120,97 @@ async fn retention_frees_committed_chunks_only() {
     log.append(more.clone()).await.unwrap().await.unwrap();
     assert_eq!(log.read(TxId(10_001), 3, usize::MAX).await.unwrap(), more);
 }
+
+/// Compaction forgets exactly what it is asked to (freeing whole chunks as they empty), the
+/// base survives a crash, and a reset starts again anywhere, even mid-chunk.
+#[tokio::test]
+async fn compaction_is_exact_and_a_reset_starts_anywhere() {
+    let log = MemLog::with_manual_sync();
+    let txs = chain(LogPosition::START, 10_000);
+    let _durable = log.append(txs.clone()).await.unwrap();
+    log.sync_up_to(TxId(9_000));
+    log.commit(TxId(8_500)).await.unwrap();
+    let base = log.compact(TxId(9_999)).await.unwrap();
+    assert_eq!(
+        base.position,
+        txs[8_499].position(),
+        "never past the commit point"
+    );
+    assert_eq!(log.first(), TxId(8_501));
+    let base = log.compact(TxId(5_000)).await.unwrap();
+    assert_eq!(base.position, txs[8_499].position(), "never backwards");
+    assert!(matches!(
+        log.read(TxId(8_500), 1, usize::MAX).await,
+        Err(LogError::Removed {
+            first_retained: TxId(8_501),
+            ..
+        })
+    ));
+    let log = log.crash();
+    assert_eq!(
+        log.base().await.unwrap(),
+        base,
+        "the base is durable at once"
+    );
+    let state = log.state().await.unwrap();
+    assert_eq!(
+        state.last,
+        txs[8_999].position(),
+        "what was durable survives"
+    );
+    assert_eq!(state.committed, txs[8_499].position());
+    assert_eq!(
+        log.read(TxId(8_501), 600, usize::MAX).await.unwrap(),
+        txs[8_500..9_000].to_vec()
+    );
+
+    // A reset to a base just before a chunk seam of the old numbering.
+    let reset = replication_core::LogBase {
+        position: txs[4_093].position(),
+        epoch: Epoch(1),
+    };
+    log.reset_to(reset).await.unwrap();
+    assert_eq!(log.first(), TxId(4_095));
+    let more = chain(reset.position, 5_000);
+    let durable = log.append(more.clone()).await.unwrap();
+    log.sync();
+    durable.await.unwrap();
+    let log = log.crash();
+    assert_eq!(log.state().await.unwrap().last, more[4_999].position());
+    assert_eq!(
+        log.read(TxId(4_095), 5_000, usize::MAX).await.unwrap(),
+        more
+    );
+    log.truncate_after(TxId(4_100)).await.unwrap();
+    assert_eq!(log.state().await.unwrap().last, more[5].position());
+    log.commit(TxId(4_100)).await.unwrap();
+    let base = log.compact(TxId(4_099)).await.unwrap();
+    assert_eq!(base.position, more[4].position());
+    assert_eq!(
+        log.read(TxId(4_100), 5, usize::MAX).await.unwrap(),
+        more[5..6].to_vec()
+    );
+}
+
+/// Retention records what it freed as the base.
+#[tokio::test]
+async fn retention_moves_the_base() {
+    let log = MemLog::new().with_retention(100);
+    let txs = chain(LogPosition::START, 9_000);
+    log.append(txs.clone()).await.unwrap().await.unwrap();
+    log.commit(TxId(9_000)).await.unwrap();
+    let base = log.base().await.unwrap();
+    assert_eq!(base.position, txs[8_191].position());
+    assert_eq!(log.first(), base.first());
+    // A rewind to the base itself is possible; below it, what it needs was freed.
+    assert!(matches!(
+        log.rewind_after(TxId(8_000)).await,
+        Err(LogError::Removed { .. })
+    ));
+    log.rewind_after(TxId(8_192)).await.unwrap();
+    let state = log.state().await.unwrap();
+    assert_eq!(
+        (state.last, state.committed),
+        (base.position, base.position)
+    );
+}

@@ -733,7 +733,7 @@ impl<L: TxLog, T: Transport, S: StateMachine> Driver<L, T, S> {
                 if result.is_ok()
                     && let Some(dir) = &self.snapshots
                 {
-                    dir.prune(meta.last.tx_id);
+                    dir.keep_only(meta.last.tx_id);
                 }
                 self.engine
                     .handle(now, Event::SnapshotInstalled { meta, result });
@@ -742,7 +742,10 @@ impl<L: TxLog, T: Transport, S: StateMachine> Driver<L, T, S> {
     }
 
     /// Starts a snapshot of the state machine: the export is read on a blocking thread.
-    fn take_snapshot(&mut self, reply: oneshot::Sender<Result<SnapshotMeta, SnapshotError>>) {
+    fn take_snapshot(
+        &mut self,
+        reply: Option<oneshot::Sender<Result<SnapshotMeta, SnapshotError>>>,
+    ) {
         let started = match (self.snapshots.clone(), self.state_machine.snapshot_format()) {
             _ if self.taking_snapshot => Err(SnapshotError::Refused(
                 "a snapshot is being taken already".into(),
@@ -756,7 +759,12 @@ impl<L: TxLog, T: Transport, S: StateMachine> Driver<L, T, S> {
         let (dir, format, last, mut export) = match started {
             Ok(started) => started,
             Err(error) => {
-                let _ = reply.send(Err(error));
+                match reply {
+                    Some(reply) => {
+                        let _ = reply.send(Err(error));
+                    }
+                    None => tracing::debug!(%error, "no snapshot taken for a replica"),
+                }
                 return;
             }
         };
@@ -788,10 +796,7 @@ impl<L: TxLog, T: Transport, S: StateMachine> Driver<L, T, S> {
                 .unwrap_or_else(|error| Err(SnapshotError::Io(error.to_string()))),
                 Err(error) => Err(error),
             };
-            let written = Internal::SnapshotWritten {
-                result,
-                reply: Some(reply),
-            };
+            let written = Internal::SnapshotWritten { result, reply };
             let _ = events.send(written).await;
         });
     }
@@ -945,7 +950,7 @@ impl<L: TxLog, T: Transport, S: StateMachine> Driver<L, T, S> {
                 // Answered once the commands that save the new membership have run.
                 self.after_commands.push((reply, was_member));
             }
-            Request::TakeSnapshot(reply) => self.take_snapshot(reply),
+            Request::TakeSnapshot(reply) => self.take_snapshot(Some(reply)),
             Request::Compact(up_to, unpin_below, reply) => {
                 self.engine
                     .handle(now, Event::Compact { up_to, unpin_below });
@@ -1108,6 +1113,10 @@ impl<L: TxLog, T: Transport, S: StateMachine> Driver<L, T, S> {
                 self.applied_tx.send_replace(self.state_machine.applied());
             }
             self.log.rewind_after(after).await.map_err(failed)?;
+            // A snapshot beyond the cut is of the history this node leaves.
+            if let Some(dir) = &self.snapshots {
+                dir.remove_after(after);
+            }
         } else {
             self.log.truncate_after(after).await.map_err(failed)?;
         }
@@ -1273,6 +1282,7 @@ impl<L: TxLog, T: Transport, S: StateMachine> Driver<L, T, S> {
                 }
             }
             Command::SnapshotInstall { meta } => self.install_snapshot(meta),
+            Command::TakeSnapshot => self.take_snapshot(None),
             Command::Compact { up_to } => {
                 let base = self
                     .log

@@ -104,6 +104,17 @@ impl SnapshotDir {
         }
     }
 
+    /// Removes every snapshot but the one up to `last` (installed from the source: the others
+    /// may be of the history this node left).
+    pub fn keep_only(&self, last: TxId) {
+        let Ok(listed) = self.listed() else { return };
+        for (at, path) in listed {
+            if at != last {
+                let _ = fs::remove_file(&path);
+            }
+        }
+    }
+
     /// Removes every snapshot beyond `last` (the log was cut below them, in a rewind).
     pub fn remove_after(&self, last: TxId) {
         let Ok(listed) = self.listed() else { return };

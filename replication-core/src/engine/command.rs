@@ -95,6 +95,9 @@ pub enum Command {
         /// The snapshot.
         meta: SnapshotMeta,
     },
+    /// Take a snapshot of the state machine (a replica needs one and none is held), and
+    /// report it as [`super::Event::SnapshotTaken`].
+    TakeSnapshot,
     /// Remove transactions from the log up to `up_to` at most ([`crate::TxLog::compact`]),
     /// and report the new base as [`super::Event::Compacted`].
     Compact {

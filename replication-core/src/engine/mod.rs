@@ -292,6 +292,7 @@ impl Engine {
                     upstream.on_read(cx!(self), conn, txs);
                     if self.log.committed() < committed {
                         self.source.drop_downstreams(cx!(self));
+                        self.source.forget_snapshot_after(self.log.committed());
                     }
                 }
                 _ => {
@@ -448,7 +449,7 @@ impl Engine {
         self.log.reset_to(base);
         self.log.raise_epoch(base.epoch, &mut self.commands);
         self.source.drop_downstreams(cx!(self));
-        self.source.snapshot_taken(meta.clone());
+        self.source.snapshot_installed(meta.clone());
         if let Some(upstream) = &mut self.upstream {
             upstream.after_install(cx!(self));
         }

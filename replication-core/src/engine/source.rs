@@ -14,7 +14,7 @@ use super::replicas::Replicas;
 use super::timers::Timer;
 use super::writes::WritePath;
 use super::{AckKind, Command, ConnId, Ctx, ReplicaStatus, Timestamp, WriteError, WriteId};
-use crate::protocol::{DIVERGENCE_WINDOW, Message, PROTOCOL_VERSION, Refusal};
+use crate::protocol::{DIVERGENCE_WINDOW, Message, PROTOCOL_VERSION, Refusal, SnapshotWish};
 use crate::quorum::QuorumPolicy;
 use crate::snapshot::{SnapshotChunk, SnapshotMeta};
 use crate::types::{Epoch, LogPosition, NodeId, ReplicaId, Tx, TxId};
@@ -118,6 +118,23 @@ impl Source {
     /// The latest snapshot this node can send.
     pub(super) fn snapshot(&self) -> Option<&SnapshotMeta> {
         self.snapshot.as_ref()
+    }
+
+    /// The log starts again after an installed snapshot: it replaces any other, which may be
+    /// of the history this node left.
+    pub(super) fn snapshot_installed(&mut self, meta: SnapshotMeta) {
+        self.snapshot = Some(meta);
+    }
+
+    /// This node rewound to `after`: a snapshot beyond it is of the history it left.
+    pub(super) fn forget_snapshot_after(&mut self, after: TxId) {
+        if self
+            .snapshot
+            .as_ref()
+            .is_some_and(|meta| meta.last.tx_id > after)
+        {
+            self.snapshot = None;
+        }
     }
 
     /// A snapshot of this node's state was stored: it is sent from now on (transfers in
@@ -455,7 +472,7 @@ impl Source {
             window,
             tags,
             replica_database,
-            prefer_snapshot,
+            snapshot: wish,
         } = subscribe
         else {
             return;
@@ -531,16 +548,18 @@ impl Source {
         // The transactions the replica needs next were compacted away (or it asks for a
         // snapshot, holding nothing): it starts from the latest snapshot instead.
         let compacted = subscription.known_common.tx_id < base.tx_id;
-        let fresh = prefer_snapshot
-            && subscription.last.tx_id == TxId::ZERO
+        let needed = compacted || wish == SnapshotWish::Need;
+        let preferred = wish == SnapshotWish::Prefer
             && self
                 .snapshot
                 .as_ref()
                 .is_some_and(|meta| meta.last.tx_id > TxId::ZERO);
-        if compacted || fresh {
+        if needed || preferred {
             return match self.snapshot.clone() {
                 Some(meta) => self.offer_snapshot(cx, conn, meta),
                 None => {
+                    // One is taken for the replica's next attempt.
+                    cx.out.push_back(Command::TakeSnapshot);
                     let first = base.tx_id.next();
                     self.refuse(cx, conn, Refusal::SnapshotUnavailable { first })
                 }

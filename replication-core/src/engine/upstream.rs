@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use super::local_log::NotExtending;
 use super::{Command, ConnId, Ctx, ReplicationError, Timestamp, UpstreamState};
-use crate::protocol::{DIVERGENCE_WINDOW, Message, PROTOCOL_VERSION, Refusal};
+use crate::protocol::{DIVERGENCE_WINDOW, Message, PROTOCOL_VERSION, Refusal, SnapshotWish};
 use crate::snapshot::{SnapshotChunk, SnapshotError, SnapshotMeta};
 use crate::types::{Epoch, EpochClaim, LogBase, LogPosition, Tx, TxHash, TxId};
 
@@ -111,6 +111,10 @@ pub(super) struct Upstream {
     rewind_allowed: bool,
     /// The snapshot being received, kept across reconnections so that a transfer resumes.
     partial: Option<PartialSnapshot>,
+    /// Finding the last transaction shared with the source needs transactions compaction
+    /// removed from this log: with a rewind allowed, this replica starts again from the
+    /// source's snapshot instead, and asks for one.
+    wants_snapshot: bool,
 }
 
 impl Upstream {
@@ -134,6 +138,7 @@ impl Upstream {
             rng: seed ^ 0x9e37_79b9_7f4a_7c15,
             search_from: None,
             rewind_allowed,
+            wants_snapshot: false,
             partial: partial.map(|(meta, next)| PartialSnapshot {
                 // Chunks are not all of one size: the count is exact, the bytes an estimate.
                 bytes: meta.bytes / meta.chunks.max(1) * next,
@@ -335,6 +340,13 @@ impl Upstream {
             return;
         }
         match self.search_from {
+            // Compacted away: nothing older can be offered.
+            Some(probe)
+                if probe <= cx.log.base().position.tx_id
+                    && cx.log.base().position.tx_id > TxId::ZERO =>
+            {
+                self.compacted_past(cx, conn, probe);
+            }
             // Our hash there is needed first.
             Some(probe) if probe > TxId::ZERO => {
                 self.link = Link::Probing { conn, probe };
@@ -348,6 +360,25 @@ impl Upstream {
             Some(_) => self.subscribe(cx, conn, LogPosition::START),
             None => self.subscribe(cx, conn, cx.log.committed_position()),
         }
+    }
+
+    /// The search for common ground with the source reached `at`, which compaction removed
+    /// from this log: with a rewind allowed, start again from the source's snapshot (its
+    /// install replaces the state machine and the log, which is the rewind); otherwise stop
+    /// for an operator, naming the position.
+    fn compacted_past(&mut self, cx: &mut Ctx<'_>, conn: ConnId, at: TxId) {
+        if self.rewind_allowed && !self.wants_snapshot && cx.config.snapshot_format.is_some() {
+            tracing::warn!(%at, base = %cx.log.base().position.tx_id, "the search for common ground with the source passes this log's base; starting again from the source's snapshot, as the rewind allowed");
+            self.wants_snapshot = true;
+            self.search_from = None;
+            return self.subscribe(cx, conn, LogPosition::START);
+        }
+        let error = ReplicationError::Refused(Refusal::CommittedDivergence {
+            tx_id: at,
+            replica_hash: cx.log.committed_position().hash,
+            source_hash: None,
+        });
+        self.stop(cx, error);
     }
 
     fn subscribe(&mut self, cx: &mut Ctx<'_>, conn: ConnId, known_common: LogPosition) {
@@ -364,9 +395,16 @@ impl Upstream {
             window: cx.config.prefetch_buffer,
             tags: cx.config.tags.clone(),
             replica_database: cx.config.database.clone(),
-            prefer_snapshot: cx.config.prefer_snapshot
+            snapshot: if self.wants_snapshot {
+                SnapshotWish::Need
+            } else if cx.config.prefer_snapshot
                 && cx.config.snapshot_format.is_some()
-                && cx.log.last().tx_id == TxId::ZERO,
+                && cx.log.last().tx_id == TxId::ZERO
+            {
+                SnapshotWish::Prefer
+            } else {
+                SnapshotWish::Log
+            },
         };
         self.link = Link::Subscribing {
             conn,
@@ -523,6 +561,9 @@ impl Upstream {
         else {
             return;
         };
+        if base.tx_id < cx.log.base().position.tx_id {
+            return self.compacted_past(cx, conn, base.tx_id);
+        }
         let count = source_hashes.len().max(1);
         self.link = Link::Resolving {
             conn,
@@ -531,12 +572,18 @@ impl Upstream {
             source_last,
             base,
         };
-        // From `base` itself, to learn its epoch too (there is none before the first), and one
-        // beyond the source's hashes, to see whether our log goes on where the source's ends.
-        let from_base = usize::from(base.tx_id > TxId::ZERO);
+        // From `base` itself, to learn its epoch too (there is none before the first, nor in a
+        // log that begins after it), and one beyond the source's hashes, to see whether our
+        // log goes on where the source's ends.
+        let from_base = usize::from(base.tx_id > cx.log.base().position.tx_id);
+        let from = if from_base == 1 {
+            base.tx_id
+        } else {
+            base.tx_id.next()
+        };
         cx.out.push_back(Command::Read {
             conn,
-            from: TxId(base.tx_id.0.max(1)),
+            from,
             max_count: count + 1 + from_base,
             max_bytes: usize::MAX,
         });
@@ -694,6 +741,10 @@ impl Upstream {
         self.partial = None;
         match result {
             Ok(()) => {
+                if std::mem::take(&mut self.wants_snapshot) {
+                    // The install replaced what the rewind would have dropped.
+                    self.rewind_allowed = false;
+                }
                 tracing::info!(last = %meta.last.tx_id, "snapshot installed; following the source's log from there");
                 self.last_refusal = None;
                 Some(LogBase {
@@ -934,10 +985,12 @@ impl Upstream {
             hashes: source_hashes,
             last: source_last,
         } = source;
+        let log_base = cx.log.base();
         let base_epoch = ours
             .iter()
             .find(|tx| tx.id == base.tx_id)
-            .map(|tx| tx.epoch);
+            .map(|tx| tx.epoch)
+            .or((base == log_base.position).then_some(log_base.epoch));
         let ours: Vec<&Tx> = ours.iter().filter(|tx| tx.id > base.tx_id).collect();
         let mut common = base;
         let mut first_difference = None;

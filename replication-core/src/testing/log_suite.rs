@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::log::{LogError, TxLog};
-use crate::types::{Epoch, EpochClaim, LogPosition, ReplicaId, Tx, TxId};
+use crate::types::{Epoch, EpochClaim, LogBase, LogPosition, ReplicaId, Tx, TxHash, TxId};
 
 /// Makes logs for the conformance suite.
 #[async_trait]
@@ -66,6 +66,21 @@ async fn assert_holds<L: TxLog>(log: &L, expected: &[Tx], context: &str) {
 
 /// Runs every check of the [`TxLog`] contract against logs from `factory`. Panics with a
 /// message naming the broken rule.
+///
+/// The optional operations are checked as far as the log implements them, decided at run
+/// time and silently (nothing is printed):
+/// - [`TxLog::rewind_after`]: a log that refuses (the default) must keep everything.
+/// - [`TxLog::compact`] and [`TxLog::base`]: always run. A log may remove fewer transactions
+///   than asked (whole segments or chunks), so the checks that need something removed (reads
+///   at or below the base fail with [`LogError::Removed`], the base survives a crash) apply
+///   only once `compact` returned a base other than [`LogBase::START`]; the defaults, which
+///   remove nothing and return `START`, pass the rest (the base never passes the commit
+///   point, everything after it stays readable).
+/// - [`TxLog::reset_to`]: skipped, with compaction after a reset, for a log whose `reset_to`
+///   returns [`LogError::Unsupported`] (the default), after checking that the refusal kept
+///   the log as it was. A log that implements it must also refuse, with
+///   [`LogError::NotContiguous`], a first append after the reset that is not `base.first()`
+///   or does not chain from the base's hash.
 pub async fn txlog_conformance<F: LogFactory>(factory: &F) {
     empty_log(factory).await;
     append_read_and_bounds(factory).await;
@@ -76,6 +91,8 @@ pub async fn txlog_conformance<F: LogFactory>(factory: &F) {
     rewind(factory).await;
     epoch(factory).await;
     membership(factory).await;
+    compaction(factory).await;
+    reset(factory).await;
 }
 
 async fn empty_log<F: LogFactory>(factory: &F) {
@@ -419,4 +436,317 @@ async fn membership<F: LogFactory>(factory: &F) {
         Vec::<ReplicaId>::new(),
         "an empty membership saved is durable"
     );
+}
+
+/// Checks a base `compact` returned or a log reported: `floor` (the base it had before), or the
+/// position and epoch of one of `txs` no later than `at_most`.
+fn check_base(base: LogBase, floor: LogBase, txs: &[Tx], at_most: TxId, context: &str) {
+    assert!(
+        base.position.tx_id >= floor.position.tx_id,
+        "{context}: the base moved backwards, from {} to {}",
+        floor.position,
+        base.position
+    );
+    if base == floor {
+        return;
+    }
+    assert!(
+        base.position.tx_id <= at_most,
+        "{context}: the base {} passes {at_most}, the most that may be removed",
+        base.position
+    );
+    let tx = txs
+        .iter()
+        .find(|tx| tx.id == base.position.tx_id)
+        .unwrap_or_else(|| {
+            panic!(
+                "{context}: the base {} is no transaction of the log",
+                base.position
+            )
+        });
+    assert_eq!(
+        base.position,
+        tx.position(),
+        "{context}: the base names the last transaction removed, with its hash"
+    );
+    assert_eq!(
+        base.epoch, tx.epoch,
+        "{context}: the base has its transaction's epoch"
+    );
+}
+
+/// Checks that every transaction up to `base` reads as removed, naming `base.first()`.
+async fn assert_removed_below<L: TxLog>(log: &L, base: LogBase, context: &str) {
+    if base.position.tx_id == TxId::ZERO {
+        return;
+    }
+    for id in [TxId(1), base.position.tx_id] {
+        match log.read(id, 10, usize::MAX).await {
+            Err(LogError::Removed { first_retained, .. }) => assert_eq!(
+                first_retained,
+                base.first(),
+                "{context}: a read of {id} names the first transaction after the base"
+            ),
+            other => panic!(
+                "{context}: a read of {id}, at or below the base {}, must fail with Removed: {other:?}",
+                base.position
+            ),
+        }
+    }
+}
+
+/// Checks that the log holds exactly the transactions of `txs` from `from` on.
+async fn assert_holds_from<L: TxLog>(log: &L, txs: &[Tx], from: TxId, context: &str) {
+    let expected: Vec<Tx> = txs.iter().filter(|tx| tx.id >= from).cloned().collect();
+    let read = log
+        .read(from, expected.len() + 10, usize::MAX)
+        .await
+        .unwrap_or_else(|error| panic!("{context}: read from {from}: {error}"));
+    assert_eq!(read, expected, "{context}: the transactions from {from}");
+}
+
+async fn compaction<F: LogFactory>(factory: &F) {
+    let log = factory.create().await;
+    assert_eq!(
+        log.base().await.expect("base"),
+        LogBase::START,
+        "a new log begins at the start"
+    );
+    let txs = chain(LogPosition::START, Epoch(1), 40, 64);
+    for batch in txs.chunks(4) {
+        append_durably(factory, &log, batch.to_vec()).await;
+    }
+    log.commit(TxId(20)).await.expect("commit");
+    let base = log.compact(TxId(30)).await.expect("compact");
+    check_base(
+        base,
+        LogBase::START,
+        &txs,
+        TxId(20),
+        "compact(30) with 20 committed",
+    );
+    assert_eq!(
+        log.base().await.expect("base"),
+        base,
+        "base() reports what compact returned"
+    );
+    let state = log.state().await.expect("state");
+    assert_eq!(state.last, txs[39].position(), "compaction keeps the last");
+    assert_eq!(
+        state.durable,
+        txs[39].position(),
+        "compaction keeps durable"
+    );
+    assert_eq!(
+        state.committed,
+        txs[19].position(),
+        "compaction keeps the commit point"
+    );
+    assert_removed_below(&log, base, "after compaction").await;
+    assert_holds_from(&log, &txs, base.first(), "after compaction").await;
+
+    if base != LogBase::START {
+        let again = log
+            .compact(base.position.tx_id.prev())
+            .await
+            .expect("compact");
+        assert_eq!(again, base, "compacting below the base changes nothing");
+    }
+    log.commit(TxId(40)).await.expect("commit");
+    let later = log.compact(TxId(35)).await.expect("compact");
+    check_base(later, base, &txs, TxId(35), "compact(35) with 40 committed");
+
+    let log = factory.crash_and_reopen(log).await;
+    let after = log.base().await.expect("base");
+    check_base(after, later, &txs, TxId(40), "the base after a crash");
+    let state = log.state().await.expect("state");
+    assert_eq!(
+        state.last,
+        txs[39].position(),
+        "compaction and a crash keep the last"
+    );
+    assert_removed_below(&log, after, "after compaction and a crash").await;
+    assert_holds_from(&log, &txs, after.first(), "after compaction and a crash").await;
+    // Appends go on after compaction, and compaction may remove everything committed.
+    let more = chain(txs[39].position(), Epoch(2), 3, 16);
+    append_durably(factory, &log, more.clone()).await;
+    let all = [txs, more].concat();
+    let last = log.compact(TxId(43)).await.expect("compact");
+    check_base(last, after, &all, TxId(40), "compact(43) with 40 committed");
+    assert_holds_from(&log, &all, last.first(), "after appends and compaction").await;
+}
+
+/// Checks the log right after `reset_to(base)`: nothing after the base, everything up to it
+/// removed, the claim and the membership as given.
+async fn check_reset<L: TxLog>(
+    log: &L,
+    base: LogBase,
+    claim: &EpochClaim,
+    members: &[ReplicaId],
+    context: &str,
+) {
+    let state = log.state().await.expect("state");
+    assert_eq!(
+        state.last, base.position,
+        "{context}: the base is the last transaction"
+    );
+    assert_eq!(
+        state.durable, base.position,
+        "{context}: the base is durable"
+    );
+    assert_eq!(
+        state.committed, base.position,
+        "{context}: the base is committed"
+    );
+    assert!(
+        state.epoch >= base.epoch,
+        "{context}: the epoch {} is below the base's {}",
+        state.epoch,
+        base.epoch
+    );
+    assert_eq!(log.base().await.expect("base"), base, "{context}: base()");
+    assert_eq!(
+        &log.epoch_claim().await.expect("claim"),
+        claim,
+        "{context}: the epoch claim"
+    );
+    assert_eq!(
+        log.members().await.expect("members"),
+        members,
+        "{context}: a reset keeps the membership"
+    );
+    assert_removed_below(log, base, context).await;
+    assert!(
+        log.read(base.first(), 10, usize::MAX)
+            .await
+            .expect("read")
+            .is_empty(),
+        "{context}: nothing follows the base"
+    );
+}
+
+async fn reset<F: LogFactory>(factory: &F) {
+    let log = factory.create().await;
+    let txs = chain(LogPosition::START, Epoch(1), 12, 32);
+    append_durably(factory, &log, txs[..10].to_vec()).await;
+    log.commit(TxId(6)).await.expect("commit");
+    // Readable, perhaps not durable yet: discarded all the same.
+    let _pending = log.append(txs[10..].to_vec()).await.expect("append");
+    let claim = EpochClaim::new(Epoch(2), Some(ReplicaId::new("p", "db")));
+    log.save_epoch(&claim).await.expect("save epoch");
+    let members = vec![ReplicaId::new("a", "db"), ReplicaId::new("b", "db")];
+    log.save_members(members.clone())
+        .await
+        .expect("save members");
+    // The snapshot of another history, ending inside what the log holds, of an older epoch.
+    let snapshot = chain(LogPosition::START, Epoch(1), 8, 5);
+    let base = LogBase {
+        position: snapshot[7].position(),
+        epoch: snapshot[7].epoch,
+    };
+    match log.reset_to(base).await {
+        Err(LogError::Unsupported(_)) => {
+            assert_holds(&log, &txs, "after a refused reset_to").await;
+            assert_eq!(
+                log.state().await.expect("state").committed.tx_id,
+                TxId(6),
+                "a refused reset_to keeps the commit point"
+            );
+            return;
+        }
+        result => result.expect("reset_to"),
+    }
+    check_reset(&log, base, &claim, &members, "after reset_to").await;
+    let log = factory.crash_and_reopen(log).await;
+    check_reset(&log, base, &claim, &members, "after reset_to and a crash").await;
+
+    // Only base.first(), chained from the base's hash, may follow.
+    let new = chain(base.position, Epoch(2), 12, 24);
+    let skip = log.append(new[1..2].to_vec()).await;
+    assert!(
+        matches!(skip, Err(LogError::NotContiguous { .. })),
+        "after a reset, an append that is not base.first() is refused"
+    );
+    let from_start = log.append(txs[..1].to_vec()).await;
+    assert!(
+        matches!(from_start, Err(LogError::NotContiguous { .. })),
+        "after a reset, an append from the old start is refused"
+    );
+    let wrong_chain = chain(txs[7].position(), Epoch(2), 1, 24);
+    assert_eq!(wrong_chain[0].id, base.first());
+    let wrong_chain = log.append(wrong_chain).await;
+    assert!(
+        matches!(wrong_chain, Err(LogError::NotContiguous { .. })),
+        "after a reset, an append that does not chain from the base's hash is refused"
+    );
+    check_reset(&log, base, &claim, &members, "after refused appends").await;
+
+    for batch in new.chunks(3) {
+        append_durably(factory, &log, batch.to_vec()).await;
+    }
+    let state = log.state().await.expect("state");
+    assert_eq!(state.last, new[11].position(), "appends follow the base");
+    assert_eq!(
+        state.committed, base.position,
+        "appends after a reset are not committed"
+    );
+    assert_holds_from(&log, &new, base.first(), "appends after a reset").await;
+    log.commit(new[7].id).await.expect("commit");
+    let log = factory.crash_and_reopen(log).await;
+    assert_eq!(
+        log.base().await.expect("base"),
+        base,
+        "the base after appends and a crash"
+    );
+    assert_eq!(log.state().await.expect("state").last, new[11].position());
+    assert_holds_from(
+        &log,
+        &new,
+        base.first(),
+        "appends after a reset and a crash",
+    )
+    .await;
+    assert_removed_below(&log, base, "appends after a reset and a crash").await;
+    assert_eq!(log.epoch_claim().await.expect("claim"), claim);
+    assert_eq!(log.members().await.expect("members"), members);
+
+    // Compaction after a reset: never below the reset's base, never past the commit point.
+    let committed = log.state().await.expect("state").committed.tx_id;
+    let compacted = log.compact(new[11].id).await.expect("compact after reset");
+    check_base(compacted, base, &new, committed, "compaction after a reset");
+    assert_removed_below(&log, compacted, "compaction after a reset").await;
+    assert_holds_from(&log, &new, compacted.first(), "compaction after a reset").await;
+
+    // A second reset, beyond the log, to a base of a higher epoch: the epoch rises, and the
+    // claim of that epoch names no primary, as `save_epoch` of it would leave it.
+    let far = LogBase {
+        position: LogPosition {
+            tx_id: TxId(1000),
+            hash: TxHash([0xa5; 32]),
+        },
+        epoch: Epoch(7),
+    };
+    log.reset_to(far).await.expect("second reset_to");
+    let raised = EpochClaim::new(Epoch(7), None);
+    check_reset(&log, far, &raised, &members, "after a second reset_to").await;
+    assert_eq!(log.state().await.expect("state").epoch, Epoch(7));
+    let log = factory.crash_and_reopen(log).await;
+    check_reset(
+        &log,
+        far,
+        &raised,
+        &members,
+        "after a second reset_to and a crash",
+    )
+    .await;
+    let next = chain(far.position, Epoch(7), 2, 8);
+    append_durably(factory, &log, next.clone()).await;
+    let log = factory.crash_and_reopen(log).await;
+    assert_holds_from(
+        &log,
+        &next,
+        far.first(),
+        "appends after a second reset and a crash",
+    )
+    .await;
 }

@@ -6,9 +6,16 @@
 //! with one fsync queue. A crash keeps exactly the durable prefix (and a commit point no
 //! further); a truncation discards the tail and makes the completions of earlier appends
 //! cover nothing past it.
+//!
+//! Compaction hides transactions up to the log's base from the engine (reads there fail, as
+//! [`TxLog::compact`](crate::TxLog::compact) makes them), but the simulation keeps them, so
+//! that its checks compare whole histories; a snapshot installed starts the log again after
+//! the snapshot with the source's history up to it, hidden the same way.
 
 use super::rng::Rng;
-use crate::types::{Epoch, EpochClaim, LogPosition, LogState, ReplicaId, Tx, TxHash, TxId};
+use crate::types::{
+    Epoch, EpochClaim, LogBase, LogPosition, LogState, ReplicaId, Tx, TxHash, TxId,
+};
 
 /// An append's durability, to be completed at `at` by [`Disk::complete`].
 #[derive(Clone, Copy, Debug)]
@@ -32,6 +39,9 @@ pub(super) struct Disk {
     truncations: u64,
     /// Earliest time the next durability completion may happen (they complete in order).
     busy_until: u64,
+    /// Transactions up to this id were compacted away (or came in a snapshot): the engine
+    /// cannot read them. Durable.
+    base: u64,
     rng: Rng,
 }
 
@@ -45,6 +55,7 @@ impl Disk {
             members: Vec::new(),
             truncations: 0,
             busy_until: 0,
+            base: 0,
             rng,
         }
     }
@@ -118,6 +129,7 @@ impl Disk {
         self.committed = self.committed.min(after.0);
         self.txs.truncate(after.0 as usize);
         self.durable = self.durable.min(after.0);
+        self.base = self.base.min(after.0);
         self.truncations += 1;
     }
 
@@ -157,14 +169,45 @@ impl Disk {
         self.committed = self.committed.max(up_to.0);
     }
 
+    /// Where the log begins, as the engine sees it.
+    pub(super) fn base(&self) -> LogBase {
+        match self.base {
+            0 => LogBase::START,
+            id => LogBase {
+                position: self.position(id),
+                epoch: self.txs[id as usize - 1].epoch,
+            },
+        }
+    }
+
+    /// Removes committed transactions up to `up_to` from the engine's sight.
+    pub(super) fn compact(&mut self, up_to: TxId) -> LogBase {
+        self.base = self.base.max(up_to.0.min(self.committed));
+        self.base()
+    }
+
+    /// Starts the log again after a snapshot of the history `prefix`, which it holds, durable
+    /// and committed, and hides.
+    pub(super) fn reset_to(&mut self, prefix: Vec<Tx>) {
+        let last = prefix.len() as u64;
+        self.txs = prefix;
+        self.durable = last;
+        self.committed = last;
+        self.base = last;
+        self.truncations += 1;
+    }
+
     /// Up to `max_count` transactions from `from` within `max_bytes` (at least one, if any),
-    /// and how long the read takes.
+    /// and how long the read takes; `None` for a read that starts at or below the base.
     pub(super) fn read(
         &mut self,
         from: TxId,
         max_count: usize,
         max_bytes: usize,
-    ) -> (u64, Vec<Tx>) {
+    ) -> (u64, Option<Vec<Tx>>) {
+        if from.0 <= self.base {
+            return (self.rng.range(10, 500), None);
+        }
         let mut bytes = 0;
         let txs = self
             .txs
@@ -178,7 +221,7 @@ impl Disk {
             })
             .cloned()
             .collect();
-        (self.rng.range(10, 500), txs)
+        (self.rng.range(10, 500), Some(txs))
     }
 
     /// Loses everything not durable. Pending completions still arrive but are addressed to

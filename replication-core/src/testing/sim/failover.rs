@@ -307,7 +307,7 @@ impl World {
                 self.log(format!(
                     "{name} saw epoch {ours}, not below the new primary's {theirs}: RE-SEED it"
                 ));
-                self.nodes[old].disk = Disk::new(Rng::stream(self.seed, Stream::Disk(old)));
+                self.nodes[old].reseed(Disk::new(Rng::stream(self.seed, Stream::Disk(old))));
             }
             self.failover = Failover::Done {
                 old,

@@ -88,6 +88,11 @@ impl Faults {
         self.rng.range(50_000, 1_500_000)
     }
 
+    /// Whether faults are still injected (the fault phase).
+    pub(super) fn enabled(&self) -> bool {
+        self.enabled
+    }
+
     /// No more faults: the cluster is being healed.
     pub(super) fn stop(&mut self) {
         self.enabled = false;

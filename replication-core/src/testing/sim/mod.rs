@@ -42,12 +42,14 @@ mod node;
 mod oracle;
 mod race;
 mod rng;
+mod snapshots;
 mod switchover;
 mod topology;
 mod workload;
 mod world;
 
 pub use auto::AutoStats;
+pub use snapshots::SnapshotStats;
 pub use topology::{NodeSpec, Topology};
 
 use world::World;
@@ -129,6 +131,8 @@ pub struct SimReport {
     pub majority_acks_with_members_away: usize,
     /// Automatic failover's counts (all zero without it).
     pub automatic: AutoStats,
+    /// Snapshots taken, compactions, snapshots installed by replicas, transfers resumed.
+    pub snapshots: SnapshotStats,
     /// The final commit point.
     pub committed: u64,
     /// The last events of the run, one per line: the same seed gives the same trace.

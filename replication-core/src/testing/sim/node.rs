@@ -9,9 +9,11 @@ use std::time::Duration;
 
 use super::disk::Disk;
 use super::rng::{Rng, Stream};
+use super::snapshots::SimSnapshot;
 use super::topology::NodeSpec;
 use crate::engine::{Engine, EngineConfig, Recovered, Role, Timestamp};
 use crate::quorum::Quorum;
+use crate::snapshot::{SnapshotChunk, SnapshotMeta};
 use crate::types::{LogPosition, Tx};
 
 #[derive(Debug)]
@@ -37,6 +39,12 @@ pub(super) struct SimNode {
     /// As a primary, begin an epoch above this one (automatic failover's granted epoch less
     /// one, as `repnode` persists it).
     pub(super) min_epoch: crate::types::Epoch,
+    /// The snapshots it holds, oldest first (the latest and the one before, which transfers
+    /// in progress may still read, as the driver keeps a file it opened). Durable.
+    pub(super) snapshots: Vec<Arc<SimSnapshot>>,
+    /// A snapshot being received: what the source offered and the chunks stored. Survives a
+    /// crash, as the driver's partial file does.
+    pub(super) incoming: Option<(SnapshotMeta, Vec<SnapshotChunk>)>,
     config_rng: Rng,
 }
 
@@ -55,8 +63,36 @@ impl SimNode {
             allow_rewind: false,
             leased: false,
             min_epoch: crate::types::Epoch(0),
+            snapshots: Vec::new(),
+            incoming: None,
             config_rng: Rng::stream(seed, Stream::Config(index)),
         }
+    }
+
+    /// Keeps `snapshot` as the latest, and the one before it.
+    pub(super) fn keep_snapshot(&mut self, snapshot: Arc<SimSnapshot>) {
+        self.snapshots.push(snapshot);
+        self.snapshots
+            .sort_by_key(|snapshot| snapshot.meta.last.tx_id);
+        let excess = self.snapshots.len().saturating_sub(2);
+        self.snapshots.drain(..excess);
+    }
+
+    /// The latest snapshot it holds.
+    pub(super) fn latest_snapshot(&self) -> Option<&Arc<SimSnapshot>> {
+        self.snapshots.last()
+    }
+
+    /// The snapshot with `digest`, if it still holds it.
+    pub(super) fn snapshot_held(&self, digest: &[u8; 32]) -> Option<&Arc<SimSnapshot>> {
+        self.snapshots.iter().find(|s| &s.meta.digest == digest)
+    }
+
+    /// Forgets everything on its disk (an operator re-seeds it).
+    pub(super) fn reseed(&mut self, disk: Disk) {
+        self.disk = disk;
+        self.snapshots.clear();
+        self.incoming = None;
     }
 
     pub(super) fn is_up(&self) -> bool {
@@ -83,6 +119,8 @@ impl SimNode {
         config.leased = self.leased;
         config.min_epoch = self.min_epoch;
         config.seed = rng.next();
+        config.snapshot_format = Some(super::snapshots::format());
+        config.snapshot_window = 1 + (config.seed % 4) as u32;
         config
     }
 
@@ -103,7 +141,12 @@ impl SimNode {
                 epoch_claim: self.disk.epoch_claim().clone(),
                 last_epoch: self.disk.last_epoch(),
                 members: self.disk.members().to_vec(),
-                ..Recovered::default()
+                base: self.disk.base(),
+                snapshot: self.latest_snapshot().map(|s| s.meta.clone()),
+                partial_snapshot: self
+                    .incoming
+                    .as_ref()
+                    .map(|(meta, chunks)| (meta.clone(), chunks.len() as u64)),
             },
             Timestamp(now),
         ));

@@ -58,6 +58,40 @@ impl Oracle {
 }
 
 impl Oracle {
+    /// A replica's state after installing a snapshot is the committed history up to the
+    /// snapshot's last transaction: every position, in order, with the hash every node
+    /// committed there.
+    pub(super) fn installed_state_is_the_history(
+        &self,
+        node: &SimNode,
+        state: &[crate::types::LogPosition],
+        last: crate::types::LogPosition,
+    ) -> Check {
+        if state
+            .last()
+            .copied()
+            .unwrap_or(crate::types::LogPosition::START)
+            != last
+        {
+            return Err(format!(
+                "{}: installs a snapshot whose state ends at {:?}, not at its last {last:?}",
+                node.name,
+                state.last()
+            ));
+        }
+        for (index, position) in state.iter().enumerate() {
+            let expected = self.committed_history.get(index);
+            if position.tx_id.0 != index as u64 + 1 || expected != Some(&position.hash) {
+                return Err(format!(
+                    "{}: installs a snapshot whose state differs from the committed history at \
+                     {}: {:?}, committed {expected:?}",
+                    node.name, position.tx_id, position.hash
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// One writer per epoch: no two nodes commit as primary in one epoch, whatever promotions
     /// raced. Records `node` as the epoch's writer otherwise.
     pub(super) fn one_writer_per_epoch(&mut self, node: &str, epoch: Epoch) -> Check {

@@ -26,6 +26,8 @@ pub(super) enum Stream {
     Race,
     /// Automatic failover: the coordinator's faults, the agents' timing, the clients' pick.
     Coordinator,
+    /// Snapshots and compaction: which node takes one when, and how far it compacts.
+    Retention,
 }
 
 impl Stream {
@@ -40,6 +42,7 @@ impl Stream {
             Stream::Config(node) => 0x636f_6e66_6967_0000 ^ ((node as u64) << 8),
             Stream::Race => 0x7261_6365_0000_0004,
             Stream::Coordinator => 0x636f_6f72_6469_0005,
+            Stream::Retention => 0x7265_7461_696e_0006,
         }
     }
 }

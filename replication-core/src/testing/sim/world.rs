@@ -100,6 +100,16 @@ pub(super) enum SimEvent {
     CoordinatorUp,
     /// A stalled node resumes: what it was sent meanwhile is handled, in order.
     Resume { node: usize },
+    /// A node takes a snapshot or compacts its log.
+    Retention,
+    /// A node's engine asked for a snapshot, which is taken now.
+    TakeSnapshot { node: usize, incarnation: u64 },
+    /// A replica's install of a snapshot completes.
+    InstallDone {
+        node: usize,
+        incarnation: u64,
+        meta: crate::snapshot::SnapshotMeta,
+    },
 }
 
 /// An event and when it happens; events due at the same time happen in scheduling order.
@@ -191,6 +201,8 @@ pub(super) struct World {
     pub(super) races: RaceStats,
     /// Automatic failover, when the run has it.
     pub(super) auto: Option<Auto>,
+    /// Snapshots and compaction.
+    pub(super) snapshots: super::snapshots::Snapshots,
 }
 
 impl World {
@@ -250,6 +262,7 @@ impl World {
             race: None,
             races: RaceStats::default(),
             auto,
+            snapshots: super::snapshots::Snapshots::new(seed),
         }
     }
 
@@ -356,6 +369,12 @@ impl World {
                     oracle::truncation_spares_committed(&self.nodes[node], after)?;
                 }
                 self.nodes[node].disk.truncate(after);
+                if rewind {
+                    // As the driver does: a snapshot beyond the cut is of the history left.
+                    self.nodes[node]
+                        .snapshots
+                        .retain(|snapshot| snapshot.meta.last.tx_id <= after);
+                }
                 // The state machine forgets what a rewind drops.
                 self.nodes[node].applied.truncate(after.0 as usize);
                 let name = self.nodes[node].name.clone();
@@ -382,6 +401,10 @@ impl World {
                 max_bytes,
             } => {
                 let (delay, txs) = self.nodes[node].disk.read(from, max_count, max_bytes);
+                let Some(txs) = txs else {
+                    self.read_removed(node, conn);
+                    return Ok(());
+                };
                 let event = Event::ReadDone { conn, txs };
                 let event = SimEvent::Engine {
                     node,
@@ -400,23 +423,26 @@ impl World {
                 };
                 self.schedule(delay, event);
             }
-            Command::Close { conn } => match self.network.close(node, conn, self.now) {
-                Closing::Cut(broken) => self.notify_broken(broken),
-                Closing::After { link, delay } => {
-                    self.schedule(delay, SimEvent::FinishClose { link });
-                }
-            },
+            Command::Close { conn } => self.close_channel(node, conn),
             Command::Reply { write, result } => self.reply(node, write, result)?,
-            // No node of the simulation takes a snapshot yet, so none is ever offered.
             command @ (Command::SnapshotRead { .. }
             | Command::SnapshotReceive { .. }
             | Command::SnapshotStore { .. }
             | Command::SnapshotInstall { .. }
-            | Command::Compact { .. }) => {
-                return Err(format!("unexpected command without snapshots: {command:?}"));
-            }
+            | Command::TakeSnapshot
+            | Command::Compact { .. }) => self.execute_snapshot_command(node, command)?,
         }
         Ok(())
+    }
+
+    /// Closes `node`'s channel `conn` gracefully: what it sent before still arrives.
+    pub(super) fn close_channel(&mut self, node: usize, conn: ConnId) {
+        match self.network.close(node, conn, self.now) {
+            Closing::Cut(broken) => self.notify_broken(broken),
+            Closing::After { link, delay } => {
+                self.schedule(delay, SimEvent::FinishClose { link });
+            }
+        }
     }
 
     fn send(&mut self, node: usize, conn: ConnId, message: Message) {
@@ -713,6 +739,21 @@ impl World {
             SimEvent::CoordinatorReach { node } => self.coordinator_reach(node),
             SimEvent::CoordinatorUp => self.coordinator_up(),
             SimEvent::Resume { node } => self.resume(node)?,
+            SimEvent::Retention => self.retention_round()?,
+            SimEvent::TakeSnapshot { node, incarnation } => {
+                if current(self, node, incarnation) {
+                    self.take_snapshot(node)?;
+                }
+            }
+            SimEvent::InstallDone {
+                node,
+                incarnation,
+                meta,
+            } => {
+                if current(self, node, incarnation) {
+                    self.install_done(node, meta)?;
+                }
+            }
         }
         Ok(())
     }
@@ -735,6 +776,8 @@ impl World {
             | SimEvent::DurableDone { node, .. }
             | SimEvent::Connect { node, .. }
             | SimEvent::AgentCycle { node, .. }
+            | SimEvent::InstallDone { node, .. }
+            | SimEvent::TakeSnapshot { node, .. }
             | SimEvent::CoordinatorAnswer { node, .. } => *node,
             SimEvent::Deliver { link, to_end, .. } => self.network.arrival(*link, *to_end)?.node,
             _ => return None,
@@ -785,6 +828,8 @@ impl World {
         }
         self.schedule(1_000, SimEvent::ClientWrite);
         self.schedule(20_000, SimEvent::Fault);
+        let first_round = self.snapshots.next_round();
+        self.schedule(first_round, SimEvent::Retention);
         let mut steps = 0u64;
         while !self.workload.proposed_all() {
             if !self.step()? {
@@ -855,6 +900,7 @@ impl World {
                 .as_ref()
                 .map(|auto| auto.stats.clone())
                 .unwrap_or_default(),
+            snapshots: self.snapshots.stats,
             committed: self.nodes[self.primary()].disk.len(),
             trace: self.trace.dump(),
         }
