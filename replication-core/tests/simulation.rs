@@ -29,9 +29,24 @@ struct Totals {
     racers_fenced: usize,
     race_repoints: usize,
     majority_acks_with_members_away: usize,
+    snapshots_taken: usize,
+    compactions: usize,
+    snapshots_installed: usize,
+    transfers_resumed: usize,
 }
 
 impl Totals {
+    fn snapshot_summary(&self) -> String {
+        format!(
+            "{} snapshots taken, {} compactions, {} snapshots installed by replicas ({} \
+             transfers resumed)",
+            self.snapshots_taken,
+            self.compactions,
+            self.snapshots_installed,
+            self.transfers_resumed
+        )
+    }
+
     fn failover_summary(&self) -> String {
         format!(
             "{} failovers ({} old primaries re-seeded; {} promotions forced, giving up {} \
@@ -98,6 +113,10 @@ fn run_seeds(
                 totals.racers_fenced += report.racers_fenced;
                 totals.race_repoints += report.race_repoints;
                 totals.majority_acks_with_members_away += report.majority_acks_with_members_away;
+                totals.snapshots_taken += report.snapshots.taken;
+                totals.compactions += report.snapshots.compactions;
+                totals.snapshots_installed += report.snapshots.installed;
+                totals.transfers_resumed += report.snapshots.resumed;
                 if std::env::var("SIM_SEED").is_ok() {
                     println!(
                         "--- seed {seed} (topology {name}): last events ---\n{}",
@@ -151,12 +170,19 @@ fn cluster_survives_faults_across_seeds() {
         replay || totals.majority_acks_with_members_away > 0,
         "no majority acknowledgement with a member away"
     );
+    // ... and snapshots: compactions, and replicas sent a snapshot the log could not replace.
+    assert!(
+        replay || (totals.compactions > 0 && totals.snapshots_installed > 0),
+        "no compaction or no snapshot installed in any seed: {}",
+        totals.snapshot_summary()
+    );
     println!(
         "acknowledged {quorum} under quorum, {async_acks} async; {crashes} crashes; {}; {}; {} \
-         majority acknowledgements with a member away",
+         majority acknowledgements with a member away; {}",
         totals.failover_summary(),
         totals.switchover_summary(),
-        totals.majority_acks_with_members_away
+        totals.majority_acks_with_members_away,
+        totals.snapshot_summary()
     );
 }
 
@@ -177,9 +203,10 @@ fn other_topologies_survive_faults() {
         assert!(totals.failovers > 0, "{name}: no failover in any seed");
         println!(
             "{name}: acknowledged {quorum} under quorum, {async_acks} async; {crashes} crashes; \
-             {}; {}",
+             {}; {}; {}",
             totals.failover_summary(),
-            totals.switchover_summary()
+            totals.switchover_summary(),
+            totals.snapshot_summary()
         );
     }
 }
@@ -274,6 +301,7 @@ fn automatic_failover_survives_faults_across_seeds() {
         };
         let mut totals = sim::AutoStats::default();
         let (mut quorum, mut crashes) = (0, 0);
+        let mut snapshots = sim::SnapshotStats::default();
         for &seed in &seeds {
             match sim::run(seed, &options) {
                 Ok(report) => {
@@ -286,6 +314,10 @@ fn automatic_failover_survives_faults_across_seeds() {
                     totals.coordinator_cuts += a.coordinator_cuts;
                     totals.coordinator_outages += a.coordinator_outages;
                     totals.leader_crashes += a.leader_crashes;
+                    snapshots.taken += report.snapshots.taken;
+                    snapshots.compactions += report.snapshots.compactions;
+                    snapshots.installed += report.snapshots.installed;
+                    snapshots.resumed += report.snapshots.resumed;
                     if replay.is_some() {
                         println!("--- seed {seed} ({name}) ---\n{}", report.trace);
                     }
@@ -310,14 +342,19 @@ fn automatic_failover_survives_faults_across_seeds() {
         println!(
             "automatic failover, {name}, {} seeds: {quorum} writes acknowledged under quorum, \
              {crashes} crashes ({} of the leader), {} elections, {} self-fencings, {} stalls, \
-             {} nodes cut from the coordinator, {} coordinator outages",
+             {} nodes cut from the coordinator, {} coordinator outages; {} snapshots taken, \
+             {} compactions, {} installed ({} resumed)",
             seeds.len(),
             totals.leader_crashes,
             totals.elections,
             totals.self_fencings,
             totals.stalls,
             totals.coordinator_cuts,
-            totals.coordinator_outages
+            totals.coordinator_outages,
+            snapshots.taken,
+            snapshots.compactions,
+            snapshots.installed,
+            snapshots.resumed
         );
     }
 }

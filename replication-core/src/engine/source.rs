@@ -64,6 +64,9 @@ struct Downstream {
     next_send: TxId,
     /// The highest position the replica acknowledged as durable on this channel.
     acked: TxId,
+    /// The position the replica's subscription shared with this node (its commit point):
+    /// until it acknowledges more, what it needs if it subscribes again follows this.
+    shared: TxId,
     window: u64,
     /// The last transaction of each `Txs` message sent and not yet acknowledged, oldest
     /// first (at most `window` entries).
@@ -166,7 +169,9 @@ impl Source {
             let needs = match &downstream.phase {
                 DownstreamPhase::Opened => continue,
                 DownstreamPhase::Handshake(subscription) => subscription.known_common.tx_id.next(),
-                DownstreamPhase::Streaming => downstream.next_send.min(downstream.acked.next()),
+                DownstreamPhase::Streaming => downstream
+                    .next_send
+                    .min(downstream.acked.max(downstream.shared).next()),
                 DownstreamPhase::Snapshot(send) => send.meta.last.tx_id.next(),
             };
             if needs >= unpin_below {
@@ -389,6 +394,7 @@ impl Source {
                 phase: DownstreamPhase::Opened,
                 next_send: TxId(1),
                 acked: TxId::ZERO,
+                shared: TxId::ZERO,
                 window: 0,
                 batches_in_flight: VecDeque::new(),
                 read_in_flight: false,
@@ -838,6 +844,7 @@ impl Source {
         };
         downstream.phase = DownstreamPhase::Streaming;
         downstream.next_send = last.tx_id.next();
+        downstream.shared = known.tx_id;
         downstream.committed_sent = committed;
         let replica = downstream.replica.clone();
         if let Some(replica) = replica {

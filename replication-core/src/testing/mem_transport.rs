@@ -1,5 +1,5 @@
-//! An in-memory [`Transport`] with fault injection: latency, partitions, cut channels and
-//! frame limits.
+//! An in-memory [`Transport`] with fault injection: latency, partitions, cut channels, frame
+//! limits and damaged frames.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -25,6 +25,8 @@ struct NetworkState {
     links: Vec<(String, String, watch::Sender<bool>)>,
     latency: Duration,
     max_frame_size: usize,
+    /// Frames to damage: the next frame of at least this many bytes an endpoint sends.
+    corruptions: Vec<(String, usize)>,
 }
 
 fn pair(a: &str, b: &str) -> (String, String) {
@@ -83,6 +85,29 @@ impl MemNetwork {
         self.lock().max_frame_size = limit;
     }
 
+    /// Damages the next frame of at least `min_len` bytes that `from` sends: its last byte is
+    /// flipped, which leaves a frame that still decodes but whose content is wrong (for a
+    /// snapshot chunk, a hash that does not match its data).
+    pub fn corrupt_next_frame(&self, from: &str, min_len: usize) {
+        self.lock().corruptions.push((from.to_string(), min_len));
+    }
+
+    /// Whether a frame of `len` bytes from `from` is one to damage (and no longer pending).
+    fn take_corruption(&self, from: &str, len: usize) -> bool {
+        let mut state = self.lock();
+        match state
+            .corruptions
+            .iter()
+            .position(|(name, min_len)| name == from && len >= *min_len)
+        {
+            Some(index) => {
+                state.corruptions.remove(index);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Cuts every channel between `a` and `b` and refuses new ones until [`MemNetwork::heal`].
     pub fn partition(&self, a: &str, b: &str) {
         let mut state = self.lock();
@@ -139,12 +164,14 @@ impl MemNetwork {
         let (b_to_a, a_from_b) = mpsc::channel(CHANNEL_CAPACITY);
         let latency = state.latency;
         let limit = state.max_frame_size;
-        let half = |tx, rx, cut: &watch::Receiver<bool>| {
+        let half = |tx, rx, cut: &watch::Receiver<bool>, name: &str| {
             (
                 Box::new(MemSender {
                     frames: tx,
                     cut: cut.clone(),
                     latency,
+                    network: self.clone(),
+                    from: name.to_string(),
                 }) as Box<dyn FrameSender>,
                 Box::new(MemReceiver {
                     frames: rx,
@@ -153,8 +180,8 @@ impl MemNetwork {
                 }) as Box<dyn FrameReceiver>,
             )
         };
-        let (local_sender, local_receiver) = half(a_to_b, a_from_b, &cut_rx);
-        let (remote_sender, remote_receiver) = half(b_to_a, b_from_a, &cut_rx);
+        let (local_sender, local_receiver) = half(a_to_b, a_from_b, &cut_rx, from);
+        let (remote_sender, remote_receiver) = half(b_to_a, b_from_a, &cut_rx, to);
         let remote = Channel {
             peer: NodeId::new(from),
             peer_kind: PeerKind::Node,
@@ -211,6 +238,9 @@ struct MemSender {
     frames: mpsc::Sender<(Option<tokio::time::Instant>, Bytes)>,
     cut: watch::Receiver<bool>,
     latency: Duration,
+    network: MemNetwork,
+    /// The endpoint sending.
+    from: String,
 }
 
 #[async_trait]
@@ -219,6 +249,15 @@ impl FrameSender for MemSender {
         if *self.cut.borrow() {
             return Err(TransportError::Closed("cut".into()));
         }
+        let frame = if self.network.take_corruption(&self.from, frame.len()) {
+            let mut damaged = frame.to_vec();
+            if let Some(last) = damaged.last_mut() {
+                *last ^= 0xff;
+            }
+            Bytes::from(damaged)
+        } else {
+            frame
+        };
         // Without latency, deliver at once: even a timer already due costs a timer-wheel tick.
         #[allow(clippy::disallowed_methods)] // Test transport: latency is wall-clock by design.
         let deliver_at =

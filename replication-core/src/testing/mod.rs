@@ -32,9 +32,20 @@ use crate::types::{LogPosition, Tx, TxId};
 pub struct RecordingStateMachine {
     applied: Arc<Mutex<Vec<LogPosition>>>,
     out_of_order: Arc<Mutex<Option<String>>>,
+    /// Its snapshot format's version is 1 plus this.
+    version_offset: u32,
 }
 
 impl RecordingStateMachine {
+    /// A recording whose snapshots are of format version `version` (1 by default): one of
+    /// another version refuses to install the others' snapshots.
+    pub fn of_version(version: u32) -> RecordingStateMachine {
+        RecordingStateMachine {
+            version_offset: version.saturating_sub(1),
+            ..RecordingStateMachine::default()
+        }
+    }
+
     /// Every applied position, in order.
     pub fn positions(&self) -> Vec<LogPosition> {
         self.applied.lock().map(|a| a.clone()).unwrap_or_default()
@@ -77,7 +88,7 @@ impl StateMachine for RecordingStateMachine {
     }
 
     fn snapshot_format(&self) -> Option<SnapshotFormat> {
-        Some(recording_format())
+        Some(recording_format(self.version_offset))
     }
 
     /// The recorded positions, 40 bytes each (tx id little endian, hash), across chunks.
@@ -97,10 +108,11 @@ impl StateMachine for RecordingStateMachine {
         format: &SnapshotFormat,
         last: TxId,
     ) -> Result<Box<dyn SnapshotStage>, SnapshotError> {
-        if *format != recording_format() {
+        let supported = recording_format(self.version_offset);
+        if *format != supported {
             return Err(SnapshotError::FormatMismatch {
                 offered: format.clone(),
-                supported: recording_format().to_string(),
+                supported: supported.to_string(),
             });
         }
         Ok(Box::new(RecordingStage {
@@ -113,10 +125,10 @@ impl StateMachine for RecordingStateMachine {
 
 const POSITION_BYTES: usize = 40;
 
-fn recording_format() -> SnapshotFormat {
+fn recording_format(version_offset: u32) -> SnapshotFormat {
     SnapshotFormat {
         name: "recording".into(),
-        version: 1,
+        version: 1 + version_offset,
     }
 }
 
