@@ -88,6 +88,26 @@ impl KvStore {
             .collect()
     }
 
+    /// A digest of the whole state (every key, its value and the transaction that set it) and
+    /// the last transaction it reflects: two stores that applied the same history agree,
+    /// however each got there (replay or snapshot). Hashed outside the lock, on a copy-on-write
+    /// view, so writes go on meanwhile.
+    pub fn digest(&self) -> (TxId, [u8; 32]) {
+        let (map, applied) = {
+            let inner = self.read();
+            (inner.map.clone(), inner.applied)
+        };
+        let mut hasher = blake3::Hasher::new();
+        for (key, (value, set_by)) in map.iter() {
+            hasher.update(&(key.len() as u64).to_le_bytes());
+            hasher.update(key.as_bytes());
+            hasher.update(&(value.len() as u64).to_le_bytes());
+            hasher.update(value.as_bytes());
+            hasher.update(&set_by.0.to_le_bytes());
+        }
+        (applied, *hasher.finalize().as_bytes())
+    }
+
     /// Payload bytes applied since the store was built.
     pub fn applied_bytes(&self) -> u64 {
         self.read().applied_bytes

@@ -187,6 +187,11 @@ pub enum Request {
         /// The database.
         db: String,
     },
+    /// A digest of a database's whole state, to compare replicas.
+    StateDigest {
+        /// The database.
+        db: String,
+    },
 }
 
 /// The status of one database, as `repnode status` shows it.
@@ -399,6 +404,15 @@ pub enum Response {
     /// An update that allowed a rewind: the replica's status once it streams again or
     /// stopped (or when the wait ran out), naming what it rolled back.
     Rewound(Box<StatusReport>),
+    /// A digest of a database's state ([`crate::kv::KvStore::digest`]).
+    StateDigest {
+        /// The database.
+        db: String,
+        /// The last transaction the state reflects.
+        tx_id: u64,
+        /// BLAKE3 of every key, value and the transaction that set it, in hex.
+        digest: String,
+    },
     /// A database compacted.
     Compacted {
         /// The snapshot its log was cut below.

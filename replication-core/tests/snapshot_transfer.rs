@@ -725,3 +725,82 @@ fn a_failed_install_fetches_the_snapshot_again() {
     assert_eq!(status.snapshot_transfer, None, "started again from nothing");
     assert_eq!(status.last, LogPosition::START);
 }
+
+#[test]
+fn a_replica_holding_the_snapshot_position_follows_the_log_from_there_and_drops_nothing() {
+    let log = history(12);
+    let (meta, _) = snapshot_at(&log[9]);
+    // A replica that holds 1..=12 durably, 5 committed: the source compacted up to 10.
+    let mut config = EngineConfig::new(
+        "r1",
+        "db",
+        Role::Replica {
+            address: "p".into(),
+        },
+    );
+    config.snapshot_format = Some(format());
+    let last = log[11].position();
+    let recovered = Recovered {
+        state: LogState {
+            epoch: Epoch(1),
+            last,
+            durable: last,
+            committed: log[4].position(),
+        },
+        epoch_claim: claim(1),
+        last_epoch: Epoch(1),
+        ..Recovered::default()
+    };
+    let mut replica = Engine::new(config, Arc::new(Quorum::Async), recovered, T0);
+    replica.handle(T0, Event::Tick);
+    drain(&mut replica);
+    replica.handle(
+        T0,
+        Event::Connected {
+            conn: SOURCE,
+            peer: "p".into(),
+            address: "p".into(),
+            direction: Direction::Upstream,
+        },
+    );
+    drain(&mut replica);
+    replica.handle(
+        T0,
+        received(
+            SOURCE,
+            Message::SnapshotOffer {
+                claim: claim(1),
+                meta: meta.clone(),
+            },
+        ),
+    );
+    // It reads its own transaction at the snapshot's position first.
+    assert_eq!(
+        drain(&mut replica),
+        vec![Command::Read {
+            conn: SOURCE,
+            from: TxId(10),
+            max_count: 1,
+            max_bytes: usize::MAX,
+        }]
+    );
+    replica.handle(
+        T0,
+        Event::ReadDone {
+            conn: SOURCE,
+            txs: vec![log[9].clone()],
+        },
+    );
+    // Same hash: it shares the source's history up to 10 and subscribes from there, keeping
+    // 11 and 12 (which it may have acknowledged).
+    let commands = drain(&mut replica);
+    assert!(
+        matches!(
+            &commands[..],
+            [Command::Send { message: Message::Subscribe { known_common, last: subscribed_last, snapshot: SnapshotWish::Log, .. }, .. }]
+                if *known_common == meta.last && *subscribed_last == last
+        ),
+        "{commands:?}"
+    );
+    assert_eq!(replica.status(T0).last, last, "nothing dropped");
+}

@@ -339,6 +339,9 @@ enum DbCommand {
     /// connected replica or a snapshot transfer still needs (unless it lags beyond
     /// `--max-replica-lag-bytes`).
     Compact { name: String },
+    /// Prints a digest of NAME's whole state (every key, value and the transaction that set
+    /// it) and the transaction it reflects: equal on replicas that hold the same state.
+    Digest { name: String },
     /// Lists the durable membership: the replicas the quorum policy counts, connected or not
     /// (`majority` is a majority of them). A replica joins when it first subscribes.
     Members {
@@ -457,6 +460,7 @@ async fn run(command: Command) -> Result<ExitCode> {
             // A change goes to the first server only: another would change the wrong one.
             let target = match &command {
                 DbCommand::List | DbCommand::Members { remove: None, .. } => Target::AnyReachable,
+                DbCommand::Digest { .. } => Target::First,
                 _ => Target::First,
             };
             let request = match command {
@@ -479,6 +483,7 @@ async fn run(command: Command) -> Result<ExitCode> {
                 DbCommand::Delete { name } => Request::DeleteDb { name },
                 DbCommand::Members { name, remove } => Request::Members { db: name, remove },
                 DbCommand::Compact { name } => Request::CompactDb { db: name },
+                DbCommand::Digest { name } => Request::StateDigest { db: name },
                 DbCommand::Promote { .. } | DbCommand::Switchover { .. } => {
                     unreachable!("matched above")
                 }

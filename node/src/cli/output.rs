@@ -285,6 +285,10 @@ pub fn render(outcome: Outcome, is_write: bool, json: bool) -> Result<Rendered> 
                 }
             }
         }
+        Outcome::Answered(Response::StateDigest { db, tx_id, digest }) => pick(
+            serde_json::json!({"db": db, "tx_id": tx_id, "digest": digest}),
+            format!("{db}: state digest {digest} as of tx {tx_id}"),
+        ),
         Outcome::Answered(Response::Compacted {
             snapshot,
             base_before,

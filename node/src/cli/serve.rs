@@ -69,9 +69,21 @@ pub struct ServeArgs {
     /// Its private key (PEM).
     #[arg(long, env = "REPNODE_COORDINATOR_KEY", requires = "coordinator_cacert")]
     coordinator_key: Option<PathBuf>,
+    /// Send snapshots to replicas at most this fast, in bytes per second, per replica (as
+    /// `pg_basebackup --max-rate`): a replica bootstrapping does not starve the others.
+    #[arg(
+        long,
+        env = "REPNODE_SNAPSHOT_MAX_RATE",
+        value_name = "BYTES_PER_SECOND"
+    )]
+    snapshot_max_rate: Option<u64>,
+    /// The size at which a log file (segment) is sealed and a new one begun (default 64 MiB):
+    /// compaction removes whole segments, so smaller ones let retention cut closer.
+    #[arg(long, env = "REPNODE_LOG_SEGMENT_BYTES", value_name = "BYTES")]
+    log_segment_bytes: Option<u64>,
     /// A TOML file with any of: name, dir, listen, tls_dir, metrics_listen, threads,
     /// coordinator, cluster, advertise, coordinator_cacert, coordinator_cert,
-    /// coordinator_key (flags and environment win).
+    /// coordinator_key, snapshot_max_rate, log_segment_bytes (flags and environment win).
     #[arg(long, env = "REPNODE_CONFIG")]
     config: Option<PathBuf>,
 }
@@ -92,6 +104,8 @@ pub struct ServeFile {
     coordinator_cacert: Option<PathBuf>,
     coordinator_cert: Option<PathBuf>,
     coordinator_key: Option<PathBuf>,
+    snapshot_max_rate: Option<u64>,
+    log_segment_bytes: Option<u64>,
 }
 
 impl ServeFile {
@@ -124,6 +138,10 @@ pub struct ServeSettings {
     pub coordinator: Option<CoordinatorSettings>,
     /// `--advertise`.
     pub advertise: Option<String>,
+    /// `--snapshot-max-rate`.
+    pub snapshot_max_rate: Option<u64>,
+    /// `--log-segment-bytes`.
+    pub log_segment_bytes: Option<u64>,
 }
 
 /// `--coordinator` and what goes with it.
@@ -208,6 +226,8 @@ pub fn resolve(args: ServeArgs, file: ServeFile) -> Result<ServeSettings> {
     Ok(ServeSettings {
         coordinator,
         advertise: args.advertise.or(file.advertise),
+        snapshot_max_rate: args.snapshot_max_rate.or(file.snapshot_max_rate),
+        log_segment_bytes: args.log_segment_bytes.or(file.log_segment_bytes),
         name,
         dir,
         listen: args
@@ -235,6 +255,8 @@ pub async fn serve(settings: ServeSettings) -> Result<()> {
         default_db,
         coordinator,
         advertise,
+        snapshot_max_rate,
+        log_segment_bytes,
         ..
     } = settings;
     let coordinator = match coordinator {
@@ -253,6 +275,8 @@ pub async fn serve(settings: ServeSettings) -> Result<()> {
     let options = ServerOptions {
         coordinator,
         advertise,
+        snapshot_max_rate,
+        log_segment_bytes,
     };
     let server = Server::start_with(&name, &dir, transport, options).await?;
     if let Some((db, settings)) = default_db {

@@ -204,6 +204,15 @@ pub(crate) fn lease_ttl(settings: &DbSettings) -> std::time::Duration {
 /// The default `--lease-ttl`.
 pub(crate) const DEFAULT_LEASE_TTL_SECS: u64 = 5;
 
+/// A server's settings for every database it opens.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Tuning {
+    /// Snapshots are sent at most this many bytes per second, per replica.
+    pub(crate) snapshot_max_rate: Option<u64>,
+    /// The size of log segments.
+    pub(crate) log_segment_bytes: Option<u64>,
+}
+
 /// Opens database `db` of server `server_name` with its log in `log_dir`, replaying the
 /// log into a new store; replicas reach their source, and are reached, through `transport`.
 pub(crate) async fn open(
@@ -213,6 +222,7 @@ pub(crate) async fn open(
     log_dir: &Path,
     transport: Arc<QuicTransport>,
     allow_rewind: bool,
+    tuning: Tuning,
 ) -> Result<Database, OpenError> {
     let policy = policy_of(&settings)?;
     let role = match &settings.replica_of {
@@ -263,17 +273,20 @@ pub(crate) async fn open(
         accept_replicas: false,
         rollback: Some(Arc::new(RollbackDir::new(rollback_dir))),
         snapshot_dir: Some(snapshot_dir),
+        snapshot_max_rate: tuning.snapshot_max_rate,
         ..NodeOptions::default()
     };
     let store = KvStore::default();
     let policy: Arc<dyn QuorumPolicy> = Arc::new(policy);
     let (node, footprint) = match settings.store.as_deref().unwrap_or("file") {
         "file" => {
-            let log = FileLog::open(log_dir, FileLogOptions::default()).map_err(|error| {
-                OpenError::Log {
-                    db: db.to_string(),
-                    error,
-                }
+            let mut log_options = FileLogOptions::default();
+            if let Some(bytes) = tuning.log_segment_bytes {
+                log_options.segment_bytes = bytes.max(4096);
+            }
+            let log = FileLog::open(log_dir, log_options).map_err(|error| OpenError::Log {
+                db: db.to_string(),
+                error,
             })?;
             let files = log.clone();
             let footprint: Footprint = Arc::new(move || files.segments());

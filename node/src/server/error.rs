@@ -15,6 +15,9 @@ use super::database::OpenError;
 /// Why a server operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
+    /// A task of the server failed unexpectedly (it panicked or was cancelled).
+    #[error("internal error: {0}")]
+    Internal(String),
     /// A snapshot could not be taken.
     #[error("snapshot of database {db}: {error}")]
     Snapshot {

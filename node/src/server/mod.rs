@@ -47,6 +47,10 @@ pub struct Server {
     coordination: Option<Coordination>,
     /// This server, for the tasks it starts (failover agents), which must not keep it alive.
     me: Weak<Server>,
+    /// `--snapshot-max-rate`.
+    snapshot_max_rate: Option<u64>,
+    /// `--log-segment-bytes`.
+    log_segment_bytes: Option<u64>,
 }
 
 /// What a server runs with beyond its name, directory and transport.
@@ -57,6 +61,10 @@ pub struct ServerOptions {
     pub coordinator: Option<Arc<dyn Coordinator>>,
     /// `HOST:PORT` other servers reach this one at (default: the address it listens on).
     pub advertise: Option<String>,
+    /// Snapshots are sent at most this many bytes per second, per replica.
+    pub snapshot_max_rate: Option<u64>,
+    /// The size of log segments (`FileLogOptions::segment_bytes`); `None`: the default.
+    pub log_segment_bytes: Option<u64>,
 }
 
 impl Server {
@@ -98,6 +106,8 @@ impl Server {
                 .coordinator
                 .map(|coordinator| Coordination::new(coordinator, advertise)),
             me: me.clone(),
+            snapshot_max_rate: options.snapshot_max_rate,
+            log_segment_bytes: options.log_segment_bytes,
         });
         for db in server.catalog.to_load()? {
             let settings = server.catalog.read_settings(&db)?;
@@ -144,6 +154,10 @@ impl Server {
             &self.catalog.layout().log(name),
             self.transport.clone(),
             allow_rewind,
+            database::Tuning {
+                snapshot_max_rate: self.snapshot_max_rate,
+                log_segment_bytes: self.log_segment_bytes,
+            },
         )
         .await
     }

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use replication_core::TxId;
 use replication_core::engine::AckKind;
 use replication_core::transport::Channel;
+use replication_core::{TxHash, TxId};
 
 use crate::wire::{Request, Response};
 
@@ -110,6 +110,17 @@ impl Server {
                     db,
                     members: members.iter().map(ToString::to_string).collect(),
                     removed: removed.map(|r| r.to_string()),
+                }
+            }
+            Request::StateDigest { db } => {
+                let store = self.with_database(&db, |d| d.store.clone()).await?;
+                let (tx_id, digest) = tokio::task::spawn_blocking(move || store.digest())
+                    .await
+                    .map_err(|error| ServerError::Internal(error.to_string()))?;
+                Response::StateDigest {
+                    db,
+                    tx_id: tx_id.0,
+                    digest: TxHash(digest).to_hex(),
                 }
             }
             Request::CompactDb { db } => match self.compact(&db, true).await? {

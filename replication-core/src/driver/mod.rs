@@ -58,6 +58,9 @@ pub struct NodeOptions {
     /// [`EngineConfig::snapshot_window`](crate::engine::EngineConfig::snapshot_window), what a
     /// transfer holds in memory on each side.
     pub snapshot_chunk_bytes: usize,
+    /// Snapshots are sent to each replica at most this many bytes per second (`None`: as fast
+    /// as the replica takes them).
+    pub snapshot_max_rate: Option<u64>,
 }
 
 impl Default for NodeOptions {
@@ -71,6 +74,7 @@ impl Default for NodeOptions {
             rollback: None,
             snapshot_dir: None,
             snapshot_chunk_bytes: 1 << 20,
+            snapshot_max_rate: None,
         }
     }
 }
@@ -86,6 +90,7 @@ impl std::fmt::Debug for NodeOptions {
             .field("rollback", &self.rollback.is_some())
             .field("snapshot_dir", &self.snapshot_dir)
             .field("snapshot_chunk_bytes", &self.snapshot_chunk_bytes)
+            .field("snapshot_max_rate", &self.snapshot_max_rate)
             .finish()
     }
 }
@@ -826,7 +831,10 @@ impl<L: TxLog, T: Transport, S: StateMachine> Driver<L, T, S> {
             return self.engine.handle(now, event);
         };
         let events = self.internal_tx.clone();
+        let max_rate = self.options.snapshot_max_rate.filter(|rate| *rate > 0);
         tokio::spawn(async move {
+            #[allow(clippy::disallowed_methods)] // Pacing a transfer is wall-clock by nature.
+            let started = tokio::time::Instant::now();
             let chunk = tokio::task::spawn_blocking(move || {
                 let mut file = file
                     .lock()
@@ -843,6 +851,12 @@ impl<L: TxLog, T: Transport, S: StateMachine> Driver<L, T, S> {
                 }
                 Err(_) => None,
             };
+            // Paced: the next chunk is read only once this one's share of the rate is spent.
+            if let (Some(rate), Some(chunk)) = (max_rate, &chunk) {
+                let share =
+                    std::time::Duration::from_secs_f64(chunk.data.len() as f64 / rate as f64);
+                tokio::time::sleep_until(started + share).await;
+            }
             let event = Event::SnapshotChunkRead { conn, chunk };
             let _ = events.send(Internal::Engine(event)).await;
         });

@@ -54,6 +54,13 @@ enum Link {
         /// Whether this node has caught up with the source's commit point on this channel.
         caught_up: bool,
     },
+    /// Reading our own transaction at the position of the snapshot the source offered: if we
+    /// hold it, with the same hash, we share the source's history up to there and subscribe
+    /// from it instead of installing (which would drop what we hold beyond it).
+    CheckingOffer {
+        conn: ConnId,
+        meta: SnapshotMeta,
+    },
     /// Receiving the snapshot the source offered (chunks from `Upstream::partial`'s count).
     ReceivingSnapshot {
         conn: ConnId,
@@ -139,13 +146,16 @@ impl Upstream {
             search_from: None,
             rewind_allowed,
             wants_snapshot: false,
-            partial: partial.map(|(meta, next)| PartialSnapshot {
+            partial: partial.map(|(meta, next)| {
                 // Chunks are not all of one size: the count is exact, the bytes an estimate.
-                bytes: meta.bytes / meta.chunks.max(1) * next,
-                meta,
-                next,
-                since: now,
-                bytes_at_start: 0,
+                let bytes = meta.bytes / meta.chunks.max(1) * next;
+                PartialSnapshot {
+                    meta,
+                    next,
+                    bytes,
+                    since: now,
+                    bytes_at_start: bytes,
+                }
             }),
         }
     }
@@ -176,7 +186,9 @@ impl Upstream {
         match &self.link {
             Link::Idle { .. } => UpstreamState::Disconnected,
             Link::Connecting { .. } => UpstreamState::Connecting,
-            Link::Probing { .. } | Link::Subscribing { .. } => UpstreamState::Subscribing,
+            Link::Probing { .. } | Link::Subscribing { .. } | Link::CheckingOffer { .. } => {
+                UpstreamState::Subscribing
+            }
             Link::Resolving { .. } => UpstreamState::ResolvingDivergence,
             Link::Streaming { .. } => UpstreamState::Streaming,
             Link::ReceivingSnapshot { .. } => UpstreamState::ReceivingSnapshot,
@@ -205,6 +217,7 @@ impl Upstream {
     pub(super) fn conn(&self) -> Option<ConnId> {
         match &self.link {
             Link::Probing { conn, .. }
+            | Link::CheckingOffer { conn, .. }
             | Link::Subscribing { conn, .. }
             | Link::Resolving { conn, .. }
             | Link::Streaming { conn, .. }
@@ -219,9 +232,9 @@ impl Upstream {
     /// Whether a read of our own log for divergence resolution on `conn` is outstanding.
     pub(super) fn is_resolving_on(&self, conn: ConnId) -> bool {
         match self.link {
-            Link::Resolving { conn: reading, .. } | Link::Probing { conn: reading, .. } => {
-                reading == conn
-            }
+            Link::Resolving { conn: reading, .. }
+            | Link::Probing { conn: reading, .. }
+            | Link::CheckingOffer { conn: reading, .. } => reading == conn,
             _ => false,
         }
     }
@@ -615,6 +628,32 @@ impl Upstream {
             };
             return self.stop(cx, ReplicationError::Snapshot(error));
         }
+        // This replica may hold transactions beyond the snapshot (acknowledged as durable,
+        // and so counted by the primary): it must not drop them. If its log holds the
+        // snapshot's position with the same hash, it shares the source's history up to there.
+        let base = cx.log.base().position;
+        if !self.wants_snapshot && meta.last == base {
+            return self.subscribe(cx, conn, base);
+        }
+        if !self.wants_snapshot
+            && meta.last.tx_id > base.tx_id
+            && meta.last.tx_id <= cx.log.last().tx_id
+        {
+            let from = meta.last.tx_id;
+            self.link = Link::CheckingOffer { conn, meta };
+            cx.out.push_back(Command::Read {
+                conn,
+                from,
+                max_count: 1,
+                max_bytes: usize::MAX,
+            });
+            return;
+        }
+        self.accept_offer(cx, conn, meta);
+    }
+
+    /// Receives the snapshot offered: resumes a transfer of it, or begins one.
+    fn accept_offer(&mut self, cx: &mut Ctx<'_>, conn: ConnId, meta: SnapshotMeta) {
         let resumed = self
             .partial
             .take()
@@ -931,6 +970,16 @@ impl Upstream {
 
     /// Our log's transactions from the divergence base, read to compare with the source's.
     pub(super) fn on_read(&mut self, cx: &mut Ctx<'_>, conn: ConnId, ours: Vec<Tx>) {
+        if let Link::CheckingOffer { meta, .. } = &self.link {
+            let meta = meta.clone();
+            let shared = ours.first().is_some_and(|tx| tx.position() == meta.last);
+            return if shared {
+                tracing::info!(at = %meta.last.tx_id, "holding the source's snapshot position: following its log from there");
+                self.subscribe(cx, conn, meta.last)
+            } else {
+                self.accept_offer(cx, conn, meta)
+            };
+        }
         if let Link::Probing { probe, .. } = self.link {
             return match ours.into_iter().find(|tx| tx.id == probe) {
                 Some(tx) => self.subscribe(cx, conn, tx.position()),
