@@ -579,6 +579,28 @@ impl Source {
             };
             return self.refuse(cx, conn, refusal);
         }
+        // A relay whose last served transaction is its log's base (it holds nothing beyond a
+        // snapshot yet) cannot read it: its base tells a lag from another history, as that
+        // transaction would in `finish_handshake`.
+        let log_base = cx.log.base();
+        if self.writes.is_none()
+            && base.tx_id > TxId::ZERO
+            && serve_limit == base.tx_id
+            && subscription.known_common.tx_id > base.tx_id
+        {
+            let refusal = if log_base.epoch > subscription.replica_epoch {
+                Refusal::CommittedDivergence {
+                    tx_id: subscription.known_common.tx_id,
+                    replica_hash: subscription.known_common.hash,
+                    source_hash: None,
+                }
+            } else {
+                Refusal::SourceBehind {
+                    source_last: serve_limit,
+                }
+            };
+            return self.refuse(cx, conn, refusal);
+        }
         let Some(downstream) = self.downstreams.get_mut(&conn) else {
             return;
         };
