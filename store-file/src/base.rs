@@ -79,12 +79,7 @@ fn decode(bytes: &[u8]) -> Result<SavedBase, String> {
 /// [`LogError::Corrupt`] naming the file and what is wrong with it; [`LogError::Io`] naming
 /// the file if it is unreadable.
 pub(crate) fn load(dir: &Path) -> Result<Option<SavedBase>, LogError> {
-    match FILE.load(dir)? {
-        None => Ok(None),
-        Some(bytes) => decode(&bytes)
-            .map(Some)
-            .map_err(|reason| FILE.corrupt(dir, reason)),
-    }
+    FILE.load_decoded(dir, decode)
 }
 
 /// Durably replaces the base saved in `dir` ([`SmallFile::save`]).

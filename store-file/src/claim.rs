@@ -91,12 +91,7 @@ fn decode(bytes: &[u8]) -> Result<SavedClaim, String> {
 /// [`LogError::Corrupt`] naming the file and what is wrong with it; [`LogError::Io`] naming
 /// the file if it is unreadable.
 pub(crate) fn load(dir: &Path) -> Result<Option<SavedClaim>, LogError> {
-    match FILE.load(dir)? {
-        None => Ok(None),
-        Some(bytes) => decode(&bytes)
-            .map(Some)
-            .map_err(|reason| FILE.corrupt(dir, reason)),
-    }
+    FILE.load_decoded(dir, decode)
 }
 
 /// Durably replaces the claim saved in `dir` ([`SmallFile::save`]).

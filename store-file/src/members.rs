@@ -65,10 +65,7 @@ fn decode(bytes: &[u8]) -> Result<Vec<ReplicaId>, String> {
 /// [`LogError::Corrupt`] naming the file and what is wrong with it, for a file that is too
 /// large, truncated or fails its checks; [`LogError::Io`] naming the file if it is unreadable.
 pub(crate) fn load(dir: &Path) -> Result<Vec<ReplicaId>, LogError> {
-    match FILE.load(dir)? {
-        None => Ok(Vec::new()),
-        Some(bytes) => decode(&bytes).map_err(|reason| FILE.corrupt(dir, reason)),
-    }
+    Ok(FILE.load_decoded(dir, decode)?.unwrap_or_default())
 }
 
 /// Durably replaces the membership saved in `dir` ([`SmallFile::save`]).

@@ -101,6 +101,24 @@ impl SmallFile {
         Ok(&bytes[HEADER..])
     }
 
+    /// Reads and decodes the file in `dir`: `None` if there is none; a body `decode` refuses
+    /// is [`LogError::Corrupt`] naming the file and why.
+    ///
+    /// # Errors
+    /// As [`load`](SmallFile::load), and the decoder's refusal.
+    pub(crate) fn load_decoded<T>(
+        &self,
+        dir: &Path,
+        decode: impl FnOnce(&[u8]) -> Result<T, String>,
+    ) -> Result<Option<T>, LogError> {
+        match self.load(dir)? {
+            None => Ok(None),
+            Some(bytes) => decode(&bytes)
+                .map(Some)
+                .map_err(|reason| self.corrupt(dir, reason)),
+        }
+    }
+
     /// Reads the whole file in `dir`: `None` if there is none.
     ///
     /// # Errors

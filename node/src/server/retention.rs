@@ -137,6 +137,8 @@ impl Server {
     /// Applies every loaded database's retention settings, every second, until the server
     /// is gone.
     pub(super) async fn apply_retention(server: Weak<Server>) {
+        // The last failure per database: logged when it changes, not every second.
+        let mut failing: std::collections::HashMap<String, String> = Default::default();
         loop {
             tokio::time::sleep(EVERY).await;
             let Some(server) = server.upgrade() else {
@@ -153,12 +155,20 @@ impl Server {
                     continue;
                 }
                 match server.compact(&name, false).await {
-                    Ok(Some(Response::Compacted { base_after, .. })) => {
-                        tracing::debug!(db = %name, base = base_after, "retention applied");
+                    Ok(outcome) => {
+                        if let Some(Response::Compacted { base_after, .. }) = outcome {
+                            tracing::debug!(db = %name, base = base_after, "retention applied");
+                        }
+                        if failing.remove(&name).is_some() {
+                            tracing::info!(db = %name, "retention applies again");
+                        }
                     }
-                    Ok(_) => {}
                     Err(error) => {
-                        tracing::warn!(db = %name, %error, "applying the retention settings failed");
+                        let text = error.to_string();
+                        if failing.get(&name) != Some(&text) {
+                            tracing::warn!(db = %name, error = %text, "applying the retention settings failed");
+                            failing.insert(name.clone(), text);
+                        }
                     }
                 }
             }
