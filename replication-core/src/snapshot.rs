@@ -498,24 +498,73 @@ impl SnapshotWriter {
         Ok((writer, chunks))
     }
 
+    /// Reads back the first `count` chunks of the snapshot being written at `temporary` (a
+    /// resumed transfer's), verifying each, and hands their data to `take` in order.
+    ///
+    /// # Errors
+    /// [`SnapshotError::Corrupt`] for a chunk missing or failing its hash; `take`'s errors;
+    /// I/O errors.
+    pub fn read_back(
+        temporary: &Path,
+        count: u64,
+        mut take: impl FnMut(&[u8]) -> Result<(), SnapshotError>,
+    ) -> Result<(), SnapshotError> {
+        let mut reader = BufReader::new(File::open(temporary)?);
+        let mut magic = [0u8; 8];
+        reader.read_exact(&mut magic)?;
+        if &magic != MAGIC {
+            return Err(SnapshotError::Corrupt {
+                chunk: 0,
+                why: format!("{}: not a snapshot file", temporary.display()),
+            });
+        }
+        for index in 0..count {
+            let corrupt = |why: String| SnapshotError::Corrupt { chunk: index, why };
+            let mut header = [0u8; 36];
+            reader
+                .read_exact(&mut header)
+                .map_err(|error| corrupt(format!("its header cannot be read: {error}")))?;
+            let size = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+            if size > MAX_CHUNK_BYTES {
+                return Err(corrupt(format!("its length {size} is out of range")));
+            }
+            let mut data = vec![0u8; size];
+            reader
+                .read_exact(&mut data)
+                .map_err(|error| corrupt(format!("it cannot be read: {error}")))?;
+            if blake3::hash(&data).as_bytes() != &header[4..] {
+                return Err(corrupt("its data does not match its hash".into()));
+            }
+            take(&data)?;
+        }
+        Ok(())
+    }
+
     /// Chunks written so far.
     pub fn chunks(&self) -> u64 {
         self.chunks
     }
 
-    /// Appends a chunk, which must be the next one (`index == chunks()`), and hands it to the
+    /// Appends a chunk, which must be the next one (`index == chunks()`) and must have been
+    /// verified ([`SnapshotChunk::verify`]; a received chunk is, before it is handed to the
+    /// driver, and the hash is checked again when the file is read), and hands it to the
     /// operating system: a crash of the process keeps it, a resumption finds it.
     ///
     /// # Errors
-    /// [`SnapshotError::Corrupt`] for a chunk out of order or failing its hash; I/O errors.
+    /// [`SnapshotError::Corrupt`] for a chunk out of order or larger than a chunk may be; I/O
+    /// errors.
     pub fn push(&mut self, chunk: &SnapshotChunk) -> Result<(), SnapshotError> {
-        if chunk.index != self.chunks {
+        if chunk.index != self.chunks || chunk.data.len() > MAX_CHUNK_BYTES {
             return Err(SnapshotError::Corrupt {
                 chunk: chunk.index,
-                why: format!("chunk {} was expected next", self.chunks),
+                why: format!(
+                    "chunk {} of {} bytes where chunk {} was expected",
+                    chunk.index,
+                    chunk.data.len(),
+                    self.chunks
+                ),
             });
         }
-        chunk.verify()?;
         self.out
             .write_all(&(chunk.data.len() as u32).to_le_bytes())?;
         self.out.write_all(&chunk.hash)?;

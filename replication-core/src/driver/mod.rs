@@ -133,6 +133,19 @@ enum Internal {
         meta: SnapshotMeta,
         result: Result<(), SnapshotError>,
     },
+    /// A resumed transfer's chunks are staged again: receiving goes on from `held`.
+    ReceiveReady {
+        receiving: Box<Receiving>,
+        result: Result<u64, SnapshotError>,
+    },
+}
+
+/// A snapshot being received: its file, and the state machine's stage, which takes each chunk
+/// as it is stored so that the install at the end only switches to it.
+struct Receiving {
+    writer: SnapshotWriter,
+    digest: [u8; 32],
+    stage: Box<dyn SnapshotStage>,
 }
 
 /// A handle to a running replication node (one database on one server).
@@ -655,8 +668,8 @@ struct Driver<L, T, S> {
     /// The snapshot each replica's channel is being sent, open: a newer snapshot may replace
     /// its file meanwhile.
     serving: HashMap<ConnId, Arc<std::sync::Mutex<SnapshotFile>>>,
-    /// The snapshot being received from the source, and its digest.
-    receiving: Option<(SnapshotWriter, [u8; 32])>,
+    /// The snapshot being received from the source.
+    receiving: Option<Receiving>,
     taking_snapshot: bool,
     /// Compaction requests, answered with the log's base once their commands have run.
     compactions: Vec<oneshot::Sender<LogBase>>,
@@ -743,7 +756,68 @@ impl<L: TxLog, T: Transport, S: StateMachine> Driver<L, T, S> {
                 self.engine
                     .handle(now, Event::SnapshotInstalled { meta, result });
             }
+            Internal::ReceiveReady { receiving, result } => {
+                let digest = receiving.digest;
+                if result.is_ok() {
+                    self.receiving = Some(*receiving);
+                }
+                self.engine
+                    .handle(now, Event::SnapshotReceiving { digest, result });
+            }
         }
+    }
+
+    /// Gets ready to receive `meta`, keeping at most `from` chunks already stored: a stage of
+    /// the state machine takes the data as it comes; the chunks kept are staged again first,
+    /// on a blocking thread.
+    fn receive_snapshot(&mut self, meta: SnapshotMeta, from: u64) {
+        let refused = |driver: &mut Self, error| {
+            let now = driver.clock.now();
+            let event = Event::SnapshotReceiving {
+                digest: meta.digest,
+                result: Err(error),
+            };
+            driver.engine.handle(now, event);
+        };
+        self.receiving = None;
+        let Some(dir) = self.snapshots.clone() else {
+            return refused(self, SnapshotError::Unsupported);
+        };
+        let stage = match self.state_machine.stage(&meta.format, meta.last.tx_id) {
+            Ok(stage) => stage,
+            Err(error) => return refused(self, error),
+        };
+        let (writer, held) = match dir.receive(&meta, from) {
+            Ok(received) => received,
+            Err(error) => return refused(self, error),
+        };
+        let mut receiving = Box::new(Receiving {
+            writer,
+            digest: meta.digest,
+            stage,
+        });
+        if held == 0 {
+            self.receiving = Some(*receiving);
+            let now = self.clock.now();
+            let event = Event::SnapshotReceiving {
+                digest: meta.digest,
+                result: Ok(0),
+            };
+            return self.engine.handle(now, event);
+        }
+        let events = self.internal_tx.clone();
+        tokio::spawn(async move {
+            let staged = tokio::task::spawn_blocking(move || {
+                let result = dir.read_incoming(held, |data| receiving.stage.write(data));
+                (receiving, result.map(|()| held))
+            })
+            .await;
+            if let Ok((receiving, result)) = staged {
+                let _ = events
+                    .send(Internal::ReceiveReady { receiving, result })
+                    .await;
+            }
+        });
     }
 
     /// Starts a snapshot of the state machine: the export is read on a blocking thread.
@@ -862,16 +936,15 @@ impl<L: TxLog, T: Transport, S: StateMachine> Driver<L, T, S> {
         });
     }
 
-    /// Installs the snapshot received: checks it whole, switches the state machine to it on a
-    /// blocking thread, then starts the log again after it.
+    /// Installs the snapshot received: checks it whole and keeps it, switches the state
+    /// machine to the stage that took its chunks (on a blocking thread), then starts the log
+    /// again after it.
     fn install_snapshot(&mut self, meta: SnapshotMeta) {
-        let writer = self
+        let receiving = self
             .receiving
             .take()
-            .filter(|(_, digest)| *digest == meta.digest)
-            .map(|(writer, _)| writer);
-        let stage = self.state_machine.stage(&meta.format, meta.last.tx_id);
-        let (Some(writer), Some(dir), Ok(stage)) = (writer, self.snapshots.clone(), stage) else {
+            .filter(|receiving| receiving.digest == meta.digest);
+        let (Some(receiving), Some(dir)) = (receiving, self.snapshots.clone()) else {
             let now = self.clock.now();
             let result = Err(SnapshotError::Io(
                 "the snapshot received is not at hand to install".into(),
@@ -885,9 +958,10 @@ impl<L: TxLog, T: Transport, S: StateMachine> Driver<L, T, S> {
         tokio::spawn(async move {
             let expected = meta.clone();
             let installed = tokio::task::spawn_blocking(move || {
+                let Receiving { writer, stage, .. } = receiving;
                 writer.finish_expecting(&expected)?;
                 dir.discard_incoming();
-                install_file(&dir.path_for(expected.last.tx_id), &expected, stage)
+                stage.commit()
             })
             .await
             .unwrap_or_else(|error| Err(SnapshotError::Io(error.to_string())));
@@ -1264,24 +1338,14 @@ impl<L: TxLog, T: Transport, S: StateMachine> Driver<L, T, S> {
                 digest,
                 index,
             } => self.read_snapshot_chunk(conn, digest, index),
-            Command::SnapshotReceive { meta, from } => {
-                let result = match &self.snapshots {
-                    Some(dir) => dir.receive(&meta, from).map(|(writer, held)| {
-                        self.receiving = Some((writer, meta.digest));
-                        held
-                    }),
-                    None => Err(SnapshotError::Unsupported),
-                };
-                let now = self.clock.now();
-                let event = Event::SnapshotReceiving {
-                    digest: meta.digest,
-                    result,
-                };
-                self.engine.handle(now, event);
-            }
+            Command::SnapshotReceive { meta, from } => self.receive_snapshot(meta, from),
             Command::SnapshotStore { chunk } => {
                 let stored = match &mut self.receiving {
-                    Some((writer, digest)) => writer.push(&chunk).map_err(|e| (e, *digest)),
+                    Some(receiving) => receiving
+                        .writer
+                        .push(&chunk)
+                        .and_then(|()| receiving.stage.write(&chunk.data))
+                        .map_err(|e| (e, receiving.digest)),
                     None => Ok(()),
                 };
                 if let Err((error, digest)) = stored {

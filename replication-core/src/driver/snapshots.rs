@@ -170,6 +170,19 @@ impl SnapshotDir {
         Ok((SnapshotWriter::create(&temporary, &path)?, 0))
     }
 
+    /// Hands the data of the first `count` chunks of the snapshot being received to `take`,
+    /// verified, in order (to stage them again after a restart).
+    ///
+    /// # Errors
+    /// As [`SnapshotWriter::read_back`].
+    pub fn read_incoming(
+        &self,
+        count: u64,
+        take: impl FnMut(&[u8]) -> Result<(), SnapshotError>,
+    ) -> Result<(), SnapshotError> {
+        SnapshotWriter::read_back(&self.dir.join(INCOMING), count, take)
+    }
+
     /// Forgets the snapshot received in part, if any.
     pub fn discard_incoming(&self) {
         let _ = fs::remove_file(self.dir.join(INCOMING));
@@ -270,16 +283,31 @@ mod tests {
     }
 
     #[test]
-    fn a_chunk_out_of_order_or_damaged_is_not_stored() {
+    fn a_chunk_out_of_order_is_not_stored_and_a_damaged_one_is_found_when_read() {
         let dir = tempfile::tempdir().expect("tempdir");
         let snapshots = SnapshotDir::open(dir.path()).expect("open");
         let chunks: Vec<_> = (0..2).map(chunk).collect();
         let meta = meta_of(&chunks);
         let (mut writer, _) = snapshots.receive(&meta, 0).expect("receive");
         assert!(writer.push(&chunks[1]).is_err());
+        assert_eq!(writer.chunks(), 0);
+        // Damaged after its hash was checked (on disk, say): a resumption keeps nothing of it,
+        // and the whole does not add up to the snapshot offered.
         let mut damaged = chunks[0].clone();
         damaged.data = Bytes::from(vec![42u8; 100]);
-        assert!(writer.push(&damaged).is_err());
-        assert_eq!(writer.chunks(), 0);
+        writer.push(&damaged).expect("stored as handed over");
+        drop(writer);
+        let (mut writer, held) = snapshots.receive(&meta, 2).expect("resume");
+        assert_eq!(held, 0, "the damaged chunk is not kept");
+        writer.push(&damaged).expect("stored as handed over");
+        writer.push(&chunks[1]).expect("push");
+        // Its hash is the one offered, so the whole adds up, but reading it back (as the
+        // install does) refuses the chunk.
+        writer.finish_expecting(&meta).expect("finish");
+        let path = snapshots.path_for(meta.last.tx_id);
+        assert!(matches!(
+            SnapshotFile::verify(&path),
+            Err(SnapshotError::Corrupt { chunk: 0, .. })
+        ));
     }
 }

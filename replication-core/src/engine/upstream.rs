@@ -698,6 +698,15 @@ impl Upstream {
         };
         let next = match result {
             Ok(next) => next,
+            // The state machine cannot take this snapshot: an operator must look.
+            Err(
+                error @ (SnapshotError::Refused(_)
+                | SnapshotError::FormatMismatch { .. }
+                | SnapshotError::Unsupported),
+            ) => {
+                self.partial = None;
+                return self.stop(cx, ReplicationError::Snapshot(error));
+            }
             Err(error) => {
                 self.last_refusal = Some(format!("cannot store the source's snapshot: {error}"));
                 self.partial = None;
