@@ -112,6 +112,11 @@ if extra_dir:
          "quorum 0 to 4, in-memory transport or QUIC with mutual TLS on loopback, store-mem or "
          "store-file, 1 or 64 writers of 128-byte payloads. p50 and p99 from an HDR histogram of every "
          "write; the last column compares QUIC on store-file with the contended floor: every node's sync with as many syncing at once as there are nodes, plus a round trip when a replica must acknowledge."),
+        ("snapshot.md", "A new replica from a snapshot (#14)",
+         "`bash benches/compare/snapshot.sh`: a primary holding a million keys of 1 KiB; a new "
+         "replica created with `db create --replica-of ... --wait` (snapshot transfer, install, "
+         "catch-up) against `cp -r` + `sync` of the database's directory, and, before the log is "
+         "compacted, a replica replaying the whole log against reading the log's files."),
         ("soak.md", "Memory under sustained load",
          "`bash benches/compare/soak.sh`: the primary's resident memory, sampled every 5 s "
          "(`target/bench-results/soak.tsv`)."),

@@ -61,6 +61,10 @@ pub struct DbSettings {
     /// this many bytes; it then gets a snapshot when it returns (absent: always held back).
     #[serde(default)]
     pub max_replica_lag_bytes: Option<u64>,
+    /// A new replica replays its source's whole log (while the source still holds it) instead
+    /// of starting from a snapshot: every transaction, hash-chained, is on this replica too.
+    #[serde(default)]
+    pub replay_history: Option<bool>,
 }
 
 impl DbSettings {

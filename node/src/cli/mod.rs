@@ -249,6 +249,10 @@ struct SettingsArgs {
     /// it then gets a snapshot when it returns (default: always held back).
     #[arg(long, value_name = "BYTES")]
     max_replica_lag_bytes: Option<u64>,
+    /// As a new replica, replay the source's whole log (while it still holds it) rather than
+    /// start from its snapshot, to hold every transaction of the history here too.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    replay_history: Option<bool>,
 }
 
 impl From<SettingsArgs> for DbSettings {
@@ -269,6 +273,7 @@ impl From<SettingsArgs> for DbSettings {
             retain_txs: args.retain_txs,
             retain_bytes: args.retain_bytes,
             max_replica_lag_bytes: args.max_replica_lag_bytes,
+            replay_history: args.replay_history,
         }
     }
 }

@@ -249,6 +249,7 @@ pub(crate) async fn open(
     // Never a setting: an operator allows one rewind, for this run of the engine.
     config.allow_rewind = allow_rewind;
     config.min_epoch = Epoch(settings.min_epoch.unwrap_or(0));
+    config.prefer_snapshot = !settings.replay_history.unwrap_or(false);
     config.allowed_replicators = settings
         .replicators
         .as_ref()

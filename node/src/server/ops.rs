@@ -334,6 +334,8 @@ impl Server {
         settings.max_replica_lag_bytes = changes
             .max_replica_lag_bytes
             .or(settings.max_replica_lag_bytes);
+        // Taken at the next start of the engine: it matters only to a replica still empty.
+        settings.replay_history = changes.replay_history.or(settings.replay_history);
         database::check(&settings).map_err(bad)?;
         self.check_coordinator(&settings)?;
         let restart = restart || was_automatic != settings.automatic_failover();

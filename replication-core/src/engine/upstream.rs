@@ -476,6 +476,8 @@ impl Upstream {
                     committed_then: cx.log.committed(),
                     caught_up: false,
                 };
+                // Already there (after a snapshot that holds the source's commit point): say so.
+                self.on_committed(cx.log.committed());
                 cx.out.push_back(Command::Send {
                     conn,
                     message: Message::Ack {
