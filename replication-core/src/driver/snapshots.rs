@@ -18,7 +18,10 @@ const SUFFIX: &str = ".snap";
 const INCOMING: &str = "incoming.partial";
 const INCOMING_META: &str = "incoming.meta";
 
-/// A directory of snapshots. See the [module docs](self).
+/// A directory of snapshots: `snapshot-<last tx, 20 digits>.snap` for whole snapshots
+/// ([`SnapshotFile`]), `<name>.partial` while one is written, and `incoming.partial` with
+/// `incoming.meta` for the one being received, which a transfer resumes after its last whole
+/// chunk.
 #[derive(Debug, Clone)]
 pub struct SnapshotDir {
     dir: PathBuf,
