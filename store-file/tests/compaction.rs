@@ -484,3 +484,26 @@ async fn damage_around_the_base_is_named() {
         );
     }
 }
+
+#[tokio::test]
+async fn the_directory_lists_the_segments_an_open_log_holds_and_compaction_removes_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    build(dir.path(), "sizes").await;
+    let log = FileLog::open(dir.path(), options()).expect("open");
+    let listed = store_file::segment_sizes(dir.path()).expect("list");
+    let open = log.segments();
+    let firsts = |segments: &[(TxId, u64)]| segments.iter().map(|s| s.0).collect::<Vec<_>>();
+    assert_eq!(firsts(&listed), firsts(&open));
+    assert_eq!(
+        firsts(&listed),
+        vec![TxId(1), TxId(5), TxId(9), TxId(13), TxId(17)]
+    );
+    // Sealed segments are exact; the active one may count space prepared ahead.
+    assert_eq!(listed[..4], open[..4]);
+    assert!(listed[4].1 >= open[4].1);
+    log.compact(TxId(12)).await.expect("compact");
+    assert_eq!(
+        firsts(&store_file::segment_sizes(dir.path()).expect("list")),
+        vec![TxId(13), TxId(17)]
+    );
+}

@@ -80,6 +80,17 @@ pub fn run_log(command: LogCommand) -> Result<ExitCode> {
                         if let Some(claim) = &report.epoch_claim {
                             println!("{name}: last recorded primary: {claim}");
                         }
+                        if let Some(base) = &report.base
+                            && base.position.tx_id.0 > 0
+                        {
+                            println!(
+                                "{name}: the log begins after tx {} (hash {}, epoch {}): compacted, or started from a snapshot",
+                                base.position.tx_id, base.position.hash, base.epoch
+                            );
+                        }
+                        if let Some(unfinished) = &report.unfinished {
+                            println!("{name}: note: {unfinished}; opening the log finishes it");
+                        }
                         if let Some(torn) = report.torn_tail {
                             println!(
                                 "{name}: note: a torn record at the end ({torn}) will be cut off when the log is opened"

@@ -289,8 +289,11 @@ pub(crate) async fn open(
                 db: db.to_string(),
                 error,
             })?;
-            let files = log.clone();
-            let footprint: Footprint = Arc::new(move || files.segments());
+            // From the directory, not through the log: a handle would keep the log (and its
+            // lock) open past a restart of the engine.
+            let files = log_dir.to_path_buf();
+            let footprint: Footprint =
+                Arc::new(move || store_file::segment_sizes(&files).unwrap_or_default());
             let node = Node::start(config, policy, log, transport, store.clone(), options).await?;
             (node, Some(footprint))
         }
