@@ -586,7 +586,10 @@ fn a_replica_refuses_a_damaged_chunk_resumes_after_what_it_stored_and_installs()
                 chunk: chunks[2].clone()
             },
             ack_on(3),
-            Command::SnapshotInstall { meta: meta.clone() }
+            Command::SnapshotInstall {
+                meta: meta.clone(),
+                keep_dropped: false
+            }
         ]
     );
     assert_eq!(
@@ -803,4 +806,124 @@ fn a_replica_holding_the_snapshot_position_follows_the_log_from_there_and_drops_
         "{commands:?}"
     );
     assert_eq!(replica.status(T0).last, last, "nothing dropped");
+}
+
+#[test]
+fn a_replica_allowed_to_rewind_below_its_compacted_log_starts_again_from_a_snapshot_keeping_its_log()
+ {
+    // The replica's log begins after 10 (compacted); it committed 12 of a history its source
+    // lacks (an old primary after a forced promotion), and may rewind once.
+    let ours = history(12);
+    let mut config = EngineConfig::new(
+        "r1",
+        "db",
+        Role::Replica {
+            address: "p".into(),
+        },
+    );
+    config.snapshot_format = Some(format());
+    config.allow_rewind = true;
+    let recovered = Recovered {
+        state: LogState {
+            epoch: Epoch(1),
+            last: ours[11].position(),
+            durable: ours[11].position(),
+            committed: ours[11].position(),
+        },
+        epoch_claim: claim(1),
+        last_epoch: Epoch(1),
+        base: LogBase {
+            position: ours[9].position(),
+            epoch: Epoch(1),
+        },
+        ..Recovered::default()
+    };
+    let mut replica = Engine::new(config, Arc::new(Quorum::Async), recovered, T0);
+    replica.handle(T0, Event::Tick);
+    drain(&mut replica);
+    let connected = |replica: &mut Engine, conn: ConnId, at: Timestamp| {
+        replica.handle(
+            at,
+            Event::Connected {
+                conn,
+                peer: "p".into(),
+                address: "p".into(),
+                direction: Direction::Upstream,
+            },
+        );
+        drain(replica)
+    };
+    connected(&mut replica, SOURCE, T0);
+    replica.handle(
+        T0,
+        received(
+            SOURCE,
+            Message::Refused(Refusal::CommittedDivergence {
+                tx_id: TxId(12),
+                replica_hash: ours[11].hash,
+                source_hash: None,
+            }),
+        ),
+    );
+    drain(&mut replica);
+    // The search back for common ground passes the log's base: it asks for a snapshot.
+    let later = Timestamp(Duration::from_secs(1).as_micros() as u64);
+    replica.handle(later, Event::Tick);
+    drain(&mut replica);
+    let commands = connected(&mut replica, ConnId(5), later);
+    assert!(
+        matches!(
+            &commands[..],
+            [Command::Send {
+                message: Message::Subscribe {
+                    snapshot: SnapshotWish::Need,
+                    ..
+                },
+                ..
+            }]
+        ),
+        "{commands:?}"
+    );
+    // Another history's snapshot, up to 8: installed in place of the rewind, keeping its log.
+    let theirs: Vec<Tx> = {
+        let mut prev = LogPosition::START;
+        (0..8)
+            .map(|i| {
+                let tx = Tx::new(prev, Epoch(2), Bytes::from(format!("theirs {i}")));
+                prev = tx.position();
+                tx
+            })
+            .collect()
+    };
+    let (meta, chunks) = snapshot_at(&theirs[7]);
+    replica.handle(
+        later,
+        received(
+            ConnId(5),
+            Message::SnapshotOffer {
+                claim: EpochClaim::new(Epoch(2), Some(ReplicaId::new("q", "db"))),
+                meta: meta.clone(),
+            },
+        ),
+    );
+    drain(&mut replica);
+    replica.handle(
+        later,
+        Event::SnapshotReceiving {
+            digest: meta.digest,
+            result: Ok(0),
+        },
+    );
+    drain(&mut replica);
+    for chunk in &chunks {
+        replica.handle(later, received(ConnId(5), chunk_message(chunk)));
+    }
+    let commands = drain(&mut replica);
+    assert_eq!(
+        commands.last(),
+        Some(&Command::SnapshotInstall {
+            meta,
+            keep_dropped: true
+        })
+    );
 }

@@ -613,6 +613,26 @@ async fn restore<L: TxLog, S: StateMachine>(
     Ok(Some(meta))
 }
 
+/// Keeps every transaction `log` holds in `sink` (a replica starting again from a snapshot in
+/// place of a rewind); `None` when it holds none.
+async fn keep_log<L: TxLog>(
+    log: &L,
+    sink: &Arc<dyn RollbackSink>,
+) -> Result<Option<Rollback>, LogError> {
+    let state = log.state().await?;
+    let first = log.base().await?.first();
+    if state.last.tx_id < first {
+        return Ok(None);
+    }
+    let location = rollback::keep(log, sink, first, state.last.tx_id).await?;
+    Ok(Some(Rollback {
+        from: first,
+        to: state.last.tx_id,
+        location,
+        committed_to: Some(state.committed.tx_id).filter(|c| *c >= first),
+    }))
+}
+
 /// Reads the snapshot at `path`, which must be `meta`, into `stage`, verifying every chunk and
 /// the digest of all before the stage switches the state machine to it.
 fn install_file(
@@ -939,7 +959,7 @@ impl<L: TxLog, T: Transport, S: StateMachine> Driver<L, T, S> {
     /// Installs the snapshot received: checks it whole and keeps it, switches the state
     /// machine to the stage that took its chunks (on a blocking thread), then starts the log
     /// again after it.
-    fn install_snapshot(&mut self, meta: SnapshotMeta) {
+    fn install_snapshot(&mut self, meta: SnapshotMeta, keep_dropped: bool) {
         let receiving = self
             .receiving
             .take()
@@ -955,7 +975,28 @@ impl<L: TxLog, T: Transport, S: StateMachine> Driver<L, T, S> {
         };
         let log = self.log.clone();
         let events = self.internal_tx.clone();
+        let sink = self.options.rollback.clone().filter(|_| keep_dropped);
         tokio::spawn(async move {
+            // In place of a rewind: what the log holds goes, kept first (nothing goes if that
+            // fails).
+            if let Some(sink) = sink {
+                match keep_log(&*log, &sink).await {
+                    Ok(Some(rollback)) => {
+                        let event = Event::RolledBack(rollback);
+                        let _ = events.send(Internal::Engine(event)).await;
+                    }
+                    Ok(None) => {}
+                    Err(error) => {
+                        let result = Err(SnapshotError::Io(format!(
+                            "keeping the transactions the snapshot replaces: {error}"
+                        )));
+                        let _ = events
+                            .send(Internal::SnapshotInstalled { meta, result })
+                            .await;
+                        return;
+                    }
+                }
+            }
             let expected = meta.clone();
             let installed = tokio::task::spawn_blocking(move || {
                 let Receiving { writer, stage, .. } = receiving;
@@ -1359,7 +1400,9 @@ impl<L: TxLog, T: Transport, S: StateMachine> Driver<L, T, S> {
                     self.engine.handle(now, event);
                 }
             }
-            Command::SnapshotInstall { meta } => self.install_snapshot(meta),
+            Command::SnapshotInstall { meta, keep_dropped } => {
+                self.install_snapshot(meta, keep_dropped)
+            }
             Command::TakeSnapshot => self.take_snapshot(None),
             Command::Compact { up_to } => {
                 let base = self

@@ -94,6 +94,10 @@ pub enum Command {
     SnapshotInstall {
         /// The snapshot.
         meta: SnapshotMeta,
+        /// The replica starts again from the snapshot in place of a rewind (its history
+        /// differs from the source's below its own log's base): what its log holds is kept in
+        /// the rollback sink before it goes, and reported as [`super::Event::RolledBack`].
+        keep_dropped: bool,
     },
     /// Take a snapshot of the state machine (a replica needs one and none is held), and
     /// report it as [`super::Event::SnapshotTaken`].

@@ -773,6 +773,7 @@ impl Upstream {
         };
         cx.out.push_back(Command::SnapshotInstall {
             meta: partial.meta.clone(),
+            keep_dropped: self.wants_snapshot,
         });
     }
 

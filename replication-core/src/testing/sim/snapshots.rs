@@ -263,7 +263,7 @@ impl World {
                     .map_err(|error| format!("{name}: stores a damaged chunk: {error}"))?;
                 chunks.push(chunk);
             }
-            Command::SnapshotInstall { meta } => {
+            Command::SnapshotInstall { meta, .. } => {
                 let delay = self.snapshots.rng.range(100, 20_000);
                 self.schedule(
                     delay,
