@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::{Server, cli, free_port, init_certs, json, until_ok, until_status};
 
-/// Bytes per second each server sends a snapshot at: about 6 s for the 6 MB written below.
+/// Bytes per second each server sends a snapshot at: about 8 s for the 8 MB written below.
 const RATE: &str = "1000000";
 
 /// Log segments of 256 KiB: compaction removes whole segments.
@@ -88,7 +88,7 @@ fn a_new_replica_starts_from_a_snapshot_through_kills_of_either_side_and_a_casca
     let mut n1 = start("n1", p1, root);
     let a1 = n1.address();
     until_ok(root, &a1, &["db", "create", "app", "--retain-txs", "100"]);
-    // 6,000 keys of 1 KiB.
+    // 8,000 keys of 1 KiB.
     let filled = until_ok(
         root,
         &a1,
@@ -99,7 +99,7 @@ fn a_new_replica_starts_from_a_snapshot_through_kills_of_either_side_and_a_casca
             "--clients",
             "8",
             "--count",
-            "6000",
+            "8000",
             "--value-size",
             "1024",
         ],
@@ -110,7 +110,7 @@ fn a_new_replica_starts_from_a_snapshot_through_kills_of_either_side_and_a_casca
     let base = compacted["base_after"].as_u64().expect("base_after");
     // Whole segments of about 250 transactions go, up to the 100 retained.
     assert!(
-        (5400..=5900).contains(&base),
+        (7400..=7900).contains(&base),
         "the log begins after {base}: {compacted}"
     );
     let status1 = status(root, &a1, "app");
@@ -192,11 +192,38 @@ fn a_new_replica_starts_from_a_snapshot_through_kills_of_either_side_and_a_casca
             lowest.get()
         );
     }
+    // The receiver dies once more, later in the transfer.
+    let before = wait_for(root, &a2, "app", "a later point of the transfer", |s| {
+        s["phase"] == "streaming"
+            || bytes_held(s).is_some_and(|now| {
+                now * 3 >= 2 * s["progress"]["bytes_total"].as_u64().unwrap_or(u64::MAX)
+            })
+    });
+    let receiver_killed_again = before["phase"] != "streaming";
+    let n2 = if receiver_killed_again {
+        let held = bytes_held(&before).expect("bytes held");
+        drop(n2);
+        let n2 = start("n2", p2, root);
+        let resumed = wait_for(root, &a2, "app", "the transfer resumed again", |s| {
+            bytes_held(s).is_some() || s["phase"] == "streaming"
+        });
+        eprintln!(
+            "receiver killed again holding {held} bytes; restarted holding {:?}",
+            bytes_held(&resumed)
+        );
+        if let Some(now_held) = bytes_held(&resumed) {
+            assert!(now_held + (1 << 20) >= held, "{now_held} after {held}");
+        }
+        n2
+    } else {
+        n2
+    };
     let streaming = wait_for(root, &a2, "app", "streaming", |s| s["phase"] == "streaming");
     assert!(streaming["log_base"].as_u64() >= Some(base), "{streaming}");
     assert!(
-        sender_killed,
-        "the transfer ended before the sender could be killed in the middle of it"
+        sender_killed && receiver_killed_again,
+        "the transfer ended before the sender and the receiver again could be killed in the \
+         middle of it"
     );
     // Writes go on, and the states agree.
     let more = until_ok(

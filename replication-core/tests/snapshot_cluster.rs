@@ -386,3 +386,110 @@ async fn a_replica_of_another_snapshot_format_stops_and_says_why() {
     );
     assert_eq!(stopped.last.tx_id, TxId::ZERO, "nothing installed");
 }
+
+/// A history of `count` transactions in epoch 1, tagged so that two tags are two histories.
+fn history(count: usize, tag: &str) -> Vec<replication_core::Tx> {
+    let mut prev = LogPosition::START;
+    (0..count)
+        .map(|i| {
+            let tx = replication_core::Tx::new(
+                prev,
+                replication_core::Epoch(1),
+                Bytes::from(format!("{tag} {i}")),
+            );
+            prev = tx.position();
+            tx
+        })
+        .collect()
+}
+
+/// A log holding `txs`, durable, committed up to `committed`.
+async fn log_of(txs: &[replication_core::Tx], committed: u64) -> MemLog {
+    use replication_core::TxLog;
+    let log = MemLog::new();
+    if !txs.is_empty() {
+        log.append(txs.to_vec())
+            .await
+            .expect("append")
+            .await
+            .expect("durable");
+        log.commit(TxId(committed)).await.expect("commit");
+    }
+    log
+}
+
+/// Writes, in `dir`'s snapshot directory, the snapshot of the state that applied `txs`.
+fn snapshot_of(dir: &std::path::Path, txs: &[replication_core::Tx]) {
+    use replication_core::StateMachine;
+    use replication_core::driver::SnapshotDir;
+    use replication_core::snapshot::SnapshotFile;
+    let mut machine = RecordingStateMachine::default();
+    for tx in txs {
+        machine.apply(tx);
+    }
+    let (last, mut export) = machine.export().expect("export");
+    let snapshots = SnapshotDir::open(dir.join("snapshots")).expect("snapshot dir");
+    let tx = &txs[last.0 as usize - 1];
+    SnapshotFile::write(
+        &snapshots.path_for(last),
+        machine.snapshot_format().expect("a format"),
+        tx.position(),
+        tx.epoch,
+        &mut *export,
+        400,
+    )
+    .expect("write the snapshot");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_install_a_crash_interrupted_is_finished_at_the_next_start() {
+    // The replica stored the source's snapshot (history a, up to 30) and crashed before its
+    // log, of history b, started again after it.
+    let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
+    let ours = history(10, "b");
+    let theirs = history(30, "a");
+    snapshot_of(dir.path(), &theirs);
+    let network = MemNetwork::new();
+    let replica = start(
+        &network,
+        "r1",
+        replica_of("p"),
+        RecordingStateMachine::default(),
+        log_of(&ours, 5).await,
+        Some(dir.clone()),
+    )
+    .await;
+    let status = status(&replica).await;
+    assert_eq!(status.base.position, theirs[29].position());
+    assert_eq!(status.last, theirs[29].position());
+    assert_eq!(status.committed, TxId(30));
+    let expected: Vec<LogPosition> = theirs.iter().map(|tx| tx.position()).collect();
+    assert_eq!(replica.machine.positions(), expected);
+    assert_eq!(replica.log.first(), TxId(31));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_restores_the_state_from_the_latest_snapshot_and_replays_the_rest() {
+    // A primary's log holds 40 of one history, a snapshot up to 30 of it: the state comes
+    // from the snapshot and 31..=40 from the log, which stays whole.
+    let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
+    let txs = history(40, "a");
+    snapshot_of(dir.path(), &txs[..30]);
+    let network = MemNetwork::new();
+    let primary = start(
+        &network,
+        "p",
+        Role::Primary,
+        RecordingStateMachine::default(),
+        log_of(&txs, 40).await,
+        Some(dir.clone()),
+    )
+    .await;
+    let expected: Vec<LogPosition> = txs.iter().map(|tx| tx.position()).collect();
+    assert_eq!(primary.machine.positions(), expected);
+    assert_eq!(primary.log.first(), TxId(1), "the log is untouched");
+    assert_eq!(
+        status(&primary).await.snapshot.map(|(last, _)| last),
+        Some(TxId(30))
+    );
+}
