@@ -119,13 +119,25 @@ impl World {
             .iter()
             .filter_map(|m| self.topology.index(m.node.as_str()))
             .collect();
-        let up: Vec<usize> = members
+        // As `repnode failover plan` ranks every server it is given, the candidates are the
+        // members and every other replica of the lost primary that answers: one promoted by a
+        // switchover may be lost before the old primary, repointed to it, joined its
+        // membership, and that one holds what it inherited (simulation seed 6037).
+        let mut up: Vec<usize> = members
             .iter()
             .copied()
+            .chain(
+                self.topology
+                    .replicas_of(old)
+                    .filter_map(|spec| self.topology.index(spec.name.as_str())),
+            )
             .filter(|&m| self.nodes[m].is_up())
             .collect();
+        up.sort_unstable();
+        up.dedup();
         // The plan's rule waits for every member; a forced promotion takes any that answers.
-        if up.is_empty() || (!forced && up.len() < members.len()) {
+        let members_up = members.iter().filter(|&&m| self.nodes[m].is_up()).count();
+        if up.is_empty() || (!forced && members_up < members.len()) {
             self.schedule(100_000, SimEvent::Promote);
             return Ok(());
         }

@@ -809,7 +809,18 @@ impl World {
         // until then its relay cannot tell the difference from a lag.
         if let Failover::Done { forced: true, .. } = self.failover {
             self.promote_again_if_taken();
-            self.workload.more(4);
+            // Enough to pass the furthest commit point of the old history: a cascaded replica
+            // may have committed far beyond the new primary (seed 87719: 18 transactions,
+            // behind a relay that started again from a snapshot).
+            let furthest = self
+                .nodes
+                .iter()
+                .map(|n| n.disk.committed())
+                .max()
+                .unwrap_or(0);
+            let new_primary = self.nodes[self.primary()].disk.committed();
+            self.workload
+                .more(4 + furthest.saturating_sub(new_primary) as usize);
             self.schedule(1_000, SimEvent::ClientWrite);
         }
         for node in 0..self.nodes.len() {
