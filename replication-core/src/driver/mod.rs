@@ -1322,6 +1322,14 @@ impl<L: TxLog, T: Transport, S: StateMachine> Driver<L, T, S> {
                 self.engine.handle(now, event);
             }
             Command::Send { conn, message } => {
+                // A channel past its snapshot transfer lets go of the file it read: an open
+                // file keeps its disk space after a newer snapshot replaced it.
+                if !matches!(
+                    message,
+                    Message::SnapshotChunk { .. } | Message::SnapshotOffer { .. }
+                ) {
+                    self.serving.remove(&conn);
+                }
                 let key = batch_key(&message);
                 let cached = match (&key, &self.last_batch_frame) {
                     // Equal ids, last hash and commit point mean equal transactions: the hash
