@@ -73,6 +73,19 @@ async fn start(
     }
 }
 
+/// A new, empty node `name` in `role`, with a directory of its own.
+async fn fresh(network: &MemNetwork, name: &str, role: Role) -> TestNode {
+    start(
+        network,
+        name,
+        role,
+        RecordingStateMachine::default(),
+        MemLog::new(),
+        None,
+    )
+    .await
+}
+
 async fn write(primary: &TestNode, count: usize) -> TxId {
     let mut last = TxId::ZERO;
     for i in 0..count {
@@ -127,15 +140,7 @@ async fn same_state(primary: &TestNode, replica: &TestNode) {
 
 /// A primary holding `count` transactions, snapshotted and fully compacted.
 async fn compacted_primary(network: &MemNetwork, count: usize) -> TestNode {
-    let primary = start(
-        network,
-        "p",
-        Role::Primary,
-        RecordingStateMachine::default(),
-        MemLog::new(),
-        None,
-    )
-    .await;
+    let primary = fresh(network, "p", Role::Primary).await;
     let last = write(&primary, count).await;
     let meta = primary.node.take_snapshot().await.expect("snapshot");
     assert_eq!(meta.last.tx_id, last);
@@ -153,15 +158,7 @@ async fn compacted_primary(network: &MemNetwork, count: usize) -> TestNode {
 async fn a_fresh_replica_of_a_fully_compacted_primary_starts_from_its_snapshot() {
     let network = MemNetwork::new();
     let primary = compacted_primary(&network, 60).await;
-    let replica = start(
-        &network,
-        "r1",
-        replica_of("p"),
-        RecordingStateMachine::default(),
-        MemLog::new(),
-        None,
-    )
-    .await;
+    let replica = fresh(&network, "r1", replica_of("p")).await;
     let installed = until(&replica, "the install", |s| {
         s.base.position.tx_id == TxId(60)
     })
@@ -183,30 +180,14 @@ async fn a_fresh_replica_of_a_fully_compacted_primary_starts_from_its_snapshot()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_of_an_empty_database_is_taken_sent_and_installed() {
     let network = MemNetwork::new();
-    let primary = start(
-        &network,
-        "p",
-        Role::Primary,
-        RecordingStateMachine::default(),
-        MemLog::new(),
-        None,
-    )
-    .await;
+    let primary = fresh(&network, "p", Role::Primary).await;
     let meta = primary.node.take_snapshot().await.expect("snapshot");
     assert_eq!(
         (meta.last, meta.chunks, meta.bytes),
         (LogPosition::START, 0, 0)
     );
     // An empty replica prefers a snapshot only of something: it streams from the log.
-    let replica = start(
-        &network,
-        "r1",
-        replica_of("p"),
-        RecordingStateMachine::default(),
-        MemLog::new(),
-        None,
-    )
-    .await;
+    let replica = fresh(&network, "r1", replica_of("p")).await;
     write(&primary, 3).await;
     same_state(&primary, &replica).await;
 }
@@ -215,15 +196,7 @@ async fn a_snapshot_of_an_empty_database_is_taken_sent_and_installed() {
 async fn a_replica_of_a_replica_starts_from_its_parents_snapshot() {
     let network = MemNetwork::new();
     let primary = compacted_primary(&network, 40).await;
-    let relay = start(
-        &network,
-        "r1",
-        replica_of("p"),
-        RecordingStateMachine::default(),
-        MemLog::new(),
-        None,
-    )
-    .await;
+    let relay = fresh(&network, "r1", replica_of("p")).await;
     write(&primary, 10).await;
     same_state(&primary, &relay).await;
     // The relay snapshots and compacts its own log.
@@ -234,15 +207,7 @@ async fn a_replica_of_a_replica_starts_from_its_parents_snapshot() {
         .compact(TxId(50), TxId::ZERO)
         .await
         .expect("compact");
-    let leaf = start(
-        &network,
-        "r2",
-        replica_of("r1"),
-        RecordingStateMachine::default(),
-        MemLog::new(),
-        None,
-    )
-    .await;
+    let leaf = fresh(&network, "r2", replica_of("r1")).await;
     until(&leaf, "the install of the relay's snapshot", |s| {
         s.base.position.tx_id == TxId(50)
     })
@@ -257,15 +222,7 @@ async fn a_damaged_chunk_is_refused_and_sent_again() {
     let primary = compacted_primary(&network, 80).await;
     // The next frame from p of at least 300 bytes is a chunk (chunks are 400 bytes).
     network.corrupt_next_frame("p", 300);
-    let replica = start(
-        &network,
-        "r1",
-        replica_of("p"),
-        RecordingStateMachine::default(),
-        MemLog::new(),
-        None,
-    )
-    .await;
+    let replica = fresh(&network, "r1", replica_of("p")).await;
     until(&replica, "the install", |s| {
         s.base.position.tx_id == TxId(80)
     })
@@ -278,15 +235,7 @@ async fn compaction_during_a_transfer_spares_what_the_replica_needs_after_it() {
     let network = MemNetwork::new();
     let primary = compacted_primary(&network, 200).await;
     network.set_latency(Duration::from_millis(2));
-    let replica = start(
-        &network,
-        "r1",
-        replica_of("p"),
-        RecordingStateMachine::default(),
-        MemLog::new(),
-        None,
-    )
-    .await;
+    let replica = fresh(&network, "r1", replica_of("p")).await;
     until(&replica, "the transfer", |s| {
         s.upstream == Some(UpstreamState::ReceivingSnapshot)
     })
