@@ -6,6 +6,8 @@
 #                      the node's failover tests start it on loopback)
 #   protobuf-compiler  `protoc`, and libprotobuf-dev its well-known types: the etcd-client
 #   libprotobuf-dev    crate compiles etcd's API definitions when it builds
+#   python3-prometheus-client  Python's OpenMetrics parser: node/tests/operator.rs parses
+#                      the metrics endpoint with it (a real parser, not string matching)
 # Tests that need one of them and do not find it fail naming the package; they never skip.
 set -euo pipefail
 need=()
@@ -14,6 +16,7 @@ command -v nft >/dev/null 2>&1 || need+=(nftables)
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 [ -f /usr/include/google/protobuf/descriptor.proto ] || need+=(libprotobuf-dev)
+/usr/bin/python3 -c 'import prometheus_client' >/dev/null 2>&1 || need+=(python3-prometheus-client)
 if ((${#need[@]})); then
     if [ "$(id -u)" -ne 0 ]; then
         echo "ci/deps.sh: missing ${need[*]}; install them as root: apt-get install ${need[*]}" >&2

@@ -29,3 +29,15 @@ pub mod routing;
 pub mod server;
 pub mod switchover;
 pub mod wire;
+
+/// The commit this binary was built from (`git rev-parse --short HEAD` at build time), or
+/// `unknown` when built outside a Git checkout.
+pub const BUILD_COMMIT: &str = env!("REPNODE_BUILD_COMMIT");
+
+/// The version `repnode --version` prints: the crate's version and the commit.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("REPNODE_BUILD_COMMIT"),
+    ")"
+);

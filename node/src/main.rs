@@ -12,13 +12,10 @@ use clap::Parser;
 use cli::Cli;
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let outcome = cli::prepare(Cli::parse()).and_then(|command| {
+    let cli = Cli::parse();
+    init_logging(cli.logging());
+    let json = cli.wants_json();
+    let outcome = cli::prepare(cli).and_then(|command| {
         let mut runtime = tokio::runtime::Builder::new_multi_thread();
         // Chosen before the runtime exists, hence resolved (config file read) before it.
         if let Some(threads) = command.worker_threads() {
@@ -28,9 +25,27 @@ fn main() -> ExitCode {
     });
     match outcome {
         Ok(code) => code,
-        Err(error) => {
-            eprintln!("error: {error:#}");
-            ExitCode::FAILURE
-        }
+        Err(error) => cli::exit::report(&error, json),
+    }
+}
+
+/// Logs to stderr: as text (coloured only on a terminal) or one JSON object per line, at
+/// `RUST_LOG`'s level, else the command's default (`info` for a server, `warn` for the
+/// others, whose output is their answer).
+fn init_logging(logging: cli::Logging) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| logging.default_level.into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if logging.json {
+        builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .init();
+    } else {
+        builder.with_ansi(std::io::stderr().is_terminal()).init();
     }
 }

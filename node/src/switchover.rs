@@ -350,10 +350,10 @@ async fn ask(client: &mut Client, server: &str, request: &Request) -> Result<Res
     }
 }
 
-/// A request answered with [`Response::Ok`].
+/// A request answered with [`Response::Ok`] or [`Response::Done`].
 async fn expect_ok(client: &mut Client, server: &str, request: &Request) -> Result<(), String> {
     match ask(client, server, request).await? {
-        Response::Ok => Ok(()),
+        Response::Ok | Response::Done { .. } => Ok(()),
         other => Err(format!("{server}: unexpected answer {other:?}")),
     }
 }

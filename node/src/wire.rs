@@ -225,6 +225,20 @@ pub struct StatusReport {
     pub upstream: Option<String>,
     /// The last replication error.
     pub last_error: Option<String>,
+    /// A replica's link to its source failing: the cause, the attempts and when (`None` while
+    /// it works).
+    pub link_error: Option<LinkErrorReport>,
+    /// A replica's source, as this replica sees it.
+    pub source: Option<SourceReport>,
+    /// Why the log refuses every write and acknowledgement (a failed write or sync): the
+    /// database needs a restart, which recovers its log.
+    pub log_failure: Option<String>,
+    /// On a primary: whether the replicas connected now can meet its policy (`false`: new
+    /// writes wait for more to connect).
+    pub policy_met_by_connected: Option<bool>,
+    /// Warnings about settings the present state cannot honour (a quorum more replicas than
+    /// are connected can meet, for example).
+    pub warnings: Vec<String>,
     /// The replicas of this database: those heard from since it started, and every member.
     pub replicas: Vec<ReplicaReport>,
     /// The durable membership (`node/database`): the replicas its quorum policy counts.
@@ -247,6 +261,42 @@ pub struct StatusReport {
     pub progress: Option<ProgressReport>,
     /// Under automatic failover, what this member's failover agent sees and does.
     pub failover: Option<FailoverReport>,
+}
+
+/// A replica's link to its source failing, from its first failure until it streams again.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkErrorReport {
+    /// The kind of the last failure: `unreachable`, `certificate`, `unknown_database`,
+    /// `not_allowed`, `refused`, `timeout`, `connection_lost`, `snapshot` or `stopped`.
+    pub cause: String,
+    /// The last failure, in words.
+    pub message: String,
+    /// Failed attempts since the link last worked.
+    pub attempts: u64,
+    /// When the last attempt failed (RFC 3339, UTC).
+    pub last_attempt_at: String,
+    /// How long the link has been failing, in milliseconds.
+    pub failing_for_ms: u64,
+}
+
+/// A replica's source, as the replica sees it (`pg_stat_wal_receiver`, immudb's replication
+/// lag).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceReport {
+    /// `HOST:PORT/DB`.
+    pub address: String,
+    /// Whether the replica streams from it now.
+    pub streaming: bool,
+    /// Its commit point as last heard.
+    pub committed_tx_id: Option<u64>,
+    /// Transactions it has committed that this replica has not, as last heard.
+    pub lag_txs: Option<u64>,
+    /// For how long this replica's commit point has trailed the source's, in milliseconds.
+    pub lag_ms: Option<u64>,
+    /// Connections dialled to it since this server started.
+    pub connects: u64,
+    /// Failures of the link since this server started, by cause (every cause listed).
+    pub errors: Vec<(String, u64)>,
 }
 
 /// A snapshot a database holds.
@@ -342,8 +392,10 @@ pub struct Position {
 /// One replica in a status report.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ReplicaReport {
+    /// The replica, `node/database`: as the membership lists it and the metrics label it.
+    pub replica: String,
     /// Its node's identity.
-    pub id: String,
+    pub node: String,
     /// Its database on that node.
     pub database: String,
     /// Whether it is a member: its quorum policy counts it, connected or not.
@@ -428,6 +480,12 @@ pub enum Response {
     },
     /// Done.
     Ok,
+    /// Done, with what the operator should know (replicas a deleted database leaves
+    /// behind, a policy the connected replicas cannot meet, ...).
+    Done {
+        /// The warnings, each a sentence; empty when there is nothing to say.
+        warnings: Vec<String>,
+    },
     /// Refused or failed.
     Error {
         /// What kind of failure.

@@ -70,7 +70,7 @@ async fn the_external_replicator_copies_committed_transactions_and_forgeries_are
             }
         )
         .await,
-        Response::Ok
+        Response::Done { .. }
     ));
     let mirror = DbSettings {
         external_replicator: true,
@@ -85,7 +85,7 @@ async fn the_external_replicator_copies_committed_transactions_and_forgeries_are
             }
         )
         .await,
-        Response::Ok
+        Response::Done { .. }
     ));
     for i in 0..20 {
         let ops = vec![KvOp::Set {
@@ -224,7 +224,7 @@ async fn the_external_replicator_copies_committed_transactions_and_forgeries_are
             }
         )
         .await,
-        Response::Ok
+        Response::Done { .. }
     ));
     let mirror2 = DbSettings {
         external_replicator: true,
@@ -239,7 +239,7 @@ async fn the_external_replicator_copies_committed_transactions_and_forgeries_are
             }
         )
         .await,
-        Response::Ok
+        Response::Done { .. }
     ));
     let identity = TlsIdentity::load(&certs, "client").expect("client identity");
     let refused = node::replicator::copy(&a1, "closed", &a2, "mirror2", identity, Some(TxId(1)))

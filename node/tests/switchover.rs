@@ -28,7 +28,7 @@ fn switch_over(root: &Path, from: &str, to: &str) -> serde_json::Value {
     for field in ["db", "from", "to", "epoch", "unavailable_ms", "committed"] {
         assert!(!done[field].is_null(), "{field} in {done}");
     }
-    assert_eq!(done["db"], "app");
+    assert_eq!(done["database"], "app");
     assert_eq!(done["from"], from);
     assert_eq!(done["to"], to);
     assert!(done["committed"]["tx_id"].is_u64() && done["committed"]["hash"].is_string());

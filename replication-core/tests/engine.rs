@@ -1764,3 +1764,182 @@ fn a_relay_tells_a_replica_of_another_history_from_one_it_lags() {
         );
     }
 }
+
+/// Dials the source once its retry is due (ticking forward from `at`); returns when it dialled.
+fn redial(engine: &mut Engine, mut at: Timestamp) -> Timestamp {
+    for _ in 0..1000 {
+        at = at.plus(Duration::from_millis(50));
+        engine.handle(at, Event::Tick);
+        if drain(engine).contains(&Command::Connect {
+            address: "p".into(),
+        }) {
+            return at;
+        }
+    }
+    panic!("the replica never dialled its source again");
+}
+
+#[test]
+fn a_failing_link_shows_its_cause_attempts_and_history_until_it_streams_again() {
+    use replication_core::engine::LinkErrorCause;
+    let config = EngineConfig::new(
+        "r1",
+        "db",
+        Role::Replica {
+            address: "p".into(),
+        },
+    );
+    let mut engine = Engine::new(config, Arc::new(Quorum::Async), Recovered::default(), T0);
+    engine.handle(T0, Event::Tick);
+    assert_eq!(
+        drain(&mut engine),
+        vec![Command::Connect {
+            address: "p".into()
+        }]
+    );
+    assert_eq!(engine.status(T0).link_trouble, None, "no failure yet");
+
+    // Three unreachable attempts: one cause, counted, the last attempt's time kept.
+    let mut at = T0;
+    for attempt in 1..=3u64 {
+        let failure = Event::ConnectFailed {
+            reason: "cannot reach p: timed out".into(),
+            cause: LinkErrorCause::Unreachable,
+        };
+        engine.handle(at, failure);
+        let trouble = engine.status(at).link_trouble.expect("a failure is shown");
+        assert_eq!(
+            (trouble.cause, trouble.attempts, trouble.message.as_str()),
+            (
+                LinkErrorCause::Unreachable,
+                attempt,
+                "cannot reach p: timed out"
+            ),
+            "attempt {attempt}"
+        );
+        at = redial(&mut engine, at);
+    }
+    let status = engine.status(at);
+    let trouble = status.link_trouble.expect("still failing");
+    assert!(
+        trouble.since_last_attempt > Duration::ZERO
+            && trouble.since_first > trouble.since_last_attempt,
+        "times since the last and the first failure: {trouble:?}"
+    );
+    assert_eq!(status.link_connects, 4, "the first dial and three retries");
+    assert_eq!(status.source_address.as_deref(), Some("p"));
+
+    // The source answers but lacks the database: a new cause, with what fixes it.
+    engine.handle(
+        at,
+        Event::Connected {
+            conn: SOURCE,
+            peer: NodeId::new("p"),
+            address: "p".into(),
+            direction: Direction::Upstream,
+        },
+    );
+    drain(&mut engine);
+    engine.handle(
+        at,
+        Event::Received {
+            conn: SOURCE,
+            message: Message::Refused(Refusal::UnknownDatabase("db".into())),
+        },
+    );
+    drain(&mut engine);
+    let status = engine.status(at);
+    let trouble = status.link_trouble.clone().expect("refused");
+    assert_eq!(
+        (trouble.cause, trouble.attempts),
+        (LinkErrorCause::UnknownDatabase, 4)
+    );
+    assert!(
+        trouble.message.contains("unknown database") && trouble.message.contains("create it there"),
+        "the refusal names its fix: {}",
+        trouble.message
+    );
+    assert_eq!(status.last_error.as_deref(), Some(trouble.message.as_str()));
+    let count = |status: &replication_core::engine::EngineStatus, cause| {
+        status
+            .link_errors
+            .iter()
+            .find(|(c, _)| *c == cause)
+            .map(|(_, n)| *n)
+    };
+    assert_eq!(count(&status, LinkErrorCause::Unreachable), Some(3));
+    assert_eq!(count(&status, LinkErrorCause::UnknownDatabase), Some(1));
+    assert_eq!(
+        count(&status, LinkErrorCause::Certificate),
+        Some(0),
+        "every cause is listed"
+    );
+
+    // Accepted: the failure is over, its counts stay.
+    at = redial(&mut engine, at);
+    engine.handle(
+        at,
+        Event::Connected {
+            conn: SOURCE,
+            peer: NodeId::new("p"),
+            address: "p".into(),
+            direction: Direction::Upstream,
+        },
+    );
+    drain(&mut engine);
+    engine.handle(
+        at,
+        Event::Received {
+            conn: SOURCE,
+            message: accepted(1, 0),
+        },
+    );
+    let status = engine.status(at);
+    assert_eq!(status.link_trouble, None, "streaming again");
+    assert_eq!(status.last_error, None);
+    assert_eq!(count(&status, LinkErrorCause::Unreachable), Some(3));
+
+    // The source's commit point as last heard, and since when this replica trails it.
+    assert_eq!(status.source_lag, Some((TxId(0), Duration::ZERO)));
+    let committed = Message::Committed {
+        claim: claim(1),
+        committed: TxId(3),
+    };
+    engine.handle(
+        at,
+        Event::Received {
+            conn: SOURCE,
+            message: committed,
+        },
+    );
+    let later = at.plus(Duration::from_millis(1500));
+    engine.handle(later, Event::Disconnected { conn: SOURCE });
+    assert_eq!(
+        engine.status(later).source_lag,
+        Some((TxId(3), Duration::from_millis(1500))),
+        "kept while disconnected"
+    );
+}
+
+#[test]
+fn a_primary_tells_whether_its_connected_replicas_can_meet_its_policy() {
+    let mut engine = primary(Quorum::AckCount { n: 1, among: None });
+    assert_eq!(
+        engine.status(T0).policy_met_by_connected,
+        Some(false),
+        "no replica yet"
+    );
+    attach_replica(&mut engine, REPLICA, "r1");
+    drain(&mut engine);
+    assert_eq!(engine.status(T0).policy_met_by_connected, Some(true));
+    engine.handle(T0, Event::Disconnected { conn: REPLICA });
+    assert_eq!(
+        engine.status(T0).policy_met_by_connected,
+        Some(false),
+        "its acknowledgements stay, but a new write has no one to hold it"
+    );
+    assert_eq!(
+        primary(Quorum::Async).status(T0).policy_met_by_connected,
+        Some(true)
+    );
+}

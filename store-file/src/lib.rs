@@ -95,6 +95,15 @@ mod verify;
 pub use options::{FileLogOptions, SyncMode};
 pub use verify::{VerifyReport, verify};
 
+/// The membership saved in the log directory `dir`, read without opening the log (it may be
+/// open elsewhere, or stopped): empty if none was ever saved.
+///
+/// # Errors
+/// A damaged or unreadable `members` file, named.
+pub fn read_members(dir: &Path) -> Result<Vec<replication_core::ReplicaId>, LogError> {
+    members::load(dir)
+}
+
 /// Each segment file's first transaction and size, oldest first, read from the directory of a
 /// log without opening it (it may be open elsewhere): what retention by size measures. The
 /// active segment counts the space prepared ahead of the appends too (a few MiB at most), so

@@ -37,7 +37,9 @@ use replication_core::transport::{Channel, PeerKind, Transport, TransportError};
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::sync::mpsc;
 
-pub use certs::{DevCa, IssuedCert, TlsIdentity, write_dev_pki};
+pub use certs::{
+    DevCa, IssuedCert, NodeSpec, TlsIdentity, add_node, check_identity, init_pki, write_dev_pki,
+};
 pub use frames::{QuicFrameReceiver, QuicFrameSender};
 
 /// The ALPN protocol id: the protocol name and version.
@@ -165,6 +167,20 @@ fn describe_connection_error(error: &quinn::ConnectionError) -> String {
         format!(
             "the peer speaks another protocol version (we offer ALPN repl/{PROTOCOL_VERSION}): {text}"
         )
+    } else if text.contains("UnknownIssuer") {
+        format!("certificate not signed by this cluster's CA (another cluster's?): {text}")
+    } else if text.contains("UnknownCA") || text.contains("unknown CA") {
+        format!(
+            "the peer refused our certificate: not signed by its cluster's CA (another \
+             cluster's?): {text}"
+        )
+    } else if text.contains("NotValidForName") {
+        format!(
+            "the peer's certificate does not name the address dialled: issue it for that \
+             address (`repnode certs add-node NAME=ADDRESS`): {text}"
+        )
+    } else if text.contains("Expired") || text.contains("expired") {
+        format!("certificate expired: {text}")
     } else {
         text
     }
@@ -279,7 +295,9 @@ impl QuicTransport {
             let text = describe_connection_error(&e);
             match e {
                 quinn::ConnectionError::TransportError(_)
-                | quinn::ConnectionError::ConnectionClosed(_) => TransportError::Refused(text),
+                | quinn::ConnectionError::ConnectionClosed(_) => {
+                    TransportError::Refused(format!("{address}: {text}"))
+                }
                 _ => unreachable(text),
             }
         })?;
@@ -298,11 +316,12 @@ async fn accept_loop(
 ) {
     while let Some(incoming) = endpoint.accept().await {
         let channels = channels.clone();
+        let remote = incoming.remote_address();
         tokio::spawn(async move {
             let connection = match incoming.await {
                 Ok(connection) => connection,
                 Err(error) => {
-                    tracing::warn!(error = %describe_connection_error(&error), "refused a peer during the handshake");
+                    tracing::warn!(peer = %remote, error = %describe_connection_error(&error), "refused a peer during the handshake");
                     return;
                 }
             };

@@ -119,7 +119,7 @@ fn show(name: &str, status: &EngineStatus) {
         Role::ExternalReplica => "replica fed by an external replicator".to_string(),
     };
     println!(
-        "  {name}: {role}, epoch {}, txID {}, precommittedTxID {} (hash {}…)",
+        "  {name}: {role}, epoch {}, committed tx_id {}, precommitted tx_id {} (hash {}…)",
         status.epoch,
         status.committed,
         status.durable.tx_id,
@@ -323,7 +323,7 @@ async fn fail_over(
     let rank = |s: &EngineStatus| (s.last_epoch, s.durable.tx_id);
     for (name, status) in [("n2", &s2), ("n3", &s3)] {
         println!(
-            "   {name}: last transaction of epoch {}, precommittedTxID {}",
+            "   {name}: last transaction of epoch {}, precommitted tx_id {}",
             status.last_epoch, status.durable.tx_id
         );
     }

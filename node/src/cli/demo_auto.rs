@@ -158,7 +158,7 @@ async fn put(
 fn show(name: &str, report: &StatusReport) {
     let failover = report.failover.clone().unwrap_or_default();
     println!(
-        "  {name}: {}, epoch {}, txID {}, leader key held by {} (epoch {}){}",
+        "  {name}: {}, epoch {}, committed tx_id {}, leader key held by {} (epoch {}){}",
         report.role,
         report.epoch,
         report.committed.tx_id,

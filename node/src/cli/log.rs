@@ -30,11 +30,26 @@ pub enum LogCommand {
         /// Only this database (default: all).
         #[arg(long)]
         db: Option<String>,
+        /// One JSON object per database, one per line.
+        #[arg(long)]
+        json: bool,
     },
 }
 
-/// Runs a log tool; returns the exit code.
+impl LogCommand {
+    /// Whether JSON output was asked for.
+    pub fn wants_json(&self) -> bool {
+        match self {
+            LogCommand::Dump { json, .. } | LogCommand::Verify { json, .. } => *json,
+        }
+    }
+}
+
+/// Runs a log tool; returns the exit code. The server must be stopped: a running one holds
+/// the directory's lock, and the tools refuse.
 pub fn run_log(command: LogCommand) -> Result<ExitCode> {
+    let (LogCommand::Dump { dir, .. } | LogCommand::Verify { dir, .. }) = &command;
+    node::server::ensure_stopped(dir).context("the log tools read a stopped server's files")?;
     match command {
         LogCommand::Dump { dir, db, json } => {
             let report = store_file::verify(&Layout::new(dir).log(&db), |tx| {
@@ -58,7 +73,7 @@ pub fn run_log(command: LogCommand) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        LogCommand::Verify { dir, db } => {
+        LogCommand::Verify { dir, db, json } => {
             let layout = Layout::new(dir);
             let names: Vec<String> = match db {
                 Some(db) => vec![db],
@@ -68,39 +83,12 @@ pub fn run_log(command: LogCommand) -> Result<ExitCode> {
             };
             let mut failed = false;
             for name in names {
-                match store_file::verify(&layout.log(&name), |_| {}) {
-                    Ok(report) => {
-                        println!(
-                            "{name}: ok, {} transactions in {} segments, last tx {} hash {}",
-                            report.transactions,
-                            report.segments,
-                            report.last.tx_id,
-                            report.last.hash
-                        );
-                        if let Some(claim) = &report.epoch_claim {
-                            println!("{name}: last recorded primary: {claim}");
-                        }
-                        if let Some(base) = &report.base
-                            && base.position.tx_id.0 > 0
-                        {
-                            println!(
-                                "{name}: the log begins after tx {} (hash {}, epoch {}): compacted, or started from a snapshot",
-                                base.position.tx_id, base.position.hash, base.epoch
-                            );
-                        }
-                        if let Some(unfinished) = &report.unfinished {
-                            println!("{name}: note: {unfinished}; opening the log finishes it");
-                        }
-                        if let Some(torn) = report.torn_tail {
-                            println!(
-                                "{name}: note: a torn record at the end ({torn}) will be cut off when the log is opened"
-                            );
-                        }
-                    }
-                    Err(error) => {
-                        eprintln!("{name}: {error}");
-                        failed = true;
-                    }
+                let verified = store_file::verify(&layout.log(&name), |_| {});
+                failed |= verified.is_err();
+                if json {
+                    println!("{}", verify_json(&name, &verified));
+                } else {
+                    print_verified(&name, &verified);
                 }
             }
             Ok(if failed {
@@ -109,5 +97,65 @@ pub fn run_log(command: LogCommand) -> Result<ExitCode> {
                 ExitCode::SUCCESS
             })
         }
+    }
+}
+
+/// One database's verification as JSON.
+fn verify_json(
+    name: &str,
+    verified: &Result<store_file::VerifyReport, replication_core::LogError>,
+) -> serde_json::Value {
+    match verified {
+        Ok(report) => serde_json::json!({
+            "database": name,
+            "ok": true,
+            "transactions": report.transactions,
+            "segments": report.segments,
+            "last_tx_id": report.last.tx_id.0,
+            "last_hash": report.last.hash.to_hex(),
+            "log_base_tx_id": report.base.as_ref().map(|b| b.position.tx_id.0),
+            "torn_tail": report.torn_tail.as_ref().map(ToString::to_string),
+            "unfinished": report.unfinished.as_ref().map(ToString::to_string),
+        }),
+        Err(error) => {
+            serde_json::json!({"database": name, "ok": false, "error": error.to_string()})
+        }
+    }
+}
+
+/// One database's verification for people: on stdout when it passed, stderr when not.
+fn print_verified(
+    name: &str,
+    verified: &Result<store_file::VerifyReport, replication_core::LogError>,
+) {
+    let report = match verified {
+        Ok(report) => report,
+        Err(error) => {
+            eprintln!("{name}: {error}");
+            return;
+        }
+    };
+    println!(
+        "{name}: ok, {} transactions in {} segments, last tx {} hash {}",
+        report.transactions, report.segments, report.last.tx_id, report.last.hash
+    );
+    if let Some(claim) = &report.epoch_claim {
+        println!("{name}: last recorded primary: {claim}");
+    }
+    if let Some(base) = &report.base
+        && base.position.tx_id.0 > 0
+    {
+        println!(
+            "{name}: the log begins after tx {} (hash {}, epoch {}): compacted, or started from a snapshot",
+            base.position.tx_id, base.position.hash, base.epoch
+        );
+    }
+    if let Some(unfinished) = &report.unfinished {
+        println!("{name}: note: {unfinished}; opening the log finishes it");
+    }
+    if let Some(torn) = &report.torn_tail {
+        println!(
+            "{name}: note: a torn record at the end ({torn}) will be cut off when the log is opened"
+        );
     }
 }

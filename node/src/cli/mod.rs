@@ -11,6 +11,7 @@
 mod bench;
 mod demo;
 mod demo_auto;
+pub mod exit;
 mod log;
 mod output;
 mod plan;
@@ -36,8 +37,14 @@ use serve::{ServeArgs, ServeFile, ServeSettings};
 #[derive(Parser)]
 #[command(
     name = "repnode",
-    version,
-    about = "The reference node of the replication framework"
+    version = node::VERSION,
+    about = "The reference node of the replication framework",
+    after_help = "Client commands reach --server (REPNODE_SERVER, default 127.0.0.1:7440) with the \
+client certificate in --tls-dir (REPNODE_TLS_DIR, default ./certs), or --ca-cert/--cert/--key.\n\n\
+Exit codes: 0 done; 1 failed; 2 usage; 3 a write's outcome is unknown (it may still commit); \
+4 refused (a replica, a fenced primary, a promotion or failover its checks refuse); \
+5 no server reachable; 6 no such database; 7 settings refused. With --json a failure is \
+{\"error\": ..., \"kind\": ...} on stdout."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -69,17 +76,22 @@ enum Command {
     },
     /// Sets a key.
     Put {
+        /// The database (a primary, found among `--server`).
         #[arg(long)]
         db: String,
+        /// The key.
         key: String,
+        /// Its new value.
         value: String,
         #[command(flatten)]
         client: ClientArgs,
     },
     /// Reads a key.
     Get {
+        /// The database (a primary or a replica).
         #[arg(long)]
         db: String,
+        /// The key.
         key: String,
         /// Wait until this transaction is applied here first (read your writes on a replica).
         #[arg(long)]
@@ -93,14 +105,17 @@ enum Command {
     },
     /// Deletes a key.
     Del {
+        /// The database (a primary, found among `--server`).
         #[arg(long)]
         db: String,
+        /// The key.
         key: String,
         #[command(flatten)]
         client: ClientArgs,
     },
     /// Writes an atomic transaction: `tx --db D set K V del K ...`.
     Tx {
+        /// The database (a primary, found among `--server`).
         #[arg(long)]
         db: String,
         #[command(flatten)]
@@ -123,6 +138,7 @@ enum Command {
     /// Loads a running server: N clients writing single keys; throughput and latency
     /// percentiles (HDR histogram) at the end.
     Bench {
+        /// The database (a primary, found among `--server`).
         #[arg(long)]
         db: String,
         /// Concurrent clients, each on its own connection.
@@ -146,8 +162,16 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Prints a shell completion script: `repnode completions bash > /etc/bash_completion.d/repnode`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Prints the manual page (roff): `repnode man > repnode.1 && man ./repnode.1`.
+    Man,
     /// Shows a database's replication status.
     Status {
+        /// The database.
         #[arg(long)]
         db: String,
         #[command(flatten)]
@@ -167,9 +191,38 @@ struct ClientArgs {
         global = true
     )]
     server: String,
-    /// Where ca.pem, client.pem and client.key are.
+    /// Where ca.pem, client.pem and client.key are (as `certs init` writes them).
     #[arg(long, env = "REPNODE_TLS_DIR", default_value = "certs", global = true)]
     tls_dir: PathBuf,
+    /// An existing PKI instead of `--tls-dir`: the cluster CA's certificate (PEM), with
+    /// `--cert` and `--key`.
+    // Ids of their own: `put KEY VALUE` has an argument named `key` too.
+    #[arg(
+        long = "ca-cert",
+        id = "tls_ca_cert",
+        env = "REPNODE_CA_CERT",
+        requires_all = ["tls_cert", "tls_key"],
+        global = true
+    )]
+    ca_cert: Option<PathBuf>,
+    /// This client's certificate (PEM; organizational unit `client`), with `--ca-cert`.
+    #[arg(
+        long = "cert",
+        id = "tls_cert",
+        env = "REPNODE_CERT",
+        requires = "tls_ca_cert",
+        global = true
+    )]
+    cert: Option<PathBuf>,
+    /// This client's private key (PEM), with `--ca-cert`.
+    #[arg(
+        long = "key",
+        id = "tls_key",
+        env = "REPNODE_KEY",
+        requires = "tls_ca_cert",
+        global = true
+    )]
+    key: Option<PathBuf>,
     /// Give up waiting after this many seconds (a write is then reported as of unknown outcome).
     #[arg(long, env = "REPNODE_TIMEOUT", global = true)]
     timeout: Option<f64>,
@@ -178,7 +231,30 @@ struct ClientArgs {
     json: bool,
 }
 
+/// The TLS identity `name` presents: from `--ca-cert`, `--cert` and `--key` when given (an
+/// existing PKI), else `ca.pem`, `NAME.pem` and `NAME.key` in `tls_dir`.
+fn load_identity(
+    tls_dir: &std::path::Path,
+    files: (&Option<PathBuf>, &Option<PathBuf>, &Option<PathBuf>),
+    name: &str,
+) -> Result<TlsIdentity> {
+    Ok(match files {
+        (Some(ca), Some(cert), Some(key)) => TlsIdentity::load_files(ca, cert, key)?,
+        (None, None, None) => TlsIdentity::load(tls_dir, name)?,
+        _ => bail!("--ca-cert, --cert and --key go together"),
+    })
+}
+
 impl ClientArgs {
+    /// The client's TLS identity.
+    fn identity(&self) -> Result<TlsIdentity> {
+        load_identity(
+            &self.tls_dir,
+            (&self.ca_cert, &self.cert, &self.key),
+            "client",
+        )
+    }
+
     /// The `--server` list.
     fn servers(&self) -> Vec<String> {
         node::routing::split_servers(&self.server)
@@ -187,15 +263,96 @@ impl ClientArgs {
 
 #[derive(Subcommand)]
 enum CertsCommand {
-    /// Writes a development CA (ca.pem), a certificate and key per node, and client.pem/.key.
+    /// Writes a new cluster PKI: a CA (ca.pem; its key kept apart in ca/ca.key), a
+    /// certificate and key per node, and client.pem/.key. Keys are written 0600. Refuses a
+    /// directory that already holds a CA unless `--force`.
     Init {
         /// Where to write them.
         #[arg(long, env = "REPNODE_TLS_DIR")]
         dir: PathBuf,
-        /// Node names, comma separated.
-        #[arg(long, value_delimiter = ',', required = true)]
+        /// The nodes, comma separated, each `NAME` or `NAME=ADDRESS` (an IP address or a DNS
+        /// name its peers dial it at; repeat a name for several:
+        /// `n1=10.0.0.1,n1=db1.example.org,n2=10.0.0.2`). Every certificate also names the
+        /// node, `localhost` and `127.0.0.1`.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            required = true,
+            value_name = "NAME[=ADDRESS],..."
+        )]
         nodes: Vec<String>,
+        /// More names or addresses for every node's certificate (a load balancer's, say).
+        #[arg(long, value_delimiter = ',', value_name = "ADDRESS,...")]
+        san: Vec<String>,
+        /// Replace an existing PKI in `--dir` (every certificate it issued stops verifying).
+        #[arg(long)]
+        force: bool,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
     },
+    /// Issues a certificate for one more node from the CA that `certs init` kept in `--dir`.
+    AddNode {
+        /// `NAME` or `NAME=ADDRESS`; repeat `--address` for more addresses.
+        node: String,
+        /// More addresses (IP addresses or DNS names) the node is reached at.
+        #[arg(long = "address", value_name = "ADDRESS")]
+        addresses: Vec<String>,
+        /// Where the CA and the other certificates are.
+        #[arg(long, env = "REPNODE_TLS_DIR")]
+        dir: PathBuf,
+        /// Replace the node's existing certificate and key.
+        #[arg(long)]
+        force: bool,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Runs `certs init` or `certs add-node`; prints the files written.
+fn run_certs(command: CertsCommand) -> Result<ExitCode> {
+    let (dir, written, json) = match command {
+        CertsCommand::Init {
+            dir,
+            nodes,
+            san,
+            force,
+            json,
+        } => {
+            let specs = nodes
+                .iter()
+                .map(|text| transport_quic::NodeSpec::parse(text))
+                .collect::<Result<Vec<_>, _>>()?;
+            let specs = transport_quic::NodeSpec::merge(specs);
+            let written = transport_quic::init_pki(&dir, &specs, &san, force)?;
+            (dir, written, json)
+        }
+        CertsCommand::AddNode {
+            node,
+            addresses,
+            dir,
+            force,
+            json,
+        } => {
+            let mut spec = transport_quic::NodeSpec::parse(&node)?;
+            for address in addresses {
+                let extra = transport_quic::NodeSpec::parse(&format!("{}={address}", spec.name))?;
+                spec.addresses.extend(extra.addresses);
+            }
+            let written = transport_quic::add_node(&dir, &spec, force)?;
+            (dir, written, json)
+        }
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"dir": dir.display().to_string(), "written": written})
+        );
+    } else {
+        println!("wrote {} in {}", written.join(", "), dir.display());
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 #[derive(Args, Clone, Default)]
@@ -203,8 +360,8 @@ struct SettingsArgs {
     /// HOST:PORT/DB of the source; absent: a primary.
     #[arg(long)]
     replica_of: Option<String>,
-    /// Replica acknowledgements a commit needs (0: asynchronous).
-    #[arg(long)]
+    /// Replica acknowledgements a commit needs (0: asynchronous); `--quorum "acks N"`.
+    #[arg(long, conflicts_with = "quorum")]
     sync_acks: Option<u32>,
     /// A quorum policy: `majority`, `any 2 (n2,n3,n4)`, `first 1 (n2,n3)`, `acks 2`, `async`.
     #[arg(long)]
@@ -219,13 +376,6 @@ struct SettingsArgs {
     /// Identities allowed to replicate from this database, comma separated.
     #[arg(long, value_delimiter = ',')]
     replicators: Option<Vec<String>>,
-    /// `file` (default) or `mem`.
-    #[arg(long)]
-    store: Option<String>,
-    /// A replica fed by an external replicator (see examples/external_replicator.rs) rather
-    /// than by a replicator of its own.
-    #[arg(long)]
-    external_replicator: bool,
     /// `auto`: the coordinator of `serve --coordinator` elects the primary and every member
     /// follows the holder of the leader key; `manual` (default): operators promote.
     #[arg(long, value_parser = ["auto", "manual"])]
@@ -255,6 +405,29 @@ struct SettingsArgs {
     replay_history: Option<bool>,
 }
 
+/// What is chosen once, when a database is created.
+#[derive(Args, Clone, Default)]
+struct CreateOnlyArgs {
+    /// `file` (default) or `mem`.
+    #[arg(long, value_parser = ["file", "mem"])]
+    store: Option<String>,
+    /// A replica fed by an external replicator (see examples/external_replicator.rs) rather
+    /// than by a replicator of its own.
+    #[arg(long)]
+    external_replicator: bool,
+}
+
+impl CreateOnlyArgs {
+    /// `settings` with these choices.
+    fn apply(self, settings: SettingsArgs) -> DbSettings {
+        DbSettings {
+            store: self.store,
+            external_replicator: self.external_replicator,
+            ..settings.into()
+        }
+    }
+}
+
 impl From<SettingsArgs> for DbSettings {
     fn from(args: SettingsArgs) -> DbSettings {
         DbSettings {
@@ -264,8 +437,8 @@ impl From<SettingsArgs> for DbSettings {
             prefetch_buffer: args.prefetch_buffer,
             allow_tx_discarding: args.allow_tx_discarding,
             replicators: args.replicators,
-            store: args.store,
-            external_replicator: args.external_replicator,
+            store: None,
+            external_replicator: false,
             min_epoch: None,
             failover: args.failover,
             lease_ttl: args.lease_ttl,
@@ -280,11 +453,14 @@ impl From<SettingsArgs> for DbSettings {
 
 #[derive(Subcommand)]
 enum DbCommand {
-    /// Creates a database.
+    /// Creates a database: a primary, or with `--replica-of` a replica of another server's.
     Create {
+        /// Its name: 1 to 64 letters, digits, '-' or '_'.
         name: String,
         #[command(flatten)]
         settings: SettingsArgs,
+        #[command(flatten)]
+        once: CreateOnlyArgs,
         /// With `--replica-of`: wait until the new replica has caught up with its source
         /// (snapshot transfer, install, catch-up), showing progress (a bar on a terminal,
         /// lines otherwise, nothing but the final object with `--json`), as
@@ -294,6 +470,7 @@ enum DbCommand {
     },
     /// Changes a database's settings; a new quorum applies at once, to waiting writes too.
     Update {
+        /// The database.
         name: String,
         #[command(flatten)]
         settings: SettingsArgs,
@@ -307,16 +484,26 @@ enum DbCommand {
     /// Lists databases and their settings.
     List,
     /// Starts serving an unloaded database.
-    Load { name: String },
-    /// Stops serving a database, keeping its data.
-    Unload { name: String },
-    /// Deletes an unloaded database and its data.
-    Delete { name: String },
+    Load {
+        /// The database.
+        name: String,
+    },
+    /// Stops serving a database, keeping its data (it stays unloaded across restarts).
+    Unload {
+        /// The database.
+        name: String,
+    },
+    /// Deletes an unloaded database and its data; warns of the replicas it had.
+    Delete {
+        /// The database.
+        name: String,
+    },
     /// Makes the replica NAME on the first `--server` a primary in a new epoch, keeping its
     /// log: it stops following its source. Refused (exit code 4) on a primary, and, unless
     /// `--force`, if the other servers listed or its source answer as more advanced or as a
     /// live primary, or while it still streams from its source.
     Promote {
+        /// The database (a replica on the first `--server`).
         name: String,
         /// The new primary's quorum policy (kept if neither this nor `--sync-acks` is given).
         #[arg(long, conflicts_with = "sync_acks")]
@@ -334,6 +521,7 @@ enum DbCommand {
     /// repointed as its replica. A failure before the promotion restores writes on the
     /// primary. `--timeout` bounds the catch-up (default 10 s).
     Switchover {
+        /// The database (the primary on the first `--server`).
         name: String,
         /// The replica to hand over to, HOST:PORT.
         #[arg(long, value_name = "HOST:PORT")]
@@ -343,19 +531,74 @@ enum DbCommand {
     /// `--retain-bytes` if set (everything the snapshot covers otherwise), and never what a
     /// connected replica or a snapshot transfer still needs (unless it lags beyond
     /// `--max-replica-lag-bytes`).
-    Compact { name: String },
+    Compact {
+        /// The database.
+        name: String,
+    },
     /// Prints a digest of NAME's whole state (every key, value and the transaction that set
     /// it) and the transaction it reflects: equal on replicas that hold the same state.
-    Digest { name: String },
+    Digest {
+        /// The database.
+        name: String,
+    },
     /// Lists the durable membership: the replicas the quorum policy counts, connected or not
     /// (`majority` is a majority of them). A replica joins when it first subscribes.
     Members {
+        /// The database (a primary).
         name: String,
         /// Retires a member that is gone for good (`NODE/DATABASE`); the policy stops counting
         /// it at once, waiting writes included.
         #[arg(long, value_name = "NODE/DATABASE")]
         remove: Option<String>,
     },
+}
+
+/// How a command logs.
+pub struct Logging {
+    /// One JSON object per line rather than text.
+    pub json: bool,
+    /// The level without `RUST_LOG`.
+    pub default_level: &'static str,
+}
+
+impl Cli {
+    /// Whether the command was asked for JSON output (`--json`): its errors are then a JSON
+    /// object on stdout too.
+    pub fn wants_json(&self) -> bool {
+        match &self.command {
+            Command::Db { client, .. }
+            | Command::Put { client, .. }
+            | Command::Get { client, .. }
+            | Command::Del { client, .. }
+            | Command::Tx { client, .. }
+            | Command::Bench { client, .. }
+            | Command::Status { client, .. } => client.json,
+            Command::Certs {
+                command: CertsCommand::Init { json, .. } | CertsCommand::AddNode { json, .. },
+            } => *json,
+            Command::Log { command } => command.wants_json(),
+            Command::Failover { command } => command.wants_json(),
+            Command::Demo { .. }
+            | Command::Serve(_)
+            | Command::Completions { .. }
+            | Command::Man => false,
+        }
+    }
+
+    /// How this command logs: `serve` at `info`, in its `--log-format`; the others at `warn`,
+    /// as text.
+    pub fn logging(&self) -> Logging {
+        match &self.command {
+            Command::Serve(args) => Logging {
+                json: args.log_format.as_deref() == Some("json"),
+                default_level: "info",
+            },
+            _ => Logging {
+                json: false,
+                default_level: "warn",
+            },
+        }
+    }
 }
 
 /// A parsed command, with `serve`'s settings resolved: they must be known before the
@@ -425,17 +668,20 @@ async fn run(command: Command) -> Result<ExitCode> {
         Command::Failover { command } => plan::run(command).await,
         Command::Demo { dir } => demo::run(dir.as_deref()).await.map(|()| ExitCode::SUCCESS),
         Command::Serve(_) => unreachable!("prepared as Ready::Serve"),
-        Command::Certs {
-            command: CertsCommand::Init { dir, nodes },
-        } => {
-            let names: Vec<&str> = nodes.iter().map(String::as_str).collect();
-            transport_quic::write_dev_pki(&dir, &names)?;
-            let files: Vec<String> = names.iter().map(|n| format!("{n}.pem/.key")).collect();
-            println!(
-                "wrote ca.pem, {} and client.pem/.key to {}",
-                files.join(", "),
-                dir.display()
+        Command::Certs { command } => run_certs(command),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "repnode",
+                &mut std::io::stdout(),
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man => {
+            use clap::CommandFactory;
+            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Db {
@@ -457,10 +703,11 @@ async fn run(command: Command) -> Result<ExitCode> {
                 DbCommand::Create {
                     name,
                     settings,
+                    once,
                     wait: true,
                 },
             client,
-        } => wait::create_and_wait(&client, &name, settings.into()).await,
+        } => wait::create_and_wait(&client, &name, once.apply(settings)).await,
         Command::Db { command, client } => {
             // A change goes to the first server only: another would change the wrong one.
             let target = match &command {
@@ -469,9 +716,14 @@ async fn run(command: Command) -> Result<ExitCode> {
                 _ => Target::First,
             };
             let request = match command {
-                DbCommand::Create { name, settings, .. } => Request::CreateDb {
+                DbCommand::Create {
                     name,
-                    settings: settings.into(),
+                    settings,
+                    once,
+                    ..
+                } => Request::CreateDb {
+                    name,
+                    settings: once.apply(settings),
                 },
                 DbCommand::Update {
                     name,
@@ -557,7 +809,7 @@ async fn run(command: Command) -> Result<ExitCode> {
                 key_space,
                 progress: progress || !client.json,
             };
-            let identity = TlsIdentity::load(&client.tls_dir, "client")?;
+            let identity = client.identity()?;
             bench::run_and_print(options, identity, client.json).await
         }
         Command::Status { db, client } => run_client(&client, Request::Status { db }, false).await,

@@ -1,5 +1,7 @@
 //! Client commands: one request, its answer rendered as text or `--json`, and the exit code
-//! (3 for a write whose outcome is unknown, 4 for a refusal in the database's state).
+//! ([`Exit`]: 3 for a write whose outcome is unknown, 4 for a refusal in the database's
+//! state, 6 for an unknown database, 7 for refused settings, ...); a failure is
+//! `{"error", "kind"}` on stdout with `--json`.
 //!
 //! Where a request goes among the `--server` list is [`Target`]'s choice: writes find the
 //! primary, reads the first reachable server, and changes to a server's databases go to
@@ -11,17 +13,17 @@ use std::time::Duration;
 use anyhow::Result;
 use node::client::{Client, Outcome};
 use node::routing;
-use node::wire::{ErrorKind, Request, Response, RollbackReport};
-use transport_quic::TlsIdentity;
+use node::wire::{Request, Response, RollbackReport};
 
 use super::ClientArgs;
+use super::exit::Exit;
 
 /// Exit code of a write whose outcome is unknown.
-pub const EXIT_UNKNOWN: u8 = 3;
+pub const EXIT_UNKNOWN: u8 = Exit::UnknownOutcome as u8;
 
-/// Exit code of a request refused in the database's present state (a promotion of a primary,
-/// or one its checks refuse): nothing changed.
-pub const EXIT_REFUSED: u8 = 4;
+/// Exit code of a request refused in the database's present state (a replica, a fenced
+/// primary, a promotion its checks refuse): nothing changed.
+pub const EXIT_REFUSED: u8 = Exit::Refused as u8;
 
 /// Which of the `--server` list a request goes to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,7 +95,7 @@ pub async fn run_client_to(
     is_write: bool,
     target: Target,
 ) -> Result<ExitCode> {
-    let identity = TlsIdentity::load(&args.tls_dir, "client")?;
+    let identity = args.identity()?;
     let timeout = args.timeout.map(Duration::from_secs_f64);
     let servers = args.servers();
     // One server is asked alone, as it was named: its answer (a replica's refusal naming the
@@ -128,32 +130,44 @@ pub fn render(outcome: Outcome, is_write: bool, json: bool) -> Result<Rendered> 
     let pick = |value: serde_json::Value, text: String| {
         Rendered::success(if json { value.to_string() } else { text })
     };
-    let unknown = |why: String, text: String| Rendered {
-        stdout: json.then(|| serde_json::json!({"outcome": "unknown", "error": why}).to_string()),
+    let unknown = |why: String, text: String| {
+        Rendered {
+        stdout: json.then(|| {
+            serde_json::json!({"outcome": "unknown", "error": why, "kind": Exit::UnknownOutcome.kind()})
+                .to_string()
+        }),
         stderr: Some(text),
         code: EXIT_UNKNOWN,
+    }
     };
-    let failed = |why: String| Rendered {
-        stdout: None,
-        stderr: Some(format!("error: {why}")),
-        code: 1,
+    let failed = |why: String, exit: Exit, primary: Option<String>| {
+        let mut object = serde_json::json!({"error": why, "kind": exit.kind()});
+        if let Some(primary) = primary {
+            object["primary"] = primary.into();
+        }
+        Rendered {
+            stdout: json.then(|| object.to_string()),
+            stderr: Some(format!("error: {why}")),
+            code: exit.code(),
+        }
     };
     Ok(match outcome {
         Outcome::Unknown(why) if is_write => {
             let text = format!("outcome unknown: {why}; the write may or may not have committed");
             unknown(why, text)
         }
-        Outcome::Unknown(why) => failed(why),
-        Outcome::Answered(Response::Error { kind, message, .. }) => {
-            if kind == ErrorKind::Unknown && is_write {
+        Outcome::Unknown(why) => failed(why, Exit::Unreachable, None),
+        Outcome::Answered(Response::Error {
+            kind,
+            message,
+            primary,
+        }) => match Exit::of_answer(kind, is_write) {
+            Exit::UnknownOutcome => {
                 let text = format!("outcome unknown: {message}");
                 unknown(message, text)
-            } else if kind == ErrorKind::Refused {
-                Rendered::failure(message, EXIT_REFUSED)
-            } else {
-                failed(message)
             }
-        }
+            exit => failed(message, exit, primary),
+        },
         Outcome::Answered(Response::Promoted {
             db,
             epoch,
@@ -161,14 +175,14 @@ pub fn render(outcome: Outcome, is_write: bool, json: bool) -> Result<Rendered> 
             precommitted,
         }) => pick(
             serde_json::json!({
-                "db": db,
+                "database": db,
                 "role": "primary",
                 "epoch": epoch,
                 "committed": committed,
                 "precommitted": precommitted,
             }),
             format!(
-                "{db} promoted: primary in epoch {epoch}\ntxID: {}\nhash: {}\nprecommittedTxID: {}\nprecommittedHash: {}",
+                "{db} promoted: primary in epoch {epoch}\ncommitted: tx_id {}, hash {}\nprecommitted: tx_id {}, hash {}",
                 committed.tx_id, committed.hash, precommitted.tx_id, precommitted.hash
             ),
         ),
@@ -188,7 +202,7 @@ pub fn render(outcome: Outcome, is_write: bool, json: bool) -> Result<Rendered> 
         }
         Outcome::Answered(Response::Status(report)) => {
             let mut text = format!(
-                "database: {}\nrole: {}\nepoch: {}\ntxID: {}\nhash: {}\nprecommittedTxID: {}\nprecommittedHash: {}\nwaiting writes: {}",
+                "database: {}\nrole: {}\nepoch: {}\ncommitted: tx_id {}, hash {}\nprecommitted: tx_id {}, hash {}\nwaiting_writes: {}",
                 report.database,
                 report.role,
                 report.epoch,
@@ -229,14 +243,33 @@ pub fn render(outcome: Outcome, is_write: bool, json: bool) -> Result<Rendered> 
                     human_bytes(snapshot.bytes)
                 ));
             }
-            if let Some(error) = &report.last_error {
-                text.push_str(&format!("\nlast error: {error}"));
+            if let Some(source) = &report.source {
+                text.push_str(&format!("\n{}", source_text(source)));
+            }
+            match (&report.link_error, &report.last_error) {
+                (Some(link), _) => text.push_str(&format!(
+                    "\nlast error ({}): {}\n  {} failed attempt(s) over {}, the last at {}",
+                    link.cause,
+                    link.message,
+                    link.attempts,
+                    human_duration(link.failing_for_ms),
+                    link.last_attempt_at
+                )),
+                (None, Some(error)) => text.push_str(&format!("\nlast error: {error}")),
+                (None, None) => {}
+            }
+            if let Some(failure) = &report.log_failure {
+                text.push_str(&format!(
+                    "\nlog failed: {failure}; writes refused until a restart recovers the log"
+                ));
+            }
+            for warning in &report.warnings {
+                text.push_str(&format!("\nwarning: {warning}"));
             }
             for r in &report.replicas {
                 text.push_str(&format!(
-                    "\nreplica {}/{}{} at {}: acked tx {}, lag {} txs / {} ms, {}",
-                    r.id,
-                    r.database,
+                    "\nreplica {}{} at {}: acked tx_id {}, lag {} txs / {} ms, {}",
+                    r.replica,
                     if r.member { " (member)" } else { "" },
                     r.address,
                     r.acked_tx_id,
@@ -255,7 +288,7 @@ pub fn render(outcome: Outcome, is_write: bool, json: bool) -> Result<Rendered> 
             let db = &report.database;
             let state = report.upstream.clone().unwrap_or_default();
             let value = serde_json::json!({
-                "db": db,
+                "database": db,
                 "upstream": state,
                 "last_error": report.last_error,
                 "rolled_back": report.last_rollback,
@@ -269,7 +302,7 @@ pub fn render(outcome: Outcome, is_write: bool, json: bool) -> Result<Rendered> 
                 pick(
                     value,
                     format!(
-                        "{rolled_back}\nstreaming from its source again\ntxID: {}\nhash: {}",
+                        "{rolled_back}\nstreaming from its source again\ncommitted: tx_id {}, hash {}",
                         report.committed.tx_id, report.committed.hash
                     ),
                 )
@@ -286,7 +319,7 @@ pub fn render(outcome: Outcome, is_write: bool, json: bool) -> Result<Rendered> 
             }
         }
         Outcome::Answered(Response::StateDigest { db, tx_id, digest }) => pick(
-            serde_json::json!({"db": db, "tx_id": tx_id, "digest": digest}),
+            serde_json::json!({"database": db, "tx_id": tx_id, "digest": digest}),
             format!("{db}: state digest {digest} as of tx {tx_id}"),
         ),
         Outcome::Answered(Response::Compacted {
@@ -327,28 +360,100 @@ pub fn render(outcome: Outcome, is_write: bool, json: bool) -> Result<Rendered> 
                 count => format!("{db}: {count} members: {}", members.join(", ")),
             });
             pick(
-                serde_json::json!({"db": db, "members": members, "removed": removed}),
+                serde_json::json!({"database": db, "members": members, "removed": removed}),
                 text,
             )
         }
         Outcome::Answered(Response::Dbs(dbs)) => {
-            let text = dbs
-                .iter()
-                .map(|(name, loaded, s)| {
-                    let state = if *loaded { "loaded" } else { "unloaded" };
-                    let settings = toml::to_string(s).unwrap_or_default().replace('\n', " ");
-                    format!("{name}\t{state}\t{settings}")
-                })
-                .collect::<Vec<_>>()
-                .join("\n");
             let value: Vec<serde_json::Value> = dbs
                 .iter()
-                .map(|(name, loaded, s)| serde_json::json!({"name": name, "loaded": loaded, "settings": s}))
+                .map(|(name, loaded, s)| serde_json::json!({"database": name, "loaded": loaded, "settings": s}))
                 .collect();
-            pick(serde_json::Value::Array(value), text)
+            pick(serde_json::Value::Array(value), dbs_table(&dbs))
         }
         Outcome::Answered(Response::Ok) => pick(serde_json::json!({"ok": true}), "ok".into()),
+        // Warnings go to stderr beside the answer, as a compiler's do.
+        Outcome::Answered(Response::Done { warnings }) => Rendered {
+            stderr: (!json && !warnings.is_empty()).then(|| {
+                warnings
+                    .iter()
+                    .map(|w| format!("warning: {w}"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            }),
+            ..pick(
+                serde_json::json!({"ok": true, "warnings": warnings}),
+                "ok".into(),
+            )
+        },
     })
+}
+
+/// A replica's source as one line: where, whether streaming, and how far behind.
+fn source_text(source: &node::wire::SourceReport) -> String {
+    let state = if source.streaming {
+        "streaming"
+    } else {
+        "not streaming"
+    };
+    let mut text = format!("source: {} ({state})", source.address);
+    if let (Some(committed), Some(lag_txs)) = (source.committed_tx_id, source.lag_txs) {
+        text.push_str(&format!(
+            ", its commit point tx {committed} as last heard, {lag_txs} txs behind"
+        ));
+        if let Some(lag_ms) = source.lag_ms.filter(|ms| *ms > 0) {
+            text.push_str(&format!(" for {}", human_duration(lag_ms)));
+        }
+    }
+    text
+}
+
+/// `db list` for people: one row per database, in aligned columns.
+fn dbs_table(dbs: &[(String, bool, node::wire::DbSettings)]) -> String {
+    let header = ["DATABASE", "STATE", "ROLE", "POLICY", "FAILOVER", "STORE"].map(String::from);
+    let rows: Vec<[String; 6]> = dbs
+        .iter()
+        .map(|(name, loaded, s)| {
+            let role = match (&s.replica_of, s.external_replicator) {
+                (_, true) => "replica (external replicator)".to_string(),
+                (Some(source), false) => format!("replica of {source}"),
+                (None, false) => "primary".to_string(),
+            };
+            let policy = match (&s.quorum, s.sync_acks) {
+                (Some(quorum), _) => quorum.clone(),
+                (None, Some(n)) if n > 0 => format!("acks {n}"),
+                _ if s.replica_of.is_some() => "-".to_string(),
+                _ => "async".to_string(),
+            };
+            [
+                name.clone(),
+                if *loaded { "loaded" } else { "unloaded" }.to_string(),
+                role,
+                policy,
+                s.failover.clone().unwrap_or_else(|| "manual".into()),
+                s.store.clone().unwrap_or_else(|| "file".into()),
+            ]
+        })
+        .collect();
+    let mut widths = header.clone().map(|h| h.len());
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.len());
+        }
+    }
+    std::iter::once(&header)
+        .chain(&rows)
+        .map(|row| {
+            row.iter()
+                .zip(widths)
+                .map(|(cell, width)| format!("{cell:<width$}"))
+                .collect::<Vec<_>>()
+                .join("  ")
+                .trim_end()
+                .to_string()
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// A rollback as one line: the range, how much of it was committed, and the file.
@@ -415,6 +520,7 @@ fn human_duration(ms: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use node::wire::ErrorKind;
 
     fn written() -> Outcome {
         Outcome::Answered(Response::Written {
@@ -451,13 +557,12 @@ mod tests {
                 .contains("\"outcome\":\"unknown\"")
         );
         let read = render(lost(), false, true).expect("renders");
+        assert_eq!(read.code, Exit::Unreachable.code());
+        let value: serde_json::Value =
+            serde_json::from_str(read.stdout.as_deref().expect("json")).expect("json");
         assert_eq!(
-            read,
-            Rendered {
-                stdout: None,
-                stderr: Some("error: connection lost".into()),
-                code: 1
-            }
+            value,
+            serde_json::json!({"error": "connection lost", "kind": "unreachable"})
         );
         let timed_out = Outcome::Answered(Response::Error {
             kind: ErrorKind::Unknown,
@@ -470,20 +575,27 @@ mod tests {
     }
 
     #[test]
-    fn a_refusal_exits_1() {
+    fn a_refusal_exits_4_and_says_so_in_json() {
         let refused = Outcome::Answered(Response::Error {
             kind: ErrorKind::NotPrimary,
             message: "a replica".into(),
             primary: Some("h:1".into()),
         });
-        assert_eq!(render(refused, true, true).expect("renders").code, 1);
+        let rendered = render(refused, true, true).expect("renders");
+        assert_eq!(rendered.code, EXIT_REFUSED);
+        let value: serde_json::Value =
+            serde_json::from_str(rendered.stdout.as_deref().expect("json")).expect("json");
+        assert_eq!(
+            value,
+            serde_json::json!({"error": "a replica", "kind": "refused", "primary": "h:1"})
+        );
         let refused = Outcome::Answered(Response::Error {
             kind: ErrorKind::Refused,
             message: "a primary: nothing to promote".into(),
             primary: None,
         });
         assert_eq!(
-            render(refused, false, true).expect("renders"),
+            render(refused, false, false).expect("renders"),
             Rendered::failure("a primary: nothing to promote".into(), EXIT_REFUSED)
         );
     }
@@ -506,7 +618,7 @@ mod tests {
         assert_eq!(
             value,
             serde_json::json!({
-                "db": "app", "role": "primary", "epoch": 2,
+                "database": "app", "role": "primary", "epoch": 2,
                 "committed": {"tx_id": 4, "hash": "ab"},
                 "precommitted": {"tx_id": 5, "hash": "ab"},
             })

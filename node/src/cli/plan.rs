@@ -28,6 +28,14 @@ pub enum FailoverCommand {
     Plan(PlanArgs),
 }
 
+impl FailoverCommand {
+    /// Whether JSON output was asked for.
+    pub fn wants_json(&self) -> bool {
+        let FailoverCommand::Plan(args) = self;
+        args.json
+    }
+}
+
 /// The flags of `failover plan`.
 #[derive(Args)]
 pub struct PlanArgs {
@@ -49,6 +57,16 @@ pub struct PlanArgs {
     /// Where ca.pem, client.pem and client.key are.
     #[arg(long, env = "REPNODE_TLS_DIR", default_value = "certs")]
     tls_dir: PathBuf,
+    /// An existing PKI instead of `--tls-dir`: the cluster CA's certificate (PEM), with
+    /// `--cert` and `--key`.
+    #[arg(long, env = "REPNODE_CA_CERT", requires_all = ["cert", "key"])]
+    ca_cert: Option<PathBuf>,
+    /// This client's certificate (PEM), with `--ca-cert`.
+    #[arg(long, env = "REPNODE_CERT", requires = "ca_cert")]
+    cert: Option<PathBuf>,
+    /// This client's private key (PEM), with `--ca-cert`.
+    #[arg(long, env = "REPNODE_KEY", requires = "ca_cert")]
+    key: Option<PathBuf>,
     /// Give up on a server after this many seconds; it is then listed as unreachable.
     #[arg(long, env = "REPNODE_TIMEOUT", default_value_t = 5.0)]
     timeout: f64,
@@ -84,7 +102,8 @@ pub async fn run(command: FailoverCommand) -> Result<ExitCode> {
     if servers.is_empty() {
         bail!("--servers lists no server");
     }
-    let identity = TlsIdentity::load(&args.tls_dir, "client").with_context(|| {
+    let files = (&args.ca_cert, &args.cert, &args.key);
+    let identity = super::load_identity(&args.tls_dir, files, "client").with_context(|| {
         format!(
             "loading the client identity from {}",
             args.tls_dir.display()

@@ -9,7 +9,6 @@ use std::time::Duration;
 use anyhow::Result;
 use node::client::Outcome;
 use node::promotion::{self, PromoteError};
-use transport_quic::TlsIdentity;
 
 use super::ClientArgs;
 use super::output::{EXIT_REFUSED, EXIT_UNKNOWN, Rendered, render};
@@ -21,7 +20,7 @@ pub async fn run(
     policy: (Option<String>, Option<u32>),
     force: bool,
 ) -> Result<ExitCode> {
-    let identity = TlsIdentity::load(&args.tls_dir, "client")?;
+    let identity = args.identity()?;
     let timeout = args.timeout.map(Duration::from_secs_f64);
     let servers = args.servers();
     match promotion::promote(&servers, name, policy, force, &identity, timeout).await {

@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
 use clap::Args;
@@ -24,9 +25,19 @@ pub struct ServeArgs {
     /// The UDP address to listen on.
     #[arg(long, env = "REPNODE_LISTEN")]
     listen: Option<String>,
-    /// Where ca.pem, NAME.pem and NAME.key are.
+    /// Where ca.pem, NAME.pem and NAME.key are (as `certs init` writes them).
     #[arg(long, env = "REPNODE_TLS_DIR")]
     tls_dir: Option<PathBuf>,
+    /// An existing PKI instead of `--tls-dir`: the cluster CA's certificate (PEM), with
+    /// `--cert` and `--key`.
+    #[arg(long, env = "REPNODE_CA_CERT")]
+    ca_cert: Option<PathBuf>,
+    /// This server's certificate (PEM; its common name is `--name`), with `--ca-cert`.
+    #[arg(long, env = "REPNODE_CERT")]
+    cert: Option<PathBuf>,
+    /// This server's private key (PEM), with `--ca-cert`.
+    #[arg(long, env = "REPNODE_KEY")]
+    key: Option<PathBuf>,
     /// A database to create (or keep) at startup, as immudb's default database.
     #[arg(long, env = "REPNODE_DEFAULT_DB")]
     default_db: Option<String>,
@@ -81,9 +92,22 @@ pub struct ServeArgs {
     /// compaction removes whole segments, so smaller ones let retention cut closer.
     #[arg(long, env = "REPNODE_LOG_SEGMENT_BYTES", value_name = "BYTES")]
     log_segment_bytes: Option<u64>,
+    /// How long a write waits for its commit before it is answered as of unknown outcome (it
+    /// may still commit), in seconds; 0: without limit. Default 30.
+    #[arg(long, env = "REPNODE_WRITE_TIMEOUT", value_name = "SECONDS")]
+    write_timeout: Option<f64>,
+    /// `/readyz` counts a replica ready while it streams and trails its source by at most
+    /// this many seconds. Default 10.
+    #[arg(long, env = "REPNODE_READY_MAX_LAG", value_name = "SECONDS")]
+    ready_max_lag: Option<f64>,
+    /// Log lines as `text` (default; coloured only on a terminal) or `json` (one object per
+    /// line, for log collectors). `RUST_LOG` sets the level (default `info`).
+    #[arg(long, env = "REPNODE_LOG_FORMAT", value_parser = ["text", "json"])]
+    pub(crate) log_format: Option<String>,
     /// A TOML file with any of: name, dir, listen, tls_dir, metrics_listen, threads,
     /// coordinator, cluster, advertise, coordinator_cacert, coordinator_cert,
-    /// coordinator_key, snapshot_max_rate, log_segment_bytes (flags and environment win).
+    /// coordinator_key, snapshot_max_rate, log_segment_bytes, write_timeout, ready_max_lag,
+    /// ca_cert, cert, key (flags and environment win).
     #[arg(long, env = "REPNODE_CONFIG")]
     config: Option<PathBuf>,
 }
@@ -96,6 +120,9 @@ pub struct ServeFile {
     dir: Option<PathBuf>,
     listen: Option<String>,
     tls_dir: Option<PathBuf>,
+    ca_cert: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
     metrics_listen: Option<String>,
     threads: Option<usize>,
     coordinator: Option<String>,
@@ -106,6 +133,8 @@ pub struct ServeFile {
     coordinator_key: Option<PathBuf>,
     snapshot_max_rate: Option<u64>,
     log_segment_bytes: Option<u64>,
+    write_timeout: Option<f64>,
+    ready_max_lag: Option<f64>,
 }
 
 impl ServeFile {
@@ -130,6 +159,8 @@ pub struct ServeSettings {
     /// before a bad address.
     pub listen: String,
     pub tls_dir: PathBuf,
+    /// `--ca-cert`, `--cert` and `--key`, when an existing PKI is given.
+    pub tls_files: Option<(PathBuf, PathBuf, PathBuf)>,
     pub metrics_listen: Option<String>,
     pub threads: Option<usize>,
     /// `--default-db` and the settings it is ensured with.
@@ -142,6 +173,22 @@ pub struct ServeSettings {
     pub snapshot_max_rate: Option<u64>,
     /// `--log-segment-bytes`.
     pub log_segment_bytes: Option<u64>,
+    /// `--write-timeout`: `None` for none.
+    pub write_timeout: Option<Duration>,
+    /// `--ready-max-lag`.
+    pub ready_max_lag: Duration,
+}
+
+/// The default `--write-timeout`, in seconds.
+const DEFAULT_WRITE_TIMEOUT_SECS: f64 = 30.0;
+
+/// The default `--ready-max-lag`, in seconds.
+const DEFAULT_READY_MAX_LAG_SECS: f64 = 10.0;
+
+/// A number of seconds from a flag, refused when negative or not finite.
+fn seconds(flag: &str, value: f64) -> Result<Duration> {
+    Duration::try_from_secs_f64(value)
+        .map_err(|_| anyhow!("{flag} {value}: expected a number of seconds, 0 or more"))
 }
 
 /// `--coordinator` and what goes with it.
@@ -223,7 +270,31 @@ pub fn resolve(args: ServeArgs, file: ServeFile) -> Result<ServeSettings> {
             })
         }
     };
+    let write_timeout = seconds(
+        "--write-timeout",
+        args.write_timeout
+            .or(file.write_timeout)
+            .unwrap_or(DEFAULT_WRITE_TIMEOUT_SECS),
+    )?;
+    let ready_max_lag = seconds(
+        "--ready-max-lag",
+        args.ready_max_lag
+            .or(file.ready_max_lag)
+            .unwrap_or(DEFAULT_READY_MAX_LAG_SECS),
+    )?;
+    let tls_files = match (
+        args.ca_cert.or(file.ca_cert),
+        args.cert.or(file.cert),
+        args.key.or(file.key),
+    ) {
+        (Some(ca), Some(cert), Some(key)) => Some((ca, cert, key)),
+        (None, None, None) => None,
+        _ => return Err(anyhow!("--ca-cert, --cert and --key go together")),
+    };
     Ok(ServeSettings {
+        tls_files,
+        write_timeout: (!write_timeout.is_zero()).then_some(write_timeout),
+        ready_max_lag,
         coordinator,
         advertise: args.advertise.or(file.advertise),
         snapshot_max_rate: args.snapshot_max_rate.or(file.snapshot_max_rate),
@@ -251,19 +322,25 @@ pub async fn serve(settings: ServeSettings) -> Result<()> {
         dir,
         listen,
         tls_dir,
+        tls_files,
         metrics_listen,
         default_db,
         coordinator,
         advertise,
         snapshot_max_rate,
         log_segment_bytes,
+        write_timeout,
+        ready_max_lag,
         ..
     } = settings;
     let coordinator = match coordinator {
         Some(settings) => Some(connect_coordinator(settings).await?),
         None => None,
     };
-    let identity = TlsIdentity::load(&tls_dir, &name)?;
+    let identity = match &tls_files {
+        Some((ca, cert, key)) => TlsIdentity::load_files(ca, cert, key)?,
+        None => TlsIdentity::load(&tls_dir, &name)?,
+    };
     let transport = QuicTransport::bind(
         listen
             .parse()
@@ -277,32 +354,48 @@ pub async fn serve(settings: ServeSettings) -> Result<()> {
         advertise,
         snapshot_max_rate,
         log_segment_bytes,
+        write_timeout,
+        ready_max_lag,
+    };
+    // Bound before the server starts: a port in use stops it before it serves anything.
+    let metrics_listener = match &metrics_listen {
+        Some(address) => Some(
+            tokio::net::TcpListener::bind(address)
+                .await
+                .with_context(|| format!("--metrics-listen {address}"))?,
+        ),
+        None => None,
     };
     let server = Server::start_with(&name, &dir, transport, options).await?;
     if let Some((db, settings)) = default_db {
         server.ensure_database(&db, settings).await?;
     }
-    if let Some(metrics) = metrics_listen {
-        let listener = tokio::net::TcpListener::bind(&metrics)
-            .await
-            .with_context(|| format!("--metrics-listen {metrics}"))?;
-        let server = server.clone();
-        tokio::spawn(node::metrics::serve(listener, move || {
+    let metrics_address = match metrics_listener {
+        Some(listener) => {
+            let address = listener.local_addr()?;
             let server = server.clone();
-            async move { server.metric_snapshots().await }
-        }));
-    }
-    eprintln!(
-        "repnode {name} serving {} from {}",
-        server.local_addr()?,
-        dir.display()
+            tokio::spawn(node::metrics::serve(listener, move || {
+                let server = server.clone();
+                async move { server.metrics().await }
+            }));
+            Some(address)
+        }
+        None => None,
+    };
+    tracing::info!(
+        server = %name,
+        version = node::VERSION,
+        quic = %server.local_addr()?,
+        metrics = %metrics_address.map_or_else(|| "off".to_string(), |a| format!("http://{a}/metrics")),
+        dir = %dir.display(),
+        "repnode serving"
     );
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = terminate.recv() => {}
     }
-    eprintln!("repnode {name}: shutting down");
+    tracing::info!(server = %name, "shutting down: waiting writes are answered, logs closed");
     server.shutdown().await;
     Ok(())
 }

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use node::switchover::{self, DEFAULT_CATCH_UP, SwitchoverError};
-use transport_quic::TlsIdentity;
 
 use super::ClientArgs;
 use super::output::{EXIT_REFUSED, Rendered};
@@ -18,7 +17,7 @@ pub const EXIT_INCOMPLETE: u8 = 5;
 
 /// Switches `name` over from the first `--server` to `to`.
 pub async fn run(args: &ClientArgs, name: &str, to: &str) -> Result<ExitCode> {
-    let identity = TlsIdentity::load(&args.tls_dir, "client")?;
+    let identity = args.identity()?;
     let catch_up = args
         .timeout
         .map(Duration::try_from_secs_f64)
@@ -32,7 +31,7 @@ pub async fn run(args: &ClientArgs, name: &str, to: &str) -> Result<ExitCode> {
             let unavailable_ms = done.unavailable.as_secs_f64() * 1000.0;
             let line = if args.json {
                 serde_json::json!({
-                    "db": done.db,
+                    "database": done.db,
                     "from": done.from,
                     "to": done.to,
                     "epoch": done.epoch,
@@ -43,7 +42,7 @@ pub async fn run(args: &ClientArgs, name: &str, to: &str) -> Result<ExitCode> {
             } else {
                 format!(
                     "{} switched over from {} to {}: primary in epoch {}, writes refused for \
-                     {unavailable_ms:.1} ms\ntxID: {}\nhash: {}",
+                     {unavailable_ms:.1} ms\ncommitted: tx_id {}, hash {}",
                     done.db,
                     done.from,
                     done.to,

@@ -11,7 +11,6 @@ use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
 use node::client::{Client, Outcome};
 use node::wire::{DbSettings, Request, Response, StatusReport};
-use transport_quic::TlsIdentity;
 
 use super::ClientArgs;
 use super::output::{EXIT_UNKNOWN, Rendered, human_bytes, progress_text, render};
@@ -39,7 +38,7 @@ pub async fn create_and_wait(
         )
         .print());
     }
-    let identity = TlsIdentity::load(&args.tls_dir, "client")?;
+    let identity = args.identity()?;
     let server = args.servers().into_iter().next().unwrap_or_default();
     let mut client = Client::connect(&server, identity).await?;
     let create = Request::CreateDb {
@@ -47,7 +46,11 @@ pub async fn create_and_wait(
         settings,
     };
     match client.request(&create, None).await? {
-        Outcome::Answered(Response::Ok) => {}
+        Outcome::Answered(Response::Done { warnings }) => {
+            for warning in warnings {
+                eprintln!("warning: {warning}");
+            }
+        }
         other => return Ok(render(other, false, args.json)?.print()),
     }
     let started = Instant::now();

@@ -102,6 +102,18 @@ pub enum CatalogError {
     /// The database was stopped but its marker not written: it loads again on restart.
     #[error("unloaded, but not recorded")]
     Unrecorded(#[source] std::io::Error),
+    /// Another process holds the data directory's lock: a server running on it.
+    #[error(
+        "the data directory {dir} is in use by another repnode process{}: stop it first, or \
+         give this one another --dir",
+        holder.as_ref().map(|pid| format!(" (pid {pid})")).unwrap_or_default()
+    )]
+    InUse {
+        /// The data directory.
+        dir: PathBuf,
+        /// The process id recorded by the holder, if readable.
+        holder: Option<String>,
+    },
     /// A database's directory could not be removed.
     #[error("deleting {name}")]
     Delete {
@@ -111,6 +123,70 @@ pub enum CatalogError {
         #[source]
         error: std::io::Error,
     },
+}
+
+/// The lock file of a data directory, held (`flock`) by the server running on it.
+const LOCK: &str = "repnode.lock";
+
+/// Locks the data directory `dir` (creating it if missing) for this process: released when
+/// the returned file is closed, which the kernel does when the process ends, however it ends.
+/// The lock file records the holder's process id, for the refusal of the next.
+///
+/// # Errors
+/// [`CatalogError::InUse`] while another process holds it; an IO error otherwise.
+pub fn lock_dir(dir: &Path) -> Result<std::fs::File, CatalogError> {
+    use std::io::{Seek, Write};
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join(LOCK);
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let holder = std::fs::read_to_string(&path)
+                .ok()
+                .map(|text| text.trim().to_string())
+                .filter(|pid| !pid.is_empty());
+            return Err(CatalogError::InUse {
+                dir: dir.to_path_buf(),
+                holder,
+            });
+        }
+        Err(std::fs::TryLockError::Error(error)) => return Err(error.into()),
+    }
+    file.set_len(0)?;
+    file.rewind()?;
+    writeln!(file, "{}", std::process::id())?;
+    Ok(file)
+}
+
+/// Refuses to go on while a server runs on the data directory `dir` (holds its lock): the
+/// offline tools read files a running server changes under them.
+///
+/// # Errors
+/// [`CatalogError::InUse`] while a server holds the lock.
+pub fn ensure_stopped(dir: &Path) -> Result<(), CatalogError> {
+    let path = dir.join(LOCK);
+    let Ok(file) = std::fs::File::open(&path) else {
+        // No lock file: no server ever ran here, or it is not a data directory at all (the
+        // tool says so itself).
+        return Ok(());
+    };
+    match file.try_lock_shared() {
+        Ok(()) => Ok(()),
+        Err(std::fs::TryLockError::WouldBlock) => Err(CatalogError::InUse {
+            dir: dir.to_path_buf(),
+            holder: std::fs::read_to_string(&path)
+                .ok()
+                .map(|text| text.trim().to_string())
+                .filter(|pid| !pid.is_empty()),
+        }),
+        Err(std::fs::TryLockError::Error(error)) => Err(error.into()),
+    }
 }
 
 /// Whether `name` can be a database's name: it becomes a directory name.

@@ -16,7 +16,7 @@ use store_mem::MemLog;
 use transport_quic::QuicTransport;
 
 use crate::kv::KvStore;
-use crate::metrics::Histogram;
+use crate::metrics::CommitLatency;
 use crate::wire::DbSettings;
 
 /// One open database.
@@ -28,7 +28,7 @@ pub(crate) struct Database {
     /// Its state machine, which reads are served from.
     pub(crate) store: KvStore,
     /// Its commit latency, for the metrics endpoint.
-    pub(crate) commit_latency: Arc<Histogram>,
+    pub(crate) commit_latency: CommitLatency,
     /// Whether new writes are taken, and how many are in flight: a switchover closes it.
     /// A restart builds a new one, open: a promoted or repointed database has no switchover.
     pub(crate) gate: Arc<WriteGate>,
@@ -105,8 +105,16 @@ pub enum SettingError {
     #[error("{0}")]
     Policy(ParseQuorumError),
     /// A source that is not `HOST:PORT/DB`.
-    #[error("--replica-of {0:?}: expected HOST:PORT/DB")]
-    ReplicaOf(String),
+    #[error("--replica-of {text:?}: {why}; expected HOST:PORT/DB (for example 10.0.0.1:7440/app)")]
+    ReplicaOf {
+        /// What was given.
+        text: String,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// Settings that contradict each other, or one that cannot be changed.
+    #[error("{0}")]
+    Contradictory(String),
     /// A store other than `file` or `mem`.
     #[error("--store {0:?}: expected file or mem")]
     Store(String),
@@ -152,21 +160,62 @@ pub fn policy_of(settings: &DbSettings) -> Result<Quorum, SettingError> {
     })
 }
 
-/// Splits `HOST:PORT/DB`.
+/// Splits `HOST:PORT/DB`, checking each part: a host (a name, an IPv4 address or a bracketed
+/// IPv6 one), a port from 1 to 65535, and a valid database name.
 ///
 /// # Errors
-/// A text without a port or without a database.
+/// [`SettingError::ReplicaOf`], saying which part is wrong.
 pub fn parse_replica_of(text: &str) -> Result<(String, String), SettingError> {
-    let refused = || SettingError::ReplicaOf(text.to_string());
-    let (address, database) = text.rsplit_once('/').ok_or_else(refused)?;
-    if !address.contains(':') || database.is_empty() {
-        return Err(refused());
+    let refused = |why: &str| SettingError::ReplicaOf {
+        text: text.to_string(),
+        why: why.to_string(),
+    };
+    if text.contains("://") {
+        return Err(refused("no scheme is taken (the transport is QUIC)"));
+    }
+    let (address, database) = text
+        .rsplit_once('/')
+        .ok_or_else(|| refused("no database after the address"))?;
+    if !super::catalog::valid_name(database) {
+        return Err(refused(
+            "the database name must be 1 to 64 letters, digits, `_` or `-`",
+        ));
+    }
+    let (host, port) = address
+        .rsplit_once(':')
+        .ok_or_else(|| refused("no port in the address"))?;
+    match port.parse::<u16>() {
+        Ok(port) if port > 0 => {}
+        _ => return Err(refused("the port must be a number from 1 to 65535")),
+    }
+    let bracketed = host.starts_with('[') && host.ends_with(']');
+    let host_ok = if bracketed {
+        host[1..host.len() - 1]
+            .parse::<std::net::Ipv6Addr>()
+            .is_ok()
+    } else {
+        !host.is_empty()
+            && host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
+    };
+    if !host_ok {
+        return Err(refused(
+            "the host must be a name, an IPv4 address or a bracketed IPv6 address",
+        ));
     }
     Ok((address.to_string(), database.to_string()))
 }
 
 /// Checks what can be checked of settings without opening anything.
 pub(crate) fn check(settings: &DbSettings) -> Result<(), SettingError> {
+    if settings.quorum.is_some() && settings.sync_acks.is_some() {
+        return Err(SettingError::Contradictory(
+            "--sync-acks and --quorum both set the quorum policy: give one (`--sync-acks N` \
+             is `--quorum \"acks N\"`)"
+                .into(),
+        ));
+    }
     policy_of(settings)?;
     if let Some(text) = &settings.replica_of {
         parse_replica_of(text)?;
@@ -211,6 +260,8 @@ pub(crate) struct Tuning {
     pub(crate) snapshot_max_rate: Option<u64>,
     /// The size of log segments.
     pub(crate) log_segment_bytes: Option<u64>,
+    /// How long a write waits for its commit.
+    pub(crate) write_timeout: Option<std::time::Duration>,
 }
 
 /// Opens database `db` of server `server_name` with its log in `log_dir`, replaying the
@@ -249,6 +300,7 @@ pub(crate) async fn open(
     // Never a setting: an operator allows one rewind, for this run of the engine.
     config.allow_rewind = allow_rewind;
     config.min_epoch = Epoch(settings.min_epoch.unwrap_or(0));
+    config.write_timeout = tuning.write_timeout;
     config.prefer_snapshot = !settings.replay_history.unwrap_or(false);
     config.allowed_replicators = settings
         .replicators
@@ -315,7 +367,7 @@ pub(crate) async fn open(
         settings,
         node,
         store,
-        commit_latency: Arc::default(),
+        commit_latency: CommitLatency::default(),
         gate: Arc::default(),
         footprint,
     })

@@ -55,6 +55,15 @@ pub enum ServerError {
     /// A write the engine refused, or whose outcome is unknown.
     #[error(transparent)]
     Write(WriteError),
+    /// A write not committed within the write timeout (`serve --write-timeout`): its
+    /// outcome is unknown. `hint` says why it waits, when the status shows it.
+    #[error("{error}{}", hint.as_deref().map(|h| format!(": {h}")).unwrap_or_default())]
+    WriteTimedOut {
+        /// The engine's error.
+        error: WriteError,
+        /// Why it waited, if known.
+        hint: Option<String>,
+    },
     /// Pushed transactions the engine refused.
     #[error(transparent)]
     Replicate(WriteError),
@@ -199,6 +208,7 @@ impl ServerError {
                 | WriteError::LogFailed(_)
                 | WriteError::Fenced { .. },
             ) => ErrorKind::Unknown,
+            ServerError::WriteTimedOut { .. } => ErrorKind::Unknown,
             ServerError::InDatabase { error, .. } => error.kind(),
             _ => ErrorKind::Failed,
         }

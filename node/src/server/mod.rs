@@ -28,7 +28,7 @@ use replication_core::coordinator::Coordinator;
 
 use transport_quic::QuicTransport;
 
-pub use catalog::{CatalogError, Layout};
+pub use catalog::{CatalogError, Layout, ensure_stopped, lock_dir};
 pub use database::{OpenError, SettingError, parse_replica_of, policy_of};
 pub use error::ServerError;
 pub(crate) use error::chain as error_chain;
@@ -51,6 +51,13 @@ pub struct Server {
     snapshot_max_rate: Option<u64>,
     /// `--log-segment-bytes`.
     log_segment_bytes: Option<u64>,
+    /// `--write-timeout`.
+    write_timeout: Option<std::time::Duration>,
+    /// `--ready-max-lag`.
+    ready_max_lag: std::time::Duration,
+    /// The data directory's lock, held while the server runs: a second server on the same
+    /// directory is refused at its start.
+    _lock: std::fs::File,
 }
 
 /// What a server runs with beyond its name, directory and transport.
@@ -65,6 +72,11 @@ pub struct ServerOptions {
     pub snapshot_max_rate: Option<u64>,
     /// The size of log segments (`FileLogOptions::segment_bytes`); `None`: the default.
     pub log_segment_bytes: Option<u64>,
+    /// How long a write waits for its commit before it is answered as of unknown outcome;
+    /// `None`: without limit.
+    pub write_timeout: Option<std::time::Duration>,
+    /// How far behind its source (in time) a replica may be and still count as ready.
+    pub ready_max_lag: std::time::Duration,
 }
 
 impl Server {
@@ -98,7 +110,11 @@ impl Server {
                 .map_err(|e| ServerError::Listen(e.to_string()))?
                 .to_string(),
         };
+        let lock = catalog::lock_dir(dir)?;
         let server = Arc::new_cyclic(|me| Server {
+            _lock: lock,
+            write_timeout: options.write_timeout,
+            ready_max_lag: options.ready_max_lag,
             name: name.to_string(),
             transport: Arc::new(transport),
             catalog: Catalog::new(Layout::new(dir)),
@@ -157,6 +173,7 @@ impl Server {
             database::Tuning {
                 snapshot_max_rate: self.snapshot_max_rate,
                 log_segment_bytes: self.log_segment_bytes,
+                write_timeout: self.write_timeout,
             },
         )
         .await

@@ -13,10 +13,10 @@ use replication_core::types::ParseReplicaIdError;
 use replication_core::{ReplicaId, Tx, TxId};
 
 use crate::kv::{KvOp, KvTx};
-use crate::metrics::Snapshot;
+use crate::metrics::{DatabaseMetrics, ServerMetrics};
 use crate::wire::{
-    DbSettings, Position, ProgressReport, ReplicaReport, RollbackReport, SnapshotReport,
-    StatusReport,
+    DbSettings, LinkErrorReport, Position, ProgressReport, ReplicaReport, RollbackReport,
+    SnapshotReport, SourceReport, StatusReport,
 };
 
 use super::catalog::valid_name;
@@ -85,6 +85,14 @@ impl Server {
                     _ => ServerError::Write(WriteError::NotPrimary { source_address }),
                 });
             }
+            Err(error @ WriteError::Timeout { .. }) => {
+                let hint = self
+                    .status(db)
+                    .await
+                    .ok()
+                    .and_then(|status| status.warnings.into_iter().next());
+                return Err(ServerError::WriteTimedOut { error, hint });
+            }
             Err(error) => return Err(ServerError::Write(error)),
         };
         latency.observe(started.elapsed());
@@ -147,11 +155,18 @@ impl Server {
             Role::Primary => policy_of(&settings).ok().map(|q| q.to_string()),
             _ => None,
         };
+        let mut report = status_report(db, status);
+        if let (Some(source), Some(address)) = (&mut report.source, &settings.replica_of) {
+            source.address = address.clone();
+        }
+        if let (Some(policy), Some(false)) = (&policy, report.policy_met_by_connected) {
+            report.warnings.push(unmet_policy_warning(policy, &report));
+        }
         Ok(StatusReport {
             policy,
             waiting_writes,
             failover: self.failover_report(db, &settings),
-            ..status_report(db, status)
+            ..report
         })
     }
 
@@ -176,7 +191,7 @@ impl Server {
             return Err(ServerError::NotPrimaryHere(db.to_string()));
         }
         gate.close(to.to_string());
-        tracing::warn!(database = db, to, "switchover begun: new writes refused");
+        tracing::warn!(db, to, "switchover begun: new writes refused");
         Ok(())
     }
 
@@ -189,7 +204,7 @@ impl Server {
         let gate = self.with_database(db, |d| d.gate.clone()).await?;
         let was = gate.open();
         if let Some(to) = &was {
-            tracing::warn!(database = db, to, "switchover aborted: writes taken again");
+            tracing::warn!(db, to, "switchover aborted: writes taken again");
         }
         Ok(was)
     }
@@ -222,7 +237,7 @@ impl Server {
                         "{replica} is not a member of {db}"
                     )));
                 }
-                tracing::warn!(database = db, %replica, "member removed by an operator");
+                tracing::warn!(db, %replica, "member removed by an operator");
                 Some(replica)
             }
         };
@@ -277,6 +292,7 @@ impl Server {
         // The agent is stopped before the database's slot is taken: it may be waiting for
         // that slot itself.
         let current = self.with_database(name, |d| d.settings.clone()).await?;
+        check_changeable(&changes, &current).map_err(|e| ServerError::BadSettings(e.into()))?;
         let failover_changed = changes.failover.is_some() && changes.failover != current.failover
             || changes.lease_ttl.is_some() && changes.lease_ttl != current.lease_ttl
             || changes.max_lag_on_failover.is_some()
@@ -460,7 +476,7 @@ impl Server {
             policy_of(&settings).map_err(|e| ServerError::BadSettings(e.into()))?;
             self.catalog.persist(name, &settings)?;
             self.restart(name, database, settings, false).await?;
-            tracing::warn!(database = name, "promoted to primary by an operator");
+            tracing::warn!(db = name, "promoted to primary by an operator");
             database.node.clone()
         };
         let status = node.status().await.map_err(ServerError::Status)?;
@@ -537,9 +553,18 @@ impl Server {
     /// # Errors
     /// An unknown database, or a marker that could not be written (it is stopped, but loads
     /// again on restart).
-    pub async fn unload(&self, name: &str) -> Result<(), ServerError> {
+    pub async fn unload(&self, name: &str) -> Result<Vec<String>, ServerError> {
         let unknown = || ServerError::UnknownDatabase(name.to_string());
         let slot = self.catalog.slot(name).ok_or_else(unknown)?;
+        let connected: Vec<String> = match self.status(name).await {
+            Ok(status) => status
+                .replicas
+                .iter()
+                .filter(|r| r.connected)
+                .map(|r| r.replica.clone())
+                .collect(),
+            Err(_) => Vec::new(),
+        };
         self.stop_agent(name).await;
         let database = {
             let mut guard = slot.write().await;
@@ -549,14 +574,24 @@ impl Server {
         };
         database.node.shutdown().await;
         self.catalog.mark_unloaded(name)?;
-        Ok(())
+        let mut warnings = Vec::new();
+        if !connected.is_empty() {
+            warnings.push(format!(
+                "{} replica(s) were streaming from {name}: {}; they retry until it is loaded \
+                 again (`repnode db load {name}`)",
+                connected.len(),
+                connected.join(", ")
+            ));
+        }
+        Ok(warnings)
     }
 
-    /// Deletes an unloaded database and its data.
+    /// Deletes an unloaded database and its data. Returns warnings: the replicas it had,
+    /// which now find no such database.
     ///
     /// # Errors
     /// A loaded database, an unknown one, or a failure to remove its files.
-    pub async fn delete(&self, name: &str) -> Result<(), ServerError> {
+    pub async fn delete(&self, name: &str) -> Result<Vec<String>, ServerError> {
         // Reserved while the files go, so that a load or create of the name meanwhile is
         // refused instead of opening a log being removed.
         let _reservation = self
@@ -566,39 +601,53 @@ impl Server {
         if !valid_name(name) || !self.catalog.unloaded().iter().any(|n| n == name) {
             return Err(ServerError::UnknownDatabase(name.to_string()));
         }
+        // A log that cannot say (a memory store, a damaged file) has no warning to give.
+        let members =
+            store_file::read_members(&self.catalog.layout().log(name)).unwrap_or_default();
         self.catalog.remove(name)?;
-        Ok(())
+        let mut warnings = Vec::new();
+        if !members.is_empty() {
+            let names: Vec<String> = members.iter().map(ToString::to_string).collect();
+            warnings.push(format!(
+                "{name} had {} replica(s): {}; they now find no database {name:?} here. \
+                 Delete them, or point them at another source (`repnode db update NAME \
+                 --replica-of HOST:PORT/DB`); a database created again under this name is \
+                 another history, which they refuse",
+                names.len(),
+                names.join(", ")
+            ));
+        }
+        Ok(warnings)
     }
 
-    /// What the metrics endpoint shows of each loaded database.
-    pub async fn metric_snapshots(&self) -> Vec<Snapshot> {
-        let mut snapshots = Vec::new();
-        for (db, slot) in self.catalog.slots() {
-            let Some((node, store, commit_latency, settings)) =
-                slot.read().await.as_ref().map(|d| {
-                    let latency = d.commit_latency.clone();
-                    (d.node.clone(), d.store.clone(), latency, d.settings.clone())
-                })
+    /// What the metrics and health endpoints show: every loaded database's status (as
+    /// `status` reports it) with its commit latency and what its state machine applied.
+    pub async fn metrics(&self) -> ServerMetrics {
+        let mut metrics = ServerMetrics::new(&self.name, self.ready_max_lag);
+        for (db, _) in self.catalog.slots() {
+            let Ok((store, commit_latency)) = self
+                .with_database(&db, |d| (d.store.clone(), d.commit_latency.clone()))
+                .await
             else {
                 continue;
             };
-            let Ok(status) = node.status().await else {
-                continue;
+            // A database whose engine stopped answers no status: not ready, with the reason.
+            let status = match self.status(&db).await {
+                Ok(status) => status,
+                Err(error) => StatusReport {
+                    database: db.clone(),
+                    log_failure: Some(super::error_chain(&error)),
+                    ..StatusReport::default()
+                },
             };
-            let failover = self.failover_report(&db, &settings);
-            snapshots.push(Snapshot {
-                db,
+            metrics.databases.push(DatabaseMetrics {
+                status,
                 commit_latency,
-                committed: status.committed.0,
-                precommitted: status.durable.tx_id.0,
-                waiting_writes: status.waiting_writes as u64,
                 applied: store.applied_tx().0,
                 applied_bytes: store.applied_bytes(),
-                replicas: replica_reports(status.replicas),
-                failover,
             });
         }
-        snapshots
+        metrics
     }
 
     /// Makes sure the database `name` exists with these replication settings, as immudb's
@@ -665,13 +714,42 @@ fn status_report(db: &str, status: EngineStatus) -> StatusReport {
             last_tx_id: last.0,
             bytes,
         }),
-        upstream: status.upstream.map(|state| match state {
+        upstream: status.upstream.clone().map(|state| match state {
             UpstreamState::Stopped(why) => format!("stopped: {why}"),
             UpstreamState::ReceivingSnapshot => "receiving snapshot".into(),
             UpstreamState::InstallingSnapshot => "installing snapshot".into(),
             other => format!("{other:?}").to_lowercase(),
         }),
         last_error: status.last_error,
+        link_error: status.link_trouble.map(|trouble| LinkErrorReport {
+            cause: trouble.cause.to_string(),
+            message: trouble.message,
+            attempts: trouble.attempts,
+            last_attempt_at: humantime::format_rfc3339_millis(
+                std::time::SystemTime::now() - trouble.since_last_attempt,
+            )
+            .to_string(),
+            failing_for_ms: trouble.since_first.as_millis() as u64,
+        }),
+        source: status.source_address.map(|address| {
+            let seen = status.source_lag.map(|(tx, _)| tx.0);
+            SourceReport {
+                address,
+                streaming: status.upstream == Some(UpstreamState::Streaming),
+                committed_tx_id: seen,
+                lag_txs: seen.map(|seen| seen.saturating_sub(status.committed.0)),
+                lag_ms: status.source_lag.map(|(_, lag)| lag.as_millis() as u64),
+                connects: status.link_connects,
+                errors: status
+                    .link_errors
+                    .iter()
+                    .map(|(cause, count)| (cause.to_string(), *count))
+                    .collect(),
+            }
+        }),
+        log_failure: status.log_failure,
+        policy_met_by_connected: status.policy_met_by_connected,
+        warnings: Vec::new(),
         replicas: replica_reports(status.replicas),
         members: status.members.iter().map(ToString::to_string).collect(),
         policy: None,
@@ -740,7 +818,8 @@ fn replica_reports(replicas: Vec<replication_core::engine::ReplicaStatus>) -> Ve
     replicas
         .into_iter()
         .map(|r| ReplicaReport {
-            id: r.id.node.0,
+            replica: r.id.to_string(),
+            node: r.id.node.0,
             database: r.id.database,
             member: r.member,
             address: r.address,
@@ -750,4 +829,40 @@ fn replica_reports(replicas: Vec<replication_core::engine::ReplicaStatus>) -> Ve
             connected: r.connected,
         })
         .collect()
+}
+
+/// Why a primary's writes wait: its policy needs more replicas than are connected.
+fn unmet_policy_warning(policy: &str, report: &StatusReport) -> String {
+    let connected = report.replicas.iter().filter(|r| r.connected).count();
+    format!(
+        "the policy `{policy}` cannot be met by the {connected} replica(s) connected now: new \
+         writes wait (until their timeout) for more to connect; connect replicas or lower the \
+         policy (`repnode db update NAME --quorum ...`)"
+    )
+}
+
+/// Refuses changes an update cannot make, rather than answering `ok` and ignoring them: the
+/// store and the external replicator are chosen at creation, and `min_epoch` only by
+/// promotion.
+fn check_changeable(
+    changes: &DbSettings,
+    current: &DbSettings,
+) -> Result<(), database::SettingError> {
+    let refused = |what: &str| {
+        Err(database::SettingError::Contradictory(format!(
+            "{what} is chosen when a database is created and cannot be changed: create a \
+             new database (and replicate into it) instead"
+        )))
+    };
+    let store = |s: &DbSettings| s.store.clone().unwrap_or_else(|| "file".into());
+    if changes.store.is_some() && store(changes) != store(current) {
+        return refused("--store");
+    }
+    if changes.external_replicator && !current.external_replicator {
+        return refused("--external-replicator");
+    }
+    if changes.quorum.is_some() && changes.sync_acks.is_some() {
+        return database::check(changes);
+    }
+    Ok(())
 }

@@ -19,6 +19,14 @@ use super::{Server, ServerError};
 const REWIND_WAIT: Duration = Duration::from_secs(30);
 
 impl Server {
+    /// What a database's status warns of, right after a change of its settings.
+    async fn warnings(&self, name: &str) -> Vec<String> {
+        self.status(name)
+            .await
+            .map(|status| status.warnings)
+            .unwrap_or_default()
+    }
+
     /// Answers requests on `channel`, one at a time, until it closes.
     pub(super) async fn client_session(self: Arc<Server>, mut channel: Channel) {
         loop {
@@ -129,7 +137,9 @@ impl Server {
             },
             Request::CreateDb { name, settings } => {
                 self.create(&name, settings).await?;
-                Response::Ok
+                Response::Done {
+                    warnings: self.warnings(&name).await,
+                }
             }
             Request::UpdateDb {
                 name,
@@ -141,7 +151,9 @@ impl Server {
                     let status = self.rewind_outcome(&name, REWIND_WAIT).await?;
                     Response::Rewound(Box::new(status))
                 } else {
-                    Response::Ok
+                    Response::Done {
+                        warnings: self.warnings(&name).await,
+                    }
                 }
             }
             Request::ListDbs => Response::Dbs(self.list().await),
@@ -149,14 +161,12 @@ impl Server {
                 self.load(&name).await?;
                 Response::Ok
             }
-            Request::UnloadDb { name } => {
-                self.unload(&name).await?;
-                Response::Ok
-            }
-            Request::DeleteDb { name } => {
-                self.delete(&name).await?;
-                Response::Ok
-            }
+            Request::UnloadDb { name } => Response::Done {
+                warnings: self.unload(&name).await?,
+            },
+            Request::DeleteDb { name } => Response::Done {
+                warnings: self.delete(&name).await?,
+            },
         })
     }
 }

@@ -110,7 +110,9 @@ pub fn spawn<C: Coordinator + ?Sized, T: FailoverTarget>(
         published_policy: None,
         commit_refused: false,
     };
-    let task = tokio::spawn(runner.run(stopped));
+    // Every line the agent logs names its database, as the engine's do.
+    let span = tracing::info_span!("db", db = %db);
+    let task = tokio::spawn(tracing::Instrument::instrument(runner.run(stopped), span));
     FailoverHandle {
         status,
         stop: Some(stop),

@@ -19,15 +19,15 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::engine::{
-    Command, ConnId, Direction, Engine, EngineConfig, EngineStatus, Event, Recovered, Rollback,
-    WriteError, WriteId, WriteReceipt,
+    Command, ConnId, Direction, Engine, EngineConfig, EngineStatus, Event, LinkErrorCause,
+    Recovered, Rollback, WriteError, WriteId, WriteReceipt,
 };
 use crate::log::{LogError, LogFailure, LogFailureKind, LogOperation, TxLog};
 use crate::protocol::{self, MAX_FRAME_SIZE, Message};
 use crate::quorum::QuorumPolicy;
 use crate::snapshot::{SnapshotError, SnapshotFile, SnapshotMeta, SnapshotStage, SnapshotWriter};
 use crate::state_machine::StateMachine;
-use crate::transport::{Channel, Transport};
+use crate::transport::{Channel, Transport, TransportError};
 use crate::types::{Epoch, LogBase, NodeId, ReplicaId, Tx, TxId};
 
 pub use clock::Clock;
@@ -265,6 +265,8 @@ impl Node {
             snapshot: restored,
             partial_snapshot,
         };
+        // Every line the node logs names its database (a server runs many).
+        let span = tracing::info_span!("db", db = %config.database);
         let engine = Engine::new(config, policy, recovered, clock.now());
         let (requests_tx, requests_rx) = mpsc::channel(options.write_queue);
         let (internal_tx, internal_rx) = mpsc::channel(4096);
@@ -293,7 +295,10 @@ impl Node {
             taking_snapshot: false,
             compactions: Vec::new(),
         };
-        let task = tokio::spawn(driver.run(requests_rx, internal_rx));
+        let task = tokio::spawn(tracing::Instrument::instrument(
+            driver.run(requests_rx, internal_rx),
+            span,
+        ));
         Ok(Node {
             requests: requests_tx,
             applied: applied_rx,
@@ -1376,6 +1381,10 @@ impl<L: TxLog, T: Transport, S: StateMachine> Driver<L, T, S> {
                         },
                         Err(error) => Internal::Engine(Event::ConnectFailed {
                             reason: error.to_string(),
+                            cause: match error {
+                                TransportError::Refused(_) => LinkErrorCause::Certificate,
+                                _ => LinkErrorCause::Unreachable,
+                            },
                         }),
                     };
                     let _ = events.send(internal).await;

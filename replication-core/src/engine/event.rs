@@ -59,6 +59,12 @@ pub enum Event {
     ConnectFailed {
         /// Why.
         reason: String,
+        /// The kind of failure: [`LinkErrorCause::Unreachable`] or
+        /// [`LinkErrorCause::Certificate`] for a transport's.
+        ///
+        /// [`LinkErrorCause::Unreachable`]: super::LinkErrorCause::Unreachable
+        /// [`LinkErrorCause::Certificate`]: super::LinkErrorCause::Certificate
+        cause: super::LinkErrorCause,
     },
     /// A channel closed or broke.
     Disconnected {
@@ -178,7 +184,16 @@ impl PartialEq for Event {
                     direction: e,
                 },
             ) => a == b && p == q && x == y && d == e,
-            (ConnectFailed { reason: a }, ConnectFailed { reason: b }) => a == b,
+            (
+                ConnectFailed {
+                    reason: a,
+                    cause: x,
+                },
+                ConnectFailed {
+                    reason: b,
+                    cause: y,
+                },
+            ) => a == b && x == y,
             (Disconnected { conn: a }, Disconnected { conn: b }) => a == b,
             (
                 Received {

@@ -62,7 +62,10 @@ pub use command::{AckKind, Command, WriteReceipt};
 pub use config::{EngineConfig, Role, default_policy};
 pub use error::{PushRefusal, ReplicationError, WriteError};
 pub use event::{AppendToken, ConnId, Direction, Event, WriteId};
-pub use status::{EngineStatus, ReplicaStatus, Rollback, SnapshotProgress, UpstreamState};
+pub use status::{
+    EngineStatus, LinkErrorCause, LinkTrouble, ReplicaStatus, Rollback, SnapshotProgress,
+    UpstreamState,
+};
 pub use timers::Timestamp;
 
 use crate::log::LogFailure;
@@ -268,9 +271,9 @@ impl Engine {
                     self.source.on_connected(cx!(self), conn, peer, address)
                 }
             },
-            Event::ConnectFailed { reason } => {
+            Event::ConnectFailed { reason, cause } => {
                 if let Some(upstream) = &mut self.upstream {
-                    upstream.on_connect_failed(cx!(self), reason);
+                    upstream.on_connect_failed(cx!(self), reason, cause);
                 }
             }
             Event::Disconnected { conn } => match &mut self.upstream {
@@ -419,6 +422,9 @@ impl Engine {
     /// Commits what the source reports committed and this node holds durably.
     fn commit_from_source(&mut self, source_committed: Option<TxId>) {
         if let Some(up_to) = source_committed {
+            if let Some(upstream) = &mut self.upstream {
+                upstream.saw_source_commit(up_to, self.log.committed(), self.now);
+            }
             self.commit(up_to);
         }
     }
@@ -481,6 +487,7 @@ impl Engine {
             committed: self.log.committed(),
             committed_position: self.log.committed_position(),
             policy: writes.map(|_| format!("{:?}", self.source.policy())),
+            policy_met_by_connected: self.source.policy_met_by_connected(),
             fenced: writes.and_then(WritePath::fenced),
             lease_until: writes.and_then(WritePath::lease_until),
             waiting_writes: writes.map_or(0, WritePath::waiting),
@@ -490,8 +497,27 @@ impl Engine {
                 (None, Some(pushes)) => pushes.stopped().map(ToString::to_string),
                 (None, None) => writes.and_then(WritePath::fence_reason),
             },
+            link_trouble: self
+                .upstream
+                .as_ref()
+                .and_then(|upstream| upstream.trouble(now)),
+            link_errors: self
+                .upstream
+                .as_ref()
+                .map(Upstream::errors_by_cause)
+                .unwrap_or_default(),
+            link_connects: self.upstream.as_ref().map_or(0, Upstream::connects),
+            source_lag: self
+                .upstream
+                .as_ref()
+                .and_then(|upstream| upstream.source_lag(now)),
+            source_address: self
+                .upstream
+                .as_ref()
+                .map(|upstream| upstream.address().to_string()),
             replicas: self.source.replica_statuses(now, self.log.last().tx_id),
             members: self.source.members().cloned().collect(),
+            log_failure: self.failed.as_ref().map(ToString::to_string),
             last_rollback: self.last_rollback.clone(),
             base: self.log.base(),
             snapshot: self

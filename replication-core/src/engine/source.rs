@@ -1034,4 +1034,20 @@ impl Source {
     pub(super) fn replica_statuses(&self, now: Timestamp, last: TxId) -> Vec<ReplicaStatus> {
         self.replicas.statuses(now, last)
     }
+
+    /// On a primary: whether the replicas connected now could commit a new write under the
+    /// policy (as if each acknowledged everything); `None` elsewhere. `false` means writes
+    /// wait until more replicas connect.
+    pub(super) fn policy_met_by_connected(&self) -> Option<bool> {
+        self.writes.as_ref()?;
+        let mut progress = self.replicas.progress();
+        for replica in &mut progress {
+            replica.durable = if replica.connected {
+                TxId(u64::MAX)
+            } else {
+                TxId::ZERO
+            };
+        }
+        Some(self.policy.satisfied(&progress) == TxId(u64::MAX))
+    }
 }

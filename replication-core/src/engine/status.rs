@@ -28,6 +28,82 @@ pub enum UpstreamState {
     Stopped(String),
 }
 
+/// Why a replica's link to its source failed, by kind: what an operator fixes differs for each,
+/// so status, logs and metrics name it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum LinkErrorCause {
+    /// The source could not be reached: a wrong address, nothing listening, a network cut.
+    Unreachable,
+    /// The handshake refused an identity: a certificate of another CA, or an expired one.
+    Certificate,
+    /// The source has no such database.
+    UnknownDatabase,
+    /// The source does not allow this node to replicate the database.
+    NotAllowed,
+    /// The source refused the subscription for another reason (epochs, a source behind this
+    /// replica, a diverged history, a protocol version, no leader lease yet).
+    Refused,
+    /// The source went silent past the peer timeout.
+    Timeout,
+    /// An open channel to the source closed.
+    ConnectionLost,
+    /// A snapshot from the source could not be received, stored or installed.
+    Snapshot,
+    /// Replication stopped for an operator (see the error).
+    Stopped,
+}
+
+impl LinkErrorCause {
+    /// Every cause, in order: metrics show a zero for those never seen.
+    pub const ALL: [LinkErrorCause; 9] = [
+        LinkErrorCause::Unreachable,
+        LinkErrorCause::Certificate,
+        LinkErrorCause::UnknownDatabase,
+        LinkErrorCause::NotAllowed,
+        LinkErrorCause::Refused,
+        LinkErrorCause::Timeout,
+        LinkErrorCause::ConnectionLost,
+        LinkErrorCause::Snapshot,
+        LinkErrorCause::Stopped,
+    ];
+
+    /// The cause as a short label: `unreachable`, `certificate`, `unknown_database`, ...
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LinkErrorCause::Unreachable => "unreachable",
+            LinkErrorCause::Certificate => "certificate",
+            LinkErrorCause::UnknownDatabase => "unknown_database",
+            LinkErrorCause::NotAllowed => "not_allowed",
+            LinkErrorCause::Refused => "refused",
+            LinkErrorCause::Timeout => "timeout",
+            LinkErrorCause::ConnectionLost => "connection_lost",
+            LinkErrorCause::Snapshot => "snapshot",
+            LinkErrorCause::Stopped => "stopped",
+        }
+    }
+}
+
+impl std::fmt::Display for LinkErrorCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A replica's link to its source failing, from its first failure until it streams again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkTrouble {
+    /// The kind of the last failure.
+    pub cause: LinkErrorCause,
+    /// The last failure, in words.
+    pub message: String,
+    /// Failed attempts since the link last worked.
+    pub attempts: u64,
+    /// How long ago the last attempt failed.
+    pub since_last_attempt: Duration,
+    /// How long ago the first of these failures happened.
+    pub since_first: Duration,
+}
+
 /// What a primary knows of one replica.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReplicaStatus {
@@ -74,6 +150,9 @@ pub struct EngineStatus {
     pub committed_position: LogPosition,
     /// The quorum policy (primary only).
     pub policy: Option<String>,
+    /// On a primary: whether the replicas connected now can meet the policy (`false`: new
+    /// writes wait for more replicas to connect); `None` elsewhere.
+    pub policy_met_by_connected: Option<bool>,
     /// Whether a higher epoch fenced this primary.
     pub fenced: Option<Epoch>,
     /// On a primary writing under a coordinator's lease, when the lease it was last granted
@@ -86,10 +165,25 @@ pub struct EngineStatus {
     /// The last error replication met (replica), cleared once streaming resumes; on a fenced
     /// primary, why it is fenced.
     pub last_error: Option<String>,
+    /// The replica's link to its source failing: the last cause, its message, the failed
+    /// attempts and when (replica only; `None` while the link works).
+    pub link_trouble: Option<LinkTrouble>,
+    /// The link's failures since this node started, by cause (replica only).
+    pub link_errors: Vec<(LinkErrorCause, u64)>,
+    /// Connections to the source dialled since this node started, the first included.
+    pub link_connects: u64,
+    /// The source's commit point as this replica last heard it (kept while disconnected), and
+    /// for how long this replica's commit point has trailed it (zero while it holds it).
+    pub source_lag: Option<(TxId, Duration)>,
+    /// The source's address (replica only).
+    pub source_address: Option<String>,
     /// This node's replicas: those heard from since it started, and every member.
     pub replicas: Vec<ReplicaStatus>,
     /// The durable membership: the replicas that count toward the quorum policy.
     pub members: Vec<ReplicaId>,
+    /// Why the log failed (a write or a sync did): the node then refuses every write and
+    /// acknowledgement until it restarts and recovers its log.
+    pub log_failure: Option<String>,
     /// The last transactions this node dropped from its log (rejoining a newer history) and
     /// where they were kept, since it started.
     pub last_rollback: Option<Rollback>,

@@ -9,7 +9,9 @@
 use std::time::Duration;
 
 use super::local_log::NotExtending;
-use super::{Command, ConnId, Ctx, ReplicationError, Timestamp, UpstreamState};
+use super::{
+    Command, ConnId, Ctx, LinkErrorCause, LinkTrouble, ReplicationError, Timestamp, UpstreamState,
+};
 use crate::protocol::{DIVERGENCE_WINDOW, Message, PROTOCOL_VERSION, Refusal, SnapshotWish};
 use crate::snapshot::{SnapshotChunk, SnapshotError, SnapshotMeta};
 use crate::types::{Epoch, EpochClaim, LogBase, LogPosition, Tx, TxHash, TxId};
@@ -89,6 +91,16 @@ struct PartialSnapshot {
     bytes_at_start: u64,
 }
 
+/// The link failing, from its first failure until the source accepts a subscription again.
+#[derive(Clone, Debug)]
+struct Trouble {
+    cause: LinkErrorCause,
+    message: String,
+    attempts: u64,
+    first_at: Timestamp,
+    last_at: Timestamp,
+}
+
 /// What a source's `Diverged` told us: its epoch, its hashes after the position we offered, and
 /// its last transaction.
 #[derive(Debug)]
@@ -106,8 +118,17 @@ pub(super) struct Upstream {
     link: Link,
     /// The primary's address, learned from the source's `Accepted`.
     primary_hint: Option<String>,
-    /// Why the source last refused us, while we keep retrying.
-    last_refusal: Option<String>,
+    /// Why the link last failed, until the source accepts a subscription again.
+    trouble: Option<Trouble>,
+    /// Failures since this node started, by cause (indexed as [`LinkErrorCause::ALL`]).
+    errors: [u64; LinkErrorCause::ALL.len()],
+    /// Connections dialled since this node started.
+    connects: u64,
+    /// The source's commit point as last heard, kept while disconnected.
+    source_seen: Option<TxId>,
+    /// Since when this node's commit point has trailed the source's as last heard (`None`
+    /// while it holds it): the replica's lag in time.
+    behind_since: Option<Timestamp>,
     /// Reconnection jitter: xorshift64* from the configured seed.
     rng: u64,
     /// While the source's history lacks our commit point: the lower position the next
@@ -141,7 +162,11 @@ impl Upstream {
                 backoff,
             },
             primary_hint: None,
-            last_refusal: None,
+            trouble: None,
+            errors: [0; LinkErrorCause::ALL.len()],
+            connects: 0,
+            source_seen: None,
+            behind_since: None,
             rng: seed ^ 0x9e37_79b9_7f4a_7c15,
             search_from: None,
             rewind_allowed,
@@ -197,11 +222,71 @@ impl Upstream {
         }
     }
 
-    /// The error that stopped replication, or else why the source last refused us.
+    /// The error that stopped replication, or else why the link last failed.
     pub(super) fn last_error(&self) -> Option<String> {
         match &self.link {
             Link::Stopped(error) => Some(error.to_string()),
-            _ => self.last_refusal.clone(),
+            _ => self.trouble.as_ref().map(|t| t.message.clone()),
+        }
+    }
+
+    /// The link failing, as status shows it; `None` while it works.
+    pub(super) fn trouble(&self, now: Timestamp) -> Option<LinkTrouble> {
+        let trouble = self.trouble.as_ref()?;
+        Some(LinkTrouble {
+            cause: trouble.cause,
+            message: self.last_error().unwrap_or_else(|| trouble.message.clone()),
+            attempts: trouble.attempts,
+            since_last_attempt: now.since(trouble.last_at),
+            since_first: now.since(trouble.first_at),
+        })
+    }
+
+    /// The link's failures since this node started, by cause, every cause listed.
+    pub(super) fn errors_by_cause(&self) -> Vec<(LinkErrorCause, u64)> {
+        LinkErrorCause::ALL.into_iter().zip(self.errors).collect()
+    }
+
+    /// Connections to the source dialled since this node started.
+    pub(super) fn connects(&self) -> u64 {
+        self.connects
+    }
+
+    /// The source's address.
+    pub(super) fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// Records a failure of the link. Logged as a warning when its cause differs from the
+    /// last one's (an operator learns of each new problem once, not at every retry), at debug
+    /// level otherwise.
+    fn failed(&mut self, cx: &Ctx<'_>, cause: LinkErrorCause, message: String) {
+        if let Some(count) = LinkErrorCause::ALL
+            .iter()
+            .position(|c| *c == cause)
+            .and_then(|index| self.errors.get_mut(index))
+        {
+            *count += 1;
+        }
+        match &mut self.trouble {
+            Some(trouble) if trouble.cause == cause => {
+                tracing::debug!(source = %self.address, %cause, attempts = trouble.attempts + 1, error = %message, "replication from the source still failing");
+                trouble.attempts += 1;
+                trouble.last_at = cx.now;
+                trouble.message = message;
+            }
+            _ => {
+                let attempts = self.trouble.as_ref().map_or(0, |t| t.attempts) + 1;
+                tracing::warn!(source = %self.address, %cause, attempts, error = %message, "replication from the source failing; retrying");
+                let first_at = self.trouble.as_ref().map_or(cx.now, |t| t.first_at);
+                self.trouble = Some(Trouble {
+                    cause,
+                    message,
+                    attempts,
+                    first_at,
+                    last_at: cx.now,
+                });
+            }
         }
     }
 
@@ -259,13 +344,15 @@ impl Upstream {
             Link::Idle { retry_at, backoff } if *retry_at <= now => {
                 let backoff = *backoff;
                 self.link = Link::Connecting { backoff };
+                self.connects += 1;
                 cx.out.push_back(Command::Connect {
                     address: self.address.clone(),
                 });
             }
             Link::Subscribing { conn, since, .. } if now.since(*since) > cx.config.peer_timeout => {
                 let conn = *conn;
-                self.drop_link(cx, conn, "source did not answer the subscription");
+                let why = "the source did not answer the subscription";
+                self.drop_link(cx, conn, LinkErrorCause::Timeout, why);
             }
             Link::Streaming {
                 conn,
@@ -275,7 +362,8 @@ impl Upstream {
             } => {
                 let conn = *conn;
                 if now.since(*last_heard) > cx.config.peer_timeout {
-                    self.drop_link(cx, conn, "source silent past the peer timeout");
+                    let why = "the source was silent past the peer timeout";
+                    self.drop_link(cx, conn, LinkErrorCause::Timeout, why);
                 } else if now.since(*last_ack) >= cx.config.heartbeat_interval {
                     *last_ack = now;
                     let durable = cx.log.durable();
@@ -289,7 +377,8 @@ impl Upstream {
                 if now.since(*last_heard) > cx.config.peer_timeout =>
             {
                 let conn = *conn;
-                self.drop_link(cx, conn, "source silent past the peer timeout");
+                let why = "the source was silent past the peer timeout";
+                self.drop_link(cx, conn, LinkErrorCause::Timeout, why);
             }
             // The source drops a silent replica: an install may take longer than that.
             Link::InstallingSnapshot {
@@ -331,16 +420,22 @@ impl Upstream {
         };
     }
 
-    fn drop_link(&mut self, cx: &mut Ctx<'_>, conn: ConnId, why: &str) {
-        tracing::warn!(?conn, why, "dropping the channel to the source");
+    fn drop_link(&mut self, cx: &mut Ctx<'_>, conn: ConnId, cause: LinkErrorCause, why: &str) {
+        tracing::debug!(?conn, why, "dropping the channel to the source");
+        self.failed(cx, cause, why.to_string());
         cx.out.push_back(Command::Close { conn });
         self.wait_before_retry(cx, cx.config.reconnect_min);
     }
 
     /// A [`Command::Connect`] failed.
-    pub(super) fn on_connect_failed(&mut self, cx: &mut Ctx<'_>, reason: String) {
+    pub(super) fn on_connect_failed(
+        &mut self,
+        cx: &mut Ctx<'_>,
+        reason: String,
+        cause: LinkErrorCause,
+    ) {
         if let Link::Connecting { backoff } = self.link {
-            tracing::debug!(%reason, "cannot reach the source; retrying");
+            self.failed(cx, cause, reason);
             self.wait_before_retry(cx, backoff);
         }
     }
@@ -429,7 +524,7 @@ impl Upstream {
 
     /// The channel to the source closed.
     pub(super) fn on_disconnected(&mut self, cx: &mut Ctx<'_>, conn: ConnId) {
-        tracing::info!(?conn, "channel to the source closed; reconnecting");
+        tracing::debug!(?conn, "channel to the source closed; reconnecting");
         if matches!(self.link, Link::InstallingSnapshot { .. }) {
             // The install goes on; the subscription follows it on a new channel.
             self.link = Link::InstallingSnapshot {
@@ -437,6 +532,10 @@ impl Upstream {
                 last_ack: cx.now,
             };
             return;
+        }
+        if !matches!(self.link, Link::Stopped(_) | Link::Idle { .. }) {
+            let why = "the channel to the source closed".to_string();
+            self.failed(cx, LinkErrorCause::ConnectionLost, why);
         }
         self.wait_before_retry(cx, cx.config.reconnect_min);
     }
@@ -465,7 +564,14 @@ impl Upstream {
                     return None;
                 }
                 let epoch = claim.epoch;
-                tracing::info!(?conn, %claim, %committed, last = %cx.log.last().tx_id, "streaming from source");
+                match self.trouble.take() {
+                    Some(trouble) => {
+                        tracing::warn!(source = %self.address, failed_attempts = trouble.attempts, after = ?cx.now.since(trouble.first_at), last_cause = %trouble.cause, "replicating from the source again")
+                    }
+                    None => {
+                        tracing::info!(?conn, %claim, %committed, last = %cx.log.last().tx_id, "streaming from source")
+                    }
+                }
                 self.link = Link::Streaming {
                     conn,
                     source_epoch: epoch,
@@ -710,9 +816,9 @@ impl Upstream {
                 return self.stop(cx, ReplicationError::Snapshot(error));
             }
             Err(error) => {
-                self.last_refusal = Some(format!("cannot store the source's snapshot: {error}"));
+                let why = format!("cannot store the source's snapshot: {error}");
+                self.failed(cx, LinkErrorCause::Snapshot, why);
                 self.partial = None;
-                tracing::warn!(%error, "cannot store the source's snapshot");
                 cx.out.push_back(Command::Close { conn });
                 return self.wait_before_retry(cx, cx.config.reconnect_max);
             }
@@ -745,8 +851,8 @@ impl Upstream {
         }
         if let Err(error) = chunk.verify() {
             // Never stored: the transfer resumes at this chunk on a new channel.
-            self.last_refusal = Some(format!("refused a snapshot chunk from the source: {error}"));
-            return self.drop_link(cx, conn, "a snapshot chunk failed its hash");
+            let why = format!("refused a snapshot chunk from the source: {error}");
+            return self.drop_link(cx, conn, LinkErrorCause::Snapshot, &why);
         }
         partial.next += 1;
         partial.bytes += chunk.data.len() as u64;
@@ -797,7 +903,6 @@ impl Upstream {
                     self.rewind_allowed = false;
                 }
                 tracing::info!(last = %meta.last.tx_id, "snapshot installed; following the source's log from there");
-                self.last_refusal = None;
                 Some(LogBase {
                     position: meta.last,
                     epoch: meta.last_epoch,
@@ -805,8 +910,8 @@ impl Upstream {
             }
             // Damaged in storage or unreadable: fetch it again.
             Err(error @ (SnapshotError::Corrupt { .. } | SnapshotError::Io(_))) => {
-                self.last_refusal =
-                    Some(format!("installing the source's snapshot failed: {error}"));
+                let why = format!("installing the source's snapshot failed: {error}");
+                self.failed(cx, LinkErrorCause::Snapshot, why);
                 if let Some(conn) = conn {
                     cx.out.push_back(Command::Close { conn });
                 }
@@ -840,8 +945,13 @@ impl Upstream {
     }
 
     fn refused(&mut self, cx: &mut Ctx<'_>, conn: ConnId, refusal: Refusal) {
-        tracing::warn!(%refusal, "source refused the subscription");
+        tracing::debug!(%refusal, "source refused the subscription");
         cx.out.push_back(Command::Close { conn });
+        let cause = match refusal {
+            Refusal::UnknownDatabase(_) => LinkErrorCause::UnknownDatabase,
+            Refusal::NotAllowed(_) => LinkErrorCause::NotAllowed,
+            _ => LinkErrorCause::Refused,
+        };
         let offered = match self.link {
             Link::Subscribing { known_common, .. } => Some(known_common.tx_id),
             _ => None,
@@ -866,13 +976,14 @@ impl Upstream {
             // A new primary waits for its lease for milliseconds only: retry soon.
             Refusal::NoLease => {
                 self.wait_before_retry(cx, cx.config.reconnect_min);
-                self.last_refusal = Some(refusal.to_string());
+                self.failed(cx, cause, refusal.to_string());
             }
             // These may resolve themselves (the database created, the source catching up, the
             // permission granted), so keep trying, slowly, and show the reason.
             _ => {
                 self.wait_before_retry(cx, cx.config.reconnect_max);
-                self.last_refusal = Some(refusal.to_string());
+                let message = refusal_advice(&refusal, &self.address);
+                self.failed(cx, cause, message);
             }
         }
     }
@@ -880,7 +991,8 @@ impl Upstream {
     /// Stops replication until an operator acts.
     pub(super) fn stop(&mut self, cx: &mut Ctx<'_>, error: ReplicationError) {
         self.search_from = None;
-        tracing::error!(%error, "replication stopped");
+        tracing::error!(source = %self.address, %error, "replication stopped");
+        self.failed(cx, LinkErrorCause::Stopped, error.to_string());
         if let Some(conn) = self.conn() {
             cx.out.push_back(Command::Close { conn });
         }
@@ -911,7 +1023,6 @@ impl Upstream {
                 return None;
             }
         };
-        self.last_refusal = None;
         // A relay's epoch may lag the transactions it forwards; they carry the truth.
         cx.log.raise_epoch(last_epoch, cx.out);
         cx.log.append(txs, cx.out);
@@ -935,8 +1046,31 @@ impl Upstream {
         }
     }
 
+    /// The source reported its commit point `committed` (this node's is `ours`).
+    pub(super) fn saw_source_commit(&mut self, committed: TxId, ours: TxId, now: Timestamp) {
+        self.source_seen = Some(
+            self.source_seen
+                .map_or(committed, |seen| seen.max(committed)),
+        );
+        if committed > ours && self.behind_since.is_none() {
+            self.behind_since = Some(now);
+        }
+    }
+
+    /// The source's commit point as last heard, and for how long this node has trailed it.
+    pub(super) fn source_lag(&self, now: Timestamp) -> Option<(TxId, Duration)> {
+        let seen = self.source_seen?;
+        Some((
+            seen,
+            self.behind_since.map_or(Duration::ZERO, |t| now.since(t)),
+        ))
+    }
+
     /// This node's commit point moved: logs once per channel when it reaches the source's.
     pub(super) fn on_committed(&mut self, committed: TxId) {
+        if self.source_seen.is_some_and(|seen| committed >= seen) {
+            self.behind_since = None;
+        }
         if let Link::Streaming {
             source_committed,
             caught_up,
@@ -1125,5 +1259,28 @@ impl Upstream {
         }
         cx.log.truncate(common, common_epoch, rewind, cx.out);
         self.subscribe(cx, conn, common);
+    }
+}
+
+/// A refusal in words, with what fixes it where the source's answer alone does not say.
+fn refusal_advice(refusal: &Refusal, source: &str) -> String {
+    const RECREATED: &str = "if the source database was deleted and created again, it holds \
+        another history: delete this replica and create it again to follow it";
+    match refusal {
+        Refusal::UnknownDatabase(_) => format!(
+            "{refusal} on the source {source}: create it there, or point this replica at \
+             another source (`repnode db update NAME --replica-of HOST:PORT/DB`)"
+        ),
+        Refusal::NotAllowed(identity) => format!(
+            "{refusal} on the source {source}: add {identity:?} to its replicators \
+             (`repnode db update NAME --replicators ...` there)"
+        ),
+        Refusal::EpochTaken { .. } | Refusal::StaleSource { .. } => {
+            format!("{refusal} (source {source}); {RECREATED}")
+        }
+        Refusal::SourceBehind { .. } => format!(
+            "{refusal} (source {source}): a lagging source catches up by itself; {RECREATED}"
+        ),
+        _ => refusal.to_string(),
     }
 }

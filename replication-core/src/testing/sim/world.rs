@@ -556,6 +556,7 @@ impl World {
         let Some(target) = reachable else {
             let event = Event::ConnectFailed {
                 reason: "unreachable".into(),
+                cause: crate::engine::LinkErrorCause::Unreachable,
             };
             return self.deliver(node, event);
         };
