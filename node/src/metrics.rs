@@ -123,6 +123,12 @@ fn not_ready(status: &StatusReport, max_lag: Duration) -> Option<String> {
         {
             return Some("holds no leader lease: the coordinator elects another".into());
         }
+        if status.policy_met_by_connected == Some(false) {
+            let policy = status.policy.as_deref().unwrap_or("its policy");
+            return Some(format!(
+                "writes wait: the replicas connected cannot meet {policy}"
+            ));
+        }
         return None;
     }
     let source = status.source.as_ref()?;
@@ -243,16 +249,16 @@ fn database_metrics(scrape: &mut Scrape, metrics: &ServerMetrics, dbs: &[&Status
     scrape.gauge(
         "repnode_role",
         "1 for the role each database has here: primary, replica or external_replica",
-        dbs.iter().map(|s| {
+        dbs.iter().filter_map(|s| {
             let role = match s.role.as_str() {
                 "primary" => "primary",
                 "replica" => "replica",
+                // A database whose status could not be read has no role to show.
+                "" => return None,
                 _ => "external_replica",
             };
-            (
-                vec![("database", s.database.clone()), ("role", role.into())],
-                1,
-            )
+            let labels = vec![("database", s.database.clone()), ("role", role.into())];
+            Some((labels, 1))
         }),
     );
     scrape.gauge(
@@ -536,8 +542,8 @@ impl ProcessStats {
         let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
         // The command name (field 2) may hold spaces: the fields after it follow its `)`.
         let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-        // Fields 14, 15 (utime, stime), 20 (threads), 22 (starttime), 23 (vsize), 24 (rss
-        // pages), counted from 1; `fields` begins at field 3.
+        // Fields 14, 15 (utime, stime), 20 (threads), 22 (starttime) and 23 (vsize), counted
+        // from 1; `fields` begins at field 3.
         let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<u64>().ok());
         let boot_time = std::fs::read_to_string("/proc/stat")
             .ok()?
@@ -546,7 +552,6 @@ impl ProcessStats {
             .trim()
             .parse::<u64>()
             .ok()?;
-        let page_size = 4096;
         let max_fds = std::fs::read_to_string("/proc/self/limits")
             .ok()
             .and_then(|limits| {
@@ -561,11 +566,24 @@ impl ProcessStats {
             threads: field(20)?,
             start_time_seconds: boot_time as f64 + field(22)? as f64 / TICKS_PER_SECOND,
             virtual_bytes: field(23)?,
-            resident_bytes: field(24)? * page_size,
+            resident_bytes: resident_bytes()?,
             open_fds: std::fs::read_dir("/proc/self/fd").ok()?.count() as u64,
             max_fds,
         })
     }
+}
+
+/// The resident set size, from `/proc/self/status` (in kB there, whatever the page size).
+fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse::<u64>()
+        .ok()?;
+    Some(kb * 1024)
 }
 
 /// An HTTP answer: status line, content type and body.

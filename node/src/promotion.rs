@@ -223,7 +223,7 @@ impl PromoteError {
             self,
             PromoteError::Refused(_)
                 | PromoteError::Answer {
-                    kind: ErrorKind::Refused,
+                    kind: ErrorKind::Refused | ErrorKind::Unauthorized,
                     ..
                 }
         )

@@ -168,9 +168,22 @@ pub async fn switchover(
         db: db.to_string(),
         to: to.to_string(),
     };
-    if let Err(why) = expect_ok(&mut primary, from, &begin).await {
-        // Its answer may not have come after the gate closed: undo in any case.
-        return Err(abort(&mut primary, from, db, identity, Step::Freeze, why).await);
+    match primary.request(&begin, Some(REQUEST_TIMEOUT)).await {
+        Ok(Outcome::Answered(Response::Ok | Response::Done { .. })) => {}
+        // Answered with a refusal (a replica, an identity that is no admin): the gate never
+        // closed, and nothing is undone.
+        Ok(Outcome::Answered(Response::Error { message, .. })) => {
+            return Err(refused(format!("{from}: {message}")));
+        }
+        other => {
+            let why = match other {
+                Ok(Outcome::Unknown(why)) => format!("{from}: no answer: {why}"),
+                Ok(Outcome::Answered(answer)) => format!("{from}: unexpected answer {answer:?}"),
+                Err(error) => format!("{from}: {}", crate::server::error_chain(&error)),
+            };
+            // Its answer may not have come after the gate closed: undo in any case.
+            return Err(abort(&mut primary, from, db, identity, Step::Freeze, why).await);
+        }
     }
 
     // 2. Catch up.

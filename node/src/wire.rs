@@ -6,8 +6,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::kv::KvOp;
 
-/// The first frame of a client channel. It is not a valid replication message.
-pub const CLIENT_HELLO: &[u8] = b"repnode-client/1";
+/// The first frame of a client channel. It is not a valid replication message. The number
+/// is the client protocol's version: a server refuses another, naming both.
+pub const CLIENT_HELLO: &[u8] = b"repnode-client/2";
+
+/// What every client hello begins with, whatever its version.
+pub const CLIENT_HELLO_PREFIX: &[u8] = b"repnode-client/";
 
 /// Per-database settings, persisted in the server's data directory.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,6 +69,13 @@ pub struct DbSettings {
     /// of starting from a snapshot: every transaction, hash-chained, is on this replica too.
     #[serde(default)]
     pub replay_history: Option<bool>,
+    /// Client identities that may read this database (`get`, `status`, ...), beyond the
+    /// server's admins.
+    #[serde(default)]
+    pub readers: Option<Vec<String>>,
+    /// Client identities that may read and write this database, beyond the server's admins.
+    #[serde(default)]
+    pub writers: Option<Vec<String>>,
 }
 
 impl DbSettings {
@@ -225,8 +236,8 @@ pub struct StatusReport {
     pub upstream: Option<String>,
     /// The last replication error.
     pub last_error: Option<String>,
-    /// A replica's link to its source failing: the cause, the attempts and when (`None` while
-    /// it works).
+    /// A replica's link to its source failing: the cause, the attempts and when (`None` once
+    /// the source accepted a subscription again).
     pub link_error: Option<LinkErrorReport>,
     /// A replica's source, as this replica sees it.
     pub source: Option<SourceReport>,
@@ -263,7 +274,8 @@ pub struct StatusReport {
     pub failover: Option<FailoverReport>,
 }
 
-/// A replica's link to its source failing, from its first failure until it streams again.
+/// A replica's link to its source failing, from its first failure until the source accepts a
+/// subscription again.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LinkErrorReport {
     /// The kind of the last failure: `unreachable`, `certificate`, `unknown_database`,
@@ -291,7 +303,8 @@ pub struct SourceReport {
     pub committed_tx_id: Option<u64>,
     /// Transactions it has committed that this replica has not, as last heard.
     pub lag_txs: Option<u64>,
-    /// For how long this replica's commit point has trailed the source's, in milliseconds.
+    /// The age of the oldest commit point of the source this replica has not reached, in
+    /// milliseconds (0 when it holds every one heard).
     pub lag_ms: Option<u64>,
     /// Connections dialled to it since this server started.
     pub connects: u64,
@@ -513,4 +526,6 @@ pub enum ErrorKind {
     Refused,
     /// Anything else; nothing was written.
     Failed,
+    /// The client's identity may not make this request; nothing changed.
+    Unauthorized,
 }

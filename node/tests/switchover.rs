@@ -25,7 +25,14 @@ fn switch_over(root: &Path, from: &str, to: &str) -> serde_json::Value {
     let output = cli(root, from, &["db", "switchover", "app", "--to", to]);
     assert!(output.status.success(), "{output:?}");
     let done = json(&output);
-    for field in ["db", "from", "to", "epoch", "unavailable_ms", "committed"] {
+    for field in [
+        "database",
+        "from",
+        "to",
+        "epoch",
+        "unavailable_ms",
+        "committed",
+    ] {
         assert!(!done[field].is_null(), "{field} in {done}");
     }
     assert_eq!(done["database"], "app");

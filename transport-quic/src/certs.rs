@@ -81,6 +81,15 @@ impl DevCa {
         if !parsed.is_ca() {
             return Err(bad("the certificate given as the CA is not a CA".into()));
         }
+        // Rebuilt from its common name alone: a subject with more would not match what the
+        // rebuilt CA writes as issuer, and the certificates would not verify.
+        if parsed.subject().iter().count() != 1 {
+            return Err(bad(
+                "certs add-node issues only from a CA that certs init made (a subject of its \
+                 common name alone); issue from your own PKI's tools instead"
+                    .into(),
+            ));
+        }
         let name = parsed
             .subject()
             .iter_common_name()
@@ -346,6 +355,24 @@ pub fn init_pki(
     for extra in extra_names {
         check_address(extra)?;
     }
+    // Every file checked before any is written: a refusal leaves the directory as it was.
+    if !force {
+        let names = nodes.iter().map(|n| n.name.as_str()).chain(["client"]);
+        for file in names.flat_map(|name| [format!("{name}.pem"), format!("{name}.key")]) {
+            if dir.join(&file).exists() {
+                return Err(QuicError::Certificate(format!(
+                    "{} exists: not replaced without --force",
+                    dir.join(file).display()
+                )));
+            }
+        }
+        if dir.join(CA_KEY).exists() {
+            return Err(QuicError::Certificate(format!(
+                "{} exists: not replaced without --force",
+                dir.join(CA_KEY).display()
+            )));
+        }
+    }
     fs::create_dir_all(dir.join("ca"))?;
     {
         use std::os::unix::fs::PermissionsExt;
@@ -374,21 +401,38 @@ pub fn init_pki(
 /// files exist and not `force`; [`QuicError::Io`].
 pub fn add_node(dir: &Path, node: &NodeSpec, force: bool) -> Result<Vec<String>, QuicError> {
     check_identity(&node.name)?;
-    let read = |file: &str| {
-        let path = dir.join(file);
-        fs::read_to_string(&path).map_err(|e| {
-            QuicError::Certificate(format!(
-                "{}: {e} (certs add-node needs the CA that certs init kept)",
-                path.display()
-            ))
-        })
-    };
-    let ca = DevCa::load(&read("ca.pem")?, &read(CA_KEY)?)?;
+    let ca = load_kept_ca(dir)?;
     write_issued(dir, &node.name, &ca.issue_node(node)?, force)?;
     Ok(vec![
         format!("{}.pem", node.name),
         format!("{}.key", node.name),
     ])
+}
+
+/// Issues a client certificate (organizational unit `client`) for identity `name` from the CA
+/// kept in `dir`. Returns the files written.
+///
+/// # Errors
+/// As [`add_node`].
+pub fn add_client(dir: &Path, name: &str, force: bool) -> Result<Vec<String>, QuicError> {
+    check_identity(name)?;
+    let ca = load_kept_ca(dir)?;
+    write_issued(dir, name, &ca.issue_client(name)?, force)?;
+    Ok(vec![format!("{name}.pem"), format!("{name}.key")])
+}
+
+/// The CA `certs init` kept in `dir`.
+fn load_kept_ca(dir: &Path) -> Result<DevCa, QuicError> {
+    let read = |file: &str| {
+        let path = dir.join(file);
+        fs::read_to_string(&path).map_err(|e| {
+            QuicError::Certificate(format!(
+                "{}: {e} (issuing needs the CA that certs init kept)",
+                path.display()
+            ))
+        })
+    };
+    DevCa::load(&read("ca.pem")?, &read(CA_KEY)?)
 }
 
 /// Writes a development PKI into `dir`, replacing what is there: `ca.pem` (its key in

@@ -38,7 +38,8 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::sync::mpsc;
 
 pub use certs::{
-    DevCa, IssuedCert, NodeSpec, TlsIdentity, add_node, check_identity, init_pki, write_dev_pki,
+    DevCa, IssuedCert, NodeSpec, TlsIdentity, add_client, add_node, check_identity, init_pki,
+    write_dev_pki,
 };
 pub use frames::{QuicFrameReceiver, QuicFrameSender};
 

@@ -7,10 +7,11 @@
 //! | 1 | `failed` | anything else (nothing was changed unless the message says so) |
 //! | 2 | `usage` | the command line is wrong (clap's own errors exit 2 too) |
 //! | 3 | `unknown_outcome` | a write whose outcome is unknown: it may or may not commit |
-//! | 4 | `refused` | refused in the database's state: a replica, a fenced primary, a promotion its checks refuse, no safe failover candidate |
+//! | 4 | `refused` | refused: a replica, a fenced primary, an identity without the permission, a promotion its checks refuse, no safe failover candidate |
 //! | 5 | `unreachable` | no server answered |
 //! | 6 | `not_found` | no such database |
 //! | 7 | `invalid_settings` | settings refused: contradictory, malformed, or not changeable |
+//! | 8 | `incomplete` | a switchover promoted its target and failed after: what remains is said |
 
 use std::process::ExitCode;
 
@@ -34,6 +35,8 @@ pub enum Exit {
     NotFound = 6,
     /// Settings refused.
     InvalidSettings = 7,
+    /// A switchover that promoted its target and failed after: not undone.
+    Incomplete = 8,
 }
 
 impl Exit {
@@ -52,6 +55,7 @@ impl Exit {
             Exit::Unreachable => "unreachable",
             Exit::NotFound => "not_found",
             Exit::InvalidSettings => "invalid_settings",
+            Exit::Incomplete => "incomplete",
         }
     }
 
@@ -60,7 +64,7 @@ impl Exit {
         match kind {
             ErrorKind::Unknown if is_write => Exit::UnknownOutcome,
             ErrorKind::Unknown | ErrorKind::Failed => Exit::Failed,
-            ErrorKind::NotPrimary | ErrorKind::Refused => Exit::Refused,
+            ErrorKind::NotPrimary | ErrorKind::Refused | ErrorKind::Unauthorized => Exit::Refused,
             ErrorKind::UnknownDatabase => Exit::NotFound,
             ErrorKind::BadSetting => Exit::InvalidSettings,
         }

@@ -49,7 +49,9 @@ impl LogCommand {
 /// the directory's lock, and the tools refuse.
 pub fn run_log(command: LogCommand) -> Result<ExitCode> {
     let (LogCommand::Dump { dir, .. } | LogCommand::Verify { dir, .. }) = &command;
-    node::server::ensure_stopped(dir).context("the log tools read a stopped server's files")?;
+    // Held until the tool is done: no server starts on the directory meanwhile.
+    let _stopped =
+        node::server::ensure_stopped(dir).context("the log tools read a stopped server's files")?;
     match command {
         LogCommand::Dump { dir, db, json } => {
             let report = store_file::verify(&Layout::new(dir).log(&db), |tx| {

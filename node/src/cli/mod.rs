@@ -147,7 +147,7 @@ enum Command {
         /// Run this many seconds...
         #[arg(long)]
         duration: Option<f64>,
-        /// ...or this many writes in all.
+        /// ...or this many writes in all (attempts: a failed one counts, and is reported).
         #[arg(long)]
         count: Option<u64>,
         /// Bytes per value.
@@ -291,6 +291,22 @@ enum CertsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Issues a client certificate for identity NAME from the kept CA: grant it access with
+    /// `db update DB --readers NAME` or `--writers NAME`, or make it an admin with `serve
+    /// --admins`.
+    AddClient {
+        /// The identity (its certificate's common name).
+        name: String,
+        /// Where the CA and the other certificates are.
+        #[arg(long, env = "REPNODE_TLS_DIR")]
+        dir: PathBuf,
+        /// Replace the identity's existing certificate and key.
+        #[arg(long)]
+        force: bool,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Issues a certificate for one more node from the CA that `certs init` kept in `--dir`.
     AddNode {
         /// `NAME` or `NAME=ADDRESS`; repeat `--address` for more addresses.
@@ -343,6 +359,15 @@ fn run_certs(command: CertsCommand) -> Result<ExitCode> {
             let written = transport_quic::add_node(&dir, &spec, force)?;
             (dir, written, json)
         }
+        CertsCommand::AddClient {
+            name,
+            dir,
+            force,
+            json,
+        } => {
+            let written = transport_quic::add_client(&dir, &name, force)?;
+            (dir, written, json)
+        }
     };
     if json {
         println!(
@@ -376,6 +401,13 @@ struct SettingsArgs {
     /// Identities allowed to replicate from this database, comma separated.
     #[arg(long, value_delimiter = ',')]
     replicators: Option<Vec<String>>,
+    /// Client identities (certificate common names) that may read this database (`get`,
+    /// `status`, `db digest`, `db members`), comma separated; admins always may.
+    #[arg(long, value_delimiter = ',', value_name = "ID,...")]
+    readers: Option<Vec<String>>,
+    /// Client identities that may read and write this database, comma separated.
+    #[arg(long, value_delimiter = ',', value_name = "ID,...")]
+    writers: Option<Vec<String>>,
     /// `auto`: the coordinator of `serve --coordinator` elects the primary and every member
     /// follows the holder of the leader key; `manual` (default): operators promote.
     #[arg(long, value_parser = ["auto", "manual"])]
@@ -447,6 +479,8 @@ impl From<SettingsArgs> for DbSettings {
             retain_bytes: args.retain_bytes,
             max_replica_lag_bytes: args.max_replica_lag_bytes,
             replay_history: args.replay_history,
+            readers: args.readers,
+            writers: args.writers,
         }
     }
 }
@@ -574,7 +608,10 @@ impl Cli {
             | Command::Bench { client, .. }
             | Command::Status { client, .. } => client.json,
             Command::Certs {
-                command: CertsCommand::Init { json, .. } | CertsCommand::AddNode { json, .. },
+                command:
+                    CertsCommand::Init { json, .. }
+                    | CertsCommand::AddNode { json, .. }
+                    | CertsCommand::AddClient { json, .. },
             } => *json,
             Command::Log { command } => command.wants_json(),
             Command::Failover { command } => command.wants_json(),
@@ -606,8 +643,9 @@ impl Cli {
 pub struct Prepared(Ready);
 
 enum Ready {
-    Serve(ServeSettings),
-    Other(Command),
+    // Both boxed: either is large, and the enum is built once.
+    Serve(Box<ServeSettings>),
+    Other(Box<Command>),
 }
 
 /// Resolves `serve`'s settings (reading its config file); other commands pass through.
@@ -615,9 +653,9 @@ pub fn prepare(cli: Cli) -> Result<Prepared> {
     Ok(Prepared(match cli.command {
         Command::Serve(args) => {
             let file = ServeFile::load(&args)?;
-            Ready::Serve(serve::resolve(args, file)?)
+            Ready::Serve(Box::new(serve::resolve(args, file)?))
         }
-        other => Ready::Other(other),
+        other => Ready::Other(Box::new(other)),
     }))
 }
 
@@ -634,8 +672,8 @@ impl Prepared {
     /// Runs the command; returns its exit code.
     pub async fn run(self) -> Result<ExitCode> {
         match self.0 {
-            Ready::Serve(settings) => serve::serve(settings).await.map(|()| ExitCode::SUCCESS),
-            Ready::Other(command) => run(command).await,
+            Ready::Serve(settings) => serve::serve(*settings).await.map(|()| ExitCode::SUCCESS),
+            Ready::Other(command) => run(*command).await,
         }
     }
 }
@@ -745,7 +783,14 @@ async fn run(command: Command) -> Result<ExitCode> {
                     unreachable!("matched above")
                 }
             };
-            run_client_to(&client, request, false, target).await
+            // A change whose answer is lost may have been made: exit 3, as a write.
+            let is_change = !matches!(
+                request,
+                Request::ListDbs
+                    | Request::StateDigest { .. }
+                    | Request::Members { remove: None, .. }
+            );
+            run_client_to(&client, request, is_change, target).await
         }
         Command::Put {
             db,
@@ -819,6 +864,33 @@ async fn run(command: Command) -> Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every argument of every command, with the path of commands that leads to it, that has
+    /// no help text.
+    fn undocumented(command: &clap::Command, path: &str, found: &mut Vec<String>) {
+        for arg in command.get_arguments() {
+            let builtin = matches!(arg.get_id().as_str(), "help" | "version");
+            if !builtin && arg.get_help().is_none() && arg.get_long_help().is_none() {
+                found.push(format!("{path} {}", arg.get_id()));
+            }
+        }
+        for sub in command.get_subcommands() {
+            if sub.get_about().is_none() && sub.get_name() != "help" {
+                found.push(format!("{path} {} (the command itself)", sub.get_name()));
+            }
+            undocumented(sub, &format!("{path} {}", sub.get_name()), found);
+        }
+    }
+
+    #[test]
+    fn every_command_and_argument_has_help() {
+        use clap::CommandFactory;
+        let command = Cli::command();
+        command.clone().debug_assert();
+        let mut found = Vec::new();
+        undocumented(&command, "repnode", &mut found);
+        assert!(found.is_empty(), "without help text: {found:#?}");
+    }
 
     fn words(text: &str) -> Vec<String> {
         text.split_whitespace().map(String::from).collect()

@@ -21,10 +21,6 @@ use super::exit::Exit;
 /// Exit code of a write whose outcome is unknown.
 pub const EXIT_UNKNOWN: u8 = Exit::UnknownOutcome as u8;
 
-/// Exit code of a request refused in the database's present state (a replica, a fenced
-/// primary, a promotion its checks refuse): nothing changed.
-pub const EXIT_REFUSED: u8 = Exit::Refused as u8;
-
 /// Which of the `--server` list a request goes to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Target {
@@ -62,6 +58,17 @@ impl Rendered {
             stdout: None,
             stderr: Some(format!("error: {message}")),
             code,
+        }
+    }
+
+    /// A failure as `exit` reports it: `{"error", "kind"}` on stdout with `json`, the message
+    /// on stderr.
+    pub fn error(message: String, exit: Exit, json: bool) -> Rendered {
+        Rendered {
+            stdout: json
+                .then(|| serde_json::json!({"error": message, "kind": exit.kind()}).to_string()),
+            stderr: Some(format!("error: {message}")),
+            code: exit.code(),
         }
     }
 
@@ -153,7 +160,7 @@ pub fn render(outcome: Outcome, is_write: bool, json: bool) -> Result<Rendered> 
     };
     Ok(match outcome {
         Outcome::Unknown(why) if is_write => {
-            let text = format!("outcome unknown: {why}; the write may or may not have committed");
+            let text = format!("outcome unknown: {why}; it may or may not have taken effect");
             unknown(why, text)
         }
         Outcome::Unknown(why) => failed(why, Exit::Unreachable, None),
@@ -582,7 +589,7 @@ mod tests {
             primary: Some("h:1".into()),
         });
         let rendered = render(refused, true, true).expect("renders");
-        assert_eq!(rendered.code, EXIT_REFUSED);
+        assert_eq!(rendered.code, Exit::Refused.code());
         let value: serde_json::Value =
             serde_json::from_str(rendered.stdout.as_deref().expect("json")).expect("json");
         assert_eq!(
@@ -596,7 +603,7 @@ mod tests {
         });
         assert_eq!(
             render(refused, false, false).expect("renders"),
-            Rendered::failure("a primary: nothing to promote".into(), EXIT_REFUSED)
+            Rendered::failure("a primary: nothing to promote".into(), Exit::Refused.code())
         );
     }
 

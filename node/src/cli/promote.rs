@@ -11,7 +11,8 @@ use node::client::Outcome;
 use node::promotion::{self, PromoteError};
 
 use super::ClientArgs;
-use super::output::{EXIT_REFUSED, EXIT_UNKNOWN, Rendered, render};
+use super::exit::Exit;
+use super::output::{Rendered, render};
 
 /// Promotes `name` on the first `--server`, comparing with the others unless `force`.
 pub async fn run(
@@ -32,12 +33,12 @@ pub async fn run(
             Ok(render(outcome, false, args.json)?.print())
         }
         Err(error) => {
-            let code = match &error {
-                _ if error.is_refusal() => EXIT_REFUSED,
-                PromoteError::Unknown { .. } => EXIT_UNKNOWN,
-                _ => 1,
+            let exit = match &error {
+                _ if error.is_refusal() => Exit::Refused,
+                PromoteError::Unknown { .. } => Exit::UnknownOutcome,
+                _ => Exit::Failed,
             };
-            Ok(Rendered::failure(error.to_string(), code).print())
+            Ok(Rendered::error(error.to_string(), exit, args.json).print())
         }
     }
 }

@@ -100,6 +100,16 @@ pub struct ServeArgs {
     /// this many seconds. Default 10.
     #[arg(long, env = "REPNODE_READY_MAX_LAG", value_name = "SECONDS")]
     ready_max_lag: Option<f64>,
+    /// The client identities (certificate common names) that may create, change and delete
+    /// databases, promote and switch over, comma separated (default: `client`, the identity
+    /// `certs init` issues). Others get what each database grants (`--readers`, `--writers`).
+    #[arg(
+        long,
+        env = "REPNODE_ADMINS",
+        value_delimiter = ',',
+        value_name = "ID,..."
+    )]
+    admins: Option<Vec<String>>,
     /// Log lines as `text` (default; coloured only on a terminal) or `json` (one object per
     /// line, for log collectors). `RUST_LOG` sets the level (default `info`).
     #[arg(long, env = "REPNODE_LOG_FORMAT", value_parser = ["text", "json"])]
@@ -107,7 +117,7 @@ pub struct ServeArgs {
     /// A TOML file with any of: name, dir, listen, tls_dir, metrics_listen, threads,
     /// coordinator, cluster, advertise, coordinator_cacert, coordinator_cert,
     /// coordinator_key, snapshot_max_rate, log_segment_bytes, write_timeout, ready_max_lag,
-    /// ca_cert, cert, key (flags and environment win).
+    /// ca_cert, cert, key, admins (flags and environment win).
     #[arg(long, env = "REPNODE_CONFIG")]
     config: Option<PathBuf>,
 }
@@ -135,6 +145,7 @@ pub struct ServeFile {
     log_segment_bytes: Option<u64>,
     write_timeout: Option<f64>,
     ready_max_lag: Option<f64>,
+    admins: Option<Vec<String>>,
 }
 
 impl ServeFile {
@@ -177,6 +188,8 @@ pub struct ServeSettings {
     pub write_timeout: Option<Duration>,
     /// `--ready-max-lag`.
     pub ready_max_lag: Duration,
+    /// `--admins`.
+    pub admins: Option<Vec<String>>,
 }
 
 /// The default `--write-timeout`, in seconds.
@@ -292,6 +305,7 @@ pub fn resolve(args: ServeArgs, file: ServeFile) -> Result<ServeSettings> {
         _ => return Err(anyhow!("--ca-cert, --cert and --key go together")),
     };
     Ok(ServeSettings {
+        admins: args.admins.or(file.admins),
         tls_files,
         write_timeout: (!write_timeout.is_zero()).then_some(write_timeout),
         ready_max_lag,
@@ -331,6 +345,7 @@ pub async fn serve(settings: ServeSettings) -> Result<()> {
         log_segment_bytes,
         write_timeout,
         ready_max_lag,
+        admins,
         ..
     } = settings;
     let coordinator = match coordinator {
@@ -356,6 +371,7 @@ pub async fn serve(settings: ServeSettings) -> Result<()> {
         log_segment_bytes,
         write_timeout,
         ready_max_lag,
+        admins,
     };
     // Bound before the server starts: a port in use stops it before it serves anything.
     let metrics_listener = match &metrics_listen {

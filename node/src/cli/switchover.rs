@@ -10,10 +10,8 @@ use anyhow::{Context, Result};
 use node::switchover::{self, DEFAULT_CATCH_UP, SwitchoverError};
 
 use super::ClientArgs;
-use super::output::{EXIT_REFUSED, Rendered};
-
-/// Exit code of a switchover that promoted the target and failed after: not undone.
-pub const EXIT_INCOMPLETE: u8 = 5;
+use super::exit::Exit;
+use super::output::Rendered;
 
 /// Switches `name` over from the first `--server` to `to`.
 pub async fn run(args: &ClientArgs, name: &str, to: &str) -> Result<ExitCode> {
@@ -55,12 +53,12 @@ pub async fn run(args: &ClientArgs, name: &str, to: &str) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Err(error) => {
-            let code = match &error {
-                _ if error.is_refusal() => EXIT_REFUSED,
-                SwitchoverError::Incomplete { .. } => EXIT_INCOMPLETE,
-                SwitchoverError::Aborted { .. } | SwitchoverError::Refused(_) => 1,
+            let exit = match &error {
+                _ if error.is_refusal() => Exit::Refused,
+                SwitchoverError::Incomplete { .. } => Exit::Incomplete,
+                SwitchoverError::Aborted { .. } | SwitchoverError::Refused(_) => Exit::Failed,
             };
-            Ok(Rendered::failure(error.to_string(), code).print())
+            Ok(Rendered::error(error.to_string(), exit, args.json).print())
         }
     }
 }

@@ -165,19 +165,21 @@ pub fn lock_dir(dir: &Path) -> Result<std::fs::File, CatalogError> {
 }
 
 /// Refuses to go on while a server runs on the data directory `dir` (holds its lock): the
-/// offline tools read files a running server changes under them.
+/// offline tools read files a running server changes under them. The lock is then held,
+/// shared, until the returned file is dropped, so that no server starts on the directory
+/// while the tool reads it.
 ///
 /// # Errors
 /// [`CatalogError::InUse`] while a server holds the lock.
-pub fn ensure_stopped(dir: &Path) -> Result<(), CatalogError> {
+pub fn ensure_stopped(dir: &Path) -> Result<Option<std::fs::File>, CatalogError> {
     let path = dir.join(LOCK);
     let Ok(file) = std::fs::File::open(&path) else {
         // No lock file: no server ever ran here, or it is not a data directory at all (the
         // tool says so itself).
-        return Ok(());
+        return Ok(None);
     };
     match file.try_lock_shared() {
-        Ok(()) => Ok(()),
+        Ok(()) => Ok(Some(file)),
         Err(std::fs::TryLockError::WouldBlock) => Err(CatalogError::InUse {
             dir: dir.to_path_buf(),
             holder: std::fs::read_to_string(&path)

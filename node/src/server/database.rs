@@ -160,12 +160,31 @@ pub fn policy_of(settings: &DbSettings) -> Result<Quorum, SettingError> {
     })
 }
 
-/// Splits `HOST:PORT/DB`, checking each part: a host (a name, an IPv4 address or a bracketed
-/// IPv6 one), a port from 1 to 65535, and a valid database name.
+/// Splits `HOST:PORT/DB` as saved settings hold it. Lenient, so that a source accepted by an
+/// earlier version still opens; new settings pass [`check_replica_of`] first.
+///
+/// # Errors
+/// [`SettingError::ReplicaOf`] for a text without a port or a database.
+pub fn parse_replica_of(text: &str) -> Result<(String, String), SettingError> {
+    let refused = |why: &str| SettingError::ReplicaOf {
+        text: text.to_string(),
+        why: why.to_string(),
+    };
+    let (address, database) = text
+        .rsplit_once('/')
+        .ok_or_else(|| refused("no database after the address"))?;
+    if !address.contains(':') || database.is_empty() {
+        return Err(refused("no port in the address, or no database"));
+    }
+    Ok((address.to_string(), database.to_string()))
+}
+
+/// Checks a new `--replica-of` part by part: a host (a name, an IPv4 address or a bracketed
+/// IPv6 one), a port from 1 to 65535, a valid database name, and no scheme.
 ///
 /// # Errors
 /// [`SettingError::ReplicaOf`], saying which part is wrong.
-pub fn parse_replica_of(text: &str) -> Result<(String, String), SettingError> {
+pub fn check_replica_of(text: &str) -> Result<(), SettingError> {
     let refused = |why: &str| SettingError::ReplicaOf {
         text: text.to_string(),
         why: why.to_string(),
@@ -173,10 +192,8 @@ pub fn parse_replica_of(text: &str) -> Result<(String, String), SettingError> {
     if text.contains("://") {
         return Err(refused("no scheme is taken (the transport is QUIC)"));
     }
-    let (address, database) = text
-        .rsplit_once('/')
-        .ok_or_else(|| refused("no database after the address"))?;
-    if !super::catalog::valid_name(database) {
+    let (address, database) = parse_replica_of(text)?;
+    if !super::catalog::valid_name(&database) {
         return Err(refused(
             "the database name must be 1 to 64 letters, digits, `_` or `-`",
         ));
@@ -188,23 +205,22 @@ pub fn parse_replica_of(text: &str) -> Result<(String, String), SettingError> {
         Ok(port) if port > 0 => {}
         _ => return Err(refused("the port must be a number from 1 to 65535")),
     }
-    let bracketed = host.starts_with('[') && host.ends_with(']');
-    let host_ok = if bracketed {
-        host[1..host.len() - 1]
-            .parse::<std::net::Ipv6Addr>()
-            .is_ok()
-    } else {
-        !host.is_empty()
-            && host
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
+    let host_ok = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(ipv6) => ipv6.parse::<std::net::Ipv6Addr>().is_ok(),
+        // Names as resolvers take them: container names often hold `_`.
+        None => {
+            !host.is_empty()
+                && host
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+        }
     };
     if !host_ok {
         return Err(refused(
             "the host must be a name, an IPv4 address or a bracketed IPv6 address",
         ));
     }
-    Ok((address.to_string(), database.to_string()))
+    Ok(())
 }
 
 /// Checks what can be checked of settings without opening anything.
@@ -218,7 +234,7 @@ pub(crate) fn check(settings: &DbSettings) -> Result<(), SettingError> {
     }
     policy_of(settings)?;
     if let Some(text) = &settings.replica_of {
-        parse_replica_of(text)?;
+        check_replica_of(text)?;
     }
     let refused = |why: &str| Err(SettingError::Failover(why.to_string()));
     match settings.failover.as_deref() {

@@ -125,6 +125,26 @@ pub enum ServerError {
          update --failover manual first)"
     )]
     AutomaticFailover(String),
+    /// A request the client's identity may not make.
+    #[error(
+        "identity {identity:?} may not {permission} {}{}",
+        db.as_deref().map(|d| format!("database {d:?}")).unwrap_or_else(|| "this server's databases".into()),
+        match permission {
+            super::access::Permission::Admin => " (an admin's: `serve --admins`)".to_string(),
+            permission => format!(
+                " (it holds no {permission} grant: `repnode db update {} --{permission}ers {identity}` by an admin)",
+                db.as_deref().unwrap_or("NAME")
+            ),
+        }
+    )]
+    Unauthorized {
+        /// The client's identity (its certificate's common name).
+        identity: String,
+        /// What it lacks.
+        permission: super::access::Permission,
+        /// The database concerned.
+        db: Option<String>,
+    },
     /// A switchover of a database that is not a primary here.
     #[error("database {0:?} is not a primary here: nothing to switch over")]
     NotPrimaryHere(String),
@@ -196,6 +216,7 @@ impl ServerError {
             | ServerError::SourceNotAnswering { .. }
             | ServerError::NoElectedPrimary(_)
             | ServerError::SwitchingOver { .. } => ErrorKind::NotPrimary,
+            ServerError::Unauthorized { .. } => ErrorKind::Unauthorized,
             ServerError::NotAReplica(_)
             | ServerError::NotPrimaryHere(_)
             | ServerError::RewindNeedsReplica(_)

@@ -12,6 +12,7 @@
 //!   of [`Server`]; its [`ServerError`] becomes a [`Response`](crate::wire::Response) in
 //!   one place (`error`).
 
+mod access;
 mod catalog;
 mod database;
 mod error;
@@ -28,6 +29,7 @@ use replication_core::coordinator::Coordinator;
 
 use transport_quic::QuicTransport;
 
+pub use access::Permission;
 pub use catalog::{CatalogError, Layout, ensure_stopped, lock_dir};
 pub use database::{OpenError, SettingError, parse_replica_of, policy_of};
 pub use error::ServerError;
@@ -55,6 +57,8 @@ pub struct Server {
     write_timeout: Option<std::time::Duration>,
     /// `--ready-max-lag`.
     ready_max_lag: std::time::Duration,
+    /// `--admins`: the identities that may change databases, promote and switch over.
+    admins: Vec<String>,
     /// The data directory's lock, held while the server runs: a second server on the same
     /// directory is refused at its start.
     _lock: std::fs::File,
@@ -77,7 +81,13 @@ pub struct ServerOptions {
     pub write_timeout: Option<std::time::Duration>,
     /// How far behind its source (in time) a replica may be and still count as ready.
     pub ready_max_lag: std::time::Duration,
+    /// The client identities that may change databases, promote and switch over (`None`:
+    /// [`DEFAULT_ADMIN`] alone).
+    pub admins: Option<Vec<String>>,
 }
+
+/// The admin identity when none is configured: the client certificate `certs init` issues.
+pub const DEFAULT_ADMIN: &str = "client";
 
 impl Server {
     /// Opens every database recorded under `dir` and starts serving on `transport`.
@@ -114,6 +124,9 @@ impl Server {
         let server = Arc::new_cyclic(|me| Server {
             _lock: lock,
             write_timeout: options.write_timeout,
+            admins: options
+                .admins
+                .unwrap_or_else(|| vec![DEFAULT_ADMIN.to_string()]),
             ready_max_lag: options.ready_max_lag,
             name: name.to_string(),
             transport: Arc::new(transport),

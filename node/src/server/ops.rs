@@ -328,11 +328,14 @@ impl Server {
                 .allow_tx_discarding
                 .is_some_and(|allow| Some(allow) != settings.allow_tx_discarding);
         if let Some(replica_of) = changes.replica_of {
-            database::parse_replica_of(&replica_of).map_err(bad)?;
+            database::check_replica_of(&replica_of).map_err(bad)?;
             settings.replica_of = Some(replica_of);
         }
         settings.prefetch_buffer = changes.prefetch_buffer.or(settings.prefetch_buffer);
         settings.replicators = changes.replicators.or(settings.replicators);
+        // Read at each request: no restart.
+        settings.readers = changes.readers.or(settings.readers);
+        settings.writers = changes.writers.or(settings.writers);
         settings.allow_tx_discarding = changes.allow_tx_discarding.or(settings.allow_tx_discarding);
         if allow_rewind && (settings.replica_of.is_none() || settings.external_replicator) {
             return Err(ServerError::RewindNeedsReplica(name.to_string()));

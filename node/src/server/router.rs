@@ -10,7 +10,7 @@ use bytes::Bytes;
 use replication_core::protocol::{self, MAX_FRAME_SIZE, Message, Refusal};
 use replication_core::transport::{Channel, FrameReceiver, PeerKind, Transport, TransportError};
 
-use crate::wire::CLIENT_HELLO;
+use crate::wire::{CLIENT_HELLO, CLIENT_HELLO_PREFIX};
 
 use super::Server;
 
@@ -54,6 +54,17 @@ impl Server {
             };
         if first == CLIENT_HELLO {
             return self.client_session(channel).await;
+        }
+        if first.starts_with(CLIENT_HELLO_PREFIX) {
+            // Another version's client: its requests and our answers would not decode.
+            tracing::warn!(
+                peer = %channel.peer,
+                address = %channel.peer_address,
+                theirs = %String::from_utf8_lossy(&first),
+                ours = %String::from_utf8_lossy(CLIENT_HELLO),
+                "a client of another protocol version: upgrade it to this server's version"
+            );
+            return;
         }
         match protocol::decode(&first, MAX_FRAME_SIZE) {
             Ok(Message::Subscribe { database, .. }) => {

@@ -29,13 +29,20 @@ impl Server {
 
     /// Answers requests on `channel`, one at a time, until it closes.
     pub(super) async fn client_session(self: Arc<Server>, mut channel: Channel) {
+        let identity = channel.peer.0.clone();
         loop {
             let frame = match channel.receiver.recv().await {
                 Ok(Some(frame)) => frame,
                 _ => return,
             };
             let response = match postcard::from_bytes::<Request>(&frame) {
-                Ok(request) => self.handle(request).await,
+                Ok(request) => match self.authorize(&identity, &request).await {
+                    Ok(()) => self.handle(&identity, request).await,
+                    Err(refused) => {
+                        tracing::warn!(%identity, address = %channel.peer_address, error = %refused, "request refused");
+                        Err(refused)
+                    }
+                },
                 Err(error) => Err(ServerError::Malformed(error)),
             };
             let response = response.unwrap_or_else(Response::from);
@@ -48,7 +55,7 @@ impl Server {
         }
     }
 
-    async fn handle(&self, request: Request) -> Result<Response, ServerError> {
+    async fn handle(&self, identity: &str, request: Request) -> Result<Response, ServerError> {
         Ok(match request {
             Request::Write { db, ops } => {
                 let receipt = self.write(&db, ops).await?;
@@ -156,7 +163,7 @@ impl Server {
                     }
                 }
             }
-            Request::ListDbs => Response::Dbs(self.list().await),
+            Request::ListDbs => Response::Dbs(self.visible_to(identity, self.list().await)),
             Request::LoadDb { name } => {
                 self.load(&name).await?;
                 Response::Ok

@@ -1381,7 +1381,14 @@ impl<L: TxLog, T: Transport, S: StateMachine> Driver<L, T, S> {
                         },
                         Err(error) => Internal::Engine(Event::ConnectFailed {
                             reason: error.to_string(),
-                            cause: match error {
+                            cause: match &error {
+                                // A handshake refused over the protocol version is no
+                                // certificate's fault.
+                                TransportError::Refused(why)
+                                    if why.contains("protocol version") =>
+                                {
+                                    LinkErrorCause::Refused
+                                }
                                 TransportError::Refused(_) => LinkErrorCause::Certificate,
                                 _ => LinkErrorCause::Unreachable,
                             },

@@ -40,8 +40,9 @@ pub enum LinkErrorCause {
     UnknownDatabase,
     /// The source does not allow this node to replicate the database.
     NotAllowed,
-    /// The source refused the subscription for another reason (epochs, a source behind this
-    /// replica, a diverged history, a protocol version, no leader lease yet).
+    /// The source refused the subscription for a reason that may pass (epochs, a source
+    /// behind this replica, no leader lease yet), or the handshake failed for another reason
+    /// than a certificate (a protocol version).
     Refused,
     /// The source went silent past the peer timeout.
     Timeout,
@@ -49,7 +50,8 @@ pub enum LinkErrorCause {
     ConnectionLost,
     /// A snapshot from the source could not be received, stored or installed.
     Snapshot,
-    /// Replication stopped for an operator (see the error).
+    /// Replication stopped for an operator (see the error): a diverged history, a protocol
+    /// version the source refuses, a local log that failed.
     Stopped,
 }
 
@@ -89,7 +91,8 @@ impl std::fmt::Display for LinkErrorCause {
     }
 }
 
-/// A replica's link to its source failing, from its first failure until it streams again.
+/// A replica's link to its source failing, from its first failure until the source accepts a
+/// subscription again.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LinkTrouble {
     /// The kind of the last failure.
@@ -173,7 +176,8 @@ pub struct EngineStatus {
     /// Connections to the source dialled since this node started, the first included.
     pub link_connects: u64,
     /// The source's commit point as this replica last heard it (kept while disconnected), and
-    /// for how long this replica's commit point has trailed it (zero while it holds it).
+    /// the age of the oldest commit point of the source this replica has not reached (zero
+    /// when it has reached every one heard).
     pub source_lag: Option<(TxId, Duration)>,
     /// The source's address (replica only).
     pub source_address: Option<String>,

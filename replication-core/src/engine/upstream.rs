@@ -91,6 +91,10 @@ struct PartialSnapshot {
     bytes_at_start: u64,
 }
 
+/// How many of the source's commit points a replica remembers while it has not reached
+/// them, to measure its lag in time.
+const PENDING_COMMITS: usize = 64;
+
 /// The link failing, from its first failure until the source accepts a subscription again.
 #[derive(Clone, Debug)]
 struct Trouble {
@@ -126,9 +130,10 @@ pub(super) struct Upstream {
     connects: u64,
     /// The source's commit point as last heard, kept while disconnected.
     source_seen: Option<TxId>,
-    /// Since when this node's commit point has trailed the source's as last heard (`None`
-    /// while it holds it): the replica's lag in time.
-    behind_since: Option<Timestamp>,
+    /// The source's commit points this node has not reached yet, with when each was first
+    /// heard, oldest first (at most [`PENDING_COMMITS`]): the oldest one's age is the
+    /// replica's lag in time, as `pg_stat_replication`'s replay lag measures it.
+    pending_commits: std::collections::VecDeque<(TxId, Timestamp)>,
     /// Reconnection jitter: xorshift64* from the configured seed.
     rng: u64,
     /// While the source's history lacks our commit point: the lower position the next
@@ -166,7 +171,7 @@ impl Upstream {
             errors: [0; LinkErrorCause::ALL.len()],
             connects: 0,
             source_seen: None,
-            behind_since: None,
+            pending_commits: std::collections::VecDeque::new(),
             rng: seed ^ 0x9e37_79b9_7f4a_7c15,
             search_from: None,
             rewind_allowed,
@@ -277,7 +282,10 @@ impl Upstream {
             }
             _ => {
                 let attempts = self.trouble.as_ref().map_or(0, |t| t.attempts) + 1;
-                tracing::warn!(source = %self.address, %cause, attempts, error = %message, "replication from the source failing; retrying");
+                // A stop is logged as an error by `stop` itself: nothing retries.
+                if cause != LinkErrorCause::Stopped {
+                    tracing::warn!(source = %self.address, %cause, attempts, error = %message, "replication from the source failing; retrying");
+                }
                 let first_at = self.trouble.as_ref().map_or(cx.now, |t| t.first_at);
                 self.trouble = Some(Trouble {
                     cause,
@@ -564,6 +572,7 @@ impl Upstream {
                     return None;
                 }
                 let epoch = claim.epoch;
+                self.restart_lag(committed, cx.log.committed(), cx.now);
                 match self.trouble.take() {
                     Some(trouble) => {
                         tracing::warn!(source = %self.address, failed_attempts = trouble.attempts, after = ?cx.now.since(trouble.first_at), last_cause = %trouble.cause, "replicating from the source again")
@@ -1052,24 +1061,48 @@ impl Upstream {
             self.source_seen
                 .map_or(committed, |seen| seen.max(committed)),
         );
-        if committed > ours && self.behind_since.is_none() {
-            self.behind_since = Some(now);
+        if committed <= ours {
+            return;
+        }
+        let full = self.pending_commits.len() >= PENDING_COMMITS;
+        match self.pending_commits.back_mut() {
+            Some((newest, _)) if *newest >= committed => {}
+            // Bounded: the newest entry moves up, keeping its (earlier) time, so the lag is
+            // never understated.
+            Some((newest, _)) if full => *newest = committed,
+            _ => self.pending_commits.push_back((committed, now)),
         }
     }
 
-    /// The source's commit point as last heard, and for how long this node has trailed it.
+    /// The source's commit point as last heard, and for how long this node has trailed it:
+    /// the age of the oldest commit point of the source it has not reached.
     pub(super) fn source_lag(&self, now: Timestamp) -> Option<(TxId, Duration)> {
         let seen = self.source_seen?;
-        Some((
-            seen,
-            self.behind_since.map_or(Duration::ZERO, |t| now.since(t)),
-        ))
+        let lag = self
+            .pending_commits
+            .front()
+            .map_or(Duration::ZERO, |(_, heard)| now.since(*heard));
+        Some((seen, lag))
+    }
+
+    /// A new subscription was accepted: the source's commit point starts again from what it
+    /// says now (it may be another source, or one that went back after a failover).
+    fn restart_lag(&mut self, committed: TxId, ours: TxId, now: Timestamp) {
+        self.source_seen = Some(committed);
+        self.pending_commits.clear();
+        if committed > ours {
+            self.pending_commits.push_back((committed, now));
+        }
     }
 
     /// This node's commit point moved: logs once per channel when it reaches the source's.
     pub(super) fn on_committed(&mut self, committed: TxId) {
-        if self.source_seen.is_some_and(|seen| committed >= seen) {
-            self.behind_since = None;
+        while self
+            .pending_commits
+            .front()
+            .is_some_and(|(pending, _)| *pending <= committed)
+        {
+            self.pending_commits.pop_front();
         }
         if let Link::Streaming {
             source_committed,
