@@ -106,29 +106,16 @@ fn an_existing_pki_is_given_file_by_file_to_servers_and_clients() {
     assert!(init.status.success(), "{init:?}");
     let file = |name: &str| pki.join(name).display().to_string();
     let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_repnode"))
-        .args([
-            "serve",
-            "--name",
-            "n1",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .arg("--dir")
-        .arg(root.join("n1"))
-        .args([
-            "--ca-cert",
-            &file("ca.pem"),
-            "--cert",
-            &file("n1.pem"),
-            "--key",
-            &file("n1.key"),
-        ])
-        .args(["--tls-dir", "/nonexistent"])
-        .spawn()
-        .expect("serve");
-    // Killed when dropped, even when an assertion fails.
-    let _server = Server { child, port };
+    let pki_files = [
+        "--ca-cert",
+        &file("ca.pem"),
+        "--cert",
+        &file("n1.pem"),
+        "--key",
+        &file("n1.key"),
+    ];
+    // With --tls-dir (root/certs, which does not exist) given too: the files win.
+    let _server = Server::start_with("n1", port, root, &pki_files);
     let client = |args: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_repnode"))
             .args(args)

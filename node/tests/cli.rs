@@ -140,27 +140,10 @@ fn json_logs_carry_the_database_on_every_line_about_one() {
     let dir = tempfile::tempdir().expect("tempdir");
     let root = dir.path();
     init_certs(root, "certs", "n1");
-    let port = free_port();
     let log = root.join("n1.log");
-    let child = Command::new(env!("CARGO_BIN_EXE_repnode"))
-        .args([
-            "serve",
-            "--name",
-            "n1",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .arg("--dir")
-        .arg(root.join("n1"))
-        .arg("--tls-dir")
-        .arg(root.join("certs"))
-        .args(["--log-format", "json"])
-        .env_remove("RUST_LOG")
-        .stderr(std::fs::File::create(&log).expect("log file"))
-        .spawn()
-        .expect("serve");
+    let json_logs = ["--log-format", "json"];
     // Killed when dropped, even when an assertion fails.
-    let server = Server { child, port };
+    let server = Server::start_logged("n1", free_port(), root, &json_logs, &log);
     let address = server.address();
     until_ok(
         root,

@@ -124,27 +124,8 @@ fn until_metrics(
 
 /// Starts `name` with its log (text, at the default level) written to `root/NAME.log`.
 fn start_logged(name: &str, root: &Path, extra: &[&str]) -> Server {
-    let log = std::fs::File::create(root.join(format!("{name}.log"))).expect("log file");
-    let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_repnode"))
-        .args([
-            "serve",
-            "--name",
-            name,
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .arg("--dir")
-        .arg(root.join(name))
-        .arg("--tls-dir")
-        .arg(root.join("certs"))
-        .args(extra)
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("start repnode serve");
-    Server { child, port }
+    let log = root.join(format!("{name}.log"));
+    Server::start_logged(name, free_port(), root, extra, &log)
 }
 
 fn status(root: &Path, server: &str, db: &str) -> serde_json::Value {

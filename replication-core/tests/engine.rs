@@ -1765,6 +1765,18 @@ fn a_relay_tells_a_replica_of_another_history_from_one_it_lags() {
     }
 }
 
+/// The channel to the source `p` opened at `at`; what the replica sends is dropped.
+fn source_opened(engine: &mut Engine, at: Timestamp) {
+    let event = Event::Connected {
+        conn: SOURCE,
+        peer: NodeId::new("p"),
+        address: "p".into(),
+        direction: Direction::Upstream,
+    };
+    engine.handle(at, event);
+    drain(engine);
+}
+
 /// Dials the source once its retry is due (ticking forward from `at`); returns when it dialled.
 fn redial(engine: &mut Engine, mut at: Timestamp) -> Timestamp {
     for _ in 0..1000 {
@@ -1830,16 +1842,7 @@ fn a_failing_link_shows_its_cause_attempts_and_history_until_it_streams_again() 
     assert_eq!(status.source_address.as_deref(), Some("p"));
 
     // The source answers but lacks the database: a new cause, with what fixes it.
-    engine.handle(
-        at,
-        Event::Connected {
-            conn: SOURCE,
-            peer: NodeId::new("p"),
-            address: "p".into(),
-            direction: Direction::Upstream,
-        },
-    );
-    drain(&mut engine);
+    source_opened(&mut engine, at);
     engine.handle(
         at,
         Event::Received {
@@ -1877,16 +1880,7 @@ fn a_failing_link_shows_its_cause_attempts_and_history_until_it_streams_again() 
 
     // Accepted: the failure is over, its counts stay.
     at = redial(&mut engine, at);
-    engine.handle(
-        at,
-        Event::Connected {
-            conn: SOURCE,
-            peer: NodeId::new("p"),
-            address: "p".into(),
-            direction: Direction::Upstream,
-        },
-    );
-    drain(&mut engine);
+    source_opened(&mut engine, at);
     engine.handle(
         at,
         Event::Received {

@@ -73,6 +73,13 @@ pub struct QuicOptions {
     pub idle_timeout: Duration,
     /// Channels opened by peers that wait to be accepted before new ones are refused.
     pub accept_queue: usize,
+    /// Channels (QUIC streams) one connection may have open at once: a peer opening more
+    /// waits for some to close (QUIC flow control), so a flood of channels costs the
+    /// server at most this many per connection.
+    pub max_channels_per_connection: u32,
+    /// Connections one identity may have open at once; more are closed as they arrive,
+    /// naming the limit. Every client process opens one (a `bench` client each).
+    pub max_connections_per_peer: usize,
 }
 
 impl Default for QuicOptions {
@@ -82,6 +89,8 @@ impl Default for QuicOptions {
             keep_alive: Duration::from_millis(500),
             idle_timeout: Duration::from_secs(3),
             accept_queue: 256,
+            max_channels_per_connection: 1024,
+            max_connections_per_peer: 256,
         }
     }
 }
@@ -116,6 +125,10 @@ fn transport_config(options: &QuicOptions) -> Result<Arc<quinn::TransportConfig>
     config.stream_receive_window(quinn::VarInt::from_u32(8 << 20));
     config.receive_window(quinn::VarInt::from_u32(32 << 20));
     config.send_window(32 << 20);
+    config
+        .max_concurrent_bidi_streams(quinn::VarInt::from_u32(options.max_channels_per_connection));
+    // Channels are bidirectional streams; nothing uses unidirectional ones.
+    config.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
     Ok(Arc::new(config))
 }
 
@@ -228,6 +241,7 @@ impl QuicTransport {
             endpoint.clone(),
             channels_tx,
             options.max_frame_size,
+            options.max_connections_per_peer,
         ));
         Ok(QuicTransport {
             endpoint,
@@ -310,13 +324,61 @@ impl QuicTransport {
     }
 }
 
+/// Connections open per peer identity, for [`QuicOptions::max_connections_per_peer`].
+#[derive(Default)]
+struct PeerConnections(Mutex<HashMap<NodeId, usize>>);
+
+/// One connection counted for its peer, until dropped.
+struct CountedConnection {
+    peers: Arc<PeerConnections>,
+    peer: NodeId,
+}
+
+impl PeerConnections {
+    /// Counts one more connection of `peer`, unless it has `limit` open already.
+    fn admit(self: &Arc<Self>, peer: &NodeId, limit: usize) -> Option<CountedConnection> {
+        let mut open = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let count = open.entry(peer.clone()).or_default();
+        if *count >= limit {
+            return None;
+        }
+        *count += 1;
+        Some(CountedConnection {
+            peers: self.clone(),
+            peer: peer.clone(),
+        })
+    }
+}
+
+impl Drop for CountedConnection {
+    fn drop(&mut self) {
+        let mut open = self
+            .peers
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(count) = open.get_mut(&self.peer) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.peer);
+            }
+        }
+    }
+}
+
 async fn accept_loop(
     endpoint: quinn::Endpoint,
     channels: mpsc::Sender<Channel>,
     max_frame_size: usize,
+    max_connections_per_peer: usize,
 ) {
+    let peers = Arc::new(PeerConnections::default());
     while let Some(incoming) = endpoint.accept().await {
         let channels = channels.clone();
+        let peers = peers.clone();
         let remote = incoming.remote_address();
         tokio::spawn(async move {
             let connection = match incoming.await {
@@ -331,6 +393,14 @@ async fn accept_loop(
                 return;
             };
             let address = connection.remote_address().to_string();
+            let Some(_counted) = peers.admit(&peer, max_connections_per_peer) else {
+                tracing::warn!(%peer, %address, limit = max_connections_per_peer, "too many connections from one identity: closing the new one");
+                connection.close(
+                    quinn::VarInt::from_u32(2),
+                    b"too many connections from this identity",
+                );
+                return;
+            };
             loop {
                 match connection.accept_bi().await {
                     Ok((send, recv)) => {

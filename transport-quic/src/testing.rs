@@ -13,6 +13,8 @@
 
 use std::net::{Ipv4Addr, SocketAddr};
 
+use replication_core::transport::TransportError;
+
 use crate::{DevCa, QuicError, QuicOptions, QuicTransport, TlsIdentity};
 
 /// Binds a transport for node `name` on an ephemeral loopback port, with a certificate that
@@ -45,4 +47,21 @@ pub async fn loopback_as(
     .await?;
     let address = transport.local_addr()?.to_string();
     Ok((transport, address))
+}
+
+/// A raw stream to `address`, on `transport`'s connection to it: what is written goes as it
+/// is, unframed, so that tests can send what a well-behaved peer never would (truncated
+/// frames, lies in headers) and see what the other side does with it.
+///
+/// # Errors
+/// [`TransportError`] if the peer cannot be reached or refuses the stream.
+pub async fn raw_stream(
+    transport: &QuicTransport,
+    address: &str,
+) -> Result<(quinn::SendStream, quinn::RecvStream), TransportError> {
+    let (connection, _) = transport.connection_to(address).await?;
+    connection
+        .open_bi()
+        .await
+        .map_err(|e| TransportError::Closed(e.to_string()))
 }

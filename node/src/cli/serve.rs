@@ -100,6 +100,10 @@ pub struct ServeArgs {
     /// this many seconds. Default 10.
     #[arg(long, env = "REPNODE_READY_MAX_LAG", value_name = "SECONDS")]
     ready_max_lag: Option<f64>,
+    /// Connections one peer identity may hold open at once (default 256); more are closed
+    /// as they arrive, and logged with the peer.
+    #[arg(long, env = "REPNODE_MAX_CONNECTIONS_PER_PEER", value_name = "N")]
+    max_connections_per_peer: Option<usize>,
     /// The client identities (certificate common names) that may create, change and delete
     /// databases, promote and switch over, comma separated (default: `client`, the identity
     /// `certs init` issues). Others get what each database grants (`--readers`, `--writers`).
@@ -117,7 +121,7 @@ pub struct ServeArgs {
     /// A TOML file with any of: name, dir, listen, tls_dir, metrics_listen, threads,
     /// coordinator, cluster, advertise, coordinator_cacert, coordinator_cert,
     /// coordinator_key, snapshot_max_rate, log_segment_bytes, write_timeout, ready_max_lag,
-    /// ca_cert, cert, key, admins (flags and environment win).
+    /// ca_cert, cert, key, admins, max_connections_per_peer (flags and environment win).
     #[arg(long, env = "REPNODE_CONFIG")]
     config: Option<PathBuf>,
 }
@@ -146,6 +150,7 @@ pub struct ServeFile {
     write_timeout: Option<f64>,
     ready_max_lag: Option<f64>,
     admins: Option<Vec<String>>,
+    max_connections_per_peer: Option<usize>,
 }
 
 impl ServeFile {
@@ -190,6 +195,8 @@ pub struct ServeSettings {
     pub ready_max_lag: Duration,
     /// `--admins`.
     pub admins: Option<Vec<String>>,
+    /// `--max-connections-per-peer`.
+    pub max_connections_per_peer: Option<usize>,
 }
 
 /// The default `--write-timeout`, in seconds.
@@ -304,7 +311,17 @@ pub fn resolve(args: ServeArgs, file: ServeFile) -> Result<ServeSettings> {
         (None, None, None) => None,
         _ => return Err(anyhow!("--ca-cert, --cert and --key go together")),
     };
+    if args
+        .max_connections_per_peer
+        .or(file.max_connections_per_peer)
+        == Some(0)
+    {
+        return Err(anyhow!("--max-connections-per-peer must be at least 1"));
+    }
     Ok(ServeSettings {
+        max_connections_per_peer: args
+            .max_connections_per_peer
+            .or(file.max_connections_per_peer),
         admins: args.admins.or(file.admins),
         tls_files,
         write_timeout: (!write_timeout.is_zero()).then_some(write_timeout),
@@ -346,6 +363,7 @@ pub async fn serve(settings: ServeSettings) -> Result<()> {
         write_timeout,
         ready_max_lag,
         admins,
+        max_connections_per_peer,
         ..
     } = settings;
     let coordinator = match coordinator {
@@ -361,7 +379,11 @@ pub async fn serve(settings: ServeSettings) -> Result<()> {
             .parse()
             .with_context(|| format!("--listen {listen}"))?,
         identity,
-        QuicOptions::default(),
+        QuicOptions {
+            max_connections_per_peer: max_connections_per_peer
+                .unwrap_or(QuicOptions::default().max_connections_per_peer),
+            ..QuicOptions::default()
+        },
     )
     .await?;
     let options = ServerOptions {

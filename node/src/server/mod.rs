@@ -31,7 +31,7 @@ use transport_quic::QuicTransport;
 
 pub use access::Permission;
 pub use catalog::{CatalogError, Layout, ensure_stopped, lock_dir};
-pub use database::{OpenError, SettingError, parse_replica_of, policy_of};
+pub use database::{OpenError, SettingError, check_replica_of, parse_replica_of, policy_of};
 pub use error::ServerError;
 pub(crate) use error::chain as error_chain;
 

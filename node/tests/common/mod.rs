@@ -22,8 +22,19 @@ impl Server {
     }
 
     pub fn start_with(name: &str, port: u16, root: &Path, extra: &[&str]) -> Server {
+        Server::spawn(name, port, root, extra, None)
+    }
+
+    /// Starts `name` with its log (at the default level, `RUST_LOG` ignored) written to
+    /// `log`.
+    pub fn start_logged(name: &str, port: u16, root: &Path, extra: &[&str], log: &Path) -> Server {
+        Server::spawn(name, port, root, extra, Some(log))
+    }
+
+    fn spawn(name: &str, port: u16, root: &Path, extra: &[&str], log: Option<&Path>) -> Server {
         let dir: PathBuf = root.join(name);
-        let child = Command::new(env!("CARGO_BIN_EXE_repnode"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_repnode"));
+        command
             .args([
                 "serve",
                 "--name",
@@ -36,16 +47,22 @@ impl Server {
             .arg("--tls-dir")
             .arg(root.join("certs"))
             .args(extra)
-            .stdout(Stdio::null())
+            .stdout(Stdio::null());
+        match log {
+            Some(log) => {
+                let file = std::fs::File::create(log).expect("log file");
+                command.env_remove("RUST_LOG").stderr(file);
+            }
             // REPNODE_TEST_SERVER_LOGS=1 shows the servers' logs (with RUST_LOG) when a test
             // needs explaining.
-            .stderr(if std::env::var_os("REPNODE_TEST_SERVER_LOGS").is_some() {
-                Stdio::inherit()
-            } else {
-                Stdio::null()
-            })
-            .spawn()
-            .expect("start repnode serve");
+            None if std::env::var_os("REPNODE_TEST_SERVER_LOGS").is_some() => {
+                command.stderr(Stdio::inherit());
+            }
+            None => {
+                command.stderr(Stdio::null());
+            }
+        }
+        let child = command.spawn().expect("start repnode serve");
         Server { child, port }
     }
 
