@@ -527,3 +527,179 @@ fn serve_reaches_etcd_over_mutual_tls_and_a_refused_certificate_shows() {
     );
     assert_all_readable(root, &all[1], &[("over-tls".into(), first)]);
 }
+
+/// Rounds of `killing_random_servers_keeps_every_acknowledged_write_in_identical_logs`:
+/// `REPNODE_KILL_ROUNDS`, or 20 (CI); `REPNODE_KILL_SEED` replays a run's choice of victims.
+fn kill_rounds() -> usize {
+    std::env::var("REPNODE_KILL_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20)
+}
+
+/// Every transaction of `app` in a stopped server's log: id → (epoch, hash), by `log dump`.
+fn dumped_log(root: &Path, name: &str) -> std::collections::BTreeMap<u64, (u64, String)> {
+    let output = Command::new(env!("CARGO_BIN_EXE_repnode"))
+        .args(["log", "dump", "--db", "app", "--json", "--dir"])
+        .arg(root.join(name))
+        .output()
+        .expect("run repnode log dump");
+    assert!(output.status.success(), "{output:?}");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| {
+            let tx: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
+            let id = tx["tx_id"].as_u64().expect("tx_id");
+            let epoch = tx["epoch"].as_u64().expect("epoch");
+            (id, (epoch, tx["hash"].as_str().expect("hash").to_string()))
+        })
+        .collect()
+}
+
+#[test]
+fn killing_random_servers_keeps_every_acknowledged_write_in_identical_logs() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    let seed: u64 = std::env::var("REPNODE_KILL_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+                | 1
+        });
+    eprintln!("victims chosen with REPNODE_KILL_SEED={seed}");
+    let mut rng = seed;
+    let mut next_victim = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        (rng % 3) as usize
+    };
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().to_path_buf();
+    let etcd = EtcdServer::start().expect("start etcd");
+    let mut servers = auto_cluster(&root, &etcd.endpoint());
+    let all = addresses(&servers);
+    let names = ["n1", "n2", "n3"];
+
+    // A client writes through every member all along, keeping each acknowledged write's
+    // transaction and hash.
+    let stop = Arc::new(AtomicBool::new(false));
+    let acknowledged = Arc::new(Mutex::new(Vec::<(u64, String)>::new()));
+    let writer = {
+        let (stop, acknowledged, root, all) = (
+            stop.clone(),
+            acknowledged.clone(),
+            root.clone(),
+            all.join(","),
+        );
+        std::thread::spawn(move || {
+            let mut next = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let key = format!("k{next}");
+                next += 1;
+                let args = ["put", "--db", "app", &key, "v", "--timeout", "2"];
+                let output = cli(&root, &all, &args);
+                if output.status.success() {
+                    let answer = json(&output);
+                    let tx = answer["tx_id"].as_u64().expect("tx_id");
+                    let hash = answer["hash"].as_str().expect("hash").to_string();
+                    acknowledged.lock().unwrap().push((tx, hash));
+                } else {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        })
+    };
+
+    let mut primaries_killed = 0;
+    for round in 0..kill_rounds() {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let primary = loop {
+            if let Some(primary) = primary_of(&root, &all) {
+                break primary;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: no single primary"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let victim = next_victim();
+        primaries_killed += usize::from(victim == primary);
+        servers[victim].kill_9();
+        let killed = Instant::now();
+        // Writes are acknowledged again (by the same primary, or an elected one) ...
+        let acked_before = acknowledged.lock().unwrap().len();
+        while acknowledged.lock().unwrap().len() == acked_before {
+            assert!(
+                killed.elapsed() < Duration::from_secs(60),
+                "round {round} (seed {seed}): nothing acknowledged after killing {}",
+                names[victim]
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // ... and the victim, restarted, follows the primary.
+        let port = servers[victim].port;
+        servers[victim] = start_under(&root, &etcd.endpoint(), names[victim], port);
+        until_status(&root, &all[victim], "app", |s| {
+            s["role"] == "replica" && s["upstream"] == "streaming"
+        });
+    }
+    stop.store(true, Ordering::Relaxed);
+    writer.join().expect("the writer");
+    let written = acknowledged.lock().unwrap().clone();
+    assert!(!written.is_empty());
+
+    // Every member reaches the primary's commit point; then all stop, and their logs are
+    // read offline.
+    let leader = all
+        .iter()
+        .map(|s| status(&root, s))
+        .find(|s| s["role"] == "primary")
+        .expect("a primary");
+    for server in &all {
+        until_status(&root, server, "app", |s| {
+            s["committed"] == leader["committed"]
+        });
+    }
+    let committed = leader["committed"]["tx_id"].as_u64().expect("committed");
+    for server in &mut servers {
+        server.kill_9();
+    }
+    let logs: Vec<_> = names.iter().map(|name| dumped_log(&root, name)).collect();
+    for (name, log) in names.iter().zip(&logs) {
+        // Every acknowledged write, with the hash its client was given.
+        for (tx, hash) in &written {
+            let held = log.get(tx).map(|(_, h)| h.as_str());
+            assert_eq!(
+                held,
+                Some(hash.as_str()),
+                "{name}: acknowledged tx {tx} (seed {seed})"
+            );
+        }
+        // Epochs never go back along a log.
+        let epochs: Vec<u64> = log.values().map(|(epoch, _)| *epoch).collect();
+        assert!(
+            epochs.windows(2).all(|pair| pair[0] <= pair[1]),
+            "{name}: epochs go back (seed {seed})"
+        );
+        // The committed history is the same everywhere.
+        let prefix: Vec<_> = log.range(..=committed).collect();
+        let first: Vec<_> = logs[0].range(..=committed).collect();
+        assert_eq!(
+            prefix, first,
+            "{name} and n1 differ up to tx {committed} (seed {seed})"
+        );
+    }
+    eprintln!(
+        "{} rounds (seed {seed}, {primaries_killed} of them killing the primary): {} \
+         acknowledged writes checked in 3 logs, identical up to tx {committed}",
+        kill_rounds(),
+        written.len()
+    );
+}
