@@ -512,6 +512,21 @@ impl Server {
         }
     }
 
+    /// The transaction a read on the primary must reflect: the last one durable here, so that
+    /// it sees every write acknowledged anywhere before it arrived. A primary applies only
+    /// what is committed, and one just promoted or elected holds acknowledged writes of the
+    /// old primary that its own quorum has not committed again yet: serving its applied
+    /// state at once would return a value older than an acknowledged write (Raft's leaders
+    /// commit an entry of their term before serving reads, for the same reason).
+    ///
+    /// # Errors
+    /// An unknown database, or an engine that stopped.
+    pub async fn primary_read_point(&self, db: &str) -> Result<TxId, ServerError> {
+        let node = self.with_database(db, |d| d.node.clone()).await?;
+        let status = node.status().await.map_err(ServerError::Status)?;
+        Ok(status.durable.tx_id)
+    }
+
     /// Every database: its name, whether it is loaded, and its settings, in name order.
     pub async fn list(&self) -> Vec<(String, bool, DbSettings)> {
         let mut list = Vec::new();

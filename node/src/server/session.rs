@@ -85,11 +85,17 @@ impl Server {
                 wait_ms,
                 primary,
             } => {
+                let mut min_tx = min_tx.map(TxId);
                 if primary {
                     self.require_primary(&db).await?;
+                    // Linearizable: the read reflects at least everything durable here when
+                    // it arrived, every acknowledged write included (a primary just elected
+                    // holds them durably before its quorum commits them again).
+                    let durable = self.primary_read_point(&db).await?;
+                    min_tx = Some(min_tx.map_or(durable, |m| m.max(durable)));
                 }
                 let wait = Duration::from_millis(wait_ms);
-                let (value, applied) = self.get(&db, &key, min_tx.map(TxId), wait).await?;
+                let (value, applied) = self.get(&db, &key, min_tx, wait).await?;
                 Response::Value {
                     key,
                     value,
